@@ -1,0 +1,33 @@
+# Quick start: `make demo` and `make test` each set up .venv on a fresh machine (Python 3.10+ and make only).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EDGEDL := $(VENV)/bin/edgedl
+STAMP := $(VENV)/.edgedl-installed
+DEMO_DIR ?= build/demo
+ZOO := mlp cnn lstm transformer
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+# Reinstall when the dependency pins or the project metadata change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[all]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	@mkdir -p $(DEMO_DIR)
+	@for m in $(ZOO); do \
+		$(EDGEDL) train $$m --out $(DEMO_DIR)/$$m || exit 1; \
+		$(EDGEDL) export $$m --checkpoint $(DEMO_DIR)/$$m -o $(DEMO_DIR)/$$m.onnx || exit 1; \
+	done
+	$(PY) benchmarks/zoo_table.py $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf build .pytest_cache

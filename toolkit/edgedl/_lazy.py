@@ -1,0 +1,33 @@
+"""Lazy import of heavy optional dependencies with an error that names the extra to install."""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from edgedl.errors import EdgeDLError
+
+# module -> the pyproject extra that provides it
+_EXTRA_OF = {
+    "torch": "export",
+    "onnx": "export",
+    "onnxscript": "export",
+    "onnxslim": "export",
+    "sklearn": "train",
+    "safetensors": "train",
+    "onnxruntime.quantization": "export",
+    "matplotlib": "plot",
+    "rich": "cli",
+}
+
+
+def require(module: str) -> ModuleType:
+    """Import ``module`` or raise an EdgeDLError saying which extra provides it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        top = module.split(".")[0]
+        extra = _EXTRA_OF.get(module) or _EXTRA_OF.get(top, "all")
+        raise EdgeDLError(
+            f"{module} is not installed ({exc}); install it with: pip install 'edgedl[{extra}]'"
+        ) from exc

@@ -1,0 +1,263 @@
+"""Load an ONNX model into onnxruntime (the loader) and run it (the runner).
+
+Export validation, benchmarks, quantization gates and the server all run models through ``Runner`` so that a
+number measured is the code that ships. Imports only numpy, onnxruntime and the standard library.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime import metadata as _meta
+from edgedl.runtime.providers import resolve_provider, short_name
+from edgedl.runtime.tensors import TensorInfo, random_inputs
+
+_OPT_LEVELS = ("disable", "basic", "extended", "all")
+
+
+@dataclass
+class RunnerConfig:
+    """How to build a session. Short provider names ('cpu', 'cuda') or onnxruntime's full names."""
+
+    providers: tuple[str, ...] = ("cpu",)
+    provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
+    intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
+    inter_op_threads: int = 0
+    spinning: bool | None = None  # None = onnxruntime's default (spin)
+    graph_optimization: str = "all"
+    enable_mem_arena: bool = True
+    enable_mem_pattern: bool = True
+    allow_fallback: bool = False  # if False, a requested provider that is missing is an error
+    profile: bool = False
+    optimized_model_path: str | None = None  # write the optimized graph here (offline optimization)
+
+    def __post_init__(self) -> None:
+        if self.graph_optimization not in _OPT_LEVELS:
+            raise EdgeDLError(
+                f"graph optimization level must be one of {', '.join(_OPT_LEVELS)}, got '{self.graph_optimization}'"
+            )
+        if self.intra_op_threads < 0 or self.inter_op_threads < 0:
+            raise EdgeDLError("thread counts must be >= 0 (0 lets onnxruntime choose)")
+        self.providers = tuple(resolve_provider(p) for p in self.providers) or ("CPUExecutionProvider",)
+        self.provider_options = {resolve_provider(k): dict(v) for k, v in self.provider_options.items()}
+
+
+def _session_options(config: RunnerConfig):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if config.intra_op_threads:
+        so.intra_op_num_threads = config.intra_op_threads
+    if config.inter_op_threads:
+        so.inter_op_num_threads = config.inter_op_threads
+    if config.spinning is not None:
+        flag = "1" if config.spinning else "0"
+        so.add_session_config_entry("session.intra_op.allow_spinning", flag)
+        so.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    so.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[config.graph_optimization]
+    so.enable_cpu_mem_arena = config.enable_mem_arena
+    so.enable_mem_pattern = config.enable_mem_pattern
+    so.enable_profiling = config.profile
+    if config.optimized_model_path:
+        so.optimized_model_filepath = str(config.optimized_model_path)
+    return so
+
+
+def load_session(model: str | os.PathLike | bytes, config: RunnerConfig):
+    """The loader: build an InferenceSession; report a missing provider instead of falling back silently.
+
+    Returns (session, fallbacks) where fallbacks lists requested providers the session does not use.
+    """
+    import onnxruntime as ort
+
+    if not isinstance(model, bytes):
+        path = Path(model)
+        if not path.is_file():
+            raise EdgeDLError(f"model file not found: {path}; pass the path to an .onnx file")
+        model = str(path)
+    available = ort.get_available_providers()
+    requested = list(config.providers)
+    missing = [p for p in requested if p not in available]
+    if missing and not config.allow_fallback:
+        raise EdgeDLError(
+            f"execution provider {', '.join(short_name(p) for p in missing)} is not available in this onnxruntime "
+            f"({ort.__version__}; available: {', '.join(short_name(p) for p in available)}); install a build that "
+            "has it, or pass --allow-fallback to run on what is available"
+        )
+    usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
+    providers = [(p, config.provider_options.get(p, {})) for p in usable]
+    try:
+        session = ort.InferenceSession(model, sess_options=_session_options(config), providers=providers)
+    except Exception as exc:  # onnxruntime raises its own types; wrap them with context
+        what = "model bytes" if isinstance(model, bytes) else model
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeDLError(f"onnxruntime could not load {what}: {first}") from exc
+    active = session.get_providers()
+    fallbacks = [p for p in requested if p not in active]
+    if fallbacks and not config.allow_fallback:
+        raise EdgeDLError(
+            f"onnxruntime did not enable {', '.join(short_name(p) for p in fallbacks)} for this model "
+            f"(session uses {', '.join(short_name(p) for p in active)}); pass --allow-fallback to accept that"
+        )
+    return session, fallbacks
+
+
+class Runner:
+    """A loaded model: metadata, input checks, run. Use as a context manager or call ``close()``.
+
+    >>> with Runner("cnn.onnx") as r:
+    ...     logits = r.run(images)["logits"]
+    """
+
+    def __init__(self, model: str | os.PathLike | bytes, config: RunnerConfig | None = None, **overrides: Any):
+        if config is None:
+            config = RunnerConfig(**overrides)
+        elif overrides:
+            raise TypeError("pass either a RunnerConfig or keyword overrides, not both")
+        self.config = config
+        self.source = "<bytes>" if isinstance(model, bytes) else str(model)
+        self.session, self.fallbacks = load_session(model, config)
+        # The C-level session skips InferenceSession.run's Python-side checks; ours replace them, so the
+        # runner stays within a few percent of a bare session.run.
+        self._run = getattr(self.session, "_sess", self.session).run
+        self.inputs = [TensorInfo.from_ort(a, i) for i, a in enumerate(self.session.get_inputs())]
+        self.outputs = [TensorInfo.from_ort(a, i) for i, a in enumerate(self.session.get_outputs())]
+        self.output_names = [o.name for o in self.outputs]
+        self._checks = {
+            i.name: (i.dtype, len(i.shape), tuple((a, d) for a, d in enumerate(i.shape) if isinstance(d, int)))
+            for i in self.inputs
+        }
+        self._single_input = self.inputs[0].name if len(self.inputs) == 1 else None
+        meta = self.session.get_modelmeta()
+        self.custom_metadata: dict[str, str] = dict(meta.custom_metadata_map)
+        self.metadata: dict[str, Any] = _meta.decode(self.custom_metadata)
+
+    # --- lifecycle ---------------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.session = None
+        self._run = None
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- metadata ----------------------------------------------------------------------------------------
+    @property
+    def providers(self) -> list[str]:
+        return list(self.session.get_providers())
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.metadata.get("labels")
+
+    def input_info(self, name: str) -> TensorInfo:
+        for info in self.inputs:
+            if info.name == name:
+                return info
+        raise EdgeDLError(f"model has no input '{name}'; its inputs are {', '.join(i.name for i in self.inputs)}")
+
+    def example_inputs(self, sizes: Mapping[str, int] | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+        return random_inputs(self.inputs, sizes, seed)
+
+    def warmup(self, iterations: int = 3, sizes: Mapping[str, int] | None = None) -> None:
+        feeds = self.example_inputs(sizes)
+        for _ in range(iterations):
+            self.run(feeds)
+
+    # --- running -----------------------------------------------------------------------------------------
+    def check_inputs(self, feeds: Mapping[str, Any], cast: bool = False) -> dict[str, np.ndarray]:
+        """Validate feeds against the model's inputs; returns the feeds (cast only if ``cast`` and lossless)."""
+        checks = self._checks
+        if feeds.keys() != checks.keys():
+            missing = [n for n in checks if n not in feeds]
+            extra = [n for n in feeds if n not in checks]
+            parts = []
+            if missing:
+                parts.append(f"missing input(s) {', '.join(missing)}")
+            if extra:
+                parts.append(f"unknown input(s) {', '.join(map(str, extra))}")
+            raise EdgeDLError(f"{'; '.join(parts)}; the model expects {', '.join(checks)}")
+        out = feeds if not cast else dict(feeds)
+        for name, value in feeds.items():
+            dtype, rank, fixed = checks[name]
+            if type(value) is not np.ndarray:
+                if not isinstance(value, np.ndarray):
+                    raise EdgeDLError(f"input '{name}' must be a numpy array, got {type(value).__name__}")
+            if value.dtype != dtype:
+                if cast and np.can_cast(value.dtype, dtype, casting="safe"):
+                    value = out[name] = value.astype(dtype)
+                else:
+                    hint = " (a lossless cast exists: pass cast=True)" if np.can_cast(value.dtype, dtype, "safe") else ""
+                    raise EdgeDLError(f"input '{name}' expects dtype {dtype.name}, got {value.dtype.name}{hint}")
+            shape = value.shape
+            if len(shape) != rank:
+                raise EdgeDLError(
+                    f"input '{name}' expects rank {rank} {self.input_info(name).shape}, got shape {shape}"
+                )
+            for axis, dim in fixed:
+                if shape[axis] != dim:
+                    raise EdgeDLError(
+                        f"input '{name}' expects size {dim} on axis {axis} "
+                        f"(shape {list(self.input_info(name).shape)}), got shape {list(shape)}"
+                    )
+        return out
+
+    def run(
+        self,
+        feeds: Mapping[str, np.ndarray] | np.ndarray,
+        output_names: list[str] | None = None,
+        cast: bool = False,
+    ) -> dict[str, np.ndarray]:
+        """Run the model on a dict of arrays (or one array for a single-input model); returns name -> array."""
+        if type(feeds) is np.ndarray or isinstance(feeds, np.ndarray):
+            if self._single_input is None:
+                raise EdgeDLError(
+                    f"model has {len(self.inputs)} inputs ({', '.join(i.name for i in self.inputs)}); pass a dict"
+                )
+            feeds = {self._single_input: feeds}
+        feeds = self.check_inputs(feeds, cast=cast)
+        names = output_names or self.output_names
+        try:
+            values = self._run(names, feeds, None)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EdgeDLError(f"onnxruntime failed running {Path(self.source).name}: {first}") from exc
+        return dict(zip(names, values))
+
+    def run_unchecked(self, feeds: Mapping[str, np.ndarray], output_names: list[str] | None = None) -> list:
+        """The bare call, for benchmarks that prepared correct feeds: no validation, no dict building."""
+        return self._run(output_names or self.output_names, feeds, None)
+
+    def run_with_binding(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run through onnxruntime's IO binding (inputs bound once per call, outputs allocated by the provider)."""
+        feeds = self.check_inputs(feeds)
+        binding = self.session.io_binding()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, value)
+        for name in self.output_names:
+            binding.bind_output(name)
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as exc:
+            raise EdgeDLError(f"onnxruntime failed running {Path(self.source).name}: {exc}") from exc
+        return dict(zip(self.output_names, binding.copy_outputs_to_cpu()))
+
+    def end_profiling(self) -> str | None:
+        """Stop profiling (if enabled) and return the path of onnxruntime's JSON trace."""
+        if not self.config.profile:
+            return None
+        return self.session.end_profiling()

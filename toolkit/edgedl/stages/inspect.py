@@ -1,0 +1,87 @@
+"""Describe any ONNX file: I/O with dynamic dims by name, opset/IR, op histogram, parameters, edgedl metadata."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from edgedl._lazy import require
+from edgedl.errors import EdgeDLError
+from edgedl.runtime import metadata as meta_codec
+
+
+def load_onnx(path: Path, what: str = "model"):
+    """onnx.load with errors a user can act on (missing file, not ONNX, missing external data)."""
+    onnx = require("onnx")
+    path = Path(path)
+    if not path.is_file():
+        raise EdgeDLError(f"{what} file not found: {path}")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:
+        raise EdgeDLError(f"{path} is not an ONNX model ({type(exc).__name__}); pass a .onnx file") from exc
+
+
+def _value_info(vi) -> dict[str, Any]:
+    from onnx import helper
+
+    t = vi.type.tensor_type
+    dims: list[int | str] = []
+    for i, d in enumerate(t.shape.dim):
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or f"?{i}")
+    try:
+        dtype = helper.tensor_dtype_to_np_dtype(t.elem_type).name
+    except Exception:
+        dtype = str(t.elem_type)
+    return {"name": vi.name, "dtype": dtype, "shape": dims}
+
+
+def _count_ops(graph, counter: Counter) -> None:
+    for node in graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        counter[key] += 1
+        for attr in node.attribute:
+            if attr.HasField("g"):
+                _count_ops(attr.g, counter)
+            for g in attr.graphs:
+                _count_ops(g, counter)
+
+
+def inspect_model(path: Path) -> dict[str, Any]:
+    import numpy as np
+
+    model = load_onnx(path)
+    graph = model.graph
+    initializer_names = {init.name for init in graph.initializer}
+    ops: Counter = Counter()
+    _count_ops(graph, ops)
+    for fn in model.functions:
+        for node in fn.node:
+            ops[node.op_type] += 1
+    params = sum(int(np.prod(init.dims)) if len(init.dims) else 1 for init in graph.initializer)
+    for node in graph.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and attr.HasField("t"):
+                    params += int(np.prod(attr.t.dims)) if len(attr.t.dims) else 1
+    props = {p.key: p.value for p in model.metadata_props}
+    external = any(init.data_location == 1 for init in graph.initializer)
+    return {
+        "path": str(path),
+        "size_bytes": Path(path).stat().st_size,
+        "ir_version": model.ir_version,
+        "opsets": {(o.domain or "ai.onnx"): o.version for o in model.opset_import},
+        "producer": f"{model.producer_name} {model.producer_version}".strip(),
+        "inputs": [_value_info(i) for i in graph.input if i.name not in initializer_names],
+        "outputs": [_value_info(o) for o in graph.output],
+        "nodes": sum(ops.values()),
+        "op_types": dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "parameters": params,
+        "external_data": external,
+        "edgedl": meta_codec.decode(props),
+        "metadata_props": {k: v for k, v in props.items() if not k.startswith(meta_codec.PREFIX)},
+    }
