@@ -7,9 +7,11 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.providers import PROVIDERS, available_providers, resolve_provider, short_name
 from edgedl.runtime.runner import Runner, RunnerConfig, load_session
 from edgedl.runtime.tensors import TensorInfo, concrete_shape, iter_batches, random_inputs
+from edgedl.runtime.timing import LatencyStats, measure
 
 __all__ = [
     "EdgeDLError",
+    "LatencyStats",
     "PROVIDERS",
     "Runner",
     "RunnerConfig",
@@ -19,6 +21,7 @@ __all__ = [
     "iter_batches",
     "load",
     "load_session",
+    "measure",
     "random_inputs",
     "resolve_provider",
     "short_name",

@@ -1,0 +1,3 @@
+from edgedl.cli import main
+
+main(prog_name="edgedl")

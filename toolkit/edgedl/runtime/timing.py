@@ -1,0 +1,89 @@
+"""The one latency-measurement loop: ``time.perf_counter_ns``, warm-up outside the timed region, percentiles.
+
+``edgedl bench``, the quantization speed gate and the benchmark scripts all time through ``measure`` so their
+numbers are comparable. Inputs must be prepared by the caller before calling ``measure``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+PERCENTILES = (50, 90, 95, 99, 99.9)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency samples in nanoseconds with the summary every report shows (milliseconds)."""
+
+    samples_ns: np.ndarray
+    wall_s: float
+
+    @property
+    def count(self) -> int:
+        return int(self.samples_ns.size)
+
+    def percentile_ms(self, q: float) -> float:
+        return float(np.percentile(self.samples_ns, q)) / 1e6
+
+    @property
+    def mean_ms(self) -> float:
+        return float(self.samples_ns.mean()) / 1e6
+
+    @property
+    def std_ms(self) -> float:
+        return float(self.samples_ns.std()) / 1e6
+
+    @property
+    def min_ms(self) -> float:
+        return float(self.samples_ns.min()) / 1e6
+
+    @property
+    def max_ms(self) -> float:
+        return float(self.samples_ns.max()) / 1e6
+
+    @property
+    def p50_ms(self) -> float:
+        return self.percentile_ms(50)
+
+    def to_json(self) -> dict[str, float]:
+        out = {"count": self.count, "mean_ms": self.mean_ms, "std_ms": self.std_ms, "min_ms": self.min_ms}
+        for q in PERCENTILES:
+            out[f"p{q:g}_ms".replace(".", "")] = self.percentile_ms(q)
+        out["max_ms"] = self.max_ms
+        out["wall_s"] = self.wall_s
+        return out
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    warmup: int = 10,
+    iterations: int | None = 200,
+    duration_s: float | None = None,
+    max_iterations: int = 1_000_000,
+) -> LatencyStats:
+    """Call ``fn`` ``warmup`` times untimed, then time each call until ``iterations`` calls or ``duration_s``
+    seconds (whichever is given; with both, whichever ends first) have passed."""
+    if iterations is None and duration_s is None:
+        raise ValueError("give iterations or duration_s")
+    for _ in range(warmup):
+        fn()
+    limit = iterations if iterations is not None else max_iterations
+    deadline = time.perf_counter_ns() + int(duration_s * 1e9) if duration_s is not None else None
+    samples = np.empty(limit, dtype=np.int64)
+    clock = time.perf_counter_ns
+    start = clock()
+    n = 0
+    while n < limit:
+        t0 = clock()
+        fn()
+        t1 = clock()
+        samples[n] = t1 - t0
+        n += 1
+        if deadline is not None and t1 >= deadline:
+            break
+    return LatencyStats(samples[:n].copy(), (clock() - start) / 1e9)
