@@ -1,0 +1,11 @@
+#!/bin/sh
+# Start the edgedl model server from this bundle (one release). Written by `edgedl package`.
+# Environment: EDGEDL_HOST (default @HOST@), EDGEDL_PORT (default @PORT@), EDGEDL_PYTHON (default: the release venv).
+set -eu
+HERE=$(cd "$(dirname "$0")" && pwd -P)
+PY=${EDGEDL_PYTHON:-$HERE/venv/bin/python}
+if [ ! -x "$PY" ]; then
+    echo "edgedl: $PY not found; install the runtime first: python3 -m venv $HERE/venv && $HERE/venv/bin/pip install --no-index --find-links $HERE/wheels -r $HERE/requirements.txt" >&2
+    exit 2
+fi
+exec "$PY" -m edgedl serve --model-repository "$HERE/models" --host "${EDGEDL_HOST:-@HOST@}" --port "${EDGEDL_PORT:-@PORT@}"

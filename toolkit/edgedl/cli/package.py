@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedl.cli import debug_option, emit_json, json_option
+
+
+@click.command()
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--target", "-t", required=True, help="Device profile name (see `edgedl deploy --list-targets`) or a .toml path.")
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle directory to create (DIR.tar.gz too).")
+@click.option("--python", "python", default=None, help="Python version on the device (default: the profile's first).")
+@click.option("--name", "names", multiple=True, help="Model name in the bundle's repository, one per MODEL (default: file stem).")
+@click.option("--port", default=8000, show_default=True, help="Port the server listens on by default.")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds to by default.")
+@click.option("--no-tarball", is_flag=True, help="Do not write DIR.tar.gz.")
+@click.option("--edgedl-wheel", type=click.Path(path_type=Path), default=None, help="Use this edgedl wheel instead of building one.")
+@json_option
+@debug_option
+def package(models, target, output, python, names, port, host, no_tarball, edgedl_wheel, as_json, debug) -> None:
+    """Bundle MODELS (.onnx) for a device profile: model repository, manifest with sha256 of every file, pinned
+    requirements, an offline wheelhouse for the target's platform, start script, systemd unit and Dockerfile."""
+    from edgedl.stages.package import PackageConfig, package as build
+
+    result = build(PackageConfig(models=list(models), target=target, output=output, python=python, names=list(names),
+                                 port=port, host=host, tarball=not no_tarball, edgedl_wheel=edgedl_wheel,
+                                 progress=not as_json))
+    if as_json:
+        emit_json(result)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgedl.console import out_console
+
+    console = out_console()
+    prof = result["profile"]
+    console.print(f"[bold]{escape(result['path'])}[/]  {result['size_bytes'] / 2**20:.1f} MiB for {prof['name']} "
+                  f"({prof['arch']}, Python {result['python']}, onnxruntime {result['runtime']['onnxruntime']})")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("model", "path", "inputs", "outputs", "sha256"):
+        table.add_column(col)
+    for m in result["models"]:
+        fmt = lambda ts: ", ".join(f"{t['name']}:{t['dtype']}[{','.join(map(str, t['shape']))}]" for t in ts)  # noqa: E731
+        table.add_row(m["name"], m["path"], escape(fmt(m["inputs"])), escape(fmt(m["outputs"])), m["sha256"][:12])
+    console.print(table)
+    console.print(f"wheelhouse: {len(result['runtime']['wheels'])} wheels ({', '.join(result['runtime']['requirements'])})", soft_wrap=True)
+    if result["tarball"]:
+        console.print(f"tarball: {escape(result['tarball'])}")

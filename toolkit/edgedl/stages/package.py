@@ -1,0 +1,285 @@
+"""``edgedl package``: a self-contained bundle for one device profile.
+
+Layout of a bundle (also written as ``DIR.tar.gz``)::
+
+    manifest.json            sha256 of every other file, models' inputs/outputs/labels, profile, versions
+    models/NAME/1/model.onnx model repository in the Triton layout (+ config.pbtxt), what `edgedl serve` loads
+    requirements.txt         exact pins of every wheel in wheels/ (edgedl itself included)
+    wheels/                  offline wheelhouse for the target's platform and Python: edgedl + its runtime deps
+    start.sh supervise.sh    start the server from the release venv / keep it running without systemd
+    edgedl.service           systemd unit
+    Dockerfile               for the target (arm64 Python base for a Pi, l4t/JetPack for Jetson); text only
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import edgedl
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.manifest import FORMAT, MANIFEST, hash_tree, sha256_file
+from edgedl.stages.profiles import DeviceProfile, load_profile
+
+SOURCE_ROOT = Path(__file__).resolve().parents[3]
+TEMPLATES = SOURCE_ROOT / "deploy" / "templates"
+# what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools)
+RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class PackageConfig:
+    models: list[Path]
+    target: str
+    output: Path
+    python: str | None = None  # default: the profile's first Python version
+    port: int = 8000
+    host: str = "0.0.0.0"
+    names: list[str] = field(default_factory=list)  # model names in the repository; default: file stems
+    tarball: bool = True
+    edgedl_wheel: Path | None = None  # default: built from this source tree
+    cache_dir: Path | None = None  # wheelhouse/wheel cache; default $EDGEDL_CACHE or ~/.cache/edgedl
+    progress: bool = True
+
+
+def cache_root(explicit: Path | None = None) -> Path:
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("EDGEDL_CACHE"):
+        return Path(os.environ["EDGEDL_CACHE"])
+    return Path.home() / ".cache" / "edgedl"
+
+
+def _pip(*args: str, what: str) -> None:
+    cmd = [sys.executable, "-m", "pip", *args]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise EdgeDLError(f"{what} failed: {tail} - check your network/index settings (pip {' '.join(args[:1])})")
+
+
+def _locked_cache(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.parent / f".{path.name}.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)  # parallel package runs share one download
+    return lock
+
+
+def wheelhouse(profile: DeviceProfile, python: str, cache: Path) -> tuple[Path, list[str]]:
+    """The target's runtime wheels, downloaded once per (platforms, python, requirements); returns (dir, specs)."""
+    specs = [f"onnxruntime=={profile.onnxruntime}", *RUNTIME_REQUIREMENTS]
+    key = hashlib.sha256(json.dumps([profile.platforms, python, specs]).encode()).hexdigest()[:16]
+    target = cache / "wheelhouse" / f"{profile.arch}-py{python}-{key}"
+    lock = _locked_cache(target)
+    try:
+        if not (target / ".complete").is_file():
+            shutil.rmtree(target, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
+            platform_args = [a for p in profile.platforms for a in ("--platform", p)]
+            tag = python.replace(".", "")
+            _pip("download", "-q", "--only-binary=:all:", *platform_args, "--python-version", python,
+                 "--implementation", "cp", "--abi", f"cp{tag}", "--abi", "abi3", "--abi", "none", "-d", str(tmp), *specs,
+                 what=f"downloading {profile.arch} wheels for Python {python} ({', '.join(specs)})")
+            (tmp / ".complete").write_text(json.dumps(specs))
+            tmp.rename(target)
+    finally:
+        lock.close()
+    return target, specs
+
+
+def edgedl_wheel(cache: Path) -> Path:
+    """A wheel of this edgedl source tree (pure Python), built once per source hash with pip's build backend."""
+    if not (SOURCE_ROOT / "pyproject.toml").is_file():
+        raise EdgeDLError("edgedl's source tree is not available to build the runtime wheel; pass --edgedl-wheel PATH")
+    sources = sorted(p for p in (SOURCE_ROOT / "toolkit" / "edgedl").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    h = hashlib.sha256((SOURCE_ROOT / "pyproject.toml").read_bytes())
+    for p in sources:
+        h.update(str(p.relative_to(SOURCE_ROOT)).encode())
+        h.update(p.read_bytes())
+    target = cache / "edgedl-wheel" / h.hexdigest()[:16]
+    lock = _locked_cache(target)
+    try:
+        wheels = sorted(target.glob("edgedl-*.whl"))
+        if not wheels:
+            with tempfile.TemporaryDirectory(prefix="edgedl-src-") as tmp:
+                src = Path(tmp) / "src"
+                # build from a clean copy so the shared source tree gets no build/ or egg-info litter
+                shutil.copytree(SOURCE_ROOT / "toolkit", src / "toolkit", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+                shutil.copy2(SOURCE_ROOT / "pyproject.toml", src)
+                if (SOURCE_ROOT / "README.md").is_file():
+                    shutil.copy2(SOURCE_ROOT / "README.md", src)
+                out = Path(tmp) / "out"
+                _pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src), what="building the edgedl wheel")
+                target.mkdir(parents=True, exist_ok=True)
+                for whl in out.glob("edgedl-*.whl"):
+                    shutil.copy2(whl, target)
+            wheels = sorted(target.glob("edgedl-*.whl"))
+    finally:
+        lock.close()
+    if not wheels:
+        raise EdgeDLError("building the edgedl wheel produced no file; run `pip wheel --no-deps .` to see why")
+    return wheels[-1]
+
+
+def _pins(wheel_dir: Path) -> list[str]:
+    """name==version for every wheel file (PEP 427 file names)."""
+    pins = []
+    for whl in sorted(wheel_dir.glob("*.whl")):
+        name, version = whl.name.split("-")[:2]
+        pins.append(f"{name.replace('_', '-').lower()}=={version}")
+    return pins
+
+
+def _render(template: str, values: dict[str, object]) -> str:
+    text = (TEMPLATES / template).read_text()
+    for key, value in values.items():
+        text = text.replace(f"@{key}@", str(value))
+    leftover = re.findall(r"@[A-Z_]+@", text)
+    if leftover:
+        raise RuntimeError(f"template {template} has unfilled placeholders {leftover}")
+    return text
+
+
+def _model_entry(path: Path, name: str) -> dict:
+    from edgedl.runtime import load
+
+    if not path.is_file():
+        raise EdgeDLError(f"model {path} does not exist; pass the path of an .onnx file")
+    if path.suffix != ".onnx":
+        raise EdgeDLError(f"{path} is not an .onnx file; export it first with `edgedl export`")
+    if any(path.parent.glob(f"{path.name}.data")) or any(path.parent.glob(f"{path.stem}.onnx.data")):
+        data = path.parent / f"{path.name}.data"
+        raise EdgeDLError(f"{path} keeps its weights in external data ({data.name}); re-export it as one file "
+                          "(edgedl export writes single files)")
+    try:
+        runner = load(path)
+    except EdgeDLError:
+        raise
+    except Exception as exc:  # onnxruntime's own load errors: a corrupt or non-ONNX file
+        raise EdgeDLError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+    meta = runner.metadata
+    return {
+        "name": name,
+        "version": 1,
+        "path": f"models/{name}/1/model.onnx",
+        "inputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)} for t in runner.inputs],
+        "outputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)} for t in runner.outputs],
+        "labels": meta.get("labels"),
+        "preprocessing": meta.get("preprocessing"),
+        "recipe": meta.get("recipe"),
+        "quantization": meta.get("quantization"),
+        "source": {"path": str(path.resolve()), "sha256": sha256_file(path), "size": path.stat().st_size},
+    }
+
+
+def _names(config: PackageConfig) -> list[str]:
+    names = list(config.names) or [p.stem for p in config.models]
+    if len(names) != len(config.models):
+        raise EdgeDLError(f"{len(config.names)} --name values for {len(config.models)} models; give one name per model")
+    for n in names:
+        if not _NAME_RE.match(n):
+            raise EdgeDLError(f"model name {n!r} is not usable in a model repository; use letters, digits, '_', '-', '.'")
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise EdgeDLError(f"two models would both be named {dupes[0]!r}; rename one or pass --name for each model")
+    return names
+
+
+def package(config: PackageConfig) -> dict:
+    """Build the bundle directory (+ tarball); return its manifest (with ``bundle`` and ``tarball`` paths added)."""
+    from edgedl.console import progress
+
+    if not config.models:
+        raise EdgeDLError("give at least one MODEL.onnx to package")
+    profile = load_profile(config.target)
+    python = profile.check_python(config.python or profile.python[0])
+    names = _names(config)
+    out = Path(config.output)
+    tarball = out.parent / f"{out.name}.tar.gz"
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise EdgeDLError(f"{out} already exists and is not empty; choose another -o or remove it (nothing was written)")
+    if config.tarball and tarball.exists():
+        raise EdgeDLError(f"{tarball} already exists; remove it or choose another -o (nothing was written)")
+    if not 0 < config.port < 65536:
+        raise EdgeDLError(f"--port {config.port} is not a TCP port; use 1-65535")
+
+    entries = [_model_entry(Path(p), n) for p, n in zip(config.models, names)]
+    cache = cache_root(config.cache_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        with progress("packaging", total=5, enabled=config.progress) as advance:
+            for src, entry in zip(config.models, entries):
+                dest = staging / entry["path"]
+                dest.parent.mkdir(parents=True)
+                shutil.copyfile(src, dest)
+                (dest.parent.parent / "config.pbtxt").write_text(
+                    f'name: "{entry["name"]}"\nplatform: "onnxruntime_onnx"\n')
+                entry["sha256"] = sha256_file(dest)
+            advance(info="models")
+            wheels_src, specs = wheelhouse(profile, python, cache)
+            wheels = staging / "wheels"
+            shutil.copytree(wheels_src, wheels, ignore=shutil.ignore_patterns(".complete"))
+            advance(info="wheelhouse")
+            own = Path(config.edgedl_wheel) if config.edgedl_wheel else edgedl_wheel(cache)
+            if not own.is_file():
+                raise EdgeDLError(f"--edgedl-wheel {own} does not exist")
+            shutil.copy2(own, wheels)
+            pins = _pins(wheels)
+            (staging / "requirements.txt").write_text(
+                f"# edgedl runtime for {profile.name} ({profile.arch}, Python {python}); install offline with\n"
+                "#   pip install --no-index --find-links wheels -r requirements.txt\n" + "\n".join(pins) + "\n")
+            advance(info="edgedl wheel")
+            values = {"HOST": config.host, "PORT": config.port, "PROFILE": profile.name, "DESCRIPTION": profile.description,
+                      "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
+                      "WHEEL_NOTE": profile.wheel_note or "see the profile", "REMOTE_DIR": "/opt/edgedl",
+                      "BUNDLE": out.name, "MEMORY_MB": profile.memory_mb}
+            for name, template in (("start.sh", "start.sh"), ("supervise.sh", "supervise.sh"), ("edgedl.service", "edgedl.service"),
+                                   ("Dockerfile", "Dockerfile.jetson" if profile.docker_base.startswith("nvcr.io/nvidia/l4t") else "Dockerfile")):
+                (staging / name).write_text(_render(template, values))
+            for script in ("start.sh", "supervise.sh"):
+                (staging / script).chmod(0o755)
+            advance(info="scripts")
+            manifest = {
+                "format": FORMAT,
+                "bundle": out.name,
+                "edgedl_version": edgedl.__version__,
+                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
+                "python": python,
+                "platforms": list(profile.platforms),
+                "server": {"host": config.host, "port": config.port},
+                "models": entries,
+                "runtime": {"onnxruntime": profile.onnxruntime, "requested": specs, "requirements": pins,
+                            "wheels": sorted(p.name for p in wheels.glob("*.whl"))},
+                "files": hash_tree(staging),
+            }
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            for d in (staging, *(p for p in staging.rglob("*") if p.is_dir())):
+                d.chmod(0o755)  # mkdtemp made 0700 dirs; the device's service user must read the release
+            if out.exists():
+                out.rmdir()
+            staging.rename(out)
+            if config.tarball:
+                tmp_tar = tarball.with_name(f".{tarball.name}.partial")
+                with tarfile.open(tmp_tar, "w:gz") as tar:
+                    tar.add(out, arcname=out.name)
+                tmp_tar.rename(tarball)
+            advance(info="manifest")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {**manifest, "path": str(out), "tarball": str(tarball) if config.tarball else None, "size_bytes": size}
