@@ -1,0 +1,156 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedl.cli import debug_option, emit_json, json_option
+
+
+class BenchCommand(click.Command):
+    """`edgedl bench MODEL...` measures; `edgedl bench compare OLD NEW` compares. A positional MODEL list and a
+    subcommand do not mix in a click.Group, so the first argument picks."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        if args and args[0] == "compare":
+            return compare.make_context(f"{info_name} compare", list(args[1:]), parent=parent, **extra)
+        return super().make_context(info_name, args, parent=parent, **extra)
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for v in values for part in v.split(",") if part.strip()]
+
+
+@click.command(cls=BenchCommand, epilog="Compare two saved runs: edgedl bench compare OLD.json NEW.json --threshold 5%")
+@click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-p", "--provider", "providers", multiple=True, metavar="NAME",
+              help="Execution provider (repeatable or comma-separated): cpu, cuda, tensorrt, openvino, xnnpack, "
+                   "coreml, qnn, dnnl, acl ... or onnxruntime's full name.  [default: cpu]")
+@click.option("--provider-option", "provider_options", multiple=True, metavar="PROVIDER:KEY=VALUE",
+              help="e.g. cuda:device_id=0, tensorrt:trt_fp16_enable=1, tensorrt:trt_engine_cache_enable=1, "
+                   "cuda:enable_cuda_graph=1 (with --io-binding).")
+@click.option("-t", "--threads", default="1", show_default=True, metavar="N[,N...]", help="Intra-op thread counts.")
+@click.option("-b", "--batch", default="1", show_default=True, metavar="N[,N...]", help="Batch sizes.")
+@click.option("--shape", "shapes", multiple=True, metavar="NAME=SIZE",
+              help="Size of another dynamic dim (default: the size `edgedl export` validated).")
+@click.option("--warmup", default=10, show_default=True, help="Untimed runs before measuring.")
+@click.option("-n", "--iterations", type=int, help="Timed queries (default: as many as fit in --duration).")
+@click.option("-d", "--duration", type=float, help="Seconds to measure each configuration.  [default: 1]")
+@click.option("--input-data", type=click.Path(path_type=Path), help=".npz with one array per input name.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--io-binding", is_flag=True, help="Bind inputs once and run through onnxruntime's IO binding.")
+@click.option("--spinning/--no-spinning", default=None, help="Let idle intra-op threads spin (onnxruntime default).")
+@click.option("-s", "--scenario", default="single-stream", show_default=True,
+              help="single-stream, offline, server (Poisson arrivals) or multi-stream.")
+@click.option("--target-qps", type=float, help="Server scenario: mean query arrival rate.")
+@click.option("--latency-bound", type=float, metavar="MS", help="Server scenario: p99 latency the run must hold.")
+@click.option("--streams", default=4, show_default=True, help="Multi-stream scenario: concurrent inferences per query.")
+@click.option("--allow-fallback", is_flag=True, help="Accept a provider that is missing or left nodes to another.")
+@click.option("--baseline", type=str, help="'torch': PyTorch eager on the same inputs and threads, side by side.")
+@click.option("--torch-model", help="Recipe (file or zoo name) for --baseline torch when the model has no metadata.")
+@click.option("--torch-checkpoint", type=click.Path(path_type=Path), help="Weights for --torch-model.")
+@click.option("--no-placement", is_flag=True, help="Skip the profiling pass that shows which provider ran each node "
+                                                    "(always done for non-CPU providers).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--markdown", is_flag=True, help="Print a markdown table instead of the terminal table.")
+@click.option("--save", type=click.Path(path_type=Path), help="Write the full report (JSON) here.")
+@click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of latency distributions and throughput.")
+@json_option
+@debug_option
+def bench(models, providers, provider_options, threads, batch, shapes, warmup, iterations, duration, input_data, seed,
+          io_binding, spinning, scenario, target_qps, latency_bound, streams, allow_fallback, baseline, torch_model,
+          torch_checkpoint, no_placement, quiet, markdown, save, plot, as_json, debug):
+    """Benchmark MODEL.onnx files on execution providers, each configuration in its own process.
+
+    Reports latency percentiles, throughput, peak memory and the providers that actually ran the nodes; a
+    requested provider that is missing or fell back to the CPU fails the run unless --allow-fallback.
+    """
+    from edgedl.stages.bench import BenchConfig, run_bench
+    from edgedl.stages.bench.config import parse_int_list, parse_provider_option, parse_shape
+
+    options: dict[str, dict[str, str]] = {}
+    for text in provider_options:
+        name, key, value = parse_provider_option(text)
+        options.setdefault(name, {})[key] = value
+    config = BenchConfig(
+        models=list(models), providers=tuple(_split(providers)) or ("cpu",), provider_options=options,
+        threads=parse_int_list(threads, "--threads"), batches=parse_int_list(batch, "--batch"),
+        shapes=dict(parse_shape(s) for s in shapes), warmup=warmup, iterations=iterations,
+        duration_s=duration if duration is not None else (None if iterations else 1.0), input_data=input_data,
+        seed=seed, io_binding=io_binding, spinning=spinning, scenario=scenario, target_qps=target_qps,
+        latency_bound_ms=latency_bound, streams=streams, allow_fallback=allow_fallback, baseline=baseline,
+        torch_model=torch_model, torch_checkpoint=torch_checkpoint, placement=not no_placement,
+    )
+    report = run_bench(config, show_progress=not quiet and not as_json)
+    if save:
+        report.save(save)
+    if plot:
+        from edgedl.stages.bench.plot import plot_report
+
+        plot_report(report, plot)
+    for line in report.fallbacks():
+        click.secho(f"warning: FALLBACK {line}", fg="red", bold=True, err=True)
+    if as_json:
+        emit_json(report.to_json())
+        return
+    if markdown:
+        click.echo(report.markdown(), nl=False)
+    else:
+        from edgedl.console import out_console
+
+        console = out_console()
+        if not console.is_terminal:  # piped: don't squeeze the table into 80 columns
+            console.width = max(console.width, 150)
+        console.print(report.rich_table())
+        console.print(f"measured on {report.environment_line()}", soft_wrap=True)
+        for line in report.scenario_lines():
+            console.print(line)
+    if save:
+        click.echo(f"saved {save}", err=True)
+    if plot:
+        click.echo(f"plotted {plot}", err=True)
+
+
+@click.command()
+@click.argument("old", type=click.Path(path_type=Path))
+@click.argument("new", type=click.Path(path_type=Path))
+@click.option("--threshold", default="5%", show_default=True, help="Change beyond which a metric counts as changed.")
+@click.option("--metric", "metrics", multiple=True, metavar="NAME",
+              help="p50, p90, p99, mean, throughput, memory (repeatable).  [default: p50, throughput]")
+@json_option
+@debug_option
+def compare(old, new, threshold, metrics, as_json, debug):
+    """Compare two `edgedl bench --save` reports; exit 3 if any metric regressed beyond --threshold."""
+    from edgedl.stages.bench.compare import REGRESSION_EXIT_CODE, compare_reports, verdict
+    from edgedl.stages.bench.config import parse_percent
+    from edgedl.stages.bench.report import BenchReport
+
+    threshold_pct = parse_percent(threshold)
+    result = compare_reports(BenchReport.load(old), BenchReport.load(new), threshold_pct,
+                             tuple(_split(metrics)) or ("p50", "throughput"))
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        from rich.table import Table
+
+        from edgedl.console import out_console
+
+        table = Table(title=f"{old.name} → {new.name} (threshold {threshold_pct:g}%)", show_edge=False, pad_edge=False)
+        for col in ("configuration", "metric", "old", "new", "change", "verdict"):
+            table.add_column(col, justify="left" if col in ("configuration", "metric", "verdict") else "right")
+        for c in result.changes:
+            v = verdict(c, threshold_pct)
+            table.add_row(c.key, c.metric, f"{c.old:.4g}", f"{c.new:.4g}", f"{c.change_pct:+.1f}%", v,
+                          style="bold red" if v == "REGRESSION" else ("green" if v == "improved" else None))
+        console = out_console()
+        if not console.is_terminal:
+            console.width = max(console.width, 150)
+        console.print(table)
+        for key in result.only_old:
+            console.print(f"only in {old.name}: {key}")
+        for key in result.only_new:
+            console.print(f"only in {new.name}: {key}")
+        n = len(result.regressions)
+        console.print(f"{n} regression(s) beyond {threshold_pct:g}%" if n else f"no regression beyond {threshold_pct:g}%")
+    if not result:
+        raise click.exceptions.Exit(REGRESSION_EXIT_CODE)

@@ -1,0 +1,24 @@
+"""``edgedl bench``: measure models on execution providers, one isolated process per configuration.
+
+Library entry points: ``run_bench(BenchConfig(...)) -> BenchReport`` and ``compare_reports(old, new, threshold)``.
+"""
+
+from edgedl.stages.bench.config import BenchConfig, WorkerConfig
+
+__all__ = ["BenchConfig", "WorkerConfig", "run_bench", "compare_reports", "BenchReport"]
+
+
+def __getattr__(name):  # keep `python -m edgedl.stages.bench.worker` free of the orchestrator's imports
+    if name == "run_bench":
+        from edgedl.stages.bench.orchestrate import run_bench
+
+        return run_bench
+    if name == "BenchReport":
+        from edgedl.stages.bench.report import BenchReport
+
+        return BenchReport
+    if name == "compare_reports":
+        from edgedl.stages.bench.compare import compare_reports
+
+        return compare_reports
+    raise AttributeError(name)

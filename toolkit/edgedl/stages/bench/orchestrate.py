@@ -1,0 +1,90 @@
+"""Run a BenchConfig: one worker subprocess per configuration, collected into a BenchReport."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from edgedl.console import progress
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.providers import short_name
+from edgedl.stages.bench.config import BenchConfig, WorkerConfig
+from edgedl.stages.bench.report import BenchReport
+
+WORKER = [sys.executable, "-m", "edgedl.stages.bench.worker"]
+
+
+def _torch_context(model: str) -> dict[str, Any]:
+    """What the torch worker needs from the ONNX model (read here, so the torch process loads no onnxruntime)."""
+    from edgedl.runtime import Runner
+
+    with Runner(model) as runner:
+        return {"torch_inputs": [{**i.to_json(), "onnx_type": i.onnx_type} for i in runner.inputs],
+                "torch_metadata": runner.metadata}
+
+
+def _label(cfg: WorkerConfig) -> str:
+    engine = "torch" if cfg.engine == "torch" else short_name(cfg.provider or "cpu")
+    return f"{Path(cfg.model).stem} {engine} t{cfg.threads} b{cfg.batch}"
+
+
+def run_worker(cfg: WorkerConfig, extra: dict[str, Any] | None = None, timeout_s: float | None = None) -> dict[str, Any]:
+    """Measure one configuration in a fresh Python process; returns its result dict or raises EdgeDLError."""
+    payload = json.dumps({**cfg.to_json(), **(extra or {})})
+    budget = timeout_s or 120 + 20 * (cfg.duration_s or 0) + 0.5 * (cfg.iterations or 0)
+    try:
+        proc = subprocess.run([*WORKER, payload], capture_output=True, text=True, timeout=budget,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except subprocess.TimeoutExpired:
+        raise EdgeDLError(f"{_label(cfg)}: the measurement did not finish within {budget:.0f} s; "
+                          "lower --iterations/--duration") from None
+    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    result = None
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    if proc.returncode != 0 or result is None or "error" in result:
+        if result and "error" in result and not result.get("bug"):
+            raise EdgeDLError(f"{_label(cfg)}: {result['error']}")
+        if proc.returncode < 0:
+            sig = signal.Signals(-proc.returncode).name
+            hint = " (an onnxruntime build for another CPU? run `edgedl doctor`)" if sig == "SIGILL" else ""
+            raise EdgeDLError(f"{_label(cfg)}: the worker process was killed by {sig}{hint}")
+        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
+        raise RuntimeError(f"bench worker failed for {_label(cfg)} (exit {proc.returncode}):\n{tail}")
+    return result
+
+
+def run_bench(config: BenchConfig, show_progress: bool = True,
+              on_result: Callable[[dict[str, Any]], None] | None = None) -> BenchReport:
+    configs = config.configurations()
+    torch_extra: dict[str, dict[str, Any]] = {}
+    if config.baseline == "torch":
+        for model in {c.model for c in configs}:
+            ctx = _torch_context(model)
+            meta = ctx["torch_metadata"]
+            if not config.torch_model and not meta.get("recipe_source"):
+                raise EdgeDLError(f"{Path(model).name} carries no recipe metadata (written by `edgedl export`); "
+                                  "pass --torch-model RECIPE (and --torch-checkpoint DIR) for --baseline torch")
+            if not config.torch_checkpoint and not meta.get("checkpoint"):
+                raise EdgeDLError(f"{Path(model).name} names no checkpoint; pass --torch-checkpoint DIR")
+            torch_extra[model] = ctx
+    results = []
+    environment: dict[str, Any] = {}
+    with progress("benchmarking", total=len(configs), enabled=show_progress) as advance:
+        for cfg in configs:
+            advance(0, info=_label(cfg))
+            result = run_worker(cfg, torch_extra.get(cfg.model) if cfg.engine == "torch" else None)
+            environment = result.pop("environment", None) or environment
+            results.append(result)
+            if on_result:
+                on_result(result)
+            advance(1)
+    return BenchReport(config.to_json(), environment, results)

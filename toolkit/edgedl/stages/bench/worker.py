@@ -1,0 +1,231 @@
+"""Measure ONE configuration in this process and print its result as JSON (the last line of stdout).
+
+    python -m edgedl.stages.bench.worker '{"model": "/path/m.onnx", "threads": 1, "batch": 1}'
+    python -m edgedl.stages.bench.worker config.json
+
+``edgedl bench`` starts one worker process per configuration, so the peak resident memory reported is that
+configuration's alone. The onnxruntime path needs only numpy, onnxruntime and edgedl.runtime (it can run on a
+device); the torch baseline imports torch lazily.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.providers import short_name
+from edgedl.runtime.timing import measure
+from edgedl.stages.bench import scenarios
+from edgedl.stages.bench.config import WorkerConfig
+from edgedl.stages.bench.environment import environment
+from edgedl.stages.bench.inputs import inputs_from_json, make_feeds, resolve_sizes
+from edgedl.stages.bench.placement import foreign_nodes, profile_placement
+
+QUANTILES = np.linspace(0, 100, 101)
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def once(fn: Callable[[], object]) -> tuple[object, float]:
+    """Time a single call (session creation, first inference) through the shared loop; returns (value, ms)."""
+    box: list[object] = []
+    stats = measure(lambda: box.append(fn()), warmup=0, iterations=1)
+    return box[0], stats.min_ms
+
+
+def run_scenario(cfg: WorkerConfig, run_query: Callable[[], object]) -> scenarios.ScenarioResult:
+    common = dict(warmup=cfg.warmup, iterations=cfg.iterations, duration_s=cfg.duration_s)
+    if cfg.scenario == "single-stream":
+        return scenarios.single_stream(run_query, cfg.batch, **common)
+    if cfg.scenario == "offline":
+        return scenarios.offline(run_query, cfg.batch, **common)
+    if cfg.scenario == "server":
+        return scenarios.server(run_query, cfg.batch, target_qps=cfg.target_qps, latency_bound_ms=cfg.latency_bound_ms,
+                                seed=cfg.seed, **common)
+    if cfg.scenario == "multi-stream":
+        return scenarios.multi_stream(run_query, cfg.batch, cfg.streams, **common)
+    raise EdgeDLError(f"unknown scenario '{cfg.scenario}'")
+
+
+def _ort_run_query(runner, feeds: dict[str, np.ndarray], io_binding: bool) -> Callable[[], object]:
+    if not io_binding:
+        return lambda: runner.run_unchecked(feeds)
+    # inputs bound once, outside the timed region; the provider allocates outputs (on its device)
+    session = runner.session
+    binding = session.io_binding()
+    for name, value in feeds.items():
+        binding.bind_cpu_input(name, value)
+    for name in runner.output_names:
+        binding.bind_output(name)
+    run_with_iobinding = session.run_with_iobinding
+    return lambda: run_with_iobinding(binding)
+
+
+def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    from edgedl.runtime import Runner, RunnerConfig
+
+    provider = cfg.provider or "CPUExecutionProvider"
+
+    def runner_config(profile: bool = False) -> RunnerConfig:
+        return RunnerConfig(providers=(provider,), provider_options={provider: cfg.provider_options} if cfg.provider_options else {},
+                            intra_op_threads=cfg.threads, spinning=cfg.spinning, allow_fallback=cfg.allow_fallback,
+                            profile=profile)
+
+    startup_rss = peak_rss_mib()
+    runner, create_ms = once(lambda: Runner(cfg.model, runner_config()))
+    sizes = resolve_sizes(runner.inputs, runner.metadata, cfg.batch, cfg.shapes)
+    feeds = runner.check_inputs(make_feeds(runner.inputs, runner.metadata, sizes, cfg.seed, cfg.input_data))
+    run_query = _ort_run_query(runner, feeds, cfg.io_binding)
+    _, first_ms = once(run_query)
+    result = run_scenario(cfg, run_query)
+    peak = peak_rss_mib()
+    session_providers = [short_name(p) for p in runner.providers]
+    fallbacks = [f"{short_name(p)} not enabled by onnxruntime" for p in runner.fallbacks]
+    runner.close()
+
+    placement = None
+    if cfg.placement or provider != "CPUExecutionProvider":
+        placement = profile_placement(lambda: Runner(cfg.model, runner_config(profile=True)),
+                                      lambda r: r.run_unchecked(feeds))
+        foreign = foreign_nodes(placement, provider)
+        if foreign and placement["nodes"]:
+            where = ", ".join(f"{n} on {p}" for p, n in foreign.items())
+            message = (f"{short_name(provider)} did not execute every node of {Path(cfg.model).name}: "
+                       f"{where} (of {placement['nodes']})")
+            if not cfg.allow_fallback:
+                raise EdgeDLError(message + "; pass --allow-fallback to accept that")
+            fallbacks += [f"{n} of {placement['nodes']} node(s) ran on {p}" for p, n in foreign.items()]
+    used = list(placement["by_provider"]) if placement and placement["by_provider"] else session_providers[:1]
+    return _result(cfg, result, sizes, create_ms, first_ms, startup_rss, peak, {
+        "engine_version": f"onnxruntime {ort.__version__}",
+        "provider_requested": short_name(provider),
+        "providers_session": session_providers,
+        "providers_used": used,
+        "placement": placement,
+        "fallback": fallbacks,
+        "model_metadata": {k: runner.metadata.get(k) for k in ("recipe", "quantization") if runner.metadata.get(k)},
+    })
+
+
+def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict[str, Any]) -> dict[str, Any]:
+    from edgedl._lazy import require
+
+    startup_rss = peak_rss_mib()
+    torch = require("torch")
+    from edgedl.recipe import load_recipe
+    from edgedl.stages.train import load_weights
+
+    recipe_spec = cfg.torch_model or metadata.get("recipe_source")
+    checkpoint = cfg.torch_checkpoint or metadata.get("checkpoint")
+    if not recipe_spec or not checkpoint:
+        raise EdgeDLError(f"{Path(cfg.model).name} carries no recipe/checkpoint metadata (edgedl export writes it); "
+                          "pass --torch-model RECIPE and --torch-checkpoint DIR for the torch baseline")
+    torch.set_num_threads(cfg.threads)
+    recipe = load_recipe(recipe_spec)
+    (model, _), create_ms = once(lambda: load_weights(recipe, Path(checkpoint)))
+    infos = inputs_from_json(specs)
+    sizes = resolve_sizes(infos, metadata, cfg.batch, cfg.shapes)
+    feeds = make_feeds(infos, metadata, sizes, cfg.seed, cfg.input_data)
+    order = recipe.input_names
+    missing = [n for n in order if n not in feeds]
+    if missing:
+        raise EdgeDLError(f"recipe '{recipe.name}' expects input(s) {', '.join(missing)} that the ONNX model lacks; "
+                          "pass the matching --torch-model")
+    tensors = [torch.from_numpy(feeds[n]) for n in order]
+    with torch.inference_mode():
+        run_query = lambda: model(*tensors)  # noqa: E731
+        _, first_ms = once(run_query)
+        result = run_scenario(cfg, run_query)
+    peak = peak_rss_mib()
+    return _result(cfg, result, sizes, create_ms, first_ms, startup_rss, peak, {
+        "engine_version": f"torch {torch.__version__}",
+        "provider_requested": None,
+        "providers_session": ["torch-cpu"],
+        "providers_used": ["torch-cpu"],
+        "placement": None,
+        "fallback": [],
+        "torch_model": {"recipe": recipe_spec, "checkpoint": str(checkpoint), "threads": torch.get_num_threads()},
+    })
+
+
+def _result(cfg: WorkerConfig, result: scenarios.ScenarioResult, sizes: dict[str, int], create_ms: float,
+            first_ms: float, startup_rss: float, peak: float, extra: dict[str, Any]) -> dict[str, Any]:
+    stats = result.latency
+    latency = stats.to_json()
+    headline_value = result.samples_per_s if result.headline == "samples/s" else latency[f"{result.headline}_ms"]
+    return {
+        "model": cfg.model,
+        "model_name": Path(cfg.model).stem,
+        "model_size_bytes": Path(cfg.model).stat().st_size,
+        "engine": cfg.engine,
+        **extra,
+        "threads": cfg.threads,
+        "batch": cfg.batch,
+        "sizes": sizes,
+        "scenario": result.scenario,
+        "io_binding": cfg.io_binding,
+        "session_create_ms": create_ms,
+        "first_inference_ms": first_ms,
+        "latency_ms": latency,
+        "latency_quantiles_ms": [round(float(v), 6) for v in np.percentile(stats.samples_ns, QUANTILES) / 1e6],
+        "samples_per_query": result.samples_per_query,
+        "queries": result.queries,
+        "throughput": {"queries_per_s": result.queries_per_s, "samples_per_s": result.samples_per_s},
+        "headline": {"metric": result.headline, "value": headline_value},
+        "scenario_details": result.extra,
+        "startup_rss_mib": startup_rss,
+        "peak_rss_mib": peak,
+    }
+
+
+def run_config(cfg: WorkerConfig, torch_inputs: list[dict[str, Any]] | None = None,
+               torch_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    if cfg.engine == "onnxruntime":
+        out = measure_onnxruntime(cfg)
+    elif cfg.engine == "torch":
+        out = measure_torch(cfg, torch_inputs or [], torch_metadata or {})
+    else:
+        raise EdgeDLError(f"unknown engine '{cfg.engine}' (onnxruntime, torch)")
+    out["environment"] = environment()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CONFIG_JSON is a JSON object or a path to one; extra keys 'torch_inputs'/'torch_metadata' for torch."""
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m edgedl.stages.bench.worker CONFIG_JSON|config.json", file=sys.stderr)
+        return 2
+    try:
+        text = argv[0]
+        data = json.loads(Path(text).read_text() if not text.lstrip().startswith("{") else text)
+        torch_inputs = data.pop("torch_inputs", None)
+        torch_metadata = data.pop("torch_metadata", None)
+        out = run_config(WorkerConfig.from_json(data), torch_inputs, torch_metadata)
+    except EdgeDLError as exc:
+        print(json.dumps({"error": str(exc)}))
+        return 1
+    except Exception as exc:  # a bug: keep the traceback for the report
+        traceback.print_exc()
+        print(json.dumps({"error": f"worker crashed: {type(exc).__name__}: {exc}", "bug": True}))
+        return 2
+    sys.stdout.flush()
+    print(json.dumps(out, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
