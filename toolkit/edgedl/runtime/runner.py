@@ -6,6 +6,7 @@ number measured is the code that ships. Imports only numpy, onnxruntime and the 
 
 from __future__ import annotations
 
+import operator
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,17 @@ from edgedl.runtime.providers import resolve_provider, short_name
 from edgedl.runtime.tensors import TensorInfo, random_inputs
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+_NDARRAY = np.ndarray
+
+
+def _input_plan(info: TensorInfo) -> tuple:
+    """(name, dtype, rank, getter of the fixed dims or None, their expected value) for the fast input check."""
+    fixed = [(axis, dim) for axis, dim in enumerate(info.shape) if isinstance(dim, int)]
+    if not fixed:
+        return info.name, info.dtype, len(info.shape), None, None
+    getter = operator.itemgetter(*(axis for axis, _ in fixed))
+    want = fixed[0][1] if len(fixed) == 1 else tuple(dim for _, dim in fixed)
+    return info.name, info.dtype, len(info.shape), getter, want
 
 
 @dataclass
@@ -114,6 +126,10 @@ def load_session(model: str | os.PathLike | bytes, config: RunnerConfig):
     return session, fallbacks
 
 
+def _closed(*_args):
+    raise EdgeDLError("this runner is closed; load the model again")
+
+
 class Runner:
     """A loaded model: metadata, input checks, run. Use as a context manager or call ``close()``.
 
@@ -139,6 +155,8 @@ class Runner:
             i.name: (i.dtype, len(i.shape), tuple((a, d) for a, d in enumerate(i.shape) if isinstance(d, int)))
             for i in self.inputs
         }
+        self._plan = tuple(_input_plan(i) for i in self.inputs)
+        self._n_inputs = len(self.inputs)
         self._single_input = self.inputs[0].name if len(self.inputs) == 1 else None
         meta = self.session.get_modelmeta()
         self.custom_metadata: dict[str, str] = dict(meta.custom_metadata_map)
@@ -146,8 +164,13 @@ class Runner:
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def close(self) -> None:
+        """Release the session; running a closed runner raises an EdgeDLError."""
         self.session = None
-        self._run = None
+        self._run = _closed
+
+    @property
+    def closed(self) -> bool:
+        return self.session is None
 
     def __enter__(self) -> "Runner":
         return self
@@ -179,9 +202,30 @@ class Runner:
             self.run(feeds)
 
     # --- running -----------------------------------------------------------------------------------------
-    def check_inputs(self, feeds: Mapping[str, Any], cast: bool = False) -> dict[str, np.ndarray]:
-        """Validate feeds against the model's inputs; returns the feeds (cast only if ``cast`` and lossless)."""
+    def check_inputs(self, feeds: Mapping[str, Any], cast: bool = False) -> Mapping[str, np.ndarray]:
+        """Validate feeds against the model's inputs; returns the feeds (cast only if ``cast`` and lossless).
+
+        The fast path is one pass over a precomputed plan (exact dtype object, rank, fixed dims through one
+        itemgetter) and returns ``feeds`` itself; anything unusual falls through to the full check, which either
+        accepts it (a dtype equal but not identical, an ndarray subclass, an explicit safe cast) or raises an
+        EdgeDLError naming the input, what was expected and what was got.
+        """
+        if not cast and feeds.__class__ is dict and len(feeds) == self._n_inputs:
+            for name, dtype, rank, fixed_get, fixed_want in self._plan:
+                value = feeds.get(name)
+                if value.__class__ is not _NDARRAY or value.dtype is not dtype:
+                    break
+                shape = value.shape
+                if len(shape) != rank or (fixed_get is not None and fixed_get(shape) != fixed_want):
+                    break
+            else:
+                return feeds
+        return self._check_inputs_slow(feeds, cast)
+
+    def _check_inputs_slow(self, feeds: Mapping[str, Any], cast: bool) -> Mapping[str, np.ndarray]:
         checks = self._checks
+        if not isinstance(feeds, Mapping):
+            raise EdgeDLError(f"inputs must be a dict of name -> numpy array, got {type(feeds).__name__}")
         if feeds.keys() != checks.keys():
             missing = [n for n in checks if n not in feeds]
             extra = [n for n in feeds if n not in checks]
@@ -191,14 +235,17 @@ class Runner:
             if extra:
                 parts.append(f"unknown input(s) {', '.join(map(str, extra))}")
             raise EdgeDLError(f"{'; '.join(parts)}; the model expects {', '.join(checks)}")
-        out = feeds if not cast else dict(feeds)
+        out: dict[str, Any] | Mapping[str, Any] = feeds
         for name, value in feeds.items():
             dtype, rank, fixed = checks[name]
-            if type(value) is not np.ndarray:
-                if not isinstance(value, np.ndarray):
-                    raise EdgeDLError(f"input '{name}' must be a numpy array, got {type(value).__name__}")
+            if not isinstance(value, np.ndarray):
+                raise EdgeDLError(f"input '{name}' must be a numpy array, got {type(value).__name__}")
             if value.dtype != dtype:
-                if cast and np.can_cast(value.dtype, dtype, casting="safe"):
+                if dtype.kind == "O" and value.dtype.kind in "USO":
+                    pass  # onnxruntime takes str/bytes arrays for string inputs as they are
+                elif cast and np.can_cast(value.dtype, dtype, casting="safe"):
+                    if out is feeds:
+                        out = dict(feeds)
                     value = out[name] = value.astype(dtype)
                 else:
                     hint = " (a lossless cast exists: pass cast=True)" if np.can_cast(value.dtype, dtype, "safe") else ""
@@ -206,7 +253,7 @@ class Runner:
             shape = value.shape
             if len(shape) != rank:
                 raise EdgeDLError(
-                    f"input '{name}' expects rank {rank} {self.input_info(name).shape}, got shape {shape}"
+                    f"input '{name}' expects rank {rank} {list(self.input_info(name).shape)}, got shape {list(shape)}"
                 )
             for axis, dim in fixed:
                 if shape[axis] != dim:

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedl.cli import debug_option
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path), required=False)
+@click.option("--model-repository", type=click.Path(path_type=Path),
+              help="Serve every model of a Triton-layout repository DIR/NAME/N/model.onnx (+ optional config.pbtxt).")
+@click.option("--model-name", help="Name of the single MODEL (default: the file name without .onnx).")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind; pass 0.0.0.0 explicitly to accept connections from other machines.")
+@click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0 picks a free one).")
+@click.option("--api-key", envvar="EDGEDL_API_KEY", show_envvar=True,
+              help="Require 'Authorization: Bearer KEY' on every endpoint except /v2/health/live.")
+@click.option("--max-batch-size", default=0, show_default=True, type=int,
+              help="Dynamic batching: stack up to N rows per run (models with a dynamic axis 0; 0/1 = off). "
+                   "A model's config.pbtxt overrides it.")
+@click.option("--max-queue-delay-us", default=200, show_default=True, type=int,
+              help="Dynamic batching: how long the first queued request waits for others.")
+@click.option("--max-queue", default=256, show_default=True, type=int,
+              help="Requests allowed to wait per model; beyond that the server answers 503.")
+@click.option("--instances", default=1, show_default=True, type=int,
+              help="Concurrent onnxruntime runs per model (config.pbtxt instance_group overrides it).")
+@click.option("--threads", type=int, default=None,
+              help="onnxruntime intra-op threads per run [default: the CPUs this process may use].")
+@click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
+              help="Execution provider, in order of preference (repeatable).")
+@click.option("--allow-fallback", is_flag=True, help="Run on what is available if a provider is missing.")
+@click.option("--max-body-bytes", default=64 * 1024 * 1024, show_default=True, type=int,
+              help="Refuse larger request bodies with 413.")
+@click.option("--access-log", type=click.Choice(["off", "text", "json"]), default="off", show_default=True,
+              help="One line per request on stderr (or --access-log-file): plain text or JSON lines.")
+@click.option("--access-log-file", type=click.Path(path_type=Path), help="Append the access log to this file.")
+@click.option("--drain-timeout", default=30.0, show_default=True, type=float,
+              help="Seconds to finish in-flight requests after SIGTERM/SIGINT.")
+@click.option("--allow-nan", is_flag=True, help="Accept NaN/Inf in float inputs (refused with 400 by default).")
+@debug_option
+def serve(model, model_repository, model_name, host, port, api_key, max_batch_size, max_queue_delay_us, max_queue,
+          instances, threads, providers, allow_fallback, max_body_bytes, access_log, access_log_file, drain_timeout,
+          allow_nan, debug) -> None:
+    """Serve MODEL.onnx (or --model-repository DIR) over the Open Inference Protocol v2 - the HTTP/REST API of
+    Triton and KServe, with binary tensors - so tritonclient, curl or any KServe v2 client can call it.
+
+    Reload with SIGHUP or POST /v2/repository/models/NAME/load; stop with SIGTERM/Ctrl-C (drains first).
+    """
+    from edgedl.runtime.server import BatchPolicy, ServerConfig, serve as run_server
+
+    options = {}
+    if threads is not None:
+        options["intra_op_threads"] = threads
+    config = ServerConfig(
+        model=model, model_repository=model_repository, model_name=model_name, host=host, port=port,
+        api_key=api_key, max_body_bytes=max_body_bytes,
+        batching=BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
+                             max_queue=max_queue, instances=instances),
+        providers=tuple(providers), allow_fallback=allow_fallback, access_log=access_log,
+        access_log_path=access_log_file, drain_timeout_s=drain_timeout, allow_nonfinite=allow_nan, **options,
+    )
+    run_server(config)

@@ -1,0 +1,348 @@
+"""The inference server as a bare ASGI application (no framework): routing, auth, body limit, error mapping,
+metrics and access log around the Open Inference Protocol v2 handlers."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import sys
+import time
+import traceback
+from time import perf_counter
+
+from edgedl import __version__
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.server.config import ServerConfig
+from edgedl.runtime.server.metrics import ServerMetrics
+from edgedl.runtime.server.models import Registry, ServedModel
+from edgedl.runtime.server.protocol import HTTPError, datatype_of, encode_response, parse_infer_request, v2_shape
+
+log = logging.getLogger("edgedl.serve")
+EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
+_JSON = b"application/json"
+_REASON = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request", 411: "bad_request",
+           413: "too_large", 503: "unavailable"}
+
+
+def _dumps(doc) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode()
+
+
+class _Ctx:
+    """What one request learned along the way, for metrics and the access log."""
+
+    __slots__ = ("model", "version", "request_id", "endpoint")
+
+    def __init__(self):
+        self.model = self.version = self.request_id = None
+        self.endpoint = "other"
+
+
+class InferenceApp:
+    def __init__(self, registry: Registry, config: ServerConfig, metrics: ServerMetrics):
+        self.registry, self.config, self.metrics = registry, config, metrics
+        self.started = False
+        self.draining = False
+        self._api_key = config.api_key.encode() if config.api_key else None
+        self._log_stream = None
+        if config.access_log != "off":
+            self._log_stream = open(config.access_log_path, "a", buffering=1) if config.access_log_path else sys.stderr
+
+    @property
+    def ready(self) -> bool:
+        return self.started and not self.draining and bool(self.registry.models)
+
+    # --- ASGI entry ----------------------------------------------------------------------------------------
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    self.draining = True
+                    await self.registry.close()
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+
+    async def _http(self, scope, receive, send):
+        t0 = perf_counter()
+        ctx = _Ctx()
+        header_length = content_length = None
+        auth = None
+        try:
+            for key, value in scope["headers"]:
+                if key == b"inference-header-content-length":
+                    header_length = value
+                elif key == b"content-length":
+                    content_length = value
+                elif key == b"authorization":
+                    auth = value
+            status, body, extra = await self._route(scope, receive, ctx, header_length, content_length, auth)
+        except HTTPError as exc:
+            status, body, extra = exc.status, _dumps({"error": exc.message}), None
+        except EdgeDLError as exc:  # the runner's input checks and onnxruntime failures on this input
+            status, body, extra = 400, _dumps({"error": str(exc)}), None
+        except Exception as exc:  # noqa: BLE001 - a bug must not take the server down; log it, answer 500
+            log.error("internal error on %s %s:\n%s", scope["method"], scope["path"], traceback.format_exc())
+            status, body, extra = 500, _dumps({"error": f"internal server error: {type(exc).__name__}: {exc}"}), None
+        headers = [(b"content-length", str(len(body)).encode())]
+        if extra:
+            headers.extend(extra)
+        if not extra or extra[0][0] != b"content-type":
+            headers.append((b"content-type", _JSON))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        self._account(scope, ctx, status, len(body), perf_counter() - t0)
+
+    def _account(self, scope, ctx: _Ctx, status: int, size: int, seconds: float) -> None:
+        m = self.metrics
+        m.http.inc((ctx.endpoint, status))
+        if ctx.endpoint == "infer":
+            model = ctx.model if ctx.version is not None else ""  # unknown names must not grow the label set
+            version = ctx.version or ""
+            m.requests.inc((model, version, status))
+            if status != 200:
+                m.failures.inc((model, _REASON.get(status, "internal")))
+            else:
+                m.total.observe((model, version), seconds)
+        if self._log_stream is not None:
+            client = scope.get("client") or ("-", 0)
+            if self.config.access_log == "json":
+                line = _dumps({"ts": round(time.time(), 6), "client": f"{client[0]}:{client[1]}",
+                               "method": scope["method"], "path": scope["path"], "status": status, "bytes": size,
+                               "ms": round(seconds * 1e3, 3), "model": ctx.model, "version": ctx.version,
+                               "id": ctx.request_id}).decode()
+            else:
+                extra = f" model={ctx.model}" if ctx.model else ""
+                extra += f" id={ctx.request_id}" if ctx.request_id else ""
+                line = (f'{time.strftime("%Y-%m-%dT%H:%M:%S")} {client[0]}:{client[1]} "{scope["method"]} '
+                        f'{scope["path"]}" {status} {size}B {seconds * 1e3:.3f}ms{extra}')
+            self._log_stream.write(line + "\n")
+
+    # --- routing -----------------------------------------------------------------------------------------
+    async def _route(self, scope, receive, ctx, header_length, content_length, auth):
+        path, method = scope["path"], scope["method"]
+        if path == "/v2/health/live":
+            ctx.endpoint = "health"
+            return 200, b"", None
+        if self._api_key is not None:
+            if auth is None or not auth.startswith(b"Bearer ") or not hmac.compare_digest(auth[7:].strip(),
+                                                                                         self._api_key):
+                raise HTTPError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'")
+        parts = path.rstrip("/").split("/")
+        if len(parts) < 2 or parts[1] != "v2":
+            if path == "/metrics":
+                ctx.endpoint = "metrics"
+                return 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
+            raise HTTPError(404, f"no endpoint {path}; see /v2, /v2/models/NAME/infer, /metrics")
+        rest = parts[2:]
+        if not rest:
+            ctx.endpoint = "metadata"
+            self._method(method, "GET")
+            return 200, _dumps({"name": "edgedl", "version": __version__, "extensions": EXTENSIONS}), None
+        head = rest[0]
+        if head == "health" and len(rest) == 2 and rest[1] == "ready":
+            ctx.endpoint = "health"
+            if not self.ready:
+                raise HTTPError(503, "server is not ready (loading, draining or no model loaded)")
+            return 200, b"", None
+        if head == "models" and len(rest) >= 2:
+            name = rest[1]
+            tail = rest[2:]
+            version = None
+            if len(tail) >= 2 and tail[0] == "versions":
+                version, tail = tail[1], tail[2:]
+            if name == "stats" and not tail and version is None:
+                ctx.endpoint = "stats"
+                return 200, _dumps({"model_stats": self._stats(None)}), None
+            ctx.model = name
+            if tail == ["infer"]:
+                ctx.endpoint = "infer"
+                self._method(method, "POST")
+                return await self._infer(receive, name, version, ctx, header_length, content_length)
+            if len(tail) > 1:
+                raise HTTPError(404, f"no endpoint {path}")
+            action = tail[0] if tail else ""
+            ctx.endpoint = action or "metadata"
+            self._method(method, "GET")
+            model = self.registry.get(name, version)
+            if action == "":
+                return 200, _dumps(self._model_metadata(model)), None
+            if action == "ready":
+                if not self.started or self.draining:
+                    raise HTTPError(503, f"model '{name}' is loaded but the server is starting or draining")
+                return 200, b"", None
+            if action == "config":
+                return 200, _dumps(self._model_config(model)), None
+            if action == "stats":
+                return 200, _dumps({"model_stats": self._stats(name, version)}), None
+            raise HTTPError(404, f"no endpoint {path}")
+        if head == "repository":
+            ctx.endpoint = "repository"
+            self._method(method, "POST")
+            await self._read_body(receive, content_length)
+            if rest[1:] == ["index"]:
+                return 200, _dumps(self._index()), None
+            if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload"):
+                ctx.model = rest[2]
+                if rest[3] == "unload":
+                    await self.registry.unload(rest[2])
+                else:
+                    try:
+                        await self.registry.reload(rest[2])
+                    except EdgeDLError as exc:
+                        raise HTTPError(400, f"failed to load '{rest[2]}': {exc}") from None
+                return 200, b"", None
+        raise HTTPError(404, f"no endpoint {path}")
+
+    @staticmethod
+    def _method(method: str, want: str) -> None:
+        if method != want:
+            raise HTTPError(405, f"use {want} for this endpoint, not {method}")
+
+    async def _read_body(self, receive, content_length) -> bytes:
+        limit = self.config.max_body_bytes
+        if content_length is not None:
+            try:
+                declared = int(content_length)
+            except ValueError:
+                raise HTTPError(400, "Content-Length is not a number") from None
+            if declared > limit:
+                raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes "
+                                     "(--max-body-bytes)")
+        message = await receive()
+        body = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        chunks = [body]
+        size = len(body)
+        while message.get("more_body", False):
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HTTPError(400, "client disconnected before sending the whole body")
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    # --- infer ---------------------------------------------------------------------------------------------
+    async def _infer(self, receive, name, version, ctx, header_length, content_length):
+        if header_length is not None:
+            try:
+                header_length = int(header_length)
+            except ValueError:
+                raise HTTPError(400, "Inference-Header-Content-Length is not a number") from None
+        model = self.registry.get(name, version)
+        ctx.version = model.version
+        body = await self._read_body(receive, content_length)
+        if self.draining:
+            raise HTTPError(503, "server is shutting down")
+        t0 = perf_counter()
+        request = parse_infer_request(body, header_length, model.inputs, model.output_names,
+                                      allow_nonfinite=model.allow_nonfinite)
+        ctx.request_id = request.id
+        names = [n for n, _ in request.outputs] if request.outputs else None
+        model.in_flight += 1
+        gauge = self.metrics.in_flight
+        gauge.inc((name,), 1)
+        try:
+            out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
+        except BaseException:
+            model.stats.fail += 1
+            model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
+            raise
+        finally:
+            model.in_flight -= 1
+            gauge.inc((name,), -1)
+        if request.outputs is None:
+            outputs = [(n, out[n], request.binary_default) for n in model.output_names]
+        else:
+            outputs = [(n, out[n], binary) for n, binary in request.outputs]
+        body, json_len = encode_response(model.name, model.version, request.id, outputs)
+        labels = (model.name, model.version)
+        m = self.metrics
+        m.queue.observe(labels, queue_s)
+        m.compute.observe(labels, compute_s)
+        m.batch.observe(labels, rows)
+        s = model.stats
+        s.success += 1
+        s.success_ns += int((perf_counter() - t0) * 1e9)
+        s.queue_ns += int(queue_s * 1e9)
+        s.compute_ns += int(compute_s * 1e9)
+        s.executions += 1
+        s.last_ms = int(time.time() * 1000)
+        extra = None if json_len is None else [(b"inference-header-content-length", str(json_len).encode())]
+        return 200, body, extra
+
+    # --- metadata ------------------------------------------------------------------------------------------
+    def _model_metadata(self, model: ServedModel) -> dict:
+        entry = self.registry.models[model.name]
+        return {
+            "name": model.name,
+            "versions": list(entry.versions),
+            "platform": "onnxruntime_onnx",
+            "inputs": [{"name": i.name, "datatype": datatype_of(i.dtype), "shape": v2_shape(i)}
+                       for i in model.runner.inputs],
+            "outputs": [{"name": o.name, "datatype": datatype_of(o.dtype), "shape": v2_shape(o)}
+                        for o in model.runner.outputs],
+            "parameters": {"edgedl": {k: model.runner.metadata[k] for k in ("labels", "preprocessing")
+                                      if k in model.runner.metadata}, "execution": model.mode},
+        }
+
+    def _model_config(self, model: ServedModel) -> dict:
+        p = model.policy
+        batched = p.max_batch_size > 0 and model.batchable
+
+        def dims(info):
+            shape = v2_shape(info)
+            return shape[1:] if batched else shape
+
+        cfg = {
+            "name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
+            "max_batch_size": p.max_batch_size if batched else 0,
+            "input": [{"name": i.name, "data_type": "TYPE_" + ("STRING" if datatype_of(i.dtype) == "BYTES"
+                                                                else datatype_of(i.dtype)), "dims": dims(i)}
+                      for i in model.runner.inputs],
+            "output": [{"name": o.name, "data_type": "TYPE_" + ("STRING" if datatype_of(o.dtype) == "BYTES"
+                                                                 else datatype_of(o.dtype)), "dims": dims(o)}
+                       for o in model.runner.outputs],
+            "instance_group": [{"count": p.instances, "kind": "KIND_CPU"}],
+        }
+        if model.batching:
+            cfg["dynamic_batching"] = {"max_queue_delay_microseconds": p.max_queue_delay_us,
+                                       "default_queue_policy": {"max_queue_size": p.max_queue}}
+        return cfg
+
+    def _stats(self, name: str | None, version: str | None = None) -> list[dict]:
+        out = []
+        for model_name, entry in self.registry.models.items():
+            if name is not None and model_name != name:
+                continue
+            for v, model in entry.versions.items():
+                if version is not None and v != version:
+                    continue
+                s = model.stats
+                out.append({
+                    "name": model_name, "version": v, "last_inference": s.last_ms,
+                    "inference_count": s.success, "execution_count": s.executions,
+                    "inference_stats": {
+                        "success": {"count": s.success, "ns": s.success_ns},
+                        "fail": {"count": s.fail, "ns": s.fail_ns},
+                        "queue": {"count": s.success, "ns": s.queue_ns},
+                        "compute_infer": {"count": s.success, "ns": s.compute_ns},
+                    },
+                })
+        return out
+
+    def _index(self) -> list[dict]:
+        out = []
+        for name, entry in self.registry.models.items():
+            for v in entry.versions:
+                out.append({"name": name, "version": v, "state": "READY"})
+        return out

@@ -1,0 +1,314 @@
+"""Loaded models and how they execute: inline on the event loop, on worker threads, or through a dynamic
+batcher; and the registry that maps name/version to a loaded model and swaps reloads in atomically."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from time import perf_counter
+
+import numpy as np
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.runner import Runner, RunnerConfig
+from edgedl.runtime.server.config import ServerConfig
+from edgedl.runtime.server.metrics import ServerMetrics
+from edgedl.runtime.server.protocol import HTTPError
+from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover
+from edgedl.runtime.timing import measure
+
+log = logging.getLogger("edgedl.serve")
+
+
+class _Pending:
+    __slots__ = ("feeds", "rows", "signature", "future", "enqueued")
+
+    def __init__(self, feeds, rows, signature, future, enqueued):
+        self.feeds, self.rows, self.signature, self.future, self.enqueued = feeds, rows, signature, future, enqueued
+
+
+@dataclass
+class Stats:
+    """Per-version counters for the statistics extension (nanoseconds, like Triton)."""
+
+    success: int = 0
+    success_ns: int = 0
+    fail: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    executions: int = 0
+    last_ms: int = 0
+
+
+class ServedModel:
+    """One loaded model version: its Runner, its execution mode and its queue."""
+
+    def __init__(self, source: ModelSource, version: int, config: ServerConfig):
+        t0 = perf_counter()
+        self.name, self.version, self.path = source.name, str(version), source.versions[version]
+        self.policy: BatchPolicy = source.policy
+        self.source = source
+        self.allow_nonfinite = config.allow_nonfinite
+        runner_config = RunnerConfig(providers=config.providers, allow_fallback=config.allow_fallback,
+                                     intra_op_threads=config.intra_op_threads, inter_op_threads=1, spinning=False)
+        self.runner = Runner(self.path, runner_config)
+        if self.runner.fallbacks:
+            log.warning("model %s: requested provider(s) %s are not used; running on %s", self.name,
+                        ", ".join(self.runner.fallbacks), ", ".join(self.runner.providers))
+        self.inputs = {i.name: i for i in self.runner.inputs}
+        self.output_names = list(self.runner.output_names)
+        self.batchable = all(i.shape and isinstance(i.shape[0], str) for i in self.runner.inputs) and all(
+            o.shape and isinstance(o.shape[0], str) for o in self.runner.outputs)
+        wants_batching = self.policy.dynamic_batching and self.policy.max_batch_size > 1
+        self.batching = wants_batching and self.batchable
+        if wants_batching and not self.batchable:
+            log.warning("model %s: dynamic batching is OFF - not every input and output has a dynamic axis 0",
+                        self.name)
+        self.runner.warmup(max(config.warmup_iterations, 1))
+        if self.batching:
+            self.runner.warmup(1, sizes={"batch": self.policy.max_batch_size})
+        example = self.runner.example_inputs()
+        self.single_ms = measure(lambda: self.runner.run_unchecked(example), warmup=0, iterations=20).p50_ms
+        self.inline = not self.batching and self.policy.instances == 1 and self.single_ms < config.inline_below_ms
+        self.executor = None if self.inline else ThreadPoolExecutor(
+            self.policy.instances, thread_name_prefix=f"edgedl-{self.name}")
+        self.delay_s = self.policy.max_queue_delay_us / 1e6
+        self.max_rows = self.policy.max_batch_size
+        self.pending: deque[_Pending] = deque()
+        self.pending_rows = 0
+        self.waiting = 0  # requests submitted to the worker threads and not started (unbatched mode)
+        self.in_flight = 0
+        self.retired = False
+        self.stats = Stats()
+        self._workers: list[asyncio.Task] = []
+        self._wake: asyncio.Event | None = None
+        self._full: asyncio.Event | None = None
+        self.load_s = perf_counter() - t0
+
+    @property
+    def mode(self) -> str:
+        if self.batching:
+            return f"batching up to {self.max_rows} rows, {self.policy.max_queue_delay_us} us delay"
+        return "inline" if self.inline else f"{self.policy.instances} thread(s)"
+
+    # --- running -----------------------------------------------------------------------------------------
+    def _run(self, feeds, names):
+        t0 = perf_counter()
+        out = self.runner.run(feeds, names)
+        return out, t0, perf_counter()
+
+    async def infer(self, feeds: dict[str, np.ndarray], rows: int, names: list[str] | None):
+        """-> (outputs by name, queue seconds, compute seconds, rows in the run)."""
+        if self.inline:
+            t0 = perf_counter()
+            out = self.runner.run(feeds, names)
+            return out, 0.0, perf_counter() - t0, rows
+        if self.batching:
+            return await self._submit(feeds, rows, names)
+        if self.waiting >= self.policy.max_queue:
+            raise HTTPError(503, f"model '{self.name}' has {self.waiting} requests queued (limit "
+                                 f"{self.policy.max_queue}); retry later")
+        self.waiting += 1
+        submitted = perf_counter()
+        try:
+            out, t0, t1 = await asyncio.get_running_loop().run_in_executor(self.executor, self._run, feeds, names)
+        finally:
+            self.waiting -= 1
+        return out, t0 - submitted, t1 - t0, rows
+
+    async def _submit(self, feeds, rows, names):
+        if len(self.pending) >= self.policy.max_queue:
+            raise HTTPError(503, f"model '{self.name}' has {len(self.pending)} requests queued (limit "
+                                 f"{self.policy.max_queue}); retry later")
+        loop = asyncio.get_running_loop()
+        if not self._workers:
+            self._wake, self._full = asyncio.Event(), asyncio.Event()
+            self._workers = [loop.create_task(self._worker()) for _ in range(self.policy.instances)]
+        signature = tuple((k, v.shape[1:]) for k, v in feeds.items())
+        item = _Pending(feeds, rows, signature, loop.create_future(), perf_counter())
+        self.pending.append(item)
+        self.pending_rows += rows
+        if self.pending_rows >= self.max_rows:
+            self._full.set()
+        self._wake.set()
+        out, queue_s, compute_s, batch_rows = await item.future
+        if names is not None:
+            out = {n: out[n] for n in names}
+        return out, queue_s, compute_s, batch_rows
+
+    def _take(self) -> list[_Pending]:
+        first = self.pending.popleft()
+        batch, rows = [first], first.rows
+        if rows < self.max_rows and self.pending:
+            keep = deque()
+            while self.pending:
+                item = self.pending.popleft()
+                if item.signature == first.signature and rows + item.rows <= self.max_rows:
+                    batch.append(item)
+                    rows += item.rows
+                    if rows == self.max_rows:
+                        keep.extend(self.pending)
+                        self.pending.clear()
+                        break
+                else:
+                    keep.append(item)
+            self.pending = keep
+        self.pending_rows -= rows
+        return batch
+
+    def _run_batch(self, batch: list[_Pending]):
+        t0 = perf_counter()
+        if len(batch) == 1:
+            feeds = batch[0].feeds
+        else:
+            feeds = {name: np.concatenate([b.feeds[name] for b in batch]) for name in batch[0].feeds}
+        out = self.runner.run(feeds)
+        return out, t0, perf_counter()
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.pending:
+                if self.retired:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+            deadline = self.pending[0].enqueued + self.delay_s
+            while self.pending_rows < self.max_rows:
+                remaining = deadline - perf_counter()
+                if remaining <= 0:
+                    break
+                self._full.clear()
+                try:
+                    await asyncio.wait_for(self._full.wait(), remaining)
+                except asyncio.TimeoutError:
+                    break
+            if not self.pending:
+                continue
+            batch = self._take()
+            try:
+                out, t0, t1 = await loop.run_in_executor(self.executor, self._run_batch, batch)
+            except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+                continue
+            total = sum(b.rows for b in batch)
+            if len(batch) == 1:
+                parts = [out]
+            else:
+                parts, start = [], 0
+                for b in batch:
+                    parts.append({k: v[start:start + b.rows] for k, v in out.items()})
+                    start += b.rows
+            for item, part in zip(batch, parts):
+                if not item.future.done():
+                    item.future.set_result((part, t0 - item.enqueued, t1 - t0, total))
+
+    async def retire(self) -> None:
+        """Stop taking work; finish what is queued or running, then free the threads."""
+        self.retired = True
+        if self._wake is not None:
+            self._wake.set()
+        while self.in_flight or self.pending:
+            await asyncio.sleep(0.01)
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+        if self.executor is not None:
+            self.executor.shutdown(wait=False)
+
+
+class ModelVersions:
+    __slots__ = ("source", "versions", "latest")
+
+    def __init__(self, source: ModelSource, versions: dict[str, ServedModel]):
+        self.source, self.versions = source, versions
+        self.latest = versions[str(source.latest)]
+
+
+class Registry:
+    """name -> loaded versions. Lookups are plain dict reads; a reload builds the new models off the event
+    loop and swaps them in with one assignment, while requests holding the old model finish on it."""
+
+    def __init__(self, config: ServerConfig, metrics: ServerMetrics):
+        self.config, self.metrics = config, metrics
+        self.models: dict[str, ModelVersions] = {}
+        self._lock: asyncio.Lock | None = None
+
+    def _discover(self, only: str | None = None) -> list[ModelSource]:
+        c = self.config
+        return discover(c.model, c.model_repository, c.batching, c.model_name, only)
+
+    def _load(self, sources: list[ModelSource]) -> dict[str, ModelVersions]:
+        loaded = {}
+        for source in sources:
+            versions = {str(v): ServedModel(source, v, self.config) for v in sorted(source.versions)}
+            loaded[source.name] = ModelVersions(source, versions)
+        return loaded
+
+    def _publish(self, name: str, entry: ModelVersions | None) -> ModelVersions | None:
+        old = self.models.pop(name, None) if entry is None else self.models.get(name)
+        if entry is not None:
+            self.models[name] = entry
+        if old is not None:
+            for v in old.versions:
+                if entry is None or v not in entry.versions:
+                    self.metrics.ready.remove((name, v))
+                    self.metrics.load.remove((name, v))
+        if entry is not None:
+            for v, m in entry.versions.items():
+                self.metrics.ready.set((name, v), 1)
+                self.metrics.load.set((name, v), round(m.load_s, 6))
+        return old
+
+    def load_all(self) -> None:
+        """Startup: discover, load and warm up every model (errors are the user's to fix: raise)."""
+        for name, entry in self._load(self._discover()).items():
+            self._publish(name, entry)
+
+    def get(self, name: str, version: str | None) -> ServedModel:
+        entry = self.models.get(name)
+        if entry is None:
+            known = ", ".join(self.models) or "none"
+            raise HTTPError(404, f"unknown model '{name}'; loaded models: {known}")
+        if version is None:
+            return entry.latest
+        model = entry.versions.get(version)
+        if model is None:
+            raise HTTPError(404, f"model '{name}' has no version '{version}'; versions: {', '.join(entry.versions)}")
+        return model
+
+    async def reload(self, name: str | None = None) -> list[str]:
+        """Load ``name`` (or every model on disk) again and swap atomically; old versions drain, then close.
+        If any load fails nothing is swapped and the error is raised (the old models keep serving)."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            loop = asyncio.get_running_loop()
+            fresh = await loop.run_in_executor(None, lambda: self._load(self._discover(only=name)))
+            retired = []
+            if name is None:
+                for gone in [n for n in self.models if n not in fresh]:
+                    retired.append(self._publish(gone, None))
+            for n, entry in fresh.items():
+                retired.append(self._publish(n, entry))
+            for old in retired:
+                if old is not None:
+                    for model in old.versions.values():
+                        loop.create_task(model.retire())
+            return list(fresh)
+
+    async def unload(self, name: str) -> None:
+        if name not in self.models:
+            raise HTTPError(404, f"unknown model '{name}'; loaded models: {', '.join(self.models) or 'none'}")
+        old = self._publish(name, None)
+        for model in old.versions.values():
+            asyncio.get_running_loop().create_task(model.retire())
+
+    async def close(self) -> None:
+        await asyncio.gather(*(m.retire() for e in self.models.values() for m in e.versions.values()),
+                             return_exceptions=True)

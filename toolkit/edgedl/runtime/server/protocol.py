@@ -1,0 +1,285 @@
+"""Open Inference Protocol v2 bodies: parse an infer request (JSON + Triton binary tensors) into numpy feeds,
+and encode the response. Pure functions over bytes; no web framework. Every malformed request becomes an
+``HTTPError`` with the status the spec asks for and a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from edgedl.runtime.tensors import TensorInfo
+
+# v2 datatype <-> numpy dtype (BYTES travels as an object array of str)
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+# which numpy kinds a JSON list may hold for each target kind (JSON ints are fine for float inputs)
+_JSON_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "US"}
+_LE = "<"
+
+
+class HTTPError(Exception):
+    """A request the server refuses: ``status`` and a one-line message for ``{"error": ...}``."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    return _DATATYPE_OF.get(dtype, "BYTES")
+
+
+def v2_shape(info: TensorInfo) -> list[int]:
+    return [d if isinstance(d, int) else -1 for d in info.shape]
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    feeds: dict[str, np.ndarray]
+    outputs: list[tuple[str, bool]] | None  # (name, binary) in the order asked; None = all, default binary
+    binary_default: bool
+    rows: int  # size of axis 0 of the first input (the batch, for batching models)
+
+
+def _header_split(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
+    if header_length is None:
+        return body, memoryview(b"")
+    if header_length < 0 or header_length > len(body):
+        raise HTTPError(400, f"Inference-Header-Content-Length {header_length} does not fit the {len(body)}-byte "
+                             "body; it must be the byte length of the JSON part")
+    view = memoryview(body)
+    return view[:header_length], view[header_length:]
+
+
+def _loads(raw) -> Any:
+    try:
+        return json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+    except UnicodeDecodeError:
+        raise HTTPError(400, "request body is not UTF-8 JSON; binary tensors need an Inference-Header-Content-Length "
+                             "header") from None
+    except ValueError as exc:
+        raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
+
+
+def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(raw)
+    for i in range(count):
+        if pos + 4 > end:
+            raise HTTPError(400, f"BYTES input '{name}': binary data holds fewer than the {count} elements of its shape")
+        (length,) = struct.unpack_from("<I", raw, pos)
+        pos += 4
+        if pos + length > end:
+            raise HTTPError(400, f"BYTES input '{name}': element {i} declares {length} bytes past the end of its data")
+        try:
+            out[i] = str(raw[pos:pos + length], "utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, f"BYTES input '{name}': element {i} is not valid UTF-8") from None
+        pos += length
+    if pos != end:
+        raise HTTPError(400, f"BYTES input '{name}': {end - pos} bytes left over after its {count} elements")
+    return out
+
+
+def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str) -> np.ndarray:
+    if not isinstance(data, list):
+        raise HTTPError(400, f"input '{name}': 'data' must be a list (row-major, flat or nested)")
+    try:
+        arr = np.array(data)
+    except (ValueError, TypeError) as exc:
+        raise HTTPError(400, f"input '{name}': 'data' is not a regular array ({exc})") from None
+    if arr.size != count:
+        raise HTTPError(400, f"input '{name}': 'data' has {arr.size} elements but its shape needs {count}")
+    if count == 0:
+        return arr.astype(dtype).ravel()
+    if arr.dtype.kind not in _JSON_KINDS[dtype.kind]:
+        got = {"U": "strings", "S": "strings", "b": "booleans", "f": "non-integer numbers",
+               "i": "integers", "u": "integers"}.get(arr.dtype.kind, "mixed values")
+        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds {got}")
+    if dtype.kind in "iu" and arr.dtype != dtype:
+        info = np.iinfo(dtype)
+        if arr.min() < info.min or arr.max() > info.max:
+            raise HTTPError(400, f"input '{name}': a value is out of range for {datatype}")
+    if dtype.kind == "O":
+        return arr.astype(str).astype(object).ravel()
+    return arr.astype(dtype, copy=False).ravel()
+
+
+def parse_infer_request(
+    body: bytes,
+    header_length: int | None,
+    inputs: dict[str, TensorInfo],
+    output_names: list[str],
+    *,
+    allow_nonfinite: bool = False,
+) -> InferRequest:
+    """Validate and decode one infer request against a model's inputs and outputs."""
+    json_part, binary = _header_split(body, header_length)
+    doc = _loads(json_part)
+    if not isinstance(doc, dict):
+        raise HTTPError(400, "request body must be a JSON object with an 'inputs' list")
+    req_id = doc.get("id")
+    if req_id is not None and not isinstance(req_id, str):
+        raise HTTPError(400, "'id' must be a string")
+    params = doc.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise HTTPError(400, "'parameters' must be an object")
+    binary_default = params.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise HTTPError(400, "parameter 'binary_data_output' must be true or false")
+    items = doc.get("inputs")
+    if not isinstance(items, list) or not items:
+        raise HTTPError(400, "request needs a non-empty 'inputs' list")
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    rows = -1
+    for item in items:
+        if not isinstance(item, dict):
+            raise HTTPError(400, "each entry of 'inputs' must be an object with name, shape, datatype and data")
+        name = item.get("name")
+        info = inputs.get(name) if isinstance(name, str) else None
+        if info is None:
+            if not isinstance(name, str):
+                raise HTTPError(400, "each input needs a string 'name'")
+            raise HTTPError(400, f"unknown input '{name}'; the model's inputs are {', '.join(inputs)}")
+        if name in feeds:
+            raise HTTPError(400, f"input '{name}' is given twice")
+        datatype = item.get("datatype")
+        want = datatype_of(info.dtype)
+        if datatype != want:
+            if datatype not in DATATYPES:
+                raise HTTPError(400, f"input '{name}': unknown datatype {datatype!r}; it must be {want}")
+            raise HTTPError(400, f"input '{name}' expects datatype {want}, got {datatype}")
+        shape = item.get("shape")
+        if not isinstance(shape, list) or not all(type(d) is int and d >= 0 for d in shape):
+            raise HTTPError(400, f"input '{name}': 'shape' must be a list of non-negative integers")
+        if len(shape) != len(info.shape):
+            raise HTTPError(400, f"input '{name}' expects rank {len(info.shape)} {v2_shape(info)}, got shape {shape}")
+        for axis, (got, dim) in enumerate(zip(shape, info.shape)):
+            if isinstance(dim, int) and got != dim:
+                raise HTTPError(400, f"input '{name}' expects size {dim} on axis {axis} (shape {v2_shape(info)}), "
+                                     f"got shape {shape}")
+        if 0 in shape:
+            raise HTTPError(400, f"input '{name}' has an empty dimension (shape {shape}); send at least one row")
+        count = math.prod(shape)
+        dtype = info.dtype
+        item_params = item.get("parameters") or {}
+        if not isinstance(item_params, dict):
+            raise HTTPError(400, f"input '{name}': 'parameters' must be an object")
+        size = item_params.get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise HTTPError(400, f"input '{name}': binary_data_size must be a non-negative integer")
+            if "data" in item:
+                raise HTTPError(400, f"input '{name}' has both 'data' and binary_data_size; send one")
+            if offset + size > len(binary):
+                raise HTTPError(400, f"input '{name}' declares {size} bytes of binary data but only "
+                                     f"{len(binary) - offset} remain in the body (truncated payload?)")
+            raw = binary[offset:offset + size]
+            offset += size
+            if dtype.kind == "O":
+                arr = _bytes_elements(raw, count, name)
+            else:
+                if size != count * dtype.itemsize:
+                    raise HTTPError(400, f"input '{name}': shape {shape} of {datatype} needs "
+                                         f"{count * dtype.itemsize} bytes, binary_data_size is {size}")
+                arr = np.frombuffer(raw, dtype=dtype.newbyteorder(_LE), count=count)
+        else:
+            if "data" not in item:
+                raise HTTPError(400, f"input '{name}' has neither 'data' nor parameters.binary_data_size")
+            if dtype == np.float16:
+                raise HTTPError(400, f"input '{name}' is FP16, which cannot travel as JSON; send it as binary data")
+            arr = _from_json(item["data"], dtype, count, name, datatype)
+        if dtype.kind == "f" and not allow_nonfinite and not np.isfinite(arr).all():
+            raise HTTPError(400, f"input '{name}' contains NaN or infinite values; send finite numbers")
+        feeds[name] = arr.reshape(shape)
+        if rows < 0 and shape:
+            rows = shape[0]
+    if offset != len(binary):
+        raise HTTPError(400, f"{len(binary) - offset} bytes of binary data follow the last binary tensor; "
+                             "binary_data_size values must add up to the body after the JSON header")
+    if len(feeds) != len(inputs):
+        missing = [n for n in inputs if n not in feeds]
+        raise HTTPError(400, f"missing input(s) {', '.join(missing)}; the model expects {', '.join(inputs)}")
+    outputs = None
+    wanted = doc.get("outputs")
+    if wanted is not None:
+        if not isinstance(wanted, list):
+            raise HTTPError(400, "'outputs' must be a list of {\"name\": ...} objects")
+        outputs = []
+        for out in wanted:
+            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+                raise HTTPError(400, "each entry of 'outputs' needs a string 'name'")
+            if out["name"] not in output_names:
+                raise HTTPError(400, f"unknown output '{out['name']}'; the model's outputs are {', '.join(output_names)}")
+            oparams = out.get("parameters") or {}
+            if not isinstance(oparams, dict):
+                raise HTTPError(400, f"output '{out['name']}': 'parameters' must be an object")
+            if oparams.get("classification"):
+                raise HTTPError(400, "the classification extension is not supported; ask for the raw output")
+            as_binary = oparams.get("binary_data", binary_default)
+            if not isinstance(as_binary, bool):
+                raise HTTPError(400, f"output '{out['name']}': binary_data must be true or false")
+            outputs.append((out["name"], as_binary))
+    return InferRequest(req_id, feeds, outputs, binary_default, max(rows, 1))
+
+
+def _bytes_blob(arr: np.ndarray) -> bytes:
+    parts = []
+    for value in arr.ravel():
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        parts.append(struct.pack("<I", len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def encode_response(
+    model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
+) -> tuple[bytes, int | None]:
+    """-> (body, JSON header length or None when no binary data follows)."""
+    entries = []
+    blobs = []
+    for name, arr, as_binary in outputs:
+        datatype = datatype_of(arr.dtype) if arr.dtype.kind != "U" else "BYTES"
+        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        if as_binary or datatype == "FP16":
+            if datatype == "BYTES":
+                blob = _bytes_blob(arr)
+            else:
+                blob = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder(_LE)).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        elif datatype == "BYTES":
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+        else:
+            entry["data"] = arr.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": entries}
+    if req_id is not None:
+        doc["id"] = req_id
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    if not blobs:
+        return header, None
+    return b"".join([header, *blobs]), len(header)

@@ -1,0 +1,118 @@
+"""Find models to serve: one MODEL.onnx, or a Triton-layout repository ``DIR/NAME/N/model.onnx`` with an
+optional ``DIR/NAME/config.pbtxt``. A ``manifest.json`` next to the models (an edgedl bundle) is verified
+before anything is loaded."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.server.pbtxt import first, parse_pbtxt
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """Per-model serving policy: CLI defaults, overridden by the model's config.pbtxt."""
+
+    max_batch_size: int = 0  # rows per batched run; <= 1 disables dynamic batching
+    max_queue_delay_us: int = 200
+    max_queue: int = 256  # requests allowed to wait; beyond that the server answers 503
+    instances: int = 1  # concurrent onnxruntime runs (threads) for this model
+    dynamic_batching: bool = True  # config.pbtxt without a dynamic_batching block turns it off
+
+
+@dataclass
+class ModelSource:
+    name: str
+    versions: dict[int, Path]  # version -> model file
+    policy: BatchPolicy
+    config_path: Path | None = None
+    config: dict = field(default_factory=dict)  # the parsed config.pbtxt
+
+    @property
+    def latest(self) -> int:
+        return max(self.versions)
+
+
+def read_config(path: Path, defaults: BatchPolicy) -> tuple[dict, BatchPolicy]:
+    """Parse the fields of a Triton config.pbtxt that edgedl honours into a BatchPolicy."""
+    try:
+        cfg = parse_pbtxt(path.read_text())
+    except UnicodeDecodeError:
+        raise EdgeDLError(f"{path} is not a text file; write config.pbtxt in protobuf text format") from None
+    except EdgeDLError as exc:
+        raise EdgeDLError(f"{path}: {exc}") from None
+    platform = first(cfg, "platform") or first(cfg, "backend")
+    if platform not in (None, "onnxruntime_onnx", "onnxruntime"):
+        raise EdgeDLError(f"{path}: platform '{platform}' is not supported; edgedl serves onnxruntime_onnx models")
+    max_batch = first(cfg, "max_batch_size", defaults.max_batch_size)
+    dyn = first(cfg, "dynamic_batching")
+    delay = first(dyn, "max_queue_delay_microseconds", defaults.max_queue_delay_us) if dyn is not None else 0
+    queue_policy = first(dyn, "default_queue_policy") if dyn is not None else None
+    max_queue = first(queue_policy, "max_queue_size", defaults.max_queue) if queue_policy else defaults.max_queue
+    instances = sum(int(first(g, "count", 1)) for g in cfg.get("instance_group", [])) or defaults.instances
+    for key, value in (("max_batch_size", max_batch), ("max_queue_delay_microseconds", delay),
+                       ("max_queue_size", max_queue), ("instance_group count", instances)):
+        if not isinstance(value, int) or value < 0:
+            raise EdgeDLError(f"{path}: {key} must be a non-negative integer, got {value!r}")
+    policy = BatchPolicy(max_batch_size=max_batch, max_queue_delay_us=delay, max_queue=max_queue or defaults.max_queue,
+                         instances=max(instances, 1), dynamic_batching=dyn is not None)
+    return cfg, policy
+
+
+def _verify_bundle(directory: Path) -> None:
+    manifest = directory / "manifest.json"
+    if not manifest.is_file():
+        return
+    try:
+        from edgedl.runtime.manifest import verify_manifest
+    except ImportError:
+        raise EdgeDLError(f"{manifest} is present but this edgedl cannot verify bundles (edgedl.runtime.manifest "
+                          "is missing); upgrade edgedl or remove the manifest to serve unverified files") from None
+    verify_manifest(directory)
+
+
+def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
+             model_name: str | None = None, only: str | None = None) -> list[ModelSource]:
+    """The models to serve, checked before anything is loaded (``only``: rediscover just that model)."""
+    if (model is None) == (repository is None):
+        raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (not both)")
+    if model is not None:
+        model = Path(model)
+        if model.is_dir():
+            raise EdgeDLError(f"{model} is a directory; pass a .onnx file, or --model-repository {model}")
+        if not model.is_file():
+            raise EdgeDLError(f"model file not found: {model}; pass the path to an .onnx file")
+        name = model_name or model.stem
+        if not _NAME.match(name):
+            raise EdgeDLError(f"model name '{name}' may only hold letters, digits, '_', '-' and '.'; pass --model-name")
+        _verify_bundle(model.resolve().parent)
+        return [ModelSource(name, {1: model}, defaults)]
+    repository = Path(repository)
+    if not repository.is_dir():
+        raise EdgeDLError(f"model repository not found: {repository}; pass a directory laid out as NAME/1/model.onnx")
+    _verify_bundle(repository)
+    sources = []
+    for entry in sorted(repository.iterdir()):
+        if not entry.is_dir() or entry.name.startswith(".") or (only is not None and entry.name != only):
+            continue
+        config_path = entry / "config.pbtxt"
+        cfg, policy = read_config(config_path, defaults) if config_path.is_file() else ({}, defaults)
+        filename = first(cfg, "default_model_filename", "model.onnx")
+        versions = {int(v.name): v / filename for v in entry.iterdir()
+                    if v.is_dir() and v.name.isdigit() and (v / filename).is_file()}
+        if not versions:
+            raise EdgeDLError(f"model '{entry.name}' in {repository} has no version folder with {filename}; "
+                              f"put it at {entry / '1' / filename}")
+        if cfg and first(cfg, "name", entry.name) != entry.name:
+            raise EdgeDLError(f"{config_path}: name '{first(cfg, 'name')}' differs from its folder '{entry.name}'; "
+                              "make them equal (Triton requires it)")
+        sources.append(ModelSource(entry.name, versions, policy, config_path if cfg else None, cfg))
+    if not sources:
+        what = f"model '{only}' not found" if only else "no model found"
+        raise EdgeDLError(f"{what} in {repository}; lay models out as {repository}/NAME/1/model.onnx")
+    return sources

@@ -1,0 +1,125 @@
+"""Run the app under uvicorn (httptools parser, uvloop when installed): load and warm up every model first,
+report ready only once the socket is bound, reload on SIGHUP, drain in-flight requests on SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import threading
+from time import perf_counter
+from typing import Callable
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.server.app import InferenceApp
+from edgedl.runtime.server.config import ServerConfig
+from edgedl.runtime.server.metrics import ServerMetrics
+from edgedl.runtime.server.models import Registry
+
+log = logging.getLogger("edgedl.serve")
+
+
+def _uvicorn():
+    try:
+        import uvicorn
+    except ImportError:
+        raise EdgeDLError("the server needs uvicorn; install it with: pip install 'edgedl[serve]'") from None
+    return uvicorn
+
+
+def _best(module: str, fast: str, fallback: str) -> str:
+    import importlib.util
+
+    return fast if importlib.util.find_spec(module) is not None else fallback
+
+
+def build(config: ServerConfig) -> InferenceApp:
+    """Load and warm up every model (raising EdgeDLError on any problem) and return the ASGI app."""
+    metrics = ServerMetrics()
+    registry = Registry(config, metrics)
+    registry.load_all()
+    return InferenceApp(registry, config, metrics)
+
+
+def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | None = None) -> None:
+    """Serve until SIGTERM/SIGINT; ``on_ready(app, url)`` runs once the socket is bound and models are warm."""
+    uvicorn = _uvicorn()
+    t0 = perf_counter()
+    app = build(config)
+    uv_config = uvicorn.Config(
+        app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="warning",
+        loop=_best("uvloop", "uvloop", "asyncio"), http=_best("httptools", "httptools", "h11"),
+        timeout_graceful_shutdown=config.drain_timeout_s, server_header=False, date_header=False,
+        timeout_keep_alive=30, h11_max_incomplete_event_size=1024 * 1024,
+    )
+    server = _Server(uv_config, app, on_ready, t0)
+    server.run()
+
+
+class _Server:
+    """uvicorn.Server with edgedl's signals: SIGHUP reloads, SIGTERM/SIGINT drain (a second SIGINT forces),
+    and a clean exit status instead of re-raising the signal."""
+
+    def __new__(cls, uv_config, app, on_ready, t0):
+        uvicorn = _uvicorn()
+
+        class Server(uvicorn.Server):
+            def capture_signals(self):
+                import contextlib
+
+                @contextlib.contextmanager
+                def handlers():
+                    if threading.current_thread() is not threading.main_thread():
+                        yield
+                        return
+                    previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+                    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
+                    try:
+                        yield
+                    finally:
+                        for sig, handler in previous.items():
+                            signal.signal(sig, handler)
+
+                return handlers()
+
+            def handle_exit(self, sig, frame):
+                if not app.draining:
+                    print("edgedl serve: draining in-flight requests, then stopping (Ctrl-C again to force)",
+                          file=sys.stderr, flush=True)
+                app.draining = True
+                super().handle_exit(sig, frame)
+
+            def _reload(self, sig, frame):
+                loop = self._loop
+                if loop is not None:
+                    loop.call_soon_threadsafe(lambda: loop.create_task(_reload_all(app)))
+
+            async def startup(self, sockets=None):
+                self._loop = asyncio.get_running_loop()
+                await super().startup(sockets)
+                if self.should_exit:
+                    return
+                app.started = True
+                host, port = self.servers[0].sockets[0].getsockname()[:2]
+                url = f"http://{host}:{port}"
+                models = ", ".join(f"{name} v{','.join(e.versions)} ({e.latest.mode})"
+                                   for name, e in app.registry.models.items())
+                print(f"edgedl serve: ready in {perf_counter() - t0:.2f} s at {url} - {models}",
+                      file=sys.stderr, flush=True)
+                if on_ready is not None:
+                    on_ready(app, url)
+
+        server = Server(uv_config)
+        server._loop = None
+        return server
+
+
+async def _reload_all(app: InferenceApp) -> None:
+    try:
+        names = await app.registry.reload()
+        print(f"edgedl serve: reloaded {', '.join(names)}", file=sys.stderr, flush=True)
+    except EdgeDLError as exc:
+        print(f"edgedl serve: reload failed, still serving the previous models: {exc}", file=sys.stderr, flush=True)
+    except Exception:  # noqa: BLE001 - a failed reload must not stop the server
+        log.exception("reload failed")
