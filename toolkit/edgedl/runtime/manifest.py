@@ -16,6 +16,9 @@ MANIFEST = "manifest.json"
 FORMAT = "edgedl-bundle/1"
 # Files under these top-level folders are what the server loads; one that the manifest does not list is tampering.
 GUARDED_DIRS = ("models",)
+# A bundle carries two manifests: ``manifest.json`` at its root (scope "bundle": every file of the bundle) and
+# ``models/manifest.json`` (scope "repository": every file of the model repository), so a server pointed at
+# ``--model-repository BUNDLE/models`` finds and verifies the models' hashes too.
 _CHUNK = 1 << 20
 
 
@@ -68,13 +71,13 @@ def verify_manifest(bundle_dir: Path) -> dict:
         if sha256_file(path) != files[name]:
             raise EdgeDLError(f"bundle file {name} does not match its sha256 in {MANIFEST}: the bundle was modified "
                               "or corrupted - refusing to use it; re-create it with `edgedl package`")
-    for top in GUARDED_DIRS:
-        root = bundle_dir / top
+    guarded = [bundle_dir] if manifest.get("scope") == "repository" else [bundle_dir / top for top in GUARDED_DIRS]
+    for root in guarded:
         if not root.is_dir():
             continue
         for path in sorted(p for p in root.rglob("*") if p.is_file() or p.is_symlink()):
             name = path.relative_to(bundle_dir).as_posix()
-            if name not in files:
+            if name not in files and name != MANIFEST:
                 raise EdgeDLError(f"bundle file {name} is not listed in {MANIFEST}: an unexpected file was added to "
                                   "the bundle - refusing to use it; remove it or re-create the bundle")
     return manifest

@@ -68,6 +68,9 @@ def _pip(*args: str, what: str) -> None:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        if "No matching distribution" in tail:
+            raise EdgeDLError(f"{what} failed: {tail.removeprefix('ERROR: ')} - that version has no wheel for this "
+                              "platform and Python; pick another --python or pin another onnxruntime in the profile")
         raise EdgeDLError(f"{what} failed: {tail} - check your network/index settings (pip {' '.join(args[:1])})")
 
 
@@ -265,8 +268,11 @@ def package(config: PackageConfig) -> dict:
                 "models": entries,
                 "runtime": {"onnxruntime": profile.onnxruntime, "requested": specs, "requirements": pins,
                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))},
-                "files": hash_tree(staging),
+                "scope": "bundle",
             }
+            (staging / "models" / MANIFEST).write_text(json.dumps(
+                {"format": FORMAT, "scope": "repository", "bundle": out.name, "files": hash_tree(staging / "models")}, indent=2) + "\n")
+            manifest["files"] = hash_tree(staging)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
             for d in (staging, *(p for p in staging.rglob("*") if p.is_dir())):
                 d.chmod(0o755)  # mkdtemp made 0700 dirs; the device's service user must read the release

@@ -1,0 +1,117 @@
+"""A real OpenSSH server on loopback for deploy tests: throwaway host and user keys, a known_hosts entry,
+started on a free port and stopped by its pid. The "device" is this machine; each test passes its own
+``--remote-dir`` so deploys never share state."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SSHD = "/usr/sbin/sshd"
+
+
+@dataclass
+class LoopbackSSHD:
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    host_key_pub: Path
+    pid: int
+
+    @property
+    def host(self) -> str:
+        return f"{self.user}@127.0.0.1"
+
+    def cli_args(self, remote_dir: Path | str) -> list[str]:
+        return ["--host", self.host, "--port", str(self.port), "--identity", str(self.identity),
+                "--known-hosts", str(self.known_hosts), "--ssh-config", "/dev/null", "--remote-dir", str(remote_dir)]
+
+    def target(self, **kw):
+        from edgedl.stages.deploy.ssh import SSHTarget
+
+        return SSHTarget(host="127.0.0.1", user=self.user, port=self.port, identity=self.identity,
+                         known_hosts=self.known_hosts, ssh_config=Path("/dev/null"), **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def available() -> str | None:
+    """None when an sshd can be started here, else why not."""
+    if not Path(SSHD).is_file():
+        return "openssh-server is not installed (.ci/run installs it)"
+    if not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+        return "the OpenSSH client is not installed"
+    if os.geteuid() != 0:
+        return "sshd with a throwaway config needs root here"
+    return None
+
+
+def start(workdir: Path) -> LoopbackSSHD:
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o700)
+    host_key, user_key = workdir / "host_ed25519", workdir / "user_ed25519"
+    for key in (host_key, user_key):
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    (workdir / "authorized_keys").write_text((workdir / "user_ed25519.pub").read_text())
+    port = free_port()
+    config = workdir / "sshd_config"
+    config.write_text(
+        f"HostKey {host_key}\nAuthorizedKeysFile {workdir / 'authorized_keys'}\nPasswordAuthentication no\n"
+        "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nPermitRootLogin prohibit-password\n"
+        f"StrictModes no\nUsePAM no\nPidFile {workdir / 'sshd.pid'}\nMaxStartups 50\nMaxSessions 50\n")
+    Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+    log = open(workdir / "sshd.log", "ab")
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config), "-p", str(port), "-o", "ListenAddress=127.0.0.1"],
+                            stdout=log, stderr=log)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"sshd exited: {(workdir / 'sshd.log').read_text()[-500:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        raise RuntimeError("sshd did not listen within 15 s")
+    known_hosts = workdir / "known_hosts"
+    key_type, key_b64 = (workdir / "host_ed25519.pub").read_text().split()[:2]
+    known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    import pwd
+
+    return LoopbackSSHD(port=port, user=pwd.getpwuid(os.geteuid()).pw_name, identity=user_key,
+                        known_hosts=known_hosts, host_key_pub=workdir / "host_ed25519.pub", pid=proc.pid)
+
+
+def stop(server: LoopbackSSHD) -> None:
+    try:
+        os.kill(server.pid, signal.SIGTERM)
+        os.waitpid(server.pid, 0)
+    except (ProcessLookupError, ChildProcessError):
+        pass
+
+
+def stop_release_services(remote_dir: Path) -> None:
+    """Stop a supervised server a test deployed (by the pid file's process group)."""
+    pid_file = Path(remote_dir) / "run" / "edgedl.pid"
+    if pid_file.is_file():
+        pid = int(pid_file.read_text().strip())
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(1)

@@ -1,0 +1,176 @@
+"""``edgedl deploy BUNDLE --host USER@HOST`` and ``edgedl deploy status|rollback|logs``, ``--list-targets``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedl.cli import debug_option, emit_json, json_option
+
+_GROUP_ONLY = {"--list-targets", "-h", "--help"}
+
+
+class _DeployGroup(click.Group):
+    """``edgedl deploy BUNDLE ...`` runs the hidden ``push`` command; ``status``/``rollback``/``logs`` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not _GROUP_ONLY.intersection(args):
+            args = ["push", *args]
+        return super().parse_args(ctx, args)
+
+
+def connection_options(f):
+    options = [
+        click.option("--host", "host", required=True, help="The device: USER@HOST[:PORT] (an ~/.ssh/config alias works too)."),
+        click.option("--port", "-p", "ssh_port", type=int, default=None, help="SSH port (default 22, or :PORT in --host)."),
+        click.option("--identity", "-i", type=click.Path(path_type=Path), default=None, help="SSH private key file."),
+        click.option("--known-hosts", type=click.Path(path_type=Path), default=None, help="known_hosts file (default: ssh's own)."),
+        click.option("--accept-new-host-key", is_flag=True,
+                     help="Trust the device's host key on first connection (still refuses a changed key)."),
+        click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh -F FILE (e.g. /dev/null)."),
+        click.option("--remote-dir", default="edgedl", show_default=True, help="Deploy directory on the device (relative to home)."),
+        click.option("--remote-python", default="python3", show_default=True, help="Python on the device that builds the venv."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def _config(host, ssh_port, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir, remote_python, **extra):
+    from edgedl.stages.deploy import DeployConfig
+    from edgedl.stages.deploy.ssh import SSHTarget
+
+    for path, flag in ((identity, "--identity"), (known_hosts, "--known-hosts")):
+        if path is not None and not Path(path).is_file():
+            from edgedl.errors import EdgeDLError
+
+            raise EdgeDLError(f"{flag} {path} does not exist")
+    target = SSHTarget.parse(host, port=ssh_port, identity=identity, known_hosts=known_hosts,
+                             accept_new_host_key=accept_new_host_key, ssh_config=ssh_config)
+    return DeployConfig(target=target, remote_dir=remote_dir, remote_python=remote_python, **extra)
+
+
+@click.group(cls=_DeployGroup, invoke_without_command=True)
+@click.option("--list-targets", is_flag=True, help="List the device profiles (deploy/profiles/*.toml and your own).")
+@json_option
+@debug_option
+@click.pass_context
+def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
+    """Deploy a bundle to a device over SSH (`edgedl deploy BUNDLE --host USER@HOST`), then
+    `edgedl deploy status|rollback|logs --host USER@HOST`. Host keys are checked against known_hosts."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not list_targets:
+        click.echo(ctx.get_help())
+        return
+    from edgedl.stages.deploy import describe_profiles
+
+    profiles = describe_profiles()
+    if as_json:
+        emit_json(profiles)
+        return
+    from rich.table import Table
+
+    from edgedl.console import out_console
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("target", "arch", "wheel platform", "python", "onnxruntime", "known bad", "providers", "threads",
+                "quantize", "memory", "description"):
+        table.add_column(col)
+    for p in profiles:
+        table.add_row(p["name"], p["arch"], p["platforms"][0], ", ".join(p["python"]), p["onnxruntime"],
+                      ", ".join(p["onnxruntime_known_bad"]) or "-", ">".join(p["providers"]), str(p["threads"] or "auto"),
+                      p["quantization"], f"{p['memory_mb']} MB", p["description"])
+    console = out_console()
+    console.print(table)
+    console.print("Add your own: a .toml like deploy/profiles/rpi4.toml in ~/.config/edgedl/profiles or $EDGEDL_PROFILE_PATH.")
+
+
+@deploy.command("push", hidden=True)
+@click.argument("bundle", type=click.Path(path_type=Path))
+@connection_options
+@click.option("--serve-host", default=None, help="Address the server binds on the device (default: the bundle's).")
+@click.option("--serve-port", type=int, default=None, help="Port the server listens on (default: the bundle's).")
+@click.option("--ready-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for /v2/health/ready.")
+@click.option("--keep", type=int, default=5, show_default=True, help="Installed releases to keep on the device.")
+@json_option
+@debug_option
+def push(bundle, serve_host, serve_port, ready_timeout, keep, as_json, debug, **conn) -> None:
+    """Deploy BUNDLE: check the device, copy to a new release, install offline, switch, start, wait ready, roll back on failure."""
+    from edgedl.stages.deploy import deploy as run_deploy
+
+    config = _config(**conn, serve_host=serve_host, serve_port=serve_port, ready_timeout=ready_timeout, keep=keep,
+                     progress=not as_json)
+    result = run_deploy(bundle, config)
+    if as_json:
+        emit_json(result.__dict__)
+        return
+    from edgedl.console import err_console, out_console
+
+    for w in result.warnings:
+        err_console().print(f"[yellow]warning:[/] {w}")
+    dev = result.device
+    console = out_console()
+    console.print(f"[bold green]ready[/] release {result.release} on {result.host} ({dev['arch']}, Python {dev['python']}), "
+                  f"serving at {result.url} on the device")
+    console.print(f"previous release: {result.previous or 'none'}; " +
+                  ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+
+
+@deploy.command()
+@connection_options
+@json_option
+@debug_option
+def status(as_json, debug, **conn) -> None:
+    """Show the device's current release, whether it runs and is ready, and the installed releases."""
+    from edgedl.stages.deploy import status as get_status
+
+    st = get_status(_config(**conn))
+    if as_json:
+        emit_json(st)
+        return
+    from rich.table import Table
+
+    from edgedl.console import out_console
+
+    console = out_console()
+    state = "[green]ready[/]" if st["ready"] else ("[yellow]running, not ready[/]" if st["running"] else "[red]stopped[/]")
+    svc = st["service"]
+    console.print(f"{st['host']}: current release {st['current'] or 'none'} - {state}"
+                  + (f" (pid {st['pid']}, port {svc.get('EDGEDL_PORT')})" if st["running"] else ""))
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("", "release", "state", "size"):
+        table.add_column(col)
+    for r in st["releases"]:
+        table.add_row("*" if r["current"] else "", r["id"], r["state"], f"{r['size_mb']} MB")
+    console.print(table)
+
+
+@deploy.command()
+@connection_options
+@click.option("--to", "to", default=None, help="Release id to switch to (default: the one active before the current).")
+@click.option("--ready-timeout", type=float, default=120.0, show_default=True)
+@json_option
+@debug_option
+def rollback(to, ready_timeout, as_json, debug, **conn) -> None:
+    """Switch the device back to the previous release, restart it and wait until it is ready."""
+    from edgedl.stages.deploy import rollback as do_rollback
+
+    result = do_rollback(_config(**conn, ready_timeout=ready_timeout), to=to)
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"rolled back {result['host']} from {result['from']} to {result['to']}: ready")
+
+
+@deploy.command()
+@connection_options
+@click.option("--release", default=None, help="Release id (default: the current one).")
+@click.option("-n", "--lines", type=int, default=50, show_default=True)
+@debug_option
+def logs(release, lines, debug, **conn) -> None:
+    """Print the last lines of a release's server log."""
+    from edgedl.stages.deploy import logs as get_logs
+
+    click.echo(get_logs(_config(**conn), release=release, lines=lines), nl=False)

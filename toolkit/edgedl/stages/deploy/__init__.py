@@ -1,0 +1,279 @@
+"""``edgedl deploy``: put a bundle on a device over SSH, start it, prove it ready, roll back when it is not.
+
+Order of a deploy (nothing before step 4 touches the running release):
+1. verify the bundle's hashes here; 2. probe the device (architecture, Python, venv, free disk and memory vs
+the profile); 3. copy into ``staging/ID`` (rsync, hard-linking files unchanged since the current release);
+4. verify the hashes again on the device, move to ``releases/ID`` and install the wheelhouse into its venv
+offline; 5. stop the old service, switch ``current`` atomically, start the new one (supervised background
+process with a pid file and a log); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
+restart the previous release and fail with the new release's log tail.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
+from edgedl.stages.deploy import remote
+from edgedl.stages.deploy.ssh import RemoteCommandError, SSHTarget
+from edgedl.stages.profiles import DeviceProfile
+
+# rough cost of installing a wheelhouse into a venv, as a multiple of the wheels' size (onnxruntime/numpy unpack ~3x)
+INSTALL_EXPANSION = 3.0
+MIN_MEMORY_MB = 150  # python + numpy + onnxruntime + a small model peak at ~55 MiB; leave room
+
+
+@dataclass
+class DeployConfig:
+    target: SSHTarget
+    remote_dir: str = "edgedl"
+    remote_python: str = "python3"
+    serve_host: str | None = None  # default: the bundle's
+    serve_port: int | None = None
+    ready_timeout: float = 120.0
+    keep: int = 5  # installed releases kept on the device (current always kept)
+    progress: bool = True
+
+
+@dataclass
+class DeviceFacts:
+    arch: str
+    python: str | None
+    venv: bool
+    disk_free_mb: float
+    mem_available_mb: float | None
+    mem_total_mb: float | None
+    systemd: bool
+    rsync: bool
+    current: str | None
+    running: bool
+    directory: str
+
+    @classmethod
+    def parse(cls, text: str) -> "DeviceFacts":
+        kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+        num = lambda k: float(kv[k]) / 1024 if kv.get(k, "").strip().isdigit() else None  # noqa: E731
+        return cls(arch=kv.get("arch", "?"), python=kv.get("python") or None, venv=kv.get("venv") == "yes",
+                   disk_free_mb=num("disk_kb") or 0.0, mem_available_mb=num("mem_available_kb"),
+                   mem_total_mb=num("mem_total_kb"), systemd=kv.get("systemd") == "yes", rsync=kv.get("rsync") == "yes",
+                   current=kv.get("current") or None, running=kv.get("running") == "yes", directory=kv.get("dir", ""))
+
+
+@dataclass
+class DeployResult:
+    host: str
+    release: str
+    previous: str | None
+    ready: bool
+    url: str
+    device: dict
+    warnings: list[str] = field(default_factory=list)
+    timings_s: dict[str, float] = field(default_factory=dict)
+    pruned: list[str] = field(default_factory=list)
+
+
+def probe(config: DeployConfig) -> DeviceFacts:
+    proc = config.target.run(remote.PROBE, config.remote_dir, config.remote_python, check=False, timeout=60)
+    if proc.returncode == 20:
+        raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
+    if proc.returncode != 0:
+        raise RemoteCommandError(config.target, proc)
+    return DeviceFacts.parse(proc.stdout)
+
+
+def check_device(facts: DeviceFacts, manifest: dict, bundle_bytes: int, config: DeployConfig) -> list[str]:
+    """Refuse a device the bundle cannot run on (one clear error each); return warnings."""
+    prof = manifest["profile"]
+    where = config.target.label
+    if facts.arch != prof["arch"]:
+        raise EdgeDLError(f"{where} is {facts.arch} but the bundle is for {prof['name']} ({prof['arch']}); "
+                          f"package it for a matching target (e.g. --target {'x86-server' if facts.arch == 'x86_64' else 'rpi5'})")
+    if not facts.python:
+        raise EdgeDLError(f"{config.remote_python} was not found on {where}; install Python {manifest['python']} there "
+                          "(e.g. apt install python3 python3-venv) or pass --remote-python PATH")
+    if facts.python != manifest["python"]:
+        raise EdgeDLError(f"{where} has Python {facts.python} but the bundle's wheelhouse is for Python {manifest['python']}; "
+                          f"re-package with --python {facts.python} (profile {prof['name']} supports {', '.join(prof['python'])})")
+    if not facts.venv:
+        raise EdgeDLError(f"{config.remote_python} on {where} cannot create virtual environments; install python3-venv there")
+    need_mb = bundle_bytes / 2**20 * (1 + INSTALL_EXPANSION) + prof["min_free_disk_mb"]
+    if facts.disk_free_mb < need_mb:
+        raise EdgeDLError(f"{where} has {facts.disk_free_mb:.0f} MB free in {facts.directory} but this release needs "
+                          f"~{need_mb:.0f} MB (bundle + installed runtime + the profile's {prof['min_free_disk_mb']} MB "
+                          "reserve); free space or prune old releases, or pass another --remote-dir")
+    warnings = []
+    if facts.mem_available_mb is not None and facts.mem_available_mb < MIN_MEMORY_MB:
+        raise EdgeDLError(f"{where} has only {facts.mem_available_mb:.0f} MB of memory available; the server needs "
+                          f"~{MIN_MEMORY_MB} MB - stop other services first")
+    if facts.mem_total_mb is not None and facts.mem_total_mb < prof["memory_mb"]:
+        warnings.append(f"{where} has {facts.mem_total_mb:.0f} MB of memory, less than profile {prof['name']}'s "
+                        f"budget of {prof['memory_mb']} MB")
+    if facts.systemd:
+        warnings.append(f"{where} runs systemd, but edgedl deploy manages the server as a supervised process "
+                        "(pid file + log); the bundle's edgedl.service is there to install by hand")
+    return warnings
+
+
+def _release_id(manifest_sha: str) -> str:
+    now = _dt.datetime.now(_dt.timezone.utc)
+    return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z-{manifest_sha[:8]}"
+
+
+def _log_tail(config: DeployConfig, release: str, lines: int = 15) -> str:
+    proc = config.target.run(remote.LOGS, config.remote_dir, release, str(lines), check=False, timeout=60)
+    return proc.stdout.strip()
+
+
+def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
+    from edgedl.console import progress
+
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        hint = " (unpack the .tar.gz first, or pass the bundle directory)" if bundle.name.endswith(".tar.gz") else ""
+        raise EdgeDLError(f"bundle {bundle} is not a directory{hint}; create one with `edgedl package`")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    manifest = verify_manifest(bundle)
+    bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
+    host = config.serve_host or manifest["server"]["host"]
+    port = int(config.serve_port or manifest["server"]["port"])
+    timings["verify_local"] = time.perf_counter() - t0
+    with progress(f"deploying to {config.target.label}", total=6, enabled=config.progress) as advance:
+        t = time.perf_counter()
+        facts = probe(config)
+        warnings = check_device(facts, manifest, bundle_bytes, config)
+        timings["probe"] = time.perf_counter() - t
+        advance(info="device checked")
+
+        release = _release_id(sha256_file(bundle / MANIFEST))
+        previous = facts.current
+        t = time.perf_counter()
+        link_dest = f"../../releases/{previous}" if previous else None
+        config.target.copy_dir(bundle, f"{config.remote_dir}/staging/{release}", link_dest=link_dest, use_rsync=facts.rsync)
+        timings["copy"] = time.perf_counter() - t
+        advance(info="copied")
+
+        t = time.perf_counter()
+        proc = config.target.run(remote.INSTALL, config.remote_dir, release, config.remote_python, remote.VERIFY_PY,
+                                 check=False, timeout=900)
+        if proc.returncode == 22:
+            raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
+                              f"({proc.stderr.strip().splitlines()[-1]}); the running release was not touched - deploy again")
+        if proc.returncode != 0:
+            raise EdgeDLError(f"installing release {release} on {config.target.label} failed: "
+                              f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}; the running release was not touched")
+        timings["install"] = time.perf_counter() - t
+        advance(info="installed")
+
+        t = time.perf_counter()
+        config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), timeout=120)
+        advance(info="started")
+        ready = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
+                                  check=False, timeout=config.ready_timeout + 60).returncode == 0
+        timings["start_to_ready"] = time.perf_counter() - t
+        if not ready:
+            tail = _log_tail(config, release)
+            config.target.run(remote.FAIL_AND_RESTORE, config.remote_dir, release, previous or "", timeout=120)
+            restored = ""
+            if previous:
+                back = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python,
+                                         str(config.ready_timeout), check=False, timeout=config.ready_timeout + 60)
+                restored = (f"; rolled back to release {previous}, which is " +
+                            ("ready again" if back.returncode == 0 else "NOT ready either - check `edgedl deploy logs`"))
+            else:
+                restored = "; there was no previous release to roll back to, the service is stopped"
+            last = " | ".join(tail.splitlines()[-4:]) or "(empty log)"
+            raise EdgeDLError(f"release {release} did not become ready within {config.ready_timeout:.0f} s on "
+                              f"{config.target.label}{restored}. Its log ends: {last}")
+        advance(info="ready")
+        pruned = [line.split("=", 1)[1] for line in config.target.run(
+            remote.PRUNE, config.remote_dir, str(max(config.keep, 1)), timeout=120).stdout.splitlines() if line.startswith("pruned=")]
+        advance(info="done")
+    timings["total"] = time.perf_counter() - t0
+    addr = "127.0.0.1" if host == "0.0.0.0" else host
+    return DeployResult(host=config.target.label, release=release, previous=previous, ready=True,
+                        url=f"http://{addr}:{port}",
+                        device=facts.__dict__, warnings=warnings, timings_s={k: round(v, 2) for k, v in timings.items()},
+                        pruned=pruned)
+
+
+def status(config: DeployConfig) -> dict:
+    proc = config.target.run(remote.STATUS, config.remote_dir, config.remote_python, timeout=60)
+    out: dict = {"host": config.target.label, "remote_dir": config.remote_dir, "current": None, "running": False,
+                 "pid": None, "service": {}, "releases": [], "staging": [], "history": []}
+    for line in proc.stdout.splitlines():
+        key, _, value = line.partition("=")
+        if key == "current":
+            out["current"] = value or None
+        elif key == "running":
+            out["running"] = value == "yes"
+        elif key == "pid":
+            out["pid"] = int(value) if value.isdigit() else None
+        elif key.startswith("service."):
+            out["service"][key[len("service."):]] = value
+        elif key == "release":
+            rid, state, kb = (value.split() + ["", "", "0"])[:3]
+            out["releases"].append({"id": rid, "state": state, "size_mb": round(int(kb) / 1024, 1) if kb.isdigit() else None,
+                                    "current": rid == out["current"]})
+        elif key == "staging":
+            out["staging"].append(value)
+        elif key == "history":
+            out["history"].append(value)
+    out["ready"] = False
+    if out["running"]:
+        out["ready"] = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, "3",
+                                         check=False, timeout=60).returncode == 0
+    return out
+
+
+def rollback(config: DeployConfig, to: str | None = None) -> dict:
+    """Switch back to the release active before the current one (or ``to``), restart it, wait for ready."""
+    st = status(config)
+    current = st["current"]
+    installed = [r["id"] for r in st["releases"] if r["state"] == "installed"]
+    if to is None:
+        activated = [h.split()[1] for h in st["history"] if h.split()[-1:] in (["activated"], ["rolled-back-to"])]
+        earlier = [rid for rid in reversed(activated) if rid != current and rid in installed]
+        if not earlier:
+            raise EdgeDLError(f"no earlier working release to roll back to on {config.target.label} "
+                              f"(installed: {', '.join(installed) or 'none'}); deploy a bundle instead")
+        to = earlier[0]
+    elif to not in installed:
+        raise EdgeDLError(f"release {to!r} is not an installed release on {config.target.label}; "
+                          f"choose one of: {', '.join(installed) or 'none'}")
+    service = st["service"]
+    host = service.get("EDGEDL_HOST", "0.0.0.0")
+    port = service.get("EDGEDL_PORT", "8000")
+    config.target.run(remote.ACTIVATE, config.remote_dir, to, host, port, timeout=120)
+    ok = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
+                           check=False, timeout=config.ready_timeout + 60).returncode == 0
+    if not ok:
+        tail = _log_tail(config, to)
+        if current:
+            config.target.run(remote.FAIL_AND_RESTORE, config.remote_dir, to, current, timeout=120)
+        raise EdgeDLError(f"release {to} did not become ready after the rollback; switched back to {current}. "
+                          f"Its log ends: {' | '.join(tail.splitlines()[-4:])}")
+    return {"host": config.target.label, "from": current, "to": to, "ready": True}
+
+
+def logs(config: DeployConfig, release: str | None = None, lines: int = 50) -> str:
+    proc = config.target.run(remote.LOGS, config.remote_dir, release or "", str(lines), check=False, timeout=60)
+    if proc.returncode in (27, 28):
+        raise EdgeDLError(f"{proc.stderr.strip()} on {config.target.label}; deploy a bundle first (or check --remote-dir)")
+    if proc.returncode != 0:
+        raise RemoteCommandError(config.target, proc)
+    return proc.stdout
+
+
+def describe_profiles() -> list[dict]:
+    from edgedl.stages.profiles import list_profiles
+
+    return [p.to_dict() for p in list_profiles().values()]
+
+
+__all__ = ["DeployConfig", "DeployResult", "DeviceFacts", "DeviceProfile", "deploy", "describe_profiles", "logs",
+           "probe", "rollback", "status"]
