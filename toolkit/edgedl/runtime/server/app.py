@@ -240,26 +240,25 @@ class InferenceApp:
                 raise HTTPError(400, "Inference-Header-Content-Length is not a number") from None
         model = self.registry.get(name, version)
         ctx.version = model.version
-        body = await self._read_body(receive, content_length)
-        if self.draining:
-            raise HTTPError(503, "server is shutting down")
         t0 = perf_counter()
-        request = parse_infer_request(body, header_length, model.inputs, model.output_names,
-                                      allow_nonfinite=model.allow_nonfinite)
-        ctx.request_id = request.id
-        names = [n for n, _ in request.outputs] if request.outputs else None
-        model.in_flight += 1
-        gauge = self.metrics.in_flight
-        gauge.inc((name,), 1)
         try:
-            out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
+            body = await self._read_body(receive, content_length)
+            request = parse_infer_request(body, header_length, model.inputs, model.output_names,
+                                          allow_nonfinite=model.allow_nonfinite)
+            ctx.request_id = request.id
+            names = [n for n, _ in request.outputs] if request.outputs else None
+            model.in_flight += 1
+            gauge = self.metrics.in_flight
+            gauge.inc((name,), 1)
+            try:
+                out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
+            finally:
+                model.in_flight -= 1
+                gauge.inc((name,), -1)
         except BaseException:
             model.stats.fail += 1
             model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
             raise
-        finally:
-            model.in_flight -= 1
-            gauge.inc((name,), -1)
         if request.outputs is None:
             outputs = [(n, out[n], request.binary_default) for n in model.output_names]
         else:
