@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedl.cli import debug_option, emit_json, json_option
+
+
+def _split_names(values) -> tuple[str, ...]:
+    return tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+
+
+@click.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Output .onnx file (never the input).")
+@click.option("--mode", default="auto", show_default=True, metavar="dynamic|static|fp16|auto",
+              help="int8 with runtime activation scales, int8 with calibrated scales, fp16 (GPU targets), or "
+                   "auto: the fastest candidate that passes the accuracy gate, else fp32.")
+@click.option("--preset", metavar="x86-vnni|x86-avx2|arm64|jetson", help="Static int8 settings for a hardware family.")
+@click.option("--data", metavar="RECIPE", help="Recipe (file or zoo name) for calibration and evaluation data "
+              "[default: the recipe named in the model's metadata].")
+@click.option("--calibration", "calibration_npz", type=click.Path(path_type=Path),
+              help=".npz with one array per model input (first axis = samples).")
+@click.option("--eval", "eval_npz", type=click.Path(path_type=Path),
+              help=".npz with one array per model input plus integer 'labels'.")
+@click.option("--format", "fmt", metavar="qdq|qoperator", help="Static int8 graph format [default: qdq].")
+@click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel [default: per-channel].")
+@click.option("--calibration-method", metavar="minmax|percentile|entropy", help="[default: minmax]")
+@click.option("--calibration-samples", type=int, help="Use the first N calibration samples [default: all].")
+@click.option("--activation-type", metavar="uint8|int8", help="[default: uint8, or the preset's]")
+@click.option("--weight-type", metavar="int8|uint8", help="[default: int8]")
+@click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]", help="Keep these nodes in float.")
+@click.option("--exclude-op-types", multiple=True, metavar="OP[,OP]", help="Keep these op types in float.")
+@click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, metavar="POINTS",
+              help="Reject when top-1 accuracy drops by more than this many percentage points.")
+@click.option("--accuracy-gate/--no-accuracy-gate", default=True, show_default=True)
+@click.option("--speed-batch", type=int, default=32, show_default=True,
+              help="Batch size timed besides 1; auto and --require-speedup judge speed at this size.")
+@click.option("--speed-seconds", type=float, default=0.6, show_default=True,
+              help="Timing budget per model and batch size (0 skips the speed gate).")
+@click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads for both models.")
+@click.option("--min-speedup", type=float, default=1.05, show_default=True,
+              help="What counts as faster (ratio of medians at --speed-batch).")
+@click.option("--require-speedup", is_flag=True, help="Exit non-zero unless the result is faster than fp32.")
+@click.option("--target-provider", default="cpu", show_default=True,
+              help="Execution provider to evaluate and time on; a GPU one lets auto consider fp16.")
+@click.option("--debug-layers", is_flag=True, help="Per-tensor SQNR float vs QDQ, worst first (static qdq).")
+@click.option("--fallback-worst", type=int, default=0, metavar="K",
+              help="Keep the K worst nodes in float, re-quantizing after each (static qdq).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@json_option
+@debug_option
+def quantize(model, output, mode, preset, data, calibration_npz, eval_npz, fmt, per_channel, calibration_method,
+             calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, max_accuracy_drop,
+             accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup, target_provider,
+             debug_layers, fallback_worst, no_progress, as_json, debug):
+    """Quantize MODEL (an fp32 .onnx) to int8 or fp16 behind an accuracy gate and a speed gate.
+
+    Evaluation/calibration data default to the recipe recorded in MODEL's metadata (exported zoo models carry it).
+    Nothing is written at OUTPUT unless the result passes its gates.
+    """
+    from dataclasses import replace
+
+    from edgedl.errors import EdgeDLError
+    from edgedl.stages.quantize import GateConfig, QuantizeConfig, StaticConfig, preset as make_preset, quantize as run
+
+    gates = GateConfig(max_accuracy_drop=max_accuracy_drop, accuracy_gate=accuracy_gate, speed_batch=speed_batch,
+                       speed_seconds=speed_seconds, threads=threads, require_speedup=require_speedup,
+                       min_speedup=min_speedup, target_provider=target_provider)
+    given = {k: v for k, v in dict(format=fmt, per_channel=per_channel, calibration_method=calibration_method,
+                                   calibration_samples=calibration_samples, activation_type=activation_type,
+                                   weight_type=weight_type).items() if v is not None}
+    common = dict(mode=mode, gates=gates, data=data, calibration_npz=calibration_npz, eval_npz=eval_npz,
+                  exclude_nodes=_split_names(exclude_nodes), exclude_op_types=_split_names(exclude_op_types),
+                  debug_layers=debug_layers, fallback_worst=fallback_worst, progress=not no_progress and not as_json)
+    if preset:
+        base = make_preset(preset, output, **common)
+        config = replace(base, static=replace(base.static, **given))
+    else:
+        config = QuantizeConfig(output=output, static=StaticConfig(**given), **common)
+    report = run(model, config, debug=debug)
+    if as_json:
+        emit_json(report.to_json())
+    else:
+        print_report(report)
+    if not report.accepted:
+        raise EdgeDLError("; ".join(report.reasons) + f" - nothing written at {output}")
+
+
+def _fmt(x, spec=".2f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def print_report(report) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgedl.console import out_console
+
+    console = out_console()
+    if not console.is_terminal:  # files and pipes: no wrapping of the wide table
+        console.width = max(console.width, 130)
+    data = report.to_json()
+    verdict = "[green]accepted[/]" if report.accepted else "[red]REJECTED[/]"
+    where = escape(str(report.output_path)) if report.output_path else "nothing written"
+    console.print(f"[bold]{escape(report.input_path.name)}[/]: mode {report.requested_mode} -> "
+                  f"[bold]{report.mode}[/], {verdict} ({where})")
+    batches = data["speed"]["batch_sizes"]
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ["model", "size KiB", "top-1 %", "agree %", "SQNR dB", *[f"ms b{b}" for b in batches],
+                *[f"speed-up b{b}" for b in batches], "gate"]:
+        table.add_column(col, justify="left" if col in ("model", "gate") else "right")
+    fp32 = report.fp32
+    rows = [(fp32, None)] + [(c, c) for c in report.candidates]
+    for cand, _ in rows:
+        ev = cand.evaluation
+        sqnr = min((o["sqnr_db"] for o in ev.outputs.values()), default=None) if ev and ev.outputs else None
+        gate = "" if cand is fp32 else " ".join(filter(None, [
+            {True: "acc ok", False: "acc FAIL", None: ""}[cand.accuracy_ok],
+            {True: "faster", False: "not faster", None: ""}[cand.faster]]))
+        mark = " *" if report.chosen is cand or (cand is fp32 and report.chosen and report.chosen.mode == "fp32") else ""
+        table.add_row(cand.mode + mark, f"{cand.size_bytes / 1024:.1f}", _fmt(ev.accuracy if ev else None),
+                      _fmt(ev.agreement if ev and cand is not fp32 else None, ".1f"),
+                      _fmt(sqnr if cand is not fp32 else None, ".1f"),
+                      *[_fmt(cand.latency_ms.get(b), ".4f") for b in batches],
+                      *[_fmt(1.0 if cand is fp32 and cand.latency_ms else cand.speedup.get(b), ".2f") for b in batches],
+                      gate)
+    console.print(table)
+    console.print(f"timed: median of interleaved runs, {report.threads} thread(s), provider {report.provider}; "
+                  f"auto/--require-speedup judge batch {report.speed_batch}" if batches else "speed gate skipped")
+    console.print("ops before: " + ", ".join(f"{k}×{v}" for k, v in data["op_types"]["before"].items()))
+    if data["op_types"]["after"]:
+        console.print("ops after:  " + ", ".join(f"{k}×{v}" for k, v in data["op_types"]["after"].items()))
+    if report.chosen is not None and report.chosen.mode != "fp32":
+        q = ", ".join(f"{k}×{v}" for k, v in data["ops_quantized"].items()) or "none"
+        f = ", ".join(f"{k}×{len(v)}" for k, v in data["ops_left_float"].items()) or "none"
+        console.print(f"quantized: {q}")
+        console.print(f"left float: {f}")
+    for step in report.fallback_steps:
+        console.print(f"fallback step {step['step']}: kept {escape(step['kept_float'])} in float -> top-1 "
+                      f"{_fmt(step['accuracy'])} %, agreement {_fmt(step['agreement'], '.1f')} %")
+    if report.layers:
+        lt = Table(title="worst tensors (SQNR dB, lower is worse)", show_edge=False, pad_edge=False)
+        for col in ("tensor", "node", "op", "qdq SQNR", "float vs qdq"):
+            lt.add_column(col)
+        for act in report.layers["activations"][:10]:
+            lt.add_row(escape(act["tensor"]), escape(",".join(act["nodes"])), ",".join(act["op_types"]),
+                       _fmt(act["qdq_sqnr_db"], ".1f"), _fmt(act["model_sqnr_db"], ".1f"))
+        console.print(lt)
+    for note in data["notes"]:
+        console.print(f"note: {escape(note)}", soft_wrap=True)
+    for reason in report.reasons:
+        console.print(f"[red]rejected:[/] {escape(reason)}", soft_wrap=True)

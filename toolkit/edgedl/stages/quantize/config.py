@@ -1,0 +1,174 @@
+"""Typed quantization settings, the table of modes, and hardware presets as named constructors."""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from edgedl.errors import EdgeDLError
+
+MODES = ("dynamic", "static", "fp16", "auto")
+FORMATS = ("qdq", "qoperator")
+CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
+INT8_TYPES = ("int8", "uint8")
+# providers whose hardware runs fp16 natively; fp16 is a candidate in auto mode only for these
+GPU_PROVIDERS = {"cuda", "tensorrt", "rocm", "migraphx", "dml", "webgpu", "CUDAExecutionProvider",
+                 "TensorrtExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
+                 "DmlExecutionProvider", "WebGpuExecutionProvider"}
+
+
+def choose(kind: str, value: str, options: tuple[str, ...]) -> str:
+    """Validate ``value`` against a table of names, suggesting the nearest one for a typo."""
+    key = value.strip().lower()
+    if key in options:
+        return key
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    raise EdgeDLError(f"unknown {kind} '{value}'; {hint}choose one of {', '.join(options)}")
+
+
+@dataclass
+class StaticConfig:
+    """Static int8 settings: how tensors are calibrated and which integer types carry them."""
+
+    format: str = "qdq"
+    per_channel: bool = True
+    calibration_method: str = "minmax"
+    calibration_samples: int | None = None  # None = the whole calibration split
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    reduce_range: bool = False
+    # histogram settings for entropy/percentile: onnxruntime's entropy default (128 bins, 128 quantized bins)
+    # picks the full range, i.e. the same scales as minmax; 2048 bins give the KL search room to clip outliers.
+    num_bins: int = 2048
+    num_quantized_bins: int = 128
+    percentile: float = 99.999
+
+    def __post_init__(self) -> None:
+        self.format = choose("--format", self.format, FORMATS)
+        self.calibration_method = choose("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
+        self.activation_type = choose("--activation-type", self.activation_type, INT8_TYPES)
+        self.weight_type = choose("--weight-type", self.weight_type, INT8_TYPES)
+        if self.calibration_samples is not None and self.calibration_samples < 1:
+            raise EdgeDLError(f"--calibration-samples must be >= 1, got {self.calibration_samples}")
+        if self.num_quantized_bins >= self.num_bins:
+            raise EdgeDLError("num_quantized_bins must be smaller than num_bins for entropy calibration")
+        if not 50.0 < self.percentile <= 100.0:
+            raise EdgeDLError(f"percentile must be in (50, 100], got {self.percentile}")
+
+
+@dataclass
+class GateConfig:
+    """Accuracy and speed gates."""
+
+    max_accuracy_drop: float = 1.0  # percentage points of top-1 accuracy
+    accuracy_gate: bool = True
+    speed_batch: int = 32
+    speed_seconds: float = 0.6  # per model and batch size, split into interleaved rounds
+    threads: int = 1  # the same intra-op thread count for both models
+    require_speedup: bool = False
+    min_speedup: float = 1.05  # "faster" means at least this ratio at speed_batch (medians drift ~5-10 %)
+    target_provider: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.max_accuracy_drop < 0:
+            raise EdgeDLError(f"--max-accuracy-drop must be >= 0 points, got {self.max_accuracy_drop}")
+        if self.speed_batch < 1:
+            raise EdgeDLError(f"--speed-batch must be >= 1, got {self.speed_batch}")
+        if self.threads < 0:
+            raise EdgeDLError(f"--threads must be >= 0 (0 lets onnxruntime choose), got {self.threads}")
+        if self.speed_seconds < 0:
+            raise EdgeDLError(f"--speed-seconds must be >= 0 (0 skips the speed gate), got {self.speed_seconds}")
+
+    @property
+    def gpu_target(self) -> bool:
+        return self.target_provider.strip().lower() in {p.lower() for p in GPU_PROVIDERS}
+
+
+@dataclass
+class QuantizeConfig:
+    """Everything `edgedl quantize` does, as one typed value (saved into the output's metadata)."""
+
+    output: Path
+    mode: str = "auto"
+    static: StaticConfig = field(default_factory=StaticConfig)
+    gates: GateConfig = field(default_factory=GateConfig)
+    data: str | None = None  # a recipe file or zoo name; default: the recipe named in the model's metadata
+    calibration_npz: Path | None = None
+    eval_npz: Path | None = None
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_op_types: tuple[str, ...] = ()
+    fp16_keep_io_types: bool = True
+    debug_layers: bool = False
+    fallback_worst: int = 0
+    preset: str | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.output = Path(self.output)
+        self.mode = choose("--mode", self.mode, MODES)
+        if self.output.suffix.lower() != ".onnx":
+            raise EdgeDLError(f"output must be a .onnx file, got '{self.output}'; pass -o NAME.onnx")
+        if self.fallback_worst < 0:
+            raise EdgeDLError(f"--fallback-worst must be >= 0, got {self.fallback_worst}")
+        if (self.debug_layers or self.fallback_worst) and (self.mode != "static" or self.static.format != "qdq"):
+            raise EdgeDLError("--debug-layers/--fallback-worst compare float and QDQ tensors: use them with "
+                              "--mode static --format qdq")
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        for key in ("output", "calibration_npz", "eval_npz"):
+            data[key] = None if data[key] is None else str(data[key])
+        return data
+
+    # --- hardware presets ------------------------------------------------------------------------------------
+    @classmethod
+    def x86_vnni(cls, output: Path, **overrides) -> "QuantizeConfig":
+        """x86 with AVX512-VNNI / AVX-VNNI: VPDPBUSD multiplies unsigned-8 activations by signed-8 weights, so
+        u8 activations x s8 per-channel weights hit the fast path; VNNI accumulates in int32 without the
+        16-bit saturation of plain AVX2 u8s8, so reduce_range (7-bit weights) is not needed."""
+        static = StaticConfig(format="qdq", per_channel=True, activation_type="uint8", weight_type="int8",
+                              reduce_range=False)
+        return cls(output=output, static=static, preset="x86-vnni", **overrides)
+
+    @classmethod
+    def x86_avx2(cls, output: Path, **overrides) -> "QuantizeConfig":
+        """x86 without VNNI (AVX2 only): the u8s8 path goes through VPMADDUBSW, whose 16-bit intermediate can
+        saturate with full 8-bit weights; reduce_range keeps weights to 7 bits so results stay exact."""
+        static = StaticConfig(format="qdq", per_channel=True, activation_type="uint8", weight_type="int8",
+                              reduce_range=True)
+        return cls(output=output, static=static, preset="x86-avx2", **overrides)
+
+    @classmethod
+    def arm64(cls, output: Path, **overrides) -> "QuantizeConfig":
+        """arm64 (Raspberry Pi 4/5, Graviton): onnxruntime's MLAS kernels use the NEON SDOT/UDOT dot-product
+        instructions, which want both operands of the same signedness; signed int8 activations and weights (S8S8)
+        in QDQ form is onnxruntime's recommended ARM setting, per-channel weights keep conv accuracy."""
+        static = StaticConfig(format="qdq", per_channel=True, activation_type="int8", weight_type="int8",
+                              activation_symmetric=False, reduce_range=False)
+        return cls(output=output, static=static, preset="arm64", **overrides)
+
+    @classmethod
+    def jetson(cls, output: Path, **overrides) -> "QuantizeConfig":
+        """NVIDIA Jetson through TensorRT: TensorRT only accepts symmetric int8 (zero point 0) for activations and
+        weights, reads explicit QDQ graphs, and quantizes weights per output channel; its GPU also runs fp16
+        natively, so on the device (--target-provider tensorrt or cuda) auto mode also tries fp16."""
+        static = StaticConfig(format="qdq", per_channel=True, activation_type="int8", weight_type="int8",
+                              activation_symmetric=True, weight_symmetric=True)
+        return cls(output=output, static=static, preset="jetson", **overrides)
+
+
+# preset name -> named constructor; one table, "did you mean" on typos
+PRESETS = {
+    "x86-vnni": QuantizeConfig.x86_vnni,
+    "x86-avx2": QuantizeConfig.x86_avx2,
+    "arm64": QuantizeConfig.arm64,
+    "jetson": QuantizeConfig.jetson,
+}
+
+
+def preset(name: str, output: Path, **overrides) -> QuantizeConfig:
+    return PRESETS[choose("--preset", name, tuple(PRESETS))](output, **overrides)
