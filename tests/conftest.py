@@ -47,6 +47,26 @@ def run_edgedl(*args: str, check: bool = True, timeout: float = 300, env: dict |
     return proc
 
 
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_edgedl_inprocess(*args: str) -> CliResult:
+    """Run the CLI in this process (click's runner): the same code path as the console script, without paying
+    for a fresh interpreter and torch import per call. Use run_edgedl for anything that needs a real process."""
+    from click.testing import CliRunner
+
+    from edgedl.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="edgedl")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
 def _zoo_key() -> str:
     h = hashlib.sha256()
     for path in _ZOO_SOURCES:

@@ -31,7 +31,7 @@ class TensorSpec:
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
-        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+        return {i: d for i, d in enumerate(self.shape or ()) if isinstance(d, str)}
 
     def concrete(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)
@@ -190,6 +190,13 @@ def import_file(path: Path, module_name: str | None = None):
         spec.loader.exec_module(module)
     except EdgeDLError:
         raise
+    except ModuleNotFoundError as exc:
+        sys.modules.pop(name, None)
+        from edgedl._lazy import require
+
+        if exc.name:
+            require(exc.name)  # raises with the extra to install when it is one of ours
+        raise EdgeDLError(f"importing {path} failed: {exc}; install the package it needs") from exc
     except Exception as exc:
         sys.modules.pop(name, None)
         raise EdgeDLError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc

@@ -131,6 +131,9 @@ def recipe_from_module(
                 raise EdgeDLError(f"--dynamic {spec.name}: axis {axis} out of range for rank {len(shape)}")
             # size-1 examples are silently specialized by the exporter: export at >= 2, check at another size
             first = max(2, int(shape[axis]))
+            if label in dim_examples and dim_examples[label][0] != first:
+                raise EdgeDLError(f"--input sizes disagree on dynamic dim '{label}' ({dim_examples[label][0]} vs "
+                                  f"{shape[axis]} in {spec.name}); give every input the same example size for it")
             dim_examples.setdefault(label, (first, first + 3))
             shape[axis] = label
         inputs.append(TensorSpec(spec.name, tuple(shape), spec.dtype, spec.value_range))
@@ -203,12 +206,28 @@ def _torch_export(model, recipe: Recipe, opset: int, debug: bool):
     except EdgeDLError:
         raise
     except Exception as exc:
-        text = str(exc).strip()
-        first = next((ln for ln in text.splitlines() if ln.strip()), type(exc).__name__)
-        raise EdgeDLError(
-            f"torch could not export {recipe.name}: {type(exc).__name__}: {first[:300]} "
-            "(run with --debug for the full trace; data-dependent control flow and unsupported ops are the usual causes)"
-        ) from exc
+        raise EdgeDLError(f"torch could not export {recipe.name}: {_explain_export_failure(exc)} "
+                          "(run with --debug for the full trace)") from exc
+
+
+def _explain_export_failure(exc: BaseException) -> str:
+    """One line from the exporter's page-long error: the root cause and the user's line that raised it."""
+    root = exc
+    while root.__cause__ is not None:
+        root = root.__cause__
+    strip = lambda text: re.sub(r"\x1b\[[0-9;]*m", "", text)  # noqa: E731 - ANSI colours
+    lines = [ln.strip() for ln in strip(str(root)).splitlines() if ln.strip()]
+    first = lines[0] if lines else ""
+    if first.endswith(":") and len(lines) > 1:  # "Found the following conflicts ...:" -> add the conflict
+        first = f"{first} {lines[1].lstrip('- ')}"
+    where = ""
+    match = re.search(r'File "([^"]+)", line (\d+), in \w+\n\s*(.+)', strip(str(exc)))
+    if match:
+        where = f" at {Path(match.group(1)).name}:{match.group(2)} `{match.group(3).strip()}`"
+    hint = ""
+    if "data-dependent" in first:
+        hint = "; replace Python control flow on tensor values with torch.where/torch.cond"
+    return f"{type(root).__name__}: {first[:400]}{where}{hint}"
 
 
 def _strip_bloat(model) -> None:
