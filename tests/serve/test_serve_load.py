@@ -1,0 +1,225 @@
+"""Under load: 32 concurrent clients with no cross-talk between batched requests, a bounded queue that answers
+503, reload under load without a failed request, and a SIGTERM that drains in-flight requests."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from serve_helpers import ServerProcess, place
+
+CLIENTS = 32
+REQUESTS_PER_CLIENT = 200
+
+
+def _input(name, arr, binary):
+    i = httpclient.InferInput(name, list(arr.shape), "FP32")
+    i.set_data_from_numpy(arr, binary_data=binary)
+    return i
+
+
+def _metric(url: str, prefix: str) -> float:
+    text = urllib.request.urlopen(f"http://{url}/metrics", timeout=10).read().decode()
+    return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(prefix))
+
+
+def test_32_clients_no_cross_talk(server, repository, reference):
+    """Every response equals in-process onnxruntime output for its own request (mixed models, JSON/binary)."""
+    rng = np.random.default_rng(0)
+    plans = []  # per client: [(model, version, input name, x, binary_in, binary_out, expected)]
+    rows_sent = {"cnn": 0}
+    for _ in range(CLIENTS):
+        plan = []
+        for _ in range(REQUESTS_PER_CLIENT):
+            model = rng.choice(["cnn", "cnn", "mlp", "lstm", "transformer"])
+            batch = int(rng.integers(1, 4))
+            version = ""
+            if model == "cnn":
+                name, x = "image", rng.random((batch, 1, 8, 8), dtype=np.float32)
+                rows_sent["cnn"] += batch
+            elif model == "mlp":
+                name, x = "pixels", rng.random((batch, 64), dtype=np.float32)
+                version = str(rng.choice(["", "1"]))
+            else:
+                name = "rows" if model == "lstm" else "tokens"
+                x = rng.random((batch, int(rng.choice([3, 5])), 8), dtype=np.float32)
+            path = repository / model / (version or ("2" if model == "mlp" else "1")) / "model.onnx"
+            want = reference(path, {name: x})["logits"]
+            plan.append((str(model), version, name, x, bool(rng.integers(2)), bool(rng.integers(2)), want))
+        plans.append(plan)
+    errors, done = [], [0]
+    lock = threading.Lock()
+    batch_sum_before = _metric(server.url, 'edgedl_inference_batch_size_sum{model="cnn"')
+
+    def client(plan):
+        c = httpclient.InferenceServerClient(server.url, connection_timeout=60, network_timeout=60)
+        try:
+            for k, (model, version, name, x, bin_in, bin_out, want) in enumerate(plan):
+                try:
+                    r = c.infer(model, [_input(name, x, bin_in)], model_version=version, request_id=f"r{k}",
+                                outputs=[httpclient.InferRequestedOutput("logits", binary_data=bin_out)])
+                    got = r.as_numpy("logits")
+                    if r.get_response()["id"] != f"r{k}" or not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+                        errors.append(f"{model} request {k}: wrong output (max diff "
+                                      f"{np.abs(got - want).max() if got.shape == want.shape else got.shape})")
+                except Exception as exc:  # noqa: BLE001 - collected and reported below
+                    errors.append(f"{model} request {k}: {exc}")
+                with lock:
+                    done[0] += 1
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(p,)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, f"{len(errors)} failures, first: {errors[:5]}"
+    assert done[0] == CLIENTS * REQUESTS_PER_CLIENT
+    # the batcher really stacked requests: the runs' rows add up to more than the rows sent
+    rows_run = _metric(server.url, 'edgedl_inference_batch_size_sum{model="cnn"') - batch_sum_before
+    assert rows_run > rows_sent["cnn"], (rows_run, rows_sent)
+
+
+def test_queue_bound_answers_503(built, tmp_path):
+    repo = tmp_path / "repo"
+    place(repo, "slow", 1, built["slow"], "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
+    x = np.random.default_rng(1).random((64, 512), dtype=np.float32)
+    statuses, messages = [], []
+
+    with ServerProcess("--model-repository", repo, "--max-queue", "2", "--threads", "1") as proc:
+        start = threading.Barrier(16)
+
+        def one(wait=True):
+            c = httpclient.InferenceServerClient(proc.url, network_timeout=120)
+            request = [_input("x", x, True)]
+            if wait:
+                start.wait(30)
+            try:
+                c.infer("slow", request)
+                statuses.append(200)
+            except InferenceServerException as exc:
+                statuses.append(int(exc.status()))
+                messages.append(exc.message())
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=one) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert statuses.count(503) >= 1 and statuses.count(200) >= 2, statuses
+        assert set(statuses) == {200, 503}
+        assert all("limit 2" in m for m in messages), messages
+        one(wait=False)  # still serving
+        assert statuses[-1] == 200
+
+
+def test_reload_under_load_loses_nothing(built, tmp_path, reference):
+    repo = tmp_path / "repo"
+    target = place(repo, "gemm", 1, built["gemm_a"], "max_batch_size: 4\ndynamic_batching { max_queue_delay_microseconds: 500 }\n")
+    place(repo, "plain", 1, built["gemm_a"])
+    x = np.random.default_rng(2).random((1, 64), dtype=np.float32)
+    out_a = reference(built["gemm_a"], {"pixels": x})["logits"]
+    out_b = reference(built["gemm_b"], {"pixels": x})["logits"]
+    seen = {"a": 0, "b": 0}
+    errors = []
+    stop = threading.Event()
+
+    with ServerProcess("--model-repository", repo) as proc:
+        def hammer(model):
+            c = httpclient.InferenceServerClient(proc.url, network_timeout=60)
+            try:
+                while not stop.is_set():
+                    try:
+                        got = c.infer(model, [_input("pixels", x, True)]).as_numpy("logits")
+                    except Exception as exc:  # noqa: BLE001
+                        errors.append(repr(exc))
+                        continue
+                    if np.allclose(got, out_a, atol=1e-5):
+                        seen["a"] += 1
+                    elif np.allclose(got, out_b, atol=1e-5):
+                        seen["b"] += 1
+                    else:
+                        errors.append("output matches neither model")
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=hammer, args=(m,)) for m in ("gemm",) * 6 + ("plain",) * 2]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.5)
+            target.write_bytes(built["gemm_b"].read_bytes())
+            (repo / "plain/1/model.onnx").write_bytes(built["gemm_b"].read_bytes())
+            for _ in range(3):  # reload through the repository API, repeatedly, while requests flow
+                req = urllib.request.Request(f"http://{proc.url}/v2/repository/models/gemm/load", data=b"",
+                                             method="POST")
+                assert urllib.request.urlopen(req, timeout=30).status == 200
+                time.sleep(0.3)
+            b_after_api = seen["b"]
+            target.write_bytes(built["gemm_a"].read_bytes())
+            proc.signal(signal.SIGHUP)  # reload everything
+            deadline = time.monotonic() + 20
+            while "reloaded" not in proc.stderr and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.5)
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(60)
+        assert not errors, errors[:5]
+        assert b_after_api > 0 and seen["a"] > 0
+        assert "reloaded gemm, plain" in proc.stderr
+        c = httpclient.InferenceServerClient(proc.url)
+        np.testing.assert_allclose(c.infer("gemm", [_input("pixels", x, True)]).as_numpy("logits"), out_a, atol=1e-5)
+        np.testing.assert_allclose(c.infer("plain", [_input("pixels", x, True)]).as_numpy("logits"), out_b, atol=1e-5)
+        # unload: the model disappears from the index and answers 404; a load brings it back
+        urllib.request.urlopen(urllib.request.Request(f"http://{proc.url}/v2/repository/models/plain/unload",
+                                                      data=b"", method="POST"), timeout=30)
+        assert not c.is_model_ready("plain")
+        with pytest.raises(InferenceServerException) as err:
+            c.infer("plain", [_input("pixels", x, True)])
+        assert err.value.status() == "404"
+        c.load_model("plain")
+        assert c.is_model_ready("plain")
+        c.close()
+
+
+def test_sigterm_drains_in_flight_requests(built, tmp_path):
+    repo = tmp_path / "repo"
+    place(repo, "slow", 1, built["slow"])
+    x = np.random.default_rng(3).random((4096, 512), dtype=np.float32)  # ~0.5 s of compute
+    result = {}
+    with ServerProcess("--model-repository", repo, "--threads", "1") as proc:
+        def slow_call():
+            c = httpclient.InferenceServerClient(proc.url, network_timeout=120)
+            t0 = time.monotonic()
+            try:
+                result["y"] = c.infer("slow", [_input("x", x, True)]).as_numpy("y")
+            except Exception as exc:  # noqa: BLE001
+                result["error"] = repr(exc)
+            result["seconds"] = time.monotonic() - t0
+
+        t = threading.Thread(target=slow_call)
+        t.start()
+        deadline = time.monotonic() + 30
+        while _metric(proc.url, 'edgedl_inference_in_flight{model="slow"}') < 1:  # wait until it is computing
+            assert time.monotonic() < deadline and t.is_alive(), "the request never became in-flight"
+            time.sleep(0.01)
+        proc.signal(signal.SIGTERM)
+        t.join(120)
+        code = proc.proc.wait(60)
+    assert "error" not in result, result
+    assert result["y"].shape == (4096, 512)
+    assert code == 0
+    assert "draining in-flight requests" in proc.stderr
