@@ -135,18 +135,19 @@ def print_report(report) -> None:
     if report.chosen is not None and report.chosen.mode != "fp32":
         q = ", ".join(f"{k}×{v}" for k, v in data["ops_quantized"].items()) or "none"
         f = ", ".join(f"{k}×{len(v)}" for k, v in data["ops_left_float"].items()) or "none"
-        console.print(f"quantized: {q}")
+        console.print(f"{'fp16' if report.chosen.mode == 'fp16' else 'int8'} (incl. folded into quantized ops): {q}")
         console.print(f"left float: {f}")
     for step in report.fallback_steps:
         console.print(f"fallback step {step['step']}: kept {escape(step['kept_float'])} in float -> top-1 "
                       f"{_fmt(step['accuracy'])} %, agreement {_fmt(step['agreement'], '.1f')} %")
     if report.layers:
-        lt = Table(title="worst tensors (SQNR dB, lower is worse)", show_edge=False, pad_edge=False)
-        for col in ("tensor", "node", "op", "qdq SQNR", "float vs qdq"):
+        lt = Table(title=f"worst tensors: SQNR float vs quantized model, {report.layers['samples']} samples "
+                         "(lower is worse; --json lists all, and weights)", show_edge=False, pad_edge=False)
+        for col in ("tensor", "node", "op", "SQNR dB"):
             lt.add_column(col)
         for act in report.layers["activations"][:10]:
             lt.add_row(escape(act["tensor"]), escape(",".join(act["nodes"])), ",".join(act["op_types"]),
-                       _fmt(act["qdq_sqnr_db"], ".1f"), _fmt(act["model_sqnr_db"], ".1f"))
+                       _fmt(act["model_sqnr_db"], ".1f"))
         console.print(lt)
     for note in data["notes"]:
         console.print(f"note: {escape(note)}", soft_wrap=True)

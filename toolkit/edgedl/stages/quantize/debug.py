@@ -19,9 +19,10 @@ def _finite(x: float) -> float | None:
 
 
 def layer_errors(float_path: Path, qdq_path: Path, split: Split, workdir: Path, debug: bool = False) -> dict:
-    """Per activation tensor: ``qdq_sqnr_db`` (noise added by quantizing this tensor alone, inside the QDQ model)
-    and ``model_sqnr_db`` (float model's tensor vs the QDQ model's, i.e. error accumulated up to here); per
-    weight: SQNR of its dequantized values. Activations are sorted worst (lowest qdq SQNR) first."""
+    """Per activation tensor: ``model_sqnr_db`` (the float model's tensor vs the QDQ model's, the error that reaches
+    this point) and ``qdq_sqnr_db`` (the QDQ model's tensor before vs after its own Q/DQ pair; misleading where a
+    Relu was folded into the quantization range, as the pre-Q/DQ tensor then still holds negatives); per weight:
+    SQNR of its dequantized values. Activations are sorted worst (lowest ``model_sqnr_db``) first."""
     dbg = require("onnxruntime.quantization.qdq_loss_debug")
     onnx = require("onnx")
     aug_float, aug_qdq = workdir / "debug-float.onnx", workdir / "debug-qdq.onnx"
@@ -51,7 +52,7 @@ def layer_errors(float_path: Path, qdq_path: Path, split: Split, workdir: Path, 
             "qdq_sqnr_db": _finite(err.get("qdq_err")),
             "model_sqnr_db": _finite(err.get("xmodel_err")),
         })
-    activations.sort(key=lambda a: (math.inf if a["qdq_sqnr_db"] is None else a["qdq_sqnr_db"]))
+    activations.sort(key=lambda a: (math.inf if a["model_sqnr_db"] is None else a["model_sqnr_db"]))
     weights = [{"weight": name, "nodes": [n.name for n in consumers.get(name, [])], "sqnr_db": _finite(v)}
                for name, v in weight_err.items()]
     weights.sort(key=lambda w: math.inf if w["sqnr_db"] is None else w["sqnr_db"])

@@ -1,0 +1,393 @@
+"""`edgedl quantize` on the real zoo: every mode on every model, the gates, entropy calibration, layer debugging,
+the never-overwrite rule and every bad-input case. Library calls where the CLI adds nothing (the mode matrix),
+the real CLI (in process, and one real subprocess) everywhere else."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from conftest import ROOT, ZOO, run_edgedl, run_edgedl_inprocess
+from edgedl.errors import EdgeDLError
+from edgedl.recipe import load_recipe
+from edgedl.runtime import Runner
+from edgedl.stages.quantize import GateConfig, QuantizeConfig, StaticConfig, preset, quantize
+
+FAST = GateConfig(speed_seconds=0.05)  # the speed gate runs, briefly; speed figures come from benchmarks/
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _without_metadata(src: Path, dst: Path) -> Path:
+    """The same model with no edgedl metadata: no recipe to fall back on."""
+    model = onnx.load(str(src))
+    del model.metadata_props[:]
+    onnx.save(model, str(dst))
+    return dst
+
+
+def _activation_scales(path: Path) -> dict[str, float]:
+    model = onnx.load(str(path))
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[1] in inits and inits[n.input[1]].size == 1}
+
+
+# --- every mode on every zoo model -----------------------------------------------------------------------------
+@pytest.mark.parametrize("mode", ["dynamic", "static", "fp16"])
+@pytest.mark.parametrize("name", ZOO)
+def test_each_mode_on_each_zoo_model(zoo, tmp_path, name, mode):
+    src = zoo[name].onnx
+    before = _sha(src)
+    out = tmp_path / f"{name}.{mode}.onnx"
+    report = quantize(src, QuantizeConfig(output=out, mode=mode, gates=FAST, progress=False))
+    data = report.to_json()
+    assert data["accepted"] and data["output_path"] == str(out) and out.is_file()
+    assert _sha(src) == before  # the input is never touched
+    assert data["accuracy"]["fp32"] == pytest.approx(zoo[name].metrics["test_accuracy"] * 100, abs=0.01)
+    assert data["accuracy"]["drop_points"] <= 1.0
+    assert data["accuracy"]["agreement"] >= 97.0
+    assert set(data["latency_ms"]["fp32"]) == {"1", "32"} and set(data["speedup"]) == {"1", "32"}
+    assert data["ops_quantized"], "nothing was converted"
+    sqnr = data["accuracy"]["outputs"]["logits"]["sqnr_db"]
+    assert sqnr > 20 and data["accuracy"]["outputs"]["logits"]["max_abs_diff"] > 0
+    after = data["op_types"]["after"]
+    with Runner(out) as runner:  # loads, keeps fp32 I/O and the exported metadata plus the quantization record
+        assert runner.inputs[0].dtype == np.float32 and runner.outputs[0].dtype == np.float32
+        assert runner.metadata["recipe"] == name
+        assert runner.metadata["quantization"]["mode"] == mode
+    if mode == "dynamic":
+        assert data["size_ratio"] <= (0.35 if name != "transformer" else 0.5)
+        assert any(op in after for op in ("MatMulInteger", "ConvInteger"))
+    if mode == "static":
+        assert after.get("QuantizeLinear", 0) > 0 and after.get("DequantizeLinear", 0) > 0
+    if mode == "fp16":
+        assert data["size_ratio"] < 0.6
+        assert any("will not be faster" in n for n in data["notes"])  # said plainly on a CPU provider
+    if name == "lstm" and mode == "dynamic":
+        assert after.get("com.microsoft.DynamicQuantizeLSTM") == 1 and "LSTM" in data["ops_quantized"]
+    if name == "transformer" and mode in ("dynamic", "static"):
+        # the ONNX-domain Attention (opset 23) has no int8 kernel: it must stay float, and say so
+        assert "Attention" in data["ops_left_float"] and "QAttention" not in json.dumps(after)
+        assert any("symbolic shape inference failed" in n for n in data["notes"])
+
+
+def _lstm_with_computed_weight(path: Path) -> Path:
+    """An LSTM whose input weight is computed by Concat of two constants, the form older dynamo exports had:
+    quantize_dynamic only quantizes LSTMs whose weights are initializers."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    hidden, features = 16, 8
+    w_top = numpy_helper.from_array(rng.normal(0, 0.3, (1, 2 * hidden, features)).astype(np.float32), "w_top")
+    w_bottom = numpy_helper.from_array(rng.normal(0, 0.3, (1, 2 * hidden, features)).astype(np.float32), "w_bottom")
+    r = numpy_helper.from_array(rng.normal(0, 0.3, (1, 4 * hidden, hidden)).astype(np.float32), "r")
+    nodes = [helper.make_node("Concat", ["w_top", "w_bottom"], ["w"], axis=1, name="concat_w"),
+             helper.make_node("LSTM", ["x", "w", "r"], ["y", "y_h"], hidden_size=hidden, name="lstm")]
+    graph = helper.make_graph(nodes, "lstm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["seq", "batch", 8])],
+                              [helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [1, "batch", hidden])],
+                              [w_top, w_bottom, r])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_preprocessing_is_what_makes_a_computed_weight_lstm_int8(tmp_path):
+    from onnxruntime.quantization import quantize_dynamic
+
+    src = _lstm_with_computed_weight(tmp_path / "lstm.onnx")
+    raw = tmp_path / "raw.onnx"
+    quantize_dynamic(str(src), str(raw))
+    assert "DynamicQuantizeLSTM" not in {n.op_type for n in onnx.load(str(raw)).graph.node}  # silently fp32
+    report = quantize(src, QuantizeConfig(output=tmp_path / "q.onnx", mode="dynamic", gates=FAST, progress=False))
+    data = report.to_json()
+    assert data["op_types"]["after"].get("com.microsoft.DynamicQuantizeLSTM") == 1
+    assert data["ops_quantized"] == {"LSTM": 1} and data["size_ratio"] < 0.4
+    assert any("accuracy gate skipped" in n for n in data["notes"])
+
+
+# --- the accuracy gate -------------------------------------------------------------------------------------
+def _tiny_range_calibration(tmp_path: Path, name: str) -> Path:
+    """Calibration images scaled to 1 % of their range: static int8 clips every real activation."""
+    recipe = load_recipe(name)
+    split = recipe.split("calibration")
+    path = tmp_path / "bad-calibration.npz"
+    np.savez(path, **{k: v[:32] * 0.01 for k, v in split.inputs.items()})
+    return path
+
+
+def test_accuracy_gate_rejects_bad_calibration_and_writes_nothing(zoo, tmp_path):
+    out = tmp_path / "cnn.int8.onnx"
+    out.write_bytes(b"previous result")  # an older file at OUT survives a rejected run untouched
+    bad = _tiny_range_calibration(tmp_path, "cnn")
+    result = run_edgedl_inprocess("quantize", zoo["cnn"].onnx, "-o", out, "--mode", "static", "--calibration", bad,
+                                  "--speed-seconds", "0", "--json")
+    assert result.returncode == 1
+    data = json.loads(result.stdout)  # the report is still printed
+    assert data["accepted"] is False and data["output_path"] is None
+    assert data["accuracy"]["drop_points"] > 1.0 and data["accuracy"]["quantized"] < 50
+    assert "accuracy gate" in data["reasons"][0] and "calibration-method" in data["reasons"][0]
+    assert "error: accuracy gate" in result.stderr and "nothing written" in result.stderr
+    assert out.read_bytes() == b"previous result"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".cnn.int8")]  # no temp file left
+
+
+def test_accuracy_threshold_is_the_users(zoo, tmp_path):
+    bad = _tiny_range_calibration(tmp_path, "mlp")
+    out = tmp_path / "mlp.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", "--calibration", bad,
+                                  "--max-accuracy-drop", "100", "--speed-seconds", "0", "--json")
+    assert result.returncode == 0 and out.is_file()
+    assert json.loads(result.stdout)["accuracy"]["drop_points"] > 1.0
+
+
+def test_human_report_when_rejected(zoo, tmp_path):
+    bad = _tiny_range_calibration(tmp_path, "mlp")
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", tmp_path / "m.onnx", "--mode", "static",
+                                  "--calibration", bad, "--speed-seconds", "0")
+    assert result.returncode == 1
+    assert "REJECTED" in result.stdout and "rejected: accuracy gate" in result.stdout
+    assert "ops before: Gemm×3, Relu×2" in result.stdout
+    assert not (tmp_path / "m.onnx").exists()
+
+
+# --- calibration -------------------------------------------------------------------------------------------
+def test_entropy_calibration_really_differs_from_minmax(zoo, tmp_path):
+    scales = {}
+    for method in ("minmax", "entropy", "percentile"):
+        out = tmp_path / f"{method}.onnx"
+        report = quantize(zoo["cnn"].onnx, QuantizeConfig(output=out, mode="static", progress=False,
+                                                          static=StaticConfig(calibration_method=method),
+                                                          gates=GateConfig(speed_seconds=0)))
+        assert report.accepted
+        scales[method] = _activation_scales(out)
+    shared = set(scales["minmax"]) & set(scales["entropy"])
+    assert len(shared) >= 3
+    differ = [t for t in shared if not np.isclose(scales["minmax"][t], scales["entropy"][t], rtol=1e-3)]
+    # KL-optimal thresholds clip the long tails of the hidden ReLU activations: smaller scales there
+    assert len(differ) >= 2, (scales["minmax"], scales["entropy"])
+    assert all(scales["entropy"][t] < scales["minmax"][t] for t in differ)
+    assert scales["percentile"] != scales["minmax"]
+
+
+def test_calibration_and_eval_npz_for_a_model_without_recipe(zoo, tmp_path):
+    bare = _without_metadata(zoo["mlp"].onnx, tmp_path / "bare.onnx")
+    recipe = load_recipe("mlp")
+    cal, test = recipe.split("calibration"), recipe.split("test")
+    np.savez(tmp_path / "cal.npz", **cal.inputs)
+    np.savez(tmp_path / "eval.npz", **test.inputs, labels=test.labels)
+    out = tmp_path / "bare.int8.onnx"
+    result = run_edgedl_inprocess("quantize", bare, "-o", out, "--mode", "static", "--calibration",
+                                  tmp_path / "cal.npz", "--eval", tmp_path / "eval.npz", "--speed-seconds", "0.05",
+                                  "--calibration-samples", "64", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["data"]["calibration_samples"] == 64 and data["data"]["evaluation_samples"] == 360
+    assert data["accuracy"]["fp32"] == pytest.approx(zoo["mlp"].metrics["test_accuracy"] * 100, abs=0.01)
+    # without evaluation data the gate is skipped, and the report says so
+    out2 = tmp_path / "bare.dyn.onnx"
+    result = run_edgedl_inprocess("quantize", bare, "-o", out2, "--mode", "dynamic", "--speed-seconds", "0", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert data["accuracy"]["fp32"] is None and any("accuracy gate skipped" in n for n in data["notes"])
+
+
+# --- auto mode and the speed gate --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_auto_picks_the_fastest_accurate_candidate_or_keeps_fp32(zoo, tmp_path, name):
+    out = tmp_path / "auto.onnx"
+    result = run_edgedl_inprocess("quantize", zoo[name].onnx, "-o", out, "--speed-seconds", "0.3", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    modes = [c["mode"] for c in data["candidates"]]
+    assert modes == ["dynamic", "static"]  # CPU target: fp16 is never a candidate
+    eligible = [c for c in data["candidates"] if c["accuracy_ok"] and c["speedup"]["32"] >= 1.05]
+    if eligible:
+        best = max(eligible, key=lambda c: c["speedup"]["32"])
+        assert data["mode"] == best["mode"] and data["speedup"]["32"] >= 1.05
+    else:
+        assert data["mode"] == "fp32" and any("keeping fp32" in n for n in data["notes"])
+    assert data["mode"] != "fp16" and out.is_file()
+    with Runner(out) as runner:
+        assert runner.metadata["quantization"]["mode"] == data["mode"]
+
+
+def test_require_speedup_rejects_a_model_that_is_not_fast_enough(zoo, tmp_path):
+    """No timing assumption: a 1000x threshold cannot be met, so --require-speedup must reject and write nothing."""
+    out = tmp_path / "q.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "dynamic", "--require-speedup",
+                                  "--min-speedup", "1000", "--speed-seconds", "0.1", "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 1 and data["accepted"] is False and not out.exists()
+    assert data["accuracy"]["drop_points"] <= 1.0  # rejected for speed alone
+    assert "--require-speedup" in result.stderr and "need >= 1000x" in result.stderr
+    # auto with the same threshold keeps fp32, and --require-speedup turns that into a failure
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--require-speedup", "--min-speedup",
+                                  "1000", "--speed-seconds", "0.1", "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 1 and data["mode"] == "fp32" and not out.exists()
+
+
+def test_gpu_target_that_is_not_here_is_an_error(zoo, tmp_path):
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", tmp_path / "x.onnx", "--target-provider", "cuda")
+    assert result.returncode == 1 and "cuda is not available" in result.stderr
+    assert not (tmp_path / "x.onnx").exists()
+
+
+# --- layer debugging and fallback --------------------------------------------------------------------------
+def test_debug_layers_and_fallback_worst(zoo, tmp_path):
+    out = tmp_path / "t.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["transformer"].onnx, "-o", out, "--mode", "static",
+                                  "--debug-layers", "--fallback-worst", "2", "--speed-seconds", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    acts = data["layers"]["activations"]
+    sqnr = [a["model_sqnr_db"] for a in acts if a["model_sqnr_db"] is not None]
+    assert len(sqnr) > 10 and sqnr == sorted(sqnr)  # worst first
+    assert data["layers"]["weights"] and all(w["sqnr_db"] > 10 for w in data["layers"]["weights"])
+    steps = data["fallback_steps"]
+    assert [s["step"] for s in steps] == [1, 2]
+    worst_nodes = [a["nodes"][0] for a in acts[:2]]
+    assert [s["kept_float"] for s in steps] == worst_nodes
+    assert all(s["accuracy"] is not None for s in steps)
+    final = onnx.load(str(out))
+    kept = {n.name: n for n in final.graph.node}
+    for node in worst_nodes:  # still there, and not fed by a DequantizeLinear any more
+        dq = {o for n in final.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        assert node in kept and not any(i in dq for i in kept[node].input)
+
+
+# --- presets and options -----------------------------------------------------------------------------------
+def test_presets_are_named_typed_configs(tmp_path):
+    arm = preset("arm64", tmp_path / "a.onnx")
+    assert (arm.static.activation_type, arm.static.weight_type, arm.preset) == ("int8", "int8", "arm64")
+    vnni = QuantizeConfig.x86_vnni(tmp_path / "v.onnx")
+    assert (vnni.static.activation_type, vnni.static.reduce_range) == ("uint8", False)
+    assert QuantizeConfig.x86_avx2(tmp_path / "v.onnx").static.reduce_range is True
+    assert QuantizeConfig.jetson(tmp_path / "j.onnx").static.activation_symmetric is True
+    with pytest.raises(EdgeDLError, match="did you mean 'arm64'"):
+        preset("arm46", tmp_path / "a.onnx")
+
+
+def test_preset_on_the_cli_sets_int8_activations(zoo, tmp_path):
+    out = tmp_path / "arm.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", "--preset", "arm64",
+                                  "--per-tensor", "--speed-seconds", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(str(out))
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear" and len(n.input) > 2]
+    assert zero_points and all(z.data_type == onnx.TensorProto.INT8 for z in zero_points)
+    assert json.loads(result.stdout)["config"]["static"]["per_channel"] is False  # CLI option beats the preset
+
+
+def test_exclude_op_types_keeps_them_float(zoo, tmp_path):
+    out = tmp_path / "c.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["cnn"].onnx, "-o", out, "--mode", "dynamic",
+                                  "--exclude-op-types", "Conv", "--speed-seconds", "0", "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and data["ops_left_float"]["Conv"] and "ConvInteger" not in data["op_types"]["after"]
+
+
+# --- never overwrite, bad input ----------------------------------------------------------------------------
+def test_never_overwrites_its_input(zoo, tmp_path):
+    src = tmp_path / "m.onnx"
+    src.write_bytes(zoo["mlp"].onnx.read_bytes())
+    before = _sha(src)
+    result = run_edgedl_inprocess("quantize", src, "-o", src, "--mode", "dynamic")
+    assert result.returncode == 1 and "never overwrites its input" in result.stderr
+    result = run_edgedl_inprocess("quantize", src, "-o", tmp_path / "." / "m.onnx", "--mode", "dynamic")
+    assert result.returncode == 1 and _sha(src) == before
+
+
+@pytest.mark.parametrize("case", ["not_onnx_suffix", "garbage_onnx", "missing", "already_int8", "already_fp16",
+                                  "bad_mode", "bad_method", "out_not_onnx", "fallback_with_dynamic", "unknown_node",
+                                  "npz_missing_input", "npz_no_labels", "auto_without_eval", "static_without_data",
+                                  "bad_npz", "bad_provider"])
+def test_bad_input_is_a_one_line_error(zoo, tmp_path, case):
+    mlp = zoo["mlp"].onnx
+    out = tmp_path / "out.onnx"
+    args: list = [mlp, "-o", out, "--speed-seconds", "0"]
+    expect = ""
+    if case == "not_onnx_suffix":
+        bad = tmp_path / "model.pt"
+        bad.write_bytes(b"\x80\x02torch")
+        args[0], expect = bad, "is not an .onnx file"
+    elif case == "garbage_onnx":
+        bad = tmp_path / "model.onnx"
+        bad.write_text("this is not a protobuf")
+        args[0], expect = bad, "is not an ONNX model"
+    elif case == "missing":
+        args[0], expect = tmp_path / "nope.onnx", "not found"
+    elif case in ("already_int8", "already_fp16"):
+        mode = "dynamic" if case == "already_int8" else "fp16"
+        first = tmp_path / f"first.{mode}.onnx"
+        quantize(mlp, QuantizeConfig(output=first, mode=mode, gates=GateConfig(speed_seconds=0), progress=False))
+        args[0], expect = first, "already"
+    elif case == "bad_mode":
+        args += ["--mode", "dynamc"]
+        expect = "did you mean 'dynamic'"
+    elif case == "bad_method":
+        args += ["--mode", "static", "--calibration-method", "kl"]
+        expect = "choose one of minmax, percentile, entropy"
+    elif case == "out_not_onnx":
+        args[2], expect = tmp_path / "out.txt", "must be a .onnx file"
+    elif case == "fallback_with_dynamic":
+        args += ["--mode", "dynamic", "--fallback-worst", "2"]
+        expect = "--mode static --format qdq"
+    elif case == "unknown_node":
+        args += ["--mode", "static", "--exclude-nodes", "node_linar"]
+        expect = "did you mean 'node_linear'"
+    elif case in ("npz_missing_input", "npz_no_labels", "bad_npz"):
+        npz = tmp_path / "d.npz"
+        if case == "npz_missing_input":
+            np.savez(npz, image=np.zeros((4, 64), np.float32))
+            args += ["--mode", "static", "--calibration", npz]
+            expect = "no array for input(s) pixels"
+        elif case == "npz_no_labels":
+            np.savez(npz, pixels=np.zeros((4, 64), np.float32))
+            args += ["--mode", "dynamic", "--eval", npz]
+            expect = "has no 'labels' array"
+        else:
+            npz.write_text("nope")
+            args += ["--mode", "static", "--calibration", npz]
+            expect = "not a readable .npz"
+    elif case in ("auto_without_eval", "static_without_data"):
+        args[0] = _without_metadata(mlp, tmp_path / "bare.onnx")
+        args += ["--mode", "auto" if case == "auto_without_eval" else "static"]
+        expect = "--eval FILE.npz" if case == "auto_without_eval" else "--calibration FILE.npz"
+    elif case == "bad_provider":
+        args += ["--target-provider", "cudaa"]
+        expect = "did you mean"
+    result = run_edgedl_inprocess("quantize", *args)
+    assert result.returncode != 0
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert expect in lines[0], lines[0]
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
+# --- layering and the real console script ------------------------------------------------------------------
+def test_quantize_modules_import_without_heavy_dependencies():
+    code = ("import sys, edgedl.cli.quantize, edgedl.stages.quantize; "
+            "heavy = [m for m in ('torch', 'onnx', 'onnxruntime.quantization', 'sklearn') if m in sys.modules]; "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_real_console_script_end_to_end(zoo, tmp_path):
+    out = tmp_path / "lstm.int8.onnx"
+    proc = run_edgedl("quantize", zoo["lstm"].onnx, "-o", out, "--mode", "dynamic", "--speed-seconds", "0.1")
+    assert out.is_file()
+    assert "lstm.onnx: mode dynamic -> dynamic, accepted" in proc.stdout
+    assert "LSTM×1" in proc.stdout.split("int8 (incl. folded into quantized ops):")[1].splitlines()[0]
+    assert proc.stderr.strip() == "" or "Traceback" not in proc.stderr
