@@ -75,14 +75,15 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
     from edgedl.console import out_console
 
     table = Table(show_edge=False, pad_edge=False)
-    for col in ("target", "arch", "wheel platform", "python", "onnxruntime", "known bad", "providers", "threads",
-                "quantize", "memory", "description"):
-        table.add_column(col)
+    for col in ("target", "arch", "python", "onnxruntime", "providers", "quantize", "memory", "wheel platform"):
+        table.add_column(col, no_wrap=col in ("target", "onnxruntime", "wheel platform"))
     for p in profiles:
-        table.add_row(p["name"], p["arch"], p["platforms"][0], ", ".join(p["python"]), p["onnxruntime"],
-                      ", ".join(p["onnxruntime_known_bad"]) or "-", ">".join(p["providers"]), str(p["threads"] or "auto"),
-                      p["quantization"], f"{p['memory_mb']} MB", p["description"])
+        bad = f" (bad: {', '.join(p['onnxruntime_known_bad'])})" if p["onnxruntime_known_bad"] else ""
+        table.add_row(p["name"], p["arch"], ",".join(p["python"]), p["onnxruntime"] + bad, ">".join(p["providers"]),
+                      p["quantization"], f"{p['memory_mb']} MB", p["platforms"][0])
     console = out_console()
+    if not console.is_terminal:
+        console.width = max(console.width, 150)  # piped output: don't squeeze the table to 80 columns
     console.print(table)
     console.print("Add your own: a .toml like deploy/profiles/rpi4.toml in ~/.config/edgedl/profiles or $EDGEDL_PROFILE_PATH.")
 

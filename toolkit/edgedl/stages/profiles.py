@@ -37,7 +37,7 @@ class DeviceProfile:
     onnxruntime_known_bad: tuple[str, ...] = ()
     providers: tuple[str, ...] = ("cpu",)
     threads: int = 0
-    quantization: str = "dynamic-int8"
+    quantization: str = "arm64"  # an `edgedl quantize --preset` name
     memory_mb: int = 1000
     min_free_disk_mb: int = 200
     cpu_features: tuple[str, ...] = ()

@@ -172,8 +172,9 @@ def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         t = time.perf_counter()
         config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), timeout=120)
         advance(info="started")
-        ready = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
-                                  check=False, timeout=config.ready_timeout + 60).returncode == 0
+        waited = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
+                                   release, check=False, timeout=config.ready_timeout + 60)
+        ready = waited.returncode == 0
         timings["start_to_ready"] = time.perf_counter() - t
         if not ready:
             tail = _log_tail(config, release)
@@ -181,14 +182,15 @@ def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
             restored = ""
             if previous:
                 back = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python,
-                                         str(config.ready_timeout), check=False, timeout=config.ready_timeout + 60)
+                                         str(config.ready_timeout), previous, check=False, timeout=config.ready_timeout + 60)
                 restored = (f"; rolled back to release {previous}, which is " +
                             ("ready again" if back.returncode == 0 else "NOT ready either - check `edgedl deploy logs`"))
             else:
                 restored = "; there was no previous release to roll back to, the service is stopped"
             last = " | ".join(tail.splitlines()[-4:]) or "(empty log)"
-            raise EdgeDLError(f"release {release} did not become ready within {config.ready_timeout:.0f} s on "
-                              f"{config.target.label}{restored}. Its log ends: {last}")
+            why = ("kept crashing on start" if waited.returncode == 2 else
+                   f"did not become ready within {config.ready_timeout:.0f} s")
+            raise EdgeDLError(f"release {release} {why} on {config.target.label}{restored}. Its log ends: {last}")
         advance(info="ready")
         pruned = [line.split("=", 1)[1] for line in config.target.run(
             remote.PRUNE, config.remote_dir, str(max(config.keep, 1)), timeout=120).stdout.splitlines() if line.startswith("pruned=")]

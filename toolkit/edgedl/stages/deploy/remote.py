@@ -106,15 +106,22 @@ start_service "$ID"
 log_event "$ID" activated
 '''
 
-# Poll /v2/health/ready from the device itself (works whatever address the server binds) while the supervisor lives.
+# Poll /v2/health/ready from the device itself (works whatever address the server binds). Gives up early when
+# the release's server has already crashed twice since it was started (a broken bundle, not a slow start).
 WAIT_READY = PRELUDE + r'''
-PY=$1; TIMEOUT=$2
+PY=$1; TIMEOUT=$2; ID=${3:-$(current_id)}
 . ./service.env
 ADDR=$EDGEDL_HOST; [ "$ADDR" = "0.0.0.0" ] && ADDR=127.0.0.1; [ "$ADDR" = "::" ] && ADDR=::1
 case $ADDR in *:*) ADDR="[$ADDR]";; esac
-"$PY" - "http://$ADDR:$EDGEDL_PORT/v2/health/ready" "$TIMEOUT" << 'EOF'
+"$PY" - "http://$ADDR:$EDGEDL_PORT/v2/health/ready" "$TIMEOUT" "logs/$ID.log" << 'EOF'
 import sys, time, urllib.request
-url, deadline = sys.argv[1], time.time() + float(sys.argv[2])
+url, deadline, log = sys.argv[1], time.time() + float(sys.argv[2]), sys.argv[3]
+def crashes():
+    try:
+        text = open(log, errors="replace").read()
+    except OSError:
+        return 0
+    return text[text.rfind("--- "):].count("edgedl supervisor: server exited")
 while time.time() < deadline:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -122,6 +129,8 @@ while time.time() < deadline:
                 print("ready"); sys.exit(0)
     except Exception:
         pass
+    if crashes() >= 2:
+        print("crashed"); sys.exit(2)
     time.sleep(0.3)
 print("not ready"); sys.exit(1)
 EOF

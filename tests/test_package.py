@@ -1,0 +1,154 @@
+"""``edgedl package``: a real bundle of zoo models for an aarch64 profile, its manifest and wheelhouse, and the
+refusal of a tampered bundle by the manifest check and by the real ``edgedl serve``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, run_edgedl
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.manifest import sha256_file, verify_manifest
+
+CACHE_ENV = {"EDGEDL_CACHE": str(ROOT / "build" / "cache")}
+
+
+@pytest.fixture(scope="module")
+def rpi5_bundle(zoo, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("package") / "digits-rpi5"
+    run_edgedl("package", zoo["cnn"].onnx, zoo["mlp"].onnx, "--target", "rpi5", "-o", out, env=CACHE_ENV)
+    return out
+
+
+def _copy(bundle: Path, dest: Path) -> Path:
+    shutil.copytree(bundle, dest)
+    return dest
+
+
+def test_bundle_layout_manifest_and_hashes(rpi5_bundle, zoo):
+    manifest = verify_manifest(rpi5_bundle)
+    assert manifest["profile"]["name"] == "rpi5" and manifest["python"] == "3.11"
+    names = [m["name"] for m in manifest["models"]]
+    assert names == ["cnn", "mlp"]
+    cnn = manifest["models"][0]
+    assert (rpi5_bundle / "models/cnn/1/model.onnx").read_bytes() == zoo["cnn"].onnx.read_bytes()
+    assert cnn["sha256"] == cnn["source"]["sha256"] == sha256_file(zoo["cnn"].onnx)
+    assert cnn["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}]
+    assert cnn["labels"] == [str(i) for i in range(10)]
+    # every file but the manifest itself is hashed, and the hashes are right
+    on_disk = {p.relative_to(rpi5_bundle).as_posix() for p in rpi5_bundle.rglob("*") if p.is_file()}
+    assert set(manifest["files"]) == on_disk - {"manifest.json"}
+    for name, digest in manifest["files"].items():
+        assert sha256_file(rpi5_bundle / name) == digest
+    # the server is pointed at models/: its own manifest covers the repository
+    verify_manifest(rpi5_bundle / "models")
+    assert (rpi5_bundle / "models/cnn/config.pbtxt").read_text().startswith('name: "cnn"')
+
+
+def test_wheelhouse_is_for_the_target_and_pinned(rpi5_bundle):
+    wheels = sorted(p.name for p in (rpi5_bundle / "wheels").glob("*.whl"))
+    binary = [w for w in wheels if not w.endswith("-none-any.whl")]
+    assert binary and all("aarch64" in w for w in binary), binary
+    assert any(w.startswith("onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_aarch64") for w in wheels)
+    for needed in ("numpy-", "click-", "rich-", "uvicorn-", "httptools-", "edgedl-0.1.0-py3-none-any.whl"):
+        assert any(w.startswith(needed) for w in wheels), needed
+    assert not any(w.startswith(("torch-", "onnx-", "scikit")) for w in wheels)  # the device never gets torch
+    pins = [line for line in (rpi5_bundle / "requirements.txt").read_text().splitlines() if not line.startswith("#")]
+    assert "onnxruntime==1.32.0" in pins and all("==" in p for p in pins)
+    assert len(pins) == len(wheels)
+    with zipfile.ZipFile(next((rpi5_bundle / "wheels").glob("edgedl-*.whl"))) as whl:
+        members = whl.namelist()
+    assert "edgedl/runtime/manifest.py" in members and "edgedl/runtime/server/repository.py" in members
+
+
+def test_scripts_unit_dockerfile_and_tarball(rpi5_bundle):
+    start = (rpi5_bundle / "start.sh").read_text()
+    assert "-m edgedl serve --model-repository \"$HERE/models\"" in start
+    assert (rpi5_bundle / "start.sh").stat().st_mode & 0o111
+    assert "ExecStart=/opt/edgedl/current/start.sh" in (rpi5_bundle / "edgedl.service").read_text()
+    docker = (rpi5_bundle / "Dockerfile").read_text()
+    assert docker.splitlines()[2] == "FROM arm64v8/python:3.11-slim-bookworm"
+    assert "--no-index --find-links /opt/edgedl/wheels" in docker
+    tarball = rpi5_bundle.parent / f"{rpi5_bundle.name}.tar.gz"
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert f"{rpi5_bundle.name}/manifest.json" in names and f"{rpi5_bundle.name}/models/cnn/1/model.onnx" in names
+
+
+def test_jetson_bundle_uses_l4t_base_and_python_310(zoo, tmp_path):
+    out = tmp_path / "jetson"
+    proc = run_edgedl("package", zoo["mlp"].onnx, "--target", "jetson-orin-nano", "-o", out, "--json", "--no-tarball",
+                      env=CACHE_ENV)
+    result = json.loads(proc.stdout)
+    assert result["python"] == "3.10" and result["runtime"]["onnxruntime"] == "1.23.2"
+    assert "FROM nvcr.io/nvidia/l4t-jetpack" in (out / "Dockerfile").read_text()
+    assert any("cp310" in w and "aarch64" in w for w in result["runtime"]["wheels"])
+    assert not (tmp_path / "jetson.tar.gz").exists()
+
+
+def test_tampered_model_is_refused_naming_the_file(rpi5_bundle, tmp_path):
+    bundle = _copy(rpi5_bundle, tmp_path / "b")
+    model = bundle / "models/mlp/1/model.onnx"
+    data = bytearray(model.read_bytes())
+    data[-1] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with pytest.raises(EdgeDLError, match="models/mlp/1/model.onnx does not match its sha256"):
+        verify_manifest(bundle)
+    with pytest.raises(EdgeDLError, match="mlp/1/model.onnx does not match its sha256"):
+        verify_manifest(bundle / "models")
+
+
+def test_missing_and_injected_files_are_refused(rpi5_bundle, tmp_path):
+    bundle = _copy(rpi5_bundle, tmp_path / "b")
+    (bundle / "requirements.txt").unlink()
+    with pytest.raises(EdgeDLError, match="requirements.txt is missing"):
+        verify_manifest(bundle)
+    bundle2 = _copy(rpi5_bundle, tmp_path / "b2")
+    extra = bundle2 / "models/evil/1/model.onnx"
+    extra.parent.mkdir(parents=True)
+    shutil.copy(bundle2 / "models/mlp/1/model.onnx", extra)
+    with pytest.raises(EdgeDLError, match="models/evil/1/model.onnx is not listed"):
+        verify_manifest(bundle2)
+    with pytest.raises(EdgeDLError, match="evil/1/model.onnx is not listed"):
+        verify_manifest(bundle2 / "models")
+
+
+def test_real_serve_refuses_a_tampered_bundle(rpi5_bundle, tmp_path):
+    bundle = _copy(rpi5_bundle, tmp_path / "b")
+    model = bundle / "models/cnn/1/model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    proc = run_edgedl("serve", "--model-repository", bundle / "models", "--host", "127.0.0.1", "--port", "1",
+                      check=False, timeout=60)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "cnn/1/model.onnx does not match its sha256" in lines[0]
+
+
+def test_bad_inputs_fail_in_one_line_and_write_nothing(zoo, tmp_path):
+    cases = [
+        (["--target", "rpi-5"], "did you mean 'rpi5'"),
+        (["--target", "rpi5", "--python", "3.9"], "Python 3.9 is not supported by profile 'rpi5'"),
+    ]
+    for extra, message in cases:
+        proc = run_edgedl("package", zoo["mlp"].onnx, *extra, "-o", tmp_path / "out", check=False, env=CACHE_ENV)
+        assert proc.returncode == 1 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    not_onnx = tmp_path / "model.onnx"
+    not_onnx.write_bytes(b"definitely not protobuf")
+    proc = run_edgedl("package", not_onnx, "--target", "rpi5", "-o", tmp_path / "out", check=False, env=CACHE_ENV)
+    assert proc.returncode == 1 and "could not load" in proc.stderr and "model.onnx" in proc.stderr
+    assert not (tmp_path / "out").exists()
+    # an existing, non-empty output is never overwritten
+    keep = tmp_path / "existing"
+    keep.mkdir()
+    (keep / "precious.txt").write_text("keep me")
+    proc = run_edgedl("package", zoo["mlp"].onnx, "--target", "rpi5", "-o", keep, check=False, env=CACHE_ENV)
+    assert proc.returncode == 1 and "already exists and is not empty" in proc.stderr
+    assert [p.name for p in keep.iterdir()] == ["precious.txt"]
+    proc = run_edgedl("package", zoo["mlp"].onnx, zoo["mlp"].onnx, "--target", "rpi5", "-o", tmp_path / "o2",
+                      check=False, env=CACHE_ENV)
+    assert proc.returncode == 1 and "both be named 'mlp'" in proc.stderr
