@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -153,4 +154,5 @@ def compare(old, new, threshold, metrics, as_json, debug):
         n = len(result.regressions)
         console.print(f"{n} regression(s) beyond {threshold_pct:g}%" if n else f"no regression beyond {threshold_pct:g}%")
     if not result:
-        raise click.exceptions.Exit(REGRESSION_EXIT_CODE)
+        # sys.exit, not click's Exit: with standalone_mode=False click would turn Exit into a return value
+        sys.exit(REGRESSION_EXIT_CODE)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
@@ -29,4 +31,4 @@ def doctor(no_prove: bool, as_json: bool, debug: bool) -> None:
         verdict = (f"[bold red]{len(report.failures)} problem(s)[/]" if report.failures else "[green]no problems[/]")
         console.print(f"{verdict}, {len(report.warnings)} warning(s)")
     if report.failures:
-        raise click.exceptions.Exit(1)
+        sys.exit(1)  # not click's Exit: the group runs with standalone_mode=False

@@ -29,7 +29,7 @@ TINY_MODEL_B64 = (
 )
 TINY_W = (np.arange(12, dtype=np.float32).reshape(4, 3) - 5.5) / 4
 TINY_B = np.array([0.5, -1.0, 0.25], dtype=np.float32)
-TINY_X = np.array([[1.0, -2.0, 0.5, 3.0], [0.25, 0.5, -1.0, 2.0]], dtype=np.float32)
+TINY_X = np.array([[1.0, -2.0, 0.5, 3.0], [-2.0, 1.0, 0.5, -1.0]], dtype=np.float32)  # row 2 hits the relu
 
 # package, versions, platform test (cpu info dict, machine) -> bool, what goes wrong, what to do
 KNOWN_BAD: list[dict[str, Any]] = [

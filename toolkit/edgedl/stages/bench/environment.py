@@ -69,6 +69,7 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
         "arm_part": part,
         "arm_core": ARM_PARTS.get(part) if part else None,
         "physical_cores": len(physical) or None,
+        "board": fields.get("model") if not fields.get("model name") else None,  # Raspberry Pi kernels set "Model"
     }
 
 
@@ -84,7 +85,8 @@ def cpu_info(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any
     info["logical_cores"] = os.cpu_count()
     info["usable_cores"] = usable
     board = Path("/proc/device-tree/model")
-    info["board"] = board.read_text(errors="replace").strip("\x00\n ") if board.is_file() else None
+    if board.is_file():
+        info["board"] = board.read_text(errors="replace").strip("\x00\n ")
     return info
 
 

@@ -62,9 +62,35 @@ def run_worker(cfg: WorkerConfig, extra: dict[str, Any] | None = None, timeout_s
     return result
 
 
+def _dynamic_dims(model: str) -> set[str]:
+    from edgedl.runtime import Runner
+
+    with Runner(model) as runner:
+        return {d for i in runner.inputs for d in i.dynamic_axes.values()}
+
+
+def _apply_shapes(config: BenchConfig, configs: list[WorkerConfig]) -> None:
+    """--shape applies to the models that have that dim; a name no model has is a typo."""
+    if not config.shapes:
+        return
+    dims = {m: _dynamic_dims(m) for m in {c.model for c in configs}}
+    known = set().union(*dims.values())
+    for name in config.shapes:
+        if name not in known:
+            import difflib
+
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"did you mean '{close[0]}'? " if close else ""
+            raise EdgeDLError(f"--shape {name}: no model has a dynamic dim of that name; {hint}"
+                              f"their dynamic dims: {', '.join(sorted(known)) or 'none'}")
+    for c in configs:
+        c.shapes = {k: v for k, v in config.shapes.items() if k in dims[c.model]}
+
+
 def run_bench(config: BenchConfig, show_progress: bool = True,
               on_result: Callable[[dict[str, Any]], None] | None = None) -> BenchReport:
     configs = config.configurations()
+    _apply_shapes(config, configs)
     torch_extra: dict[str, dict[str, Any]] = {}
     if config.baseline == "torch":
         for model in {c.model for c in configs}:
