@@ -59,7 +59,8 @@ def test_schedule_counts_queueing_from_the_arrival():
     # spaced far apart: no queue, latency == service time (+ the wake-up jitter of the spin wait)
     latency, service = measure_schedule(_busy(0.2), np.arange(1, 6, dtype=np.int64) * 5_000_000, warmup=0)
     assert np.all(latency.samples_ns >= service.samples_ns)
-    assert np.all(latency.samples_ns - service.samples_ns < 2_000_000)
+    # (median: on a shared machine the OS can wake the load generator late once in a while)
+    assert np.median(latency.samples_ns - service.samples_ns) < 1_000_000
     assert latency.wall_s >= 0.025  # it really waited for the last arrival at 25 ms
 
 
