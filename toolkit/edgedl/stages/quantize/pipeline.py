@@ -179,7 +179,7 @@ def _speed(fp32: Candidate, candidates: list[Candidate], plan, gates) -> None:
             runners[c.mode] = runner(c.path, gates.threads, gates.target_provider)
         for batch in batches:
             feeds = timing_feeds(runners["fp32"], data, batch)
-            medians = compare_speed(runners, feeds, gates.speed_seconds * len(runners))
+            medians = compare_speed(runners, feeds, gates.speed_seconds)
             fp32.latency_ms[batch] = medians["fp32"]
             for c in candidates:
                 c.latency_ms[batch] = medians[c.mode]
