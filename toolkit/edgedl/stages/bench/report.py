@@ -56,11 +56,11 @@ class BenchReport:
     # --- ratios --------------------------------------------------------------------------------------------
     def speedups(self) -> dict[int, float]:
         """Index of each non-torch result -> torch eager p50 / its p50, for the same model, threads and batch."""
-        torch_p50 = {(r["model"], r["threads"], r["batch"]): r["latency_ms"]["p50_ms"]
+        torch_p50 = {(_network(r), r["threads"], r["batch"]): r["latency_ms"]["p50_ms"]
                      for r in self.results if r["engine"] == "torch"}
         out = {}
         for i, r in enumerate(self.results):
-            base = torch_p50.get((r["model"], r["threads"], r["batch"]))
+            base = torch_p50.get((_network(r), r["threads"], r["batch"]))
             if r["engine"] != "torch" and base and r["latency_ms"]["p50_ms"] > 0:
                 out[i] = base / r["latency_ms"]["p50_ms"]
         return out
@@ -161,6 +161,11 @@ class BenchReport:
             style = "bold red" if r.get("fallback") else None
             table.add_row(*row, style=style)
         return table
+
+
+def _network(result: dict[str, Any]) -> str:
+    """The network a result ran: its recipe (so int8/fp16 variants share the fp32 model's torch baseline)."""
+    return (result.get("model_metadata") or {}).get("recipe") or result["model"]
 
 
 def _ms(value: float) -> str:

@@ -160,6 +160,7 @@ def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict
         "providers_used": ["torch-cpu"],
         "placement": None,
         "fallback": [],
+        "model_metadata": {"recipe": metadata.get("recipe") or recipe.name},
         "torch_model": {"recipe": recipe_spec, "checkpoint": str(checkpoint), "threads": torch.get_num_threads()},
     })
 
