@@ -48,7 +48,8 @@ def test_train_export_inspect_end_to_end(tmp_path, name):
     assert info["edgedl"]["validation"]["passed"] is True
     assert info["inputs"][0]["shape"][0] == "batch"
     assert info["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}]
-    assert info["parameters"] == metrics["parameters"] or info["parameters"] >= metrics["parameters"]
+    # the graph may hold a few scalar float constants beyond the module's parameters
+    assert metrics["parameters"] <= info["parameters"] <= metrics["parameters"] + 8
     assert info["external_data"] is False
 
 

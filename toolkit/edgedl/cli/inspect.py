@@ -27,7 +27,8 @@ def inspect(model: Path, as_json: bool, debug: bool) -> None:
     console = out_console()
     opsets = ", ".join(f"{d} {v}" for d, v in info["opsets"].items())
     console.print(f"[bold]{escape(info['path'])}[/]  {info['size_bytes'] / 1024:.1f} KiB, IR {info['ir_version']}, opset {opsets}, "
-                  f"{info['parameters']:,} parameters, {info['nodes']} nodes, producer {info['producer'] or '?'}")
+                  f"{info['parameters']:,} parameters, {info['nodes']} nodes, producer {info['producer'] or '?'}",
+                  soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
     for col in ("", "name", "dtype", "shape"):
         table.add_column(col)

@@ -62,12 +62,13 @@ def inspect_model(path: Path) -> dict[str, Any]:
     for fn in model.functions:
         for node in fn.node:
             ops[node.op_type] += 1
-    params = sum(int(np.prod(init.dims)) if len(init.dims) else 1 for init in graph.initializer)
-    for node in graph.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value" and attr.HasField("t"):
-                    params += int(np.prod(attr.t.dims)) if len(attr.t.dims) else 1
+    # parameters = weight-like tensors; int32/int64/bool/string constants are shapes and indices, not weights
+    not_weights = {6, 7, 8, 9}  # TensorProto INT32, INT64, STRING, BOOL
+    tensors = list(graph.initializer) + [
+        attr.t for node in graph.node if node.op_type == "Constant"
+        for attr in node.attribute if attr.name == "value" and attr.HasField("t")
+    ]
+    params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in tensors if t.data_type not in not_weights)
     props = {p.key: p.value for p in model.metadata_props}
     external = any(init.data_location == 1 for init in graph.initializer)
     return {
