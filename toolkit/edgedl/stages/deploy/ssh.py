@@ -101,14 +101,15 @@ class SSHTarget:
         return EdgeDLError(f"ssh to {self.label} failed: {last}")
 
     def copy_dir(self, local: Path, remote: str, link_dest: str | None = None, use_rsync: bool = True,
-                 timeout: float = 1800) -> None:
+                 timeout: float = 1800, copy_links: bool = False, delete: bool = True) -> None:
         """Copy the contents of ``local`` into directory ``remote`` (created). rsync when both ends have it
         (``link_dest``: an existing remote dir, relative to ``remote``, whose identical files are hard-linked
-        instead of sent); otherwise a tar stream over ssh."""
+        instead of sent); otherwise a tar stream over ssh. ``copy_links`` sends the files symlinks point to;
+        ``delete`` removes remote files that ``local`` does not have."""
         if use_rsync and shutil.which("rsync"):
             self.run('mkdir -p "$1"', remote)
             rsh = " ".join(shlex.quote(a) for a in [_require("ssh"), *self.ssh_options()])
-            cmd = ["rsync", "-a", "--delete", "--partial", "-e", rsh]
+            cmd = ["rsync", "-a", "--partial", "-e", rsh, *(["--delete"] if delete else []), *(["-L"] if copy_links else [])]
             if link_dest:
                 cmd.append(f"--link-dest={link_dest}")
             cmd += [f"{local}/", f"{self.destination}:{shlex.quote(remote)}/"]
@@ -123,7 +124,7 @@ class SSHTarget:
                 raise EdgeDLError(f"copying the bundle to {self.label} failed (rsync exit {proc.returncode}: {tail}); "
                                   "the running release was not touched - fix the cause and deploy again")
             return
-        tar = subprocess.Popen(["tar", "-C", str(local), "-czf", "-", "."], stdout=subprocess.PIPE)
+        tar = subprocess.Popen(["tar", *(["-h"] if copy_links else []), "-C", str(local), "-czf", "-", "."], stdout=subprocess.PIPE)
         try:
             data, _ = tar.communicate(timeout=timeout)
         finally:
