@@ -189,10 +189,10 @@ def test_compare_exit_codes(baseline_run, tmp_path):
 
 
 def test_worker_runs_standalone_without_torch(zoo, tmp_path):
-    """The device-side worker: numpy + onnxruntime only (torch made unimportable)."""
+    """The device-side worker: numpy + onnxruntime only (torch, onnx, rich and click made unimportable)."""
     config = {"model": str(zoo["cnn"].onnx), "iterations": 20, "duration_s": None, "batch": 2}
     (tmp_path / "cfg.json").write_text(json.dumps(config))
-    code = ("import sys, runpy; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+    code = ("import sys, runpy; [sys.modules.__setitem__(m, None) for m in ('torch', 'onnx', 'rich', 'click')]; "
             f"sys.argv = ['worker', {str(tmp_path / 'cfg.json')!r}]; "
             "runpy.run_module('edgedl.stages.bench.worker', run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

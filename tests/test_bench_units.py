@@ -216,3 +216,24 @@ def test_cpu_detection_from_real_cpuinfo_texts():
     x86 = parse_cpuinfo(X86_CPUINFO)
     assert x86["model"].startswith("Intel(R) Xeon(R)") and "avx512_vnni" in x86["flags"]
     assert x86["physical_cores"] == 1 and "neon" not in x86["flags"]
+
+
+def test_io_binding_query_computes_the_same_outputs():
+    from edgedl.stages.bench.worker import _ort_run_query
+    from edgedl.stages.doctor import TINY_X, tiny_expected
+
+    runner = Runner(tiny_model_bytes())
+    run = _ort_run_query(runner, {"x": TINY_X}, io_binding=True)
+    out = run.keep[-1]  # the preallocated output buffer the binding writes into
+    run()
+    assert np.allclose(out.numpy(), tiny_expected(), atol=1e-6)
+    plain = _ort_run_query(runner, {"x": TINY_X}, io_binding=False)
+    assert np.allclose(plain()[0], tiny_expected(), atol=1e-6)
+
+
+def test_cuda_graphs_need_io_binding(tmp_path):
+    model = tmp_path / "m.onnx"
+    model.write_bytes(tiny_model_bytes())
+    with pytest.raises(EdgeDLError, match="--io-binding"):
+        BenchConfig([model], providers=("cuda",), provider_options={"cuda": {"enable_cuda_graph": "1"}})
+    BenchConfig([model], providers=("cuda",), provider_options={"cuda": {"enable_cuda_graph": "1"}}, io_binding=True)

@@ -113,6 +113,9 @@ class BenchConfig:
         for name in self.provider_options:
             if name not in self.providers:
                 raise EdgeDLError(f"--provider-option given for {name}, which is not benchmarked; add --provider for it")
+        for name, opts in self.provider_options.items():
+            if str(opts.get("enable_cuda_graph", "0")).lower() in ("1", "true") and not self.io_binding:
+                raise EdgeDLError("CUDA graphs (enable_cuda_graph=1) replay fixed device buffers; add --io-binding")
         if self.scenario not in SCENARIOS:
             raise _did_you_mean(self.scenario, list(SCENARIOS), "scenario")
         if self.baseline is not None and self.baseline not in BASELINES:
