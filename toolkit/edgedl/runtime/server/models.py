@@ -68,11 +68,12 @@ class ServedModel:
         if wants_batching and not self.batchable:
             log.warning("model %s: dynamic batching is OFF - not every input and output has a dynamic axis 0",
                         self.name)
-        self.runner.warmup(max(config.warmup_iterations, 1))
+        # warm-up doubles as the timing that picks the execution mode (no extra runs for big models)
+        example = self.runner.example_inputs()
+        self.single_ms = measure(lambda: self.runner.run(example), warmup=1,
+                                 iterations=max(config.warmup_iterations, 1)).p50_ms
         if self.batching:
             self.runner.warmup(1, sizes={"batch": self.policy.max_batch_size})
-        example = self.runner.example_inputs()
-        self.single_ms = measure(lambda: self.runner.run_unchecked(example), warmup=0, iterations=20).p50_ms
         self.inline = not self.batching and self.policy.instances == 1 and self.single_ms < config.inline_below_ms
         self.executor = None if self.inline else ThreadPoolExecutor(
             self.policy.instances, thread_name_prefix=f"edgedl-{self.name}")
