@@ -110,6 +110,10 @@ def test_scenarios_and_io_binding(zoo):
     assert r["scenario"] == "multi-stream" and r["samples_per_query"] == 4
     r = _json(run_edgedl("bench", m, "--io-binding", "--no-spinning", *FAST, "--json"))["results"][0]
     assert r["io_binding"] is True and r["latency_ms"]["count"] == 30
+    report = _json(run_edgedl("bench", m, "-d", "0.2", "--seed", "3", "--warmup", "0", "--json"))
+    r = report["results"][0]
+    assert report["config"]["seed"] == 3 and report["config"]["duration_s"] == 0.2
+    assert r["latency_ms"]["count"] > 100 and 0.2 <= r["latency_ms"]["wall_s"] < 0.5
 
 
 def test_asking_for_a_missing_provider_fails_loudly(zoo):
