@@ -93,3 +93,16 @@ def test_cpu_feature_advice():
     assert orin["int8"].status == "ok" and "asimddp" in orin["int8"].detail
     armv7 = {c.name: c for c in cpu_checks({"model": "ARMv7", "flags": []}, "armv7l")}
     assert armv7["platform"].status == "fail" and "64-bit" in armv7["platform"].detail
+
+
+def test_accelerator_hints():
+    from edgedl.stages.doctor import accelerator_hints, detect_accelerators
+
+    cpu_only = ["CPUExecutionProvider"]
+    [jetson] = accelerator_hints({"jetson": True, "nvidia_gpu": True}, cpu_only)
+    assert jetson.status == "warn" and "JetPack" in jetson.detail
+    [gpu] = accelerator_hints({"jetson": False, "nvidia_gpu": True}, cpu_only)
+    assert "onnxruntime-gpu" in gpu.detail
+    assert accelerator_hints({"jetson": False, "nvidia_gpu": True}, ["CUDAExecutionProvider", *cpu_only]) == []
+    assert accelerator_hints({"jetson": False, "nvidia_gpu": False}, cpu_only) == []
+    assert set(detect_accelerators()) == {"nvidia_gpu", "jetson"}

@@ -245,6 +245,32 @@ def known_bad(installed: dict[str, str | None], cpu: dict[str, Any], machine: st
     return out
 
 
+def detect_accelerators() -> dict[str, bool]:
+    """What hardware is present, independent of what onnxruntime was built for."""
+    import shutil
+    from pathlib import Path
+
+    board = Path("/proc/device-tree/model")
+    model = board.read_text(errors="replace") if board.is_file() else ""
+    return {
+        "nvidia_gpu": Path("/dev/nvidia0").exists() or shutil.which("nvidia-smi") is not None,
+        "jetson": Path("/etc/nv_tegra_release").exists() or "jetson" in model.lower(),
+    }
+
+
+def accelerator_hints(hardware: dict[str, bool], available: list[str]) -> list[Check]:
+    """Hardware that the installed onnxruntime cannot use, and how to get a build that can."""
+    out = []
+    if hardware.get("jetson") and "CUDAExecutionProvider" not in available:
+        out.append(Check("jetson", "warn", "a Jetson, but this onnxruntime has no CUDA provider; PyPI has no Jetson "
+                                           "GPU wheel: install the onnxruntime-gpu wheel matching your JetPack from "
+                                           "NVIDIA's Jetson index (and uninstall the CPU 'onnxruntime')"))
+    elif hardware.get("nvidia_gpu") and "CUDAExecutionProvider" not in available:
+        out.append(Check("nvidia", "warn", "an NVIDIA GPU is present, but this onnxruntime has no CUDA provider: "
+                                           "pip uninstall onnxruntime && pip install onnxruntime-gpu (one flavour only)"))
+    return out
+
+
 def run_doctor(prove: bool = True) -> DoctorReport:
     cpu = cpu_info()
     machine = platform.machine()
@@ -271,6 +297,7 @@ def run_doctor(prove: bool = True) -> DoctorReport:
                                                 f"(proving each with a 3-node model, {how})"))
         for provider in available:
             providers.append(prove_provider(provider, model) if prove else Check(provider, "info", "not proven (--no-prove)"))
+        providers += accelerator_hints(detect_accelerators(), available)
     sections["providers"] = providers
     export = []
     for dist in EXPORT_SIDE:
