@@ -163,12 +163,20 @@ def test_bad_input_gives_one_line_errors(zoo, tmp_path):
 
 
 def test_input_data_and_explicit_torch_model(zoo, tmp_path):
+    import onnx
+
+    bare = onnx.load(str(zoo["mlp"].onnx))  # the same network with its edgedl metadata stripped
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "mlp_bare.onnx"))
     x = np.random.default_rng(0).uniform(0, 1, (3, 64)).astype(np.float32)
     np.savez(tmp_path / "in.npz", pixels=x)
-    proc = run_edgedl("bench", zoo["mlp"].onnx, "--input-data", tmp_path / "in.npz", "-b", "5", "--baseline", "torch",
+    proc = run_edgedl("bench", tmp_path / "mlp_bare.onnx", "--input-data", tmp_path / "in.npz", "-b", "5",
                       "--torch-model", "mlp", "--torch-checkpoint", zoo["mlp"].checkpoint, *FAST, "--json")
-    ort, torch = _json(proc)["results"]
+    report = _json(proc)
+    ort, torch = report["results"]
+    assert report["config"]["baseline"] == "torch"  # implied by --torch-model
     assert ort["batch"] == torch["batch"] == 5 and torch["torch_model"]["recipe"] == "mlp"
+    assert list(BenchReport.from_json(report).speedups()) == [0]  # the ratio pairs the two rows
 
 
 def test_compare_exit_codes(baseline_run, tmp_path):

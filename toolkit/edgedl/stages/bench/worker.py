@@ -182,7 +182,8 @@ def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict
         "providers_used": ["torch-cpu"],
         "placement": None,
         "fallback": [],
-        "model_metadata": {"recipe": metadata.get("recipe") or recipe.name},
+        # the ONNX model's own recipe name (not --torch-model's), so ratios pair rows of the same model file
+        "model_metadata": {k: metadata[k] for k in ("recipe",) if metadata.get(k)},
         "torch_model": {"recipe": recipe_spec, "checkpoint": str(checkpoint), "threads": torch.get_num_threads()},
     })
 
