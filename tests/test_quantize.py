@@ -259,11 +259,22 @@ def test_debug_layers_and_fallback_worst(zoo, tmp_path):
     worst_nodes = [a["nodes"][0] for a in acts[:2]]
     assert [s["kept_float"] for s in steps] == worst_nodes
     assert all(s["accuracy"] is not None for s in steps)
-    final = onnx.load(str(out))
-    kept = {n.name: n for n in final.graph.node}
-    for node in worst_nodes:  # still there, and not fed by a DequantizeLinear any more
-        dq = {o for n in final.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        assert node in kept and not any(i in dq for i in kept[node].input)
+    assert data["candidates"][0]["excluded_nodes"] == worst_nodes
+    plain = tmp_path / "plain.onnx"
+    quantize(zoo["transformer"].onnx, QuantizeConfig(output=plain, mode="static", gates=GateConfig(speed_seconds=0),
+                                                     progress=False))
+
+    def qdq_around(path: Path) -> dict[str, int]:
+        """Per worst node: how many of its inputs/outputs pass through Q/DQ in this graph."""
+        graph = onnx.load(str(path)).graph
+        dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        q_in = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
+        nodes = {n.name: n for n in graph.node}
+        return {name: sum(i in dq_out for i in nodes[name].input) + sum(o in q_in for o in nodes[name].output)
+                for name in worst_nodes}
+
+    before, after = qdq_around(plain), qdq_around(out)
+    assert all(after[n] <= before[n] for n in worst_nodes) and after != before, (before, after)
 
 
 # --- presets and options -----------------------------------------------------------------------------------
@@ -290,6 +301,21 @@ def test_preset_on_the_cli_sets_int8_activations(zoo, tmp_path):
     assert json.loads(result.stdout)["config"]["static"]["per_channel"] is False  # CLI option beats the preset
 
 
+def test_qoperator_format_and_fp16_io(zoo, tmp_path):
+    out = tmp_path / "c.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["cnn"].onnx, "-o", out, "--mode", "static", "--format", "qoperator",
+                                  "--speed-seconds", "0", "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and data["op_types"]["after"].get("QLinearConv") == 2
+    assert data["accuracy"]["drop_points"] <= 1.0
+    out16 = tmp_path / "m16.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out16, "--mode", "fp16", "--fp16-io",
+                                  "--speed-seconds", "0", "--json")
+    assert result.returncode == 0, result.stderr
+    with Runner(out16) as runner:
+        assert runner.inputs[0].dtype == np.float16 and runner.outputs[0].dtype == np.float16
+
+
 def test_exclude_op_types_keeps_them_float(zoo, tmp_path):
     out = tmp_path / "c.onnx"
     result = run_edgedl_inprocess("quantize", zoo["cnn"].onnx, "-o", out, "--mode", "dynamic",
@@ -312,11 +338,11 @@ def test_never_overwrites_its_input(zoo, tmp_path):
 @pytest.mark.parametrize("case", ["not_onnx_suffix", "garbage_onnx", "missing", "already_int8", "already_fp16",
                                   "bad_mode", "bad_method", "out_not_onnx", "fallback_with_dynamic", "unknown_node",
                                   "npz_missing_input", "npz_no_labels", "auto_without_eval", "static_without_data",
-                                  "bad_npz", "bad_provider"])
+                                  "bad_npz", "bad_provider", "auto_without_speed"])
 def test_bad_input_is_a_one_line_error(zoo, tmp_path, case):
     mlp = zoo["mlp"].onnx
     out = tmp_path / "out.onnx"
-    args: list = [mlp, "-o", out, "--speed-seconds", "0"]
+    args: list = [mlp, "-o", out, "--speed-seconds", "0.01"]
     expect = ""
     if case == "not_onnx_suffix":
         bad = tmp_path / "model.pt"
@@ -365,6 +391,9 @@ def test_bad_input_is_a_one_line_error(zoo, tmp_path, case):
         args[0] = _without_metadata(mlp, tmp_path / "bare.onnx")
         args += ["--mode", "auto" if case == "auto_without_eval" else "static"]
         expect = "--eval FILE.npz" if case == "auto_without_eval" else "--calibration FILE.npz"
+    elif case == "auto_without_speed":
+        args[4] = "0"
+        expect = "needs the speed gate"
     elif case == "bad_provider":
         args += ["--target-provider", "cudaa"]
         expect = "did you mean"

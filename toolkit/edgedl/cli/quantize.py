@@ -32,6 +32,7 @@ def _split_names(values) -> tuple[str, ...]:
 @click.option("--weight-type", metavar="int8|uint8", help="[default: int8]")
 @click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]", help="Keep these nodes in float.")
 @click.option("--exclude-op-types", multiple=True, metavar="OP[,OP]", help="Keep these op types in float.")
+@click.option("--fp16-io", is_flag=True, help="fp16 mode: make model inputs/outputs fp16 too [default: keep fp32].")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, metavar="POINTS",
               help="Reject when top-1 accuracy drops by more than this many percentage points.")
 @click.option("--accuracy-gate/--no-accuracy-gate", default=True, show_default=True)
@@ -52,9 +53,9 @@ def _split_names(values) -> tuple[str, ...]:
 @json_option
 @debug_option
 def quantize(model, output, mode, preset, data, calibration_npz, eval_npz, fmt, per_channel, calibration_method,
-             calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, max_accuracy_drop,
-             accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup, target_provider,
-             debug_layers, fallback_worst, no_progress, as_json, debug):
+             calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, fp16_io,
+             max_accuracy_drop, accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup,
+             target_provider, debug_layers, fallback_worst, no_progress, as_json, debug):
     """Quantize MODEL (an fp32 .onnx) to int8 or fp16 behind an accuracy gate and a speed gate.
 
     Evaluation/calibration data default to the recipe recorded in MODEL's metadata (exported zoo models carry it).
@@ -73,7 +74,8 @@ def quantize(model, output, mode, preset, data, calibration_npz, eval_npz, fmt, 
                                    weight_type=weight_type).items() if v is not None}
     common = dict(mode=mode, gates=gates, data=data, calibration_npz=calibration_npz, eval_npz=eval_npz,
                   exclude_nodes=_split_names(exclude_nodes), exclude_op_types=_split_names(exclude_op_types),
-                  debug_layers=debug_layers, fallback_worst=fallback_worst, progress=not no_progress and not as_json)
+                  fp16_keep_io_types=not fp16_io, debug_layers=debug_layers, fallback_worst=fallback_worst,
+                  progress=not no_progress and not as_json)
     if preset:
         base = make_preset(preset, output, **common)
         config = replace(base, static=replace(base.static, **given))
@@ -86,6 +88,10 @@ def quantize(model, output, mode, preset, data, calibration_npz, eval_npz, fmt, 
         print_report(report)
     if not report.accepted:
         raise EdgeDLError("; ".join(report.reasons) + f" - nothing written at {output}")
+
+
+# op types whose float compute dominates run time: name their nodes when they stay float
+_COMPUTE_OPS = {"MatMul", "Gemm", "Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Attention", "Einsum"}
 
 
 def _fmt(x, spec=".2f", none="-"):
@@ -134,7 +140,8 @@ def print_report(report) -> None:
         console.print("ops after:  " + ", ".join(f"{k}×{v}" for k, v in data["op_types"]["after"].items()))
     if report.chosen is not None and report.chosen.mode != "fp32":
         q = ", ".join(f"{k}×{v}" for k, v in data["ops_quantized"].items()) or "none"
-        f = ", ".join(f"{k}×{len(v)}" for k, v in data["ops_left_float"].items()) or "none"
+        f = ", ".join(f"{k}×{len(v)}" + (f" ({', '.join(v)})" if k in _COMPUTE_OPS else "")
+                      for k, v in data["ops_left_float"].items()) or "none"
         console.print(f"{'fp16' if report.chosen.mode == 'fp16' else 'int8'} (incl. folded into quantized ops): {q}")
         console.print(f"left float: {f}")
     for step in report.fallback_steps:

@@ -114,6 +114,9 @@ class QuantizeConfig:
             raise EdgeDLError(f"output must be a .onnx file, got '{self.output}'; pass -o NAME.onnx")
         if self.fallback_worst < 0:
             raise EdgeDLError(f"--fallback-worst must be >= 0, got {self.fallback_worst}")
+        if self.mode == "auto" and self.gates.speed_seconds == 0:
+            raise EdgeDLError("--mode auto chooses the fastest accurate candidate: it needs the speed gate "
+                              "(--speed-seconds > 0)")
         if (self.debug_layers or self.fallback_worst) and (self.mode != "static" or self.static.format != "qdq"):
             raise EdgeDLError("--debug-layers/--fallback-worst compare float and QDQ tensors: use them with "
                               "--mode static --format qdq")

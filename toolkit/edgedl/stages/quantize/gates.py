@@ -22,10 +22,21 @@ def runner(path: Path, threads: int, provider: str = "cpu") -> Runner:
                                           spinning=False))
 
 
+def adapt(model: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast float feeds to the model's float input type (an fp16 model with fp16 inputs gets fp16 data)."""
+    out = {}
+    for info in model.inputs:
+        value = feeds[info.name]
+        if value.dtype != info.dtype and value.dtype.kind == "f" and info.dtype.kind == "f":
+            value = value.astype(info.dtype)
+        out[info.name] = value
+    return out
+
+
 def predict(model: Runner, split: Split) -> dict[str, np.ndarray]:
     outputs: dict[str, list[np.ndarray]] = {}
     for batch in split.batches(EVAL_BATCH):
-        for name, value in model.run(batch).items():
+        for name, value in model.run(adapt(model, batch)).items():
             outputs.setdefault(name, []).append(value)
     return {name: np.concatenate(parts) for name, parts in outputs.items()}
 
@@ -90,9 +101,10 @@ def compare_speed(models: dict[str, Runner], feeds: dict[str, np.ndarray], secon
     shared machine hits all models alike."""
     samples: dict[str, list[np.ndarray]] = {name: [] for name in models}
     per_round = seconds / rounds
+    prepared = {name: adapt(model, feeds) for name, model in models.items()}
     for r in range(rounds):
         for name, model in models.items():
-            fn = lambda m=model: m.run_unchecked(feeds)  # noqa: E731
+            fn = lambda m=model, f=prepared[name]: m.run_unchecked(f)  # noqa: E731
             stats = measure(fn, warmup=10 if r == 0 else 3, iterations=None, duration_s=per_round)
             samples[name].append(stats.samples_ns)
     return {name: float(np.median(np.concatenate(parts))) / 1e6 for name, parts in samples.items()}
