@@ -27,7 +27,7 @@ def doctor(no_prove: bool, as_json: bool, debug: bool) -> None:
         for section, checks in report.sections.items():
             console.print(f"[bold]{section}[/]")
             for c in checks:
-                console.print(f"  {STATUS_MARK[c.status]()} {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
+                console.print(f"  {STATUS_MARK[c.status]} {escape(c.name)}: {escape(c.detail)}", soft_wrap=True)
         verdict = (f"[bold red]{len(report.failures)} problem(s)[/]" if report.failures else "[green]no problems[/]")
         console.print(f"{verdict}, {len(report.warnings)} warning(s)")
     if report.failures:

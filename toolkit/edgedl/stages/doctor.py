@@ -13,7 +13,7 @@ import importlib.util
 import platform
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -308,5 +308,5 @@ def run_doctor(prove: bool = True) -> DoctorReport:
     return DoctorReport(sections)
 
 
-STATUS_MARK: dict[str, Callable[[], str]] = {"ok": lambda: "[green]✓[/]", "warn": lambda: "[yellow]![/]",
-                                             "fail": lambda: "[bold red]✗[/]", "info": lambda: "[dim]·[/]"}
+# rich markup for each status in the terminal report
+STATUS_MARK = {"ok": "[green]✓[/]", "warn": "[yellow]![/]", "fail": "[bold red]✗[/]", "info": "[dim]·[/]"}
