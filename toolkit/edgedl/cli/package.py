@@ -5,11 +5,13 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
+from edgedl.cli._scaleout import scaleout_options
 
 
 @click.command()
+@scaleout_options  # --format triton|kserve (edgedl.stages.triton / kserve); --format bundle runs the command below
 @click.argument("models", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--target", "-t", required=True, help="Device profile name (see `edgedl deploy --list-targets`) or a .toml path.")
+@click.option("--target", "-t", default=None, help="[bundle, required] Device profile name (see `edgedl deploy --list-targets`) or a .toml path.")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Bundle directory to create (DIR.tar.gz too).")
 @click.option("--python", "python", default=None, help="Python version on the device (default: the profile's first).")
 @click.option("--name", "names", multiple=True, help="Model name in the bundle's repository, one per MODEL (default: file stem).")
@@ -31,21 +33,16 @@ def package(models, target, output, python, names, port, host, no_tarball, edged
         emit_json(result)
         return
     from rich.markup import escape
-    from rich.table import Table
-
     from edgedl.console import out_console
 
     console = out_console()
     prof = result["profile"]
     console.print(f"[bold]{escape(result['path'])}[/]  {result['size_bytes'] / 2**20:.1f} MiB for {prof['name']} "
-                  f"({prof['arch']}, Python {result['python']}, onnxruntime {result['runtime']['onnxruntime']})")
-    table = Table(show_edge=False, pad_edge=False)
-    for col in ("model", "path", "inputs", "outputs", "sha256"):
-        table.add_column(col)
+                  f"({prof['arch']}, Python {result['python']}, onnxruntime {result['runtime']['onnxruntime']})", soft_wrap=True)
+    fmt = lambda ts: ", ".join(f"{t['name']}: {t['dtype']}[{','.join(map(str, t['shape']))}]" for t in ts)  # noqa: E731
     for m in result["models"]:
-        fmt = lambda ts: ", ".join(f"{t['name']}:{t['dtype']}[{','.join(map(str, t['shape']))}]" for t in ts)  # noqa: E731
-        table.add_row(m["name"], m["path"], escape(fmt(m["inputs"])), escape(fmt(m["outputs"])), m["sha256"][:12])
-    console.print(table)
+        console.print(escape(f"  {m['path']}  {fmt(m['inputs'])} -> {fmt(m['outputs'])}  sha256 {m['sha256'][:12]}"),
+                      soft_wrap=True)
     console.print(f"wheelhouse: {len(result['runtime']['wheels'])} wheels ({', '.join(result['runtime']['requirements'])})", soft_wrap=True)
     if result["tarball"]:
         console.print(f"tarball: {escape(result['tarball'])}")
