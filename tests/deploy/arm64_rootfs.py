@@ -1,0 +1,145 @@
+"""A stand-in Raspberry Pi: a Debian bookworm arm64 root filesystem (debootstrap + qemu-user-static through
+binfmt_misc) with python3, python3-venv, openssh-server and rsync, running its own sshd on loopback in a chroot.
+Building it takes ~5 minutes (the second stage runs emulated); it is cached as a zstd tarball under build/
+keyed by its recipe and restored in seconds. ../shared/ARM64.md, full path."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+INCLUDE = ["python3", "python3-venv", "ca-certificates", "openssh-server", "rsync"]
+SUITE = "bookworm"
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def available() -> str | None:
+    for tool in ("/usr/sbin/debootstrap", "/usr/bin/qemu-aarch64-static", "/usr/sbin/update-binfmts", "/usr/bin/zstd"):
+        if not Path(tool).exists():
+            return f"{tool} is missing (.ci/run installs debootstrap, qemu-user-static, binfmt-support, zstd)"
+    if os.geteuid() != 0:
+        return "chroot and mounts need root"
+    return None
+
+
+def mirror() -> str:
+    """The Debian mirror the machine's apt sources already name (never a hard-coded host)."""
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        text = path.read_text()
+        for block in text.split("\n\n"):
+            if re.search(rf"^Suites:.*\b{SUITE}\b", block, re.M) and "security" not in block:
+                m = re.search(r"^URIs:\s*(\S+)", block, re.M)
+                if m:
+                    return m.group(1)
+    for path in [Path("/etc/apt/sources.list"), *Path("/etc/apt/sources.list.d").glob("*.list")]:
+        if path.is_file():
+            m = re.search(rf"^deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+{SUITE}\s", path.read_text(), re.M)
+            if m:
+                return m.group(1)
+    raise RuntimeError("no Debian bookworm mirror in the apt sources")
+
+
+def ensure_binfmt() -> bool:
+    """Make the kernel run aarch64 binaries through qemu; returns True when this call enabled it."""
+    if not (BINFMT / "register").exists():
+        subprocess.run(["mount", "-t", "binfmt_misc", "binfmt_misc", str(BINFMT)], check=True)
+    if (BINFMT / "qemu-aarch64").exists():
+        return False
+    subprocess.run(["update-binfmts", "--enable", "qemu-aarch64"], check=True, capture_output=True)
+    return True
+
+
+def rootfs_tarball(cache: Path) -> Path:
+    recipe = {"suite": SUITE, "include": INCLUDE, "mirror": mirror(), "version": 1}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    cache.mkdir(parents=True, exist_ok=True)
+    tarball = cache / f"arm64-rootfs-{key}.tar.zst"
+    with open(cache / ".rootfs.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not tarball.is_file():
+            _build(cache / f"arm64-rootfs-build-{key}", tarball, recipe["mirror"])
+    return tarball
+
+
+def _build(root: Path, tarball: Path, mirror_url: str) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", f"--include={','.join(INCLUDE)}",
+                    SUITE, str(root), mirror_url], check=True, capture_output=True, env=env)
+    policy = root / "usr/sbin/policy-rc.d"  # packages must not start services inside the build
+    policy.write_text("#!/bin/sh\nexit 101\n")
+    policy.chmod(0o755)
+    subprocess.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"], check=True,
+                   capture_output=True, env={**env, "PIP_FIND_LINKS": "", "PIP_CERT": ""})
+    for key in root.glob("etc/ssh/ssh_host_*"):
+        key.unlink()  # each restore gets fresh throwaway host keys
+    tmp = tarball.with_suffix(".partial")
+    subprocess.run(["tar", "--zstd", "-cf", str(tmp), "-C", str(root), "."], check=True)
+    tmp.rename(tarball)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class RunningPi:
+    root: Path
+    port: int
+    sshd_pid: int
+    mounts: list[Path]
+
+
+def start(tarball: Path, root: Path, port: int, authorized_key: str, host_key: Path) -> RunningPi:
+    root.mkdir(parents=True)
+    subprocess.run(["tar", "--zstd", "-xf", str(tarball), "-C", str(root)], check=True)
+    mounts = []
+    for src, dest in (("proc", root / "proc"), ("/dev", root / "dev")):
+        if src == "proc":
+            subprocess.run(["mount", "-t", "proc", "proc", str(dest)], check=True)
+        else:
+            subprocess.run(["mount", "--bind", src, str(dest)], check=True)
+        mounts.append(dest)
+    # qemu shows the x86 /proc/cpuinfo; onnxruntime then segfaults when /sys is visible too - /sys is not mounted
+    (root / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
+    (root / "root/.ssh/authorized_keys").write_text(authorized_key)
+    shutil.copy(host_key, root / "etc/ssh/ssh_host_ed25519_key")
+    shutil.copy(host_key.with_suffix(".pub"), root / "etc/ssh/ssh_host_ed25519_key.pub")
+    (root / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
+    (root / "run/sshd").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-p", str(port),
+                             "-o", "ListenAddress=127.0.0.1", "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key",
+                             "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no"],
+                            stdout=open(root / "sshd.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    import socket
+
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"arm64 sshd exited: {(root / 'sshd.log').read_text()[-500:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    return RunningPi(root=root, port=port, sshd_pid=proc.pid, mounts=mounts)
+
+
+def stop(pi: RunningPi) -> None:
+    pid_file = pi.root / "root/edgedl/run/edgedl.pid"
+    pids = [pi.sshd_pid] + ([int(pid_file.read_text())] if pid_file.is_file() else [])
+    for pid in reversed(pids):
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(1)
+    for mount in reversed(pi.mounts):
+        subprocess.run(["umount", "-l", str(mount)], check=False)
