@@ -80,6 +80,22 @@ def markdown(results: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def demo_table(results: dict) -> str:
+    """The `make demo` quantization table: what auto picked and what it cost or gained."""
+    head = f"{'model':12s} {'auto picks':10s} {'top-1 fp32 -> picked':>22s} {'size KiB fp32 -> picked':>24s} " \
+           f"{'speed-up b1':>11s} {'b32':>6s}"
+    rows = [head, "-" * len(head)]
+    for name, r in results.items():
+        pick = r["candidates"].get(r["auto"])
+        acc = pick["accuracy"] if pick else r["fp32"]["accuracy"]
+        size = pick["size_bytes"] if pick else r["fp32"]["size_bytes"]
+        speed = pick["speedup"] if pick else {"1": 1.0, "32": 1.0}
+        rows.append(f"{name:12s} {r['auto']:10s} {r['fp32']['accuracy']:>10.2f} -> {acc:<8.2f} "
+                    f"{r['fp32']['size_bytes'] / 1024:>12.1f} -> {size / 1024:<8.1f} {speed['1']:>11.2f} "
+                    f"{speed['32']:>6.2f}")
+    return "\n".join(rows)
+
+
 def figure(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -142,7 +158,9 @@ def main() -> None:
     (out / "quantize_zoo.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2, default=str))
     (out / "quantize_zoo.md").write_text(markdown(results, meta))
     figure(results, out / "quantize_zoo.png")
-    print(f"wrote {out / 'quantize_zoo.md'}, .json, .png in {meta['wall_s']} s")
+    print()
+    print(demo_table(results))
+    print(f"\nwrote {out / 'quantize_zoo.md'}, .json, .png in {meta['wall_s']} s")
 
 
 if __name__ == "__main__":

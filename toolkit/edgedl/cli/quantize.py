@@ -148,8 +148,9 @@ def print_report(report) -> None:
         console.print(f"fallback step {step['step']}: kept {escape(step['kept_float'])} in float -> top-1 "
                       f"{_fmt(step['accuracy'])} %, agreement {_fmt(step['agreement'], '.1f')} %")
     if report.layers:
-        lt = Table(title=f"worst tensors: SQNR float vs quantized model, {report.layers['samples']} samples "
-                         "(lower is worse; --json lists all, and weights)", show_edge=False, pad_edge=False)
+        console.print(f"worst tensors: SQNR of the quantized model's tensor vs the float model's, "
+                      f"{report.layers['samples']} calibration samples (lower is worse; --json lists all, and weights)")
+        lt = Table(show_edge=False, pad_edge=False)
         for col in ("tensor", "node", "op", "SQNR dB"):
             lt.add_column(col)
         for act in report.layers["activations"][:10]:

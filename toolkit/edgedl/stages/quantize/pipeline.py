@@ -90,8 +90,8 @@ def _write(cand: Candidate, original, output: Path, record: dict) -> None:
 def _fallback(report_steps: list, cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext, plan,
               reference, fp32_acc, advance) -> tuple[Candidate, dict]:
     """--debug-layers / --fallback-worst: rank tensors by SQNR, keep the K worst nodes in float one at a time."""
-    errors = layer_debug.layer_errors(pre, cand.path, plan.calibration if plan.evaluation is None else
-                                      plan.evaluation, ctx.workdir, ctx.debug)
+    # ranked on calibration data: choosing what to keep float on the test split would tune on the gate's data
+    errors = layer_debug.layer_errors(pre, cand.path, plan.calibration, ctx.workdir, ctx.debug)
     advance(info="layer SQNR")
     order = layer_debug.worst_nodes(errors, config.fallback_worst, list(ctx.exclude_nodes))
     best = cand
