@@ -130,8 +130,8 @@ class InferenceApp:
             ctx.endpoint = "health"
             return 200, b"", None
         if self._api_key is not None:
-            if auth is None or not auth.startswith(b"Bearer ") or not hmac.compare_digest(auth[7:].strip(),
-                                                                                         self._api_key):
+            if auth is None or auth[:7].lower() != b"bearer " or not hmac.compare_digest(auth[7:].strip(),
+                                                                                        self._api_key):
                 raise HTTPError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'")
         parts = path.rstrip("/").split("/")
         if len(parts) < 2 or parts[1] != "v2":

@@ -105,6 +105,9 @@ class _Server:
                 url = f"http://{host}:{port}"
                 models = ", ".join(f"{name} v{','.join(e.versions)} ({e.latest.mode})"
                                    for name, e in app.registry.models.items())
+                if config_host_is_public(app.config.host) and app.config.api_key is None:
+                    print(f"edgedl serve: WARNING listening on {app.config.host} without --api-key: anyone who can "
+                          "reach this port can run the models", file=sys.stderr, flush=True)
                 print(f"edgedl serve: ready in {perf_counter() - t0:.2f} s at {url} - {models}",
                       file=sys.stderr, flush=True)
                 if on_ready is not None:
@@ -113,6 +116,10 @@ class _Server:
         server = Server(uv_config)
         server._loop = None
         return server
+
+
+def config_host_is_public(host: str) -> bool:
+    return host not in ("127.0.0.1", "localhost", "::1") and not host.startswith("127.")
 
 
 async def _reload_all(app: InferenceApp) -> None:
