@@ -115,7 +115,8 @@ class BenchReport:
         return (f"{cpu.get('model', '?')} ({cpu.get('usable_cores', '?')} usable cores; {flags}), {env.get('os', '?')}, "
                 f"Python {env.get('python', '?')}, onnxruntime {ort.get('version', '?')} ({ort.get('flavour', '?')}){busy}")
 
-    COLUMNS = ("model", "engine", "thr", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak MiB", "vs torch")
+    COLUMNS = ("model", "engine", "thr", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak MiB", "load ms",
+               "1st ms", "vs torch")
 
     def rows(self) -> list[list[str]]:
         speed = self.speedups()
@@ -125,7 +126,7 @@ class BenchReport:
             ratio = f"{speed[i]:.1f}×" if i in speed else ("1.0×" if r["engine"] == "torch" and speed else "")
             rows.append([r["model_name"], engine_label(r), str(r["threads"]), str(r["batch"]), _ms(lat["p50_ms"]),
                          _ms(lat["p90_ms"]), _ms(lat["p99_ms"]), f"{r['throughput']['samples_per_s']:,.0f}",
-                         f"{r['peak_rss_mib']:.0f}", ratio])
+                         f"{r['peak_rss_mib']:.0f}", _ms(r["session_create_ms"]), _ms(r["first_inference_ms"]), ratio])
         return rows
 
     def scenario_lines(self) -> list[str]:
@@ -143,7 +144,8 @@ class BenchReport:
     def markdown(self) -> str:
         lines = [f"Environment: {self.environment_line()}", "",
                  f"Scenario: {self.config.get('scenario', '?')}; latency per query in ms; peak MiB = peak RSS of the "
-                 "process that ran the configuration; vs torch = PyTorch eager p50 / this p50.", "",
+                 "process that ran the configuration; load = session creation (torch: building the model and loading its "
+                 "weights); 1st = first inference; vs torch = PyTorch eager p50 / this p50.", "",
                  "| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
         for row in self.rows():
             lines.append("| " + " | ".join(row) + " |")
