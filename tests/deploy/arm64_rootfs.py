@@ -70,8 +70,29 @@ def rootfs_tarball(cache: Path) -> Path:
     return tarball
 
 
+def unmount_under(root: Path) -> None:
+    """Unmount everything mounted below root (debootstrap's second stage mounts proc and sysfs; a failed run can
+    leave them), deepest first; refuse to go on while anything is still mounted there."""
+    root = root.resolve()
+    prefix = str(root) + "/"
+    for _ in range(3):
+        mounted = sorted((line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+                          if line.split()[1].startswith(prefix)), key=len, reverse=True)
+        if not mounted:
+            return
+        for point in mounted:
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
+    raise RuntimeError(f"could not unmount everything under {root}; not deleting it")
+
+
+def _safe_rmtree(root: Path) -> None:
+    if root.exists():
+        unmount_under(root)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _build(root: Path, tarball: Path, mirror_url: str) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+    _safe_rmtree(root)
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["debootstrap", "--arch=arm64", "--foreign", "--variant=minbase", f"--include={','.join(INCLUDE)}",
                     SUITE, str(root), mirror_url], check=True, capture_output=True, env=env)
@@ -80,12 +101,13 @@ def _build(root: Path, tarball: Path, mirror_url: str) -> None:
     policy.chmod(0o755)
     subprocess.run(["chroot", str(root), "/debootstrap/debootstrap", "--second-stage"], check=True,
                    capture_output=True, env={**env, "PIP_FIND_LINKS": "", "PIP_CERT": ""})
+    unmount_under(root)
     for key in root.glob("etc/ssh/ssh_host_*"):
         key.unlink()  # each restore gets fresh throwaway host keys
     tmp = tarball.with_suffix(".partial")
-    subprocess.run(["tar", "--zstd", "-cf", str(tmp), "-C", str(root), "."], check=True)
+    subprocess.run(["tar", "--zstd", "--one-file-system", "-cf", str(tmp), "-C", str(root), "."], check=True)
     tmp.rename(tarball)
-    shutil.rmtree(root, ignore_errors=True)
+    _safe_rmtree(root)
 
 
 @dataclass
@@ -106,28 +128,32 @@ def start(tarball: Path, root: Path, port: int, authorized_key: str, host_key: P
         else:
             subprocess.run(["mount", "--bind", src, str(dest)], check=True)
         mounts.append(dest)
-    # qemu shows the x86 /proc/cpuinfo; onnxruntime then segfaults when /sys is visible too - /sys is not mounted
-    (root / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
-    (root / "root/.ssh/authorized_keys").write_text(authorized_key)
-    shutil.copy(host_key, root / "etc/ssh/ssh_host_ed25519_key")
-    shutil.copy(host_key.with_suffix(".pub"), root / "etc/ssh/ssh_host_ed25519_key.pub")
-    (root / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
-    (root / "run/sshd").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-p", str(port),
-                             "-o", "ListenAddress=127.0.0.1", "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key",
-                             "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no"],
-                            stdout=open(root / "sshd.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-    import socket
+    try:
+        # qemu shows the x86 /proc/cpuinfo; onnxruntime then segfaults when /sys is visible too - /sys is not mounted
+        (root / "root/.ssh").mkdir(mode=0o700, parents=True, exist_ok=True)
+        (root / "root/.ssh/authorized_keys").write_text(authorized_key)
+        shutil.copy(host_key, root / "etc/ssh/ssh_host_ed25519_key")
+        shutil.copy(host_key.with_suffix(".pub"), root / "etc/ssh/ssh_host_ed25519_key.pub")
+        (root / "etc/ssh/ssh_host_ed25519_key").chmod(0o600)
+        (root / "run/sshd").mkdir(parents=True, exist_ok=True)
+        proc = subprocess.Popen(["chroot", str(root), "/usr/sbin/sshd", "-D", "-e", "-p", str(port),
+                                 "-o", "ListenAddress=127.0.0.1", "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key",
+                                 "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no"],
+                                stdout=open(root / "sshd.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        import socket
 
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"arm64 sshd exited: {(root / 'sshd.log').read_text()[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.3)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"arm64 sshd exited: {(root / 'sshd.log').read_text()[-500:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+    except BaseException:
+        unmount_under(root)  # never leave /dev bind-mounted under a tree someone may delete
+        raise
     return RunningPi(root=root, port=port, sshd_pid=proc.pid, mounts=mounts)
 
 
@@ -143,3 +169,4 @@ def stop(pi: RunningPi) -> None:
             time.sleep(1)
     for mount in reversed(pi.mounts):
         subprocess.run(["umount", "-l", str(mount)], check=False)
+    unmount_under(pi.root)
