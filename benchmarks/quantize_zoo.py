@@ -57,7 +57,10 @@ def markdown(results: dict, meta: dict) -> str:
              f"Command: `{meta['command']}`", "",
              "Accuracy: top-1 % on the 360-image digits test split (drop in points vs fp32). Size: quantized / fp32 "
              "file size. Speed-up: fp32 median / quantized median (> 1 is faster). `auto` judges speed at batch 32 "
-             "and needs >= 1.05x; fp16 is not an auto candidate on a CPU target.", "",
+             "and needs >= 1.05x; fp16 is not an auto candidate on a CPU target.",
+             "Noise: on 2 shared cores the batch-1 ratios of these 6-75 µs models move by up to ~±30 % between "
+             "runs (fp16 at batch 1 read 0.6-1.2x across runs, while at batch 32 it stayed at 0.90-1.00x); "
+             "batch-32 ratios moved by ~±15 %. Read single batch-1 figures as 'about the same'.", "",
              "| model | fp32 top-1 | mode | top-1 (drop) | size ratio | speed-up b1 | speed-up b32 |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():

@@ -150,6 +150,16 @@ def test_accuracy_threshold_is_the_users(zoo, tmp_path):
     assert json.loads(result.stdout)["accuracy"]["drop_points"] > 1.0
 
 
+def test_no_accuracy_gate_measures_but_does_not_enforce(zoo, tmp_path):
+    bad = _tiny_range_calibration(tmp_path, "mlp")
+    out = tmp_path / "m.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", "--calibration", bad,
+                                  "--no-accuracy-gate", "--speed-seconds", "0", "--json")
+    data = json.loads(result.stdout)
+    assert result.returncode == 0 and out.is_file() and data["accuracy"]["drop_points"] > 1.0
+    assert any("not enforced" in n for n in data["notes"])
+
+
 def test_human_report_when_rejected(zoo, tmp_path):
     bad = _tiny_range_calibration(tmp_path, "mlp")
     result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", tmp_path / "m.onnx", "--mode", "static",
