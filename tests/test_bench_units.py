@@ -160,6 +160,22 @@ def test_placement_parser_reads_mixed_providers():
     assert foreign_nodes(p, "CUDAExecutionProvider") == {"cpu": 1, "tensorrt": 1}
 
 
+def test_shape_computation_on_the_cpu_is_not_a_fallback():
+    def node(name, op, provider, out):
+        return {"cat": "Node", "name": f"{name}_kernel_time",
+                "args": {"op_name": op, "provider": provider, "output_type_shape": out}}
+
+    events = [node("shape", "Shape", "CPUExecutionProvider", [{"int64": [3]}]),
+              node("gather", "Gather", "CPUExecutionProvider", [{"int64": []}]),
+              node("matmul", "MatMul", "CUDAExecutionProvider", [{"float": [1, 8, 64]}]),
+              node("argmax", "ArgMax", "CPUExecutionProvider", [{"int64": [32, 1]}])]  # real output, not a shape
+    p = parse_profile(events)
+    assert p["shape_nodes_by_provider"] == {"cpu": 2}
+    assert foreign_nodes(p, "CUDAExecutionProvider") == {"cpu": 1}  # only the ArgMax counts
+    assert foreign_nodes(p, "CUDAExecutionProvider", count_shape_nodes=True) == {"cpu": 3}
+    assert foreign_nodes(p, "CPUExecutionProvider") == {"cuda": 1}
+
+
 def _report(p50s):
     results = []
     for (model, threads), p50 in p50s.items():

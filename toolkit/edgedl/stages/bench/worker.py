@@ -127,12 +127,12 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
                                       lambda r: r.run_unchecked(feeds))
         foreign = foreign_nodes(placement, provider)
         if foreign and placement["nodes"]:
-            where = ", ".join(f"{n} on {p}" for p, n in foreign.items())
+            where = ", ".join(f"{n} compute node(s) on {p}" for p, n in foreign.items())
             message = (f"{short_name(provider)} did not execute every node of {Path(cfg.model).name}: "
                        f"{where} (of {placement['nodes']})")
             if not cfg.allow_fallback:
                 raise EdgeDLError(message + "; pass --allow-fallback to accept that")
-            fallbacks += [f"{n} of {placement['nodes']} node(s) ran on {p}" for p, n in foreign.items()]
+            fallbacks += [f"{n} compute node(s) of {placement['nodes']} ran on {p}" for p, n in foreign.items()]
     used = list(placement["by_provider"]) if placement and placement["by_provider"] else session_providers[:1]
     return _result(cfg, result, sizes, create_ms, first_ms, startup_rss, peak, {
         "engine_version": f"onnxruntime {ort.__version__}",
