@@ -25,6 +25,7 @@ demo: $(STAMP)
 		$(EDGEDL) export $$m --checkpoint $(DEMO_DIR)/$$m -o $(DEMO_DIR)/$$m.onnx || exit 1; \
 	done
 	$(PY) benchmarks/zoo_table.py $(DEMO_DIR)
+	$(PY) benchmarks/quantize_zoo.py $(DEMO_DIR) --seconds 0.5 --out $(DEMO_DIR)/quantize
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -15,7 +15,8 @@ _EXTRA_OF = {
     "onnxslim": "export",
     "sklearn": "train",
     "safetensors": "train",
-    "onnxruntime.quantization": "export",
+    "onnxruntime.quantization": "quantize",
+    "onnxruntime.transformers.float16": "quantize",
     "matplotlib": "plot",
     "rich": "cli",
 }
