@@ -152,3 +152,19 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(zoo, tmp_path):
     proc = run_edgedl("package", zoo["mlp"].onnx, zoo["mlp"].onnx, "--target", "rpi5", "-o", tmp_path / "o2",
                       check=False, env=CACHE_ENV)
     assert proc.returncode == 1 and "both be named 'mlp'" in proc.stderr
+
+
+def test_ort_format_is_written_checked_and_hashed(zoo, tmp_path):
+    from edgedl.runtime import load
+
+    out = tmp_path / "ort-bundle"
+    result = json.loads(run_edgedl("package", zoo["cnn"].onnx, "--target", "rpi4", "-o", out, "--ort", "--no-tarball",
+                                   "--json", env=CACHE_ENV).stdout)
+    ort = result["models"][0]["ort"]
+    assert ort["path"] == "ort/cnn/model.ort" and ort["max_abs_diff_vs_onnx"] <= 1e-5
+    assert verify_manifest(out)["files"]["ort/cnn/model.ort"] == ort["sha256"]
+    assert "Conv" in (out / "ort/cnn/required_operators.config").read_text()
+    runner = load(out / "ort/cnn/model.ort")
+    feeds = runner.example_inputs({"batch": 3})
+    np_out = runner.run(feeds)["logits"]
+    assert np_out.shape == (3, 10)

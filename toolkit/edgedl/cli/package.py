@@ -18,16 +18,17 @@ from edgedl.cli._scaleout import scaleout_options
 @click.option("--port", default=8000, show_default=True, help="Port the server listens on by default.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds to by default.")
 @click.option("--no-tarball", is_flag=True, help="Do not write DIR.tar.gz.")
+@click.option("--ort", "ort_format", is_flag=True, help="Also write each model in onnxruntime's .ort format (minimal builds).")
 @click.option("--edgedl-wheel", type=click.Path(path_type=Path), default=None, help="Use this edgedl wheel instead of building one.")
 @json_option
 @debug_option
-def package(models, target, output, python, names, port, host, no_tarball, edgedl_wheel, as_json, debug) -> None:
+def package(models, target, output, python, names, port, host, no_tarball, ort_format, edgedl_wheel, as_json, debug) -> None:
     """Bundle MODELS (.onnx) for a device profile: model repository, manifest with sha256 of every file, pinned
     requirements, an offline wheelhouse for the target's platform, start script, systemd unit and Dockerfile."""
     from edgedl.stages.package import PackageConfig, package as build
 
     result = build(PackageConfig(models=list(models), target=target, output=output, python=python, names=list(names),
-                                 port=port, host=host, tarball=not no_tarball, edgedl_wheel=edgedl_wheel,
+                                 port=port, host=host, tarball=not no_tarball, edgedl_wheel=edgedl_wheel, ort_format=ort_format,
                                  progress=not as_json))
     if as_json:
         emit_json(result)

@@ -52,6 +52,7 @@ class PackageConfig:
     edgedl_wheel: Path | None = None  # default: built from this source tree
     cache_dir: Path | None = None  # wheelhouse/wheel cache; default $EDGEDL_CACHE or ~/.cache/edgedl
     progress: bool = True
+    ort_format: bool = False  # also write each model in onnxruntime's .ort format (for minimal onnxruntime builds)
 
 
 def cache_root(explicit: Path | None = None) -> Path:
@@ -188,6 +189,42 @@ def _model_entry(path: Path, name: str) -> dict:
     }
 
 
+def _ort_format(model: Path, name: str, staging: Path, arch: str) -> dict:
+    """Convert to onnxruntime's .ort format (onnxruntime.tools, needs onnx), prove it computes what the .onnx
+    does, and keep the operator config a minimal onnxruntime build (--include_ops_by_config) needs."""
+    import numpy as np
+
+    from edgedl._lazy import require
+    from edgedl.runtime import load
+
+    require("onnx")  # the converter imports it; name the extra if it is missing
+    dest = staging / "ort" / name
+    with tempfile.TemporaryDirectory(prefix="edgedl-ort-") as tmp:
+        src = Path(tmp) / f"{name}.onnx"
+        shutil.copyfile(model, src)
+        proc = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(src),
+                               "--output_dir", str(Path(tmp) / "out"), "--optimization_style", "Fixed",
+                               "--target_platform", "arm" if arch == "aarch64" else "amd64"],
+                              capture_output=True, text=True)
+        ort_file = Path(tmp) / "out" / f"{name}.ort"
+        if proc.returncode != 0 or not ort_file.is_file():
+            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise EdgeDLError(f"converting {model} to .ort failed ({tail}); drop --ort or check the model's ops")
+        dest.mkdir(parents=True)
+        shutil.copyfile(ort_file, dest / "model.ort")
+        configs = sorted((Path(tmp) / "out").glob("*.config"))
+        if configs:
+            shutil.copyfile(configs[0], dest / "required_operators.config")
+    ref, ort = load(model), load(dest / "model.ort")
+    feeds = ref.example_inputs({d: 2 for i in ref.inputs for d in i.dynamic_axes.values()})
+    want, got = ref.run(feeds), ort.run(feeds)
+    worst = max(float(np.max(np.abs(np.asarray(want[k], dtype=np.float64) - np.asarray(got[k], dtype=np.float64))))
+                for k in want)
+    if worst > 1e-5:
+        raise EdgeDLError(f"the .ort form of {model} differs from the .onnx by {worst:.3g}; drop --ort")
+    return {"path": f"ort/{name}/model.ort", "max_abs_diff_vs_onnx": worst, "sha256": sha256_file(dest / "model.ort")}
+
+
 def _names(config: PackageConfig) -> list[str]:
     names = list(config.names) or [p.stem for p in config.models]
     if len(names) != len(config.models):
@@ -232,6 +269,8 @@ def package(config: PackageConfig) -> dict:
                 (dest.parent.parent / "config.pbtxt").write_text(
                     f'name: "{entry["name"]}"\nplatform: "onnxruntime_onnx"\n')
                 entry["sha256"] = sha256_file(dest)
+                if config.ort_format:
+                    entry["ort"] = _ort_format(Path(src), entry["name"], staging, profile.arch)
             advance(info="models")
             wheels_src, specs = wheelhouse(profile, python, cache)
             wheels = staging / "wheels"
