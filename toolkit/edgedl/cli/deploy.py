@@ -15,7 +15,8 @@ class _DeployGroup(click.Group):
     """``edgedl deploy BUNDLE ...`` runs the hidden ``push`` command; ``status``/``rollback``/``logs`` are subcommands."""
 
     def parse_args(self, ctx, args):
-        if args and args[0] not in self.commands and not _GROUP_ONLY.intersection(args):
+        group_only = args and (args[0] in _GROUP_ONLY or (args[0].startswith("-") and "--list-targets" in args))
+        if args and args[0] not in self.commands and not group_only:
             args = ["push", *args]
         return super().parse_args(ctx, args)
 
@@ -57,8 +58,9 @@ def _config(host, ssh_port, identity, known_hosts, accept_new_host_key, ssh_conf
 @debug_option
 @click.pass_context
 def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
-    """Deploy a bundle to a device over SSH (`edgedl deploy BUNDLE --host USER@HOST`), then
-    `edgedl deploy status|rollback|logs --host USER@HOST`. Host keys are checked against known_hosts."""
+    """Deploy a bundle to a device over SSH: `edgedl deploy BUNDLE --host USER@HOST [--port P] [--identity KEY]`
+    (see `edgedl deploy BUNDLE --help` for all options), then `edgedl deploy status|rollback|logs --host USER@HOST`.
+    Host keys are checked against known_hosts; `--list-targets` shows the device profiles."""
     if ctx.invoked_subcommand is not None:
         return
     if not list_targets:
