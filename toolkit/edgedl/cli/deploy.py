@@ -116,9 +116,9 @@ def push(bundle, serve_host, serve_port, ready_timeout, keep, as_json, debug, **
     dev = result.device
     console = out_console()
     console.print(f"[bold green]ready[/] release {result.release} on {result.host} ({dev['arch']}, Python {dev['python']}), "
-                  f"serving at {result.url} on the device")
+                  f"serving at {result.url} on the device", soft_wrap=True)
     console.print(f"previous release: {result.previous or 'none'}; " +
-                  ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+                  ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()), soft_wrap=True)
 
 
 @deploy.command()
@@ -141,7 +141,7 @@ def status(as_json, debug, **conn) -> None:
     state = "[green]ready[/]" if st["ready"] else ("[yellow]running, not ready[/]" if st["running"] else "[red]stopped[/]")
     svc = st["service"]
     console.print(f"{st['host']}: current release {st['current'] or 'none'} - {state}"
-                  + (f" (pid {st['pid']}, port {svc.get('EDGEDL_PORT')})" if st["running"] else ""))
+                  + (f" (pid {st['pid']}, port {svc.get('EDGEDL_PORT')})" if st["running"] else ""), soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
     for col in ("", "release", "state", "size"):
         table.add_column(col)
