@@ -61,3 +61,20 @@ def test_remote_bench_runs_the_worker_on_the_device(sshd, zoo, tmp_path):
     with pytest.raises(EdgeDLError, match="unknown worker config key"):
         remote_bench(sshd.target(), models[:1], {**WORKER_CONFIG, "bogus": 1}, remote_dir=str(remote_dir),
                      cache_dir=ROOT / "build" / "cache", progress=False)
+
+
+@pytest.mark.parametrize("use_rsync", [True, False], ids=["rsync", "tar-over-ssh"])
+def test_copy_dir_both_transports(sshd, tmp_path, use_rsync):
+    """A device without rsync gets a tar stream over ssh: same files, same bytes, same modes."""
+    src = tmp_path / "src"
+    (src / "a/b").mkdir(parents=True)
+    (src / "a/b/data.bin").write_bytes(bytes(range(256)) * 1000)
+    (src / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (src / "run.sh").chmod(0o755)
+    dest = tmp_path / "dest" / "copy"
+    sshd.target().copy_dir(src, str(dest), use_rsync=use_rsync)
+    files = sorted(p.relative_to(src) for p in src.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(dest) for p in dest.rglob("*") if p.is_file())
+    for rel in files:
+        assert (dest / rel).read_bytes() == (src / rel).read_bytes()
+    assert (dest / "run.sh").stat().st_mode & 0o111
