@@ -146,6 +146,8 @@ def test_bad_input_gives_one_line_errors(zoo, tmp_path):
         (("--provider-option", "cuda:device_id=0"), "not benchmarked"),
         (("--baseline", "tensorflow"), "unknown baseline"),
         (("--input-data", tmp_path / "missing.npz"), "not found"),
+        (("--save", tmp_path), "is a directory"),
+        (("--plot", tmp_path / "plot.txt"), ".png"),
     ]
     for args, needle in cases:
         _one_line_error(run_edgedl("bench", m, *args, *FAST, check=False), needle)

@@ -82,6 +82,7 @@ def bench(models, providers, provider_options, threads, batch, shapes, warmup, i
         latency_bound_ms=latency_bound, streams=streams, allow_fallback=allow_fallback, baseline=baseline,
         torch_model=torch_model, torch_checkpoint=torch_checkpoint, placement=not no_placement,
     )
+    _check_outputs(save, plot)  # before measuring: a bad path must not cost the run
     report = run_bench(config, show_progress=not quiet and not as_json)
     if save:
         report.save(save)
@@ -110,6 +111,21 @@ def bench(models, providers, provider_options, threads, batch, shapes, warmup, i
         click.echo(f"saved {save}", err=True)
     if plot:
         click.echo(f"plotted {plot}", err=True)
+
+
+def _check_outputs(save: Path | None, plot: Path | None) -> None:
+    from edgedl.errors import EdgeDLError
+
+    for option, path in (("--save", save), ("--plot", plot)):
+        if path is not None and path.is_dir():
+            raise EdgeDLError(f"{option} {path} is a directory; give a file name such as {path / 'bench'}"
+                              f"{'.json' if option == '--save' else '.png'}")
+    if plot is not None:
+        if plot.suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
+            raise EdgeDLError(f"--plot {plot}: use a .png, .svg, .pdf or .jpg file name")
+        from edgedl._lazy import require
+
+        require("matplotlib")
 
 
 @click.command()
