@@ -259,13 +259,13 @@ def main() -> None:
                             "json": v2_json(server.port, "cnn", "image", x)})
     rounds: dict[str, list] = {}
     for k in range(args.rounds):
-        rounds.setdefault("in_process_runner_run", []).append(inproc(cnn, x.shape, seq_n * 2))
+        rounds.setdefault("in_process_runner_run", []).append(inproc(cnn, x.shape, seq_n * 5, 0.0))
         for label, server in servers.items():
             for proto, req in requests[label].items():
                 rounds.setdefault(f"{label}|sequential_{proto}", []).append(sequential(server.port, req, seq_n))
                 for clients in (1, 8, 32):
                     rounds.setdefault(f"{label}|throughput_{proto}_{clients}", []).append(
-                        throughput(HOST, server.port, req, clients, args.seconds))
+                        throughput(HOST, server.port, req, clients, args.seconds, server_pid=server.proc.pid))
         print(f"cnn round {k + 1}/{args.rounds} done", flush=True)
     R["in_process_runner_run"] = median_of(rounds.pop("in_process_runner_run"))
     for key, values in rounds.items():
@@ -286,7 +286,7 @@ def main() -> None:
         for label, server in modes.items():
             req = v2_binary(server.port, "dense", "x", xd)
             rounds.setdefault(f"{label}|sequential_binary", []).append(sequential(server.port, req, 200))
-            rounds.setdefault(f"{label}|throughput_32", []).append(throughput(HOST, server.port, req, 32, args.seconds))
+            rounds.setdefault(f"{label}|throughput_32", []).append(throughput(HOST, server.port, req, 32, args.seconds, server_pid=server.proc.pid))
     D["in_process_runner_run"] = median_of(rounds.pop("in_process_runner_run"))
     for key, values in rounds.items():
         label, metric = key.split("|")
@@ -327,12 +327,14 @@ def render(r: dict) -> str:
            f"`{r['command']}`. Loopback, keep-alive connections, pre-encoded requests (benchmarks/serve_loadgen.py);",
            "the FastAPI app is benchmarks/fastapi_baseline.py on the same uvicorn + httptools + uvloop; onnxruntime "
            "uses 1 intra-op thread everywhere.", "",
-           "In-process figures come from a worker pinned to the server's CPU, runs spaced by a short sleep like "
-           "sequential requests.", "",
+           "In-process figures come from a worker pinned to the server's CPU (for the dense and large models, runs "
+           "spaced by a short sleep like sequential requests: the scheduler favours a process that sleeps).", "",
+           "'req per server CPU-s' divides responses by the CPU time the server process used in the window: other "
+           "jobs on the server's CPU change req/s a lot, this figure much less.", "",
            f"## Zoo CNN (1x1x8x8), in-process `Runner.run` p50 {base * 1e3:.1f} µs", "",
            "| server | request | sequential p50 ms | p99 ms | overhead vs in-process µs | req/s 1 client | 8 | 32 | "
-           "startup s | idle RSS MiB | peak RSS MiB |",
-           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "req per server CPU-s at 1 / 8 / 32 | startup s | idle RSS MiB | peak RSS MiB |",
+           "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label in ("edgedl", "edgedl batching", "fastapi"):
         e = c[label]
         for proto in ("binary", "json"):
@@ -340,20 +342,24 @@ def render(r: dict) -> str:
                 continue
             s = e[f"sequential_{proto}"]
             t = [e[f"throughput_{proto}_{n}"]["requests_per_s"] for n in (1, 8, 32)]
+            u = " / ".join(f"{e[f'throughput_{proto}_{n}']['requests_per_server_cpu_s']:,.0f}" for n in (1, 8, 32))
             out.append(f"| {label} | {proto} | {s['p50_ms']:.3f} | {s['p99_ms']:.3f} | {(s['p50_ms'] - base) * 1e3:.0f} | "
-                       f"{t[0]:,.0f} | {t[1]:,.0f} | {t[2]:,.0f} | {e['startup_to_ready_s']:.2f} | "
+                       f"{t[0]:,.0f} | {t[1]:,.0f} | {t[2]:,.0f} | {u} | {e['startup_to_ready_s']:.2f} | "
                        f"{e['idle_rss_mib']:.1f} | {e['peak_rss_mib']:.1f} |")
-    fa = c["fastapi"]["throughput_json_32"]["requests_per_s"]
-    out += ["", "At 32 clients vs FastAPI (JSON): " + ", ".join(
-        f"{label} {proto} {c[label][f'throughput_{proto}_32']['requests_per_s'] / fa:.2f}x"
-        for label in ("edgedl", "edgedl batching") for proto in ("binary", "json")) + "."]
+    fa = c["fastapi"]["throughput_json_32"]
+    for key, what in (("requests_per_s", "req/s"), ("requests_per_server_cpu_s", "req per server CPU-s")):
+        out += ["", f"At 32 clients vs FastAPI (JSON), {what}: " + ", ".join(
+            f"{label} {proto} {c[label][f'throughput_{proto}_32'][key] / fa[key]:.2f}x"
+            for label in ("edgedl", "edgedl batching") for proto in ("binary", "json")) + "."]
     d = r["dense"]
     out += ["", f"## Dense model (4x2048 MatMul, in-process p50 {d['in_process_runner_run']['p50_ms']:.2f} ms), binary",
-            "", "| mode | sequential p50 ms | req/s 32 clients | p50 ms at 32 |", "| --- | ---: | ---: | ---: |"]
+            "", "| mode | sequential p50 ms | req/s 32 clients | req per server CPU-s | p50 ms at 32 |",
+            "| --- | ---: | ---: | ---: | ---: |"]
     for label in ("no batching", "batching 32 / 500 us"):
         e = d[label]
         out.append(f"| {label} | {e['sequential_binary']['p50_ms']:.3f} | "
-                   f"{e['throughput_32']['requests_per_s']:,.0f} | {e['throughput_32']['p50_ms']:.2f} |")
+                   f"{e['throughput_32']['requests_per_s']:,.0f} | {e['throughput_32']['requests_per_server_cpu_s']:,.0f} | "
+                   f"{e['throughput_32']['p50_ms']:.2f} |")
     nb, b = d["no batching"], d["batching 32 / 500 us"]
     out += ["", f"Batching gain at 32 clients: {b['throughput_32']['requests_per_s'] / nb['throughput_32']['requests_per_s']:.2f}x; "
             f"single-client latency added: {(b['sequential_binary']['p50_ms'] - nb['sequential_binary']['p50_ms']) * 1e3:.0f} µs "

@@ -66,6 +66,7 @@ async def _client(host, port, request, stop_at, warm_until, counts, latencies):
             body = await reader.readexactly(_content_length(head))
             t1 = clock()
             status = int(head[9:12])
+            counts[2] += 1
             if t0 >= warm_until:
                 if status == 200:
                     counts[0] += 1
@@ -78,15 +79,28 @@ async def _client(host, port, request, stop_at, warm_until, counts, latencies):
         writer.close()
 
 
-def throughput(host: str, port: int, request: bytes, clients: int, seconds: float = 3.0, warmup_s: float = 0.5) -> dict:
-    """``clients`` concurrent keep-alive connections sending ``request`` back to back for ``seconds``."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    import os
+
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def throughput(host: str, port: int, request: bytes, clients: int, seconds: float = 3.0, warmup_s: float = 0.5,
+               server_pid: int | None = None) -> dict:
+    """``clients`` concurrent keep-alive connections sending ``request`` back to back for ``seconds``.
+
+    With ``server_pid``, also requests per second of server CPU time: on a shared machine the raw rate depends
+    on what else runs on the server's CPU, the rate per CPU-second much less."""
     try:
         import uvloop
 
         runner = uvloop.run
     except ImportError:
         runner = asyncio.run
-    counts, latencies = [0, 0], []
+    counts, latencies = [0, 0, 0], []
+    cpu0 = cpu_seconds(server_pid) if server_pid else None
 
     async def main():
         now = time.perf_counter()
@@ -96,7 +110,8 @@ def throughput(host: str, port: int, request: bytes, clients: int, seconds: floa
                                for _ in range(clients)))
 
     runner(main())
+    cpu = cpu_seconds(server_pid) - cpu0 if server_pid else None
     latencies.sort()
     pick = lambda q: latencies[min(int(q * len(latencies)), len(latencies) - 1)] * 1e3 if latencies else float("nan")
     return {"clients": clients, "requests_per_s": counts[0] / seconds, "errors": counts[1], "p50_ms": pick(0.5),
-            "p99_ms": pick(0.99)}
+            "p99_ms": pick(0.99), "requests_per_server_cpu_s": counts[2] / cpu if cpu else float("nan")}

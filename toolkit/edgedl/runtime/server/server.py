@@ -51,7 +51,7 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
         app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="warning",
         loop=_best("uvloop", "uvloop", "asyncio"), http=_best("httptools", "httptools", "h11"),
         timeout_graceful_shutdown=config.drain_timeout_s, server_header=False, date_header=False,
-        timeout_keep_alive=30, h11_max_incomplete_event_size=1024 * 1024,
+        timeout_keep_alive=30, h11_max_incomplete_event_size=1024 * 1024, proxy_headers=False,
     )
     server = _Server(uv_config, app, on_ready, t0)
     server.run()
