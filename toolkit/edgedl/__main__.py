@@ -1,3 +1,5 @@
+import sys
+
 from edgedl.cli import main
 
-main(prog_name="edgedl")
+sys.exit(main(prog_name="edgedl"))
