@@ -168,3 +168,32 @@ print(json.loads(sent[1]["body"])["outputs"][0]["shape"], sorted(m for m in sys.
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[1, 10] []"
+
+
+def test_cli_serve_never_imports_torch_or_onnx(zoo):
+    """`edgedl serve` through the real CLI entry point with torch and onnx unimportable: it serves."""
+    port = __import__("serve_helpers").free_port()
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'sklearn'):
+            raise ImportError('blocked ' + name)
+sys.meta_path.insert(0, Block())
+sys.argv = ['edgedl', 'serve', {str(zoo['cnn'].onnx)!r}, '--port', '{port}']
+from edgedl.cli import main
+main()
+"""
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    try:
+        line = ""
+        while "ready in" not in line:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "server exited before it was ready"
+        c = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+        i = httpclient.InferInput("image", [1, 1, 8, 8], "FP32")
+        i.set_data_from_numpy(np.zeros((1, 1, 8, 8), np.float32))
+        assert c.infer("cnn", [i]).as_numpy("logits").shape == (1, 10)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
