@@ -259,3 +259,27 @@ def test_update_broken_update_rollback_status_logs(sshd, device, bundles):
     assert f"starting release {device['v1']}" in logs and "edgedl serve: ready" in logs
     bad = deploy_cli(sshd, device["dir"], "rollback", "--to", "no-such-release", check=False)
     assert_one_line_error(bad, "'no-such-release' is not an installed release")
+
+
+def test_api_key_is_set_on_the_device_and_kept_across_rollback(sshd, device, bundles, tmp_path):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-token-for-the-test\n")
+    port = str(device["port"])
+    deploy_cli(sshd, device["dir"], bundles["v2"], "--serve-host", "127.0.0.1", "--serve-port", port,
+               "--api-key-file", key_file)
+    env_file = device["dir"] / "service.env"
+    assert "EDGEDL_API_KEY='s3cret-token-for-the-test'" in env_file.read_text()
+    assert env_file.stat().st_mode & 0o077 == 0  # readable by the service user only
+    with pytest.raises(InferenceServerException, match="API key"):
+        client(device["port"]).get_model_repository_index()
+    authed = httpclient.InferenceServerClient(f"127.0.0.1:{port}")
+    headers = {"Authorization": "Bearer s3cret-token-for-the-test"}
+    assert sorted(m["name"] for m in authed.get_model_repository_index(headers=headers)) == ["digits"]
+    status = json.loads(deploy_cli(sshd, device["dir"], "status", "--json").stdout)
+    assert status["ready"] and status["service"]["EDGEDL_API_KEY"] == "(set)"  # the key itself never leaves the device
+    rolled = json.loads(deploy_cli(sshd, device["dir"], "rollback", "--json").stdout)
+    assert rolled["ready"]  # readiness was checked with the key, which the rolled-back release keeps
+    assert "EDGEDL_API_KEY=" in env_file.read_text()

@@ -97,14 +97,17 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
 @click.option("--serve-port", type=int, default=None, help="Port the server listens on (default: the bundle's).")
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for /v2/health/ready.")
 @click.option("--keep", type=int, default=5, show_default=True, help="Installed releases to keep on the device.")
+@click.option("--api-key-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="File holding the bearer token the server will require (kept in service.env, mode 600).")
 @json_option
 @debug_option
-def push(bundle, serve_host, serve_port, ready_timeout, keep, as_json, debug, **conn) -> None:
+def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, as_json, debug, **conn) -> None:
     """Deploy BUNDLE: check the device, copy to a new release, install offline, switch, start, wait ready, roll back on failure."""
     from edgedl.stages.deploy import deploy as run_deploy
 
+    api_key = Path(api_key_file).read_text().strip() if api_key_file else None
     config = _config(**conn, serve_host=serve_host, serve_port=serve_port, ready_timeout=ready_timeout, keep=keep,
-                     progress=not as_json)
+                     api_key=api_key, progress=not as_json)
     result = run_deploy(bundle, config)
     if as_json:
         emit_json(result.__dict__)

@@ -36,6 +36,7 @@ class DeployConfig:
     serve_port: int | None = None
     ready_timeout: float = 120.0
     keep: int = 5  # installed releases kept on the device (current always kept)
+    api_key: str | None = None  # bearer token the server requires (stored in service.env, mode 600)
     progress: bool = True
 
 
@@ -135,6 +136,9 @@ def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
     if not bundle.is_dir():
         hint = " (unpack the .tar.gz first, or pass the bundle directory)" if bundle.name.endswith(".tar.gz") else ""
         raise EdgeDLError(f"bundle {bundle} is not a directory{hint}; create one with `edgedl package`")
+    if config.api_key is not None and (not config.api_key.strip() or any(c in config.api_key for c in "'\n\r")):
+        raise EdgeDLError("the API key must be non-empty and contain no quote or newline; generate one with "
+                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     manifest = verify_manifest(bundle)
@@ -170,7 +174,11 @@ def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         advance(info="installed")
 
         t = time.perf_counter()
-        config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), timeout=120)
+        if config.api_key is not None:
+            key_line = f"EDGEDL_API_KEY='{config.api_key}'\n".encode()
+            config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), "set", input=key_line, timeout=120)
+        else:
+            config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), "keep", timeout=120)
         advance(info="started")
         waited = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
                                    release, check=False, timeout=config.ready_timeout + 60)

@@ -97,10 +97,14 @@ touch "$D/.installed"
 log_event "$ID" installed
 '''
 
+# KEYMODE "set": the API key arrives on stdin (never on a command line); "keep": keep the one service.env has.
 ACTIVATE = PRELUDE + r'''
-ID=$1; HOST=$2; PORT=$3
+ID=$1; HOST=$2; PORT=$3; KEYMODE=${4:-keep}
 [ -f "releases/$ID/.installed" ] || { echo "release $ID is not installed" >&2; exit 26; }
-printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$HOST" "$PORT" > service.env.tmp && mv service.env.tmp service.env
+umask 077
+if [ "$KEYMODE" = set ]; then KEYLINE=$(cat); else KEYLINE=$(grep '^EDGEDL_API_KEY=' service.env 2>/dev/null); fi
+{ printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$HOST" "$PORT"; [ -n "$KEYLINE" ] && printf '%s\n' "$KEYLINE"; } > service.env.tmp
+mv service.env.tmp service.env
 stop_service
 switch_current "$ID"
 start_service "$ID"
@@ -111,7 +115,9 @@ log_event "$ID" activated
 # the release's server has already crashed twice since it was started (a broken bundle, not a slow start).
 WAIT_READY = PRELUDE + r'''
 PY=$1; TIMEOUT=$2; ID=${3:-$(current_id)}
+EDGEDL_API_KEY=
 . ./service.env
+export EDGEDL_API_KEY
 ADDR=$EDGEDL_HOST; [ "$ADDR" = "0.0.0.0" ] && ADDR=127.0.0.1; [ "$ADDR" = "::" ] && ADDR=::1
 case $ADDR in *:*) ADDR="[$ADDR]";; esac
 "$PY" - "http://$ADDR:$EDGEDL_PORT/v2/health/ready" "$TIMEOUT" "logs/$ID.log" << 'EOF'
@@ -123,9 +129,12 @@ def crashes():
     except OSError:
         return 0
     return text[text.rfind("--- "):].count("edgedl supervisor: server exited")
+import os
+key = os.environ.get("EDGEDL_API_KEY")
+request = urllib.request.Request(url, headers={"Authorization": "Bearer " + key} if key else {})
 while time.time() < deadline:
     try:
-        with urllib.request.urlopen(url, timeout=2) as r:
+        with urllib.request.urlopen(request, timeout=2) as r:
             if r.status == 200:
                 print("ready"); sys.exit(0)
     except Exception:
@@ -161,7 +170,7 @@ PY=$1
 echo "current=$(current_id)"
 echo "running=$(pid_alive && echo yes || echo no)"
 [ -f run/edgedl.pid ] && echo "pid=$(cat run/edgedl.pid)"
-[ -f service.env ] && sed 's/^/service./' service.env
+[ -f service.env ] && sed -e 's/^EDGEDL_API_KEY=.*/EDGEDL_API_KEY=(set)/' -e 's/^/service./' service.env
 for d in releases/*/; do
     [ -d "$d" ] || continue
     id=$(basename "$d"); state=incomplete
