@@ -12,7 +12,6 @@ from time import perf_counter
 
 import numpy as np
 
-from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
 from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
