@@ -261,14 +261,15 @@ def test_update_broken_update_rollback_status_logs(sshd, device, bundles):
     assert_one_line_error(bad, "'no-such-release' is not an installed release")
 
 
-def test_api_key_is_set_on_the_device_and_kept_across_rollback(sshd, device, bundles, tmp_path):
+def test_api_key_from_a_tarball_deploy_is_set_on_the_device_and_kept_across_rollback(sshd, device, bundles, tmp_path):
     import tritonclient.http as httpclient
     from tritonclient.utils import InferenceServerException
 
     key_file = tmp_path / "key"
     key_file.write_text("s3cret-token-for-the-test\n")
     port = str(device["port"])
-    deploy_cli(sshd, device["dir"], bundles["v2"], "--serve-host", "127.0.0.1", "--serve-port", port,
+    tarball = bundles["v2"].parent / "v2.tar.gz"  # the tarball `edgedl package` wrote deploys like the directory
+    deploy_cli(sshd, device["dir"], tarball, "--serve-host", "127.0.0.1", "--serve-port", port,
                "--api-key-file", key_file)
     env_file = device["dir"] / "service.env"
     assert "EDGEDL_API_KEY='s3cret-token-for-the-test'" in env_file.read_text()

@@ -129,13 +129,42 @@ def _log_tail(config: DeployConfig, release: str, lines: int = 15) -> str:
     return proc.stdout.strip()
 
 
+def _unpack(tarball: Path, dest: Path) -> Path:
+    """Extract a bundle tarball written by `edgedl package` (one top-level directory, regular files and dirs only)."""
+    import tarfile
+
+    try:
+        with tarfile.open(tarball, "r:gz") as tar:
+            members = tar.getmembers()
+            tops = {m.name.split("/")[0] for m in members}
+            for m in members:
+                parts = m.name.split("/")
+                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()) or len(tops) != 1:
+                    raise EdgeDLError(f"{tarball} is not a bundle tarball written by `edgedl package` "
+                                      f"(unexpected member {m.name!r}); unpack and check it, or re-package")
+            # members checked above (no links, devices or paths outside dest); the data filter re-checks where it exists
+            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    except (tarfile.TarError, OSError) as exc:
+        raise EdgeDLError(f"cannot read bundle tarball {tarball}: {exc}") from None
+    return dest / tops.pop()
+
+
 def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
-    from edgedl.console import progress
+    """Deploy a bundle directory or the ``DIR.tar.gz`` that `edgedl package` wrote."""
+    import tempfile
 
     bundle = Path(bundle)
+    if bundle.is_file() and bundle.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory(prefix="edgedl-bundle-") as tmp:
+            return _deploy(_unpack(bundle, Path(tmp)), config)
+    return _deploy(bundle, config)
+
+
+def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
+    from edgedl.console import progress
+
     if not bundle.is_dir():
-        hint = " (unpack the .tar.gz first, or pass the bundle directory)" if bundle.name.endswith(".tar.gz") else ""
-        raise EdgeDLError(f"bundle {bundle} is not a directory{hint}; create one with `edgedl package`")
+        raise EdgeDLError(f"bundle {bundle} is not a directory or a .tar.gz; create one with `edgedl package`")
     if config.api_key is not None and (not config.api_key.strip() or any(c in config.api_key for c in "'\n\r")):
         raise EdgeDLError("the API key must be non-empty and contain no quote or newline; generate one with "
                           "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
