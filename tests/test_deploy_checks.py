@@ -1,0 +1,116 @@
+"""Deploy's decisions that need no device: the device checks against a bundle's manifest (from probe output as
+the device prints it), host parsing, and refusing bad tarballs and keys before anything connects."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from edgedl.errors import EdgeDLError
+from edgedl.stages.deploy import DeployConfig, DeviceFacts, check_device, deploy
+from edgedl.stages.deploy.ssh import SSHTarget
+
+PROBE_OUTPUT = """arch=aarch64
+python=3.11
+venv=yes
+disk_kb={disk_kb}
+mem_available_kb=3000000
+mem_total_kb=3900000
+systemd=no
+rsync=yes
+current=
+running=no
+dir=/home/pi/edgedl
+"""
+MANIFEST = {"python": "3.11", "profile": {"name": "rpi5", "arch": "aarch64", "python": ["3.11", "3.12"],
+                                          "min_free_disk_mb": 200, "memory_mb": 3500}}
+
+
+def facts(**overrides) -> DeviceFacts:
+    text = PROBE_OUTPUT.format(disk_kb=overrides.pop("disk_kb", 10_000_000))
+    for key, value in overrides.items():
+        text = "\n".join(f"{key}={value}" if line.startswith(f"{key}=") else line for line in text.splitlines())
+    return DeviceFacts.parse(text)
+
+
+def config() -> DeployConfig:
+    return DeployConfig(target=SSHTarget.parse("pi@raspberrypi.local"), progress=False)
+
+
+def test_probe_output_parses():
+    f = facts()
+    assert (f.arch, f.python, f.venv, f.rsync, f.systemd, f.current) == ("aarch64", "3.11", True, True, False, None)
+    assert round(f.disk_free_mb) == 9766 and round(f.mem_available_mb) == 2930
+
+
+def test_a_matching_device_passes_and_a_small_one_gets_a_warning():
+    assert check_device(facts(), MANIFEST, 50 * 2**20, config()) == []
+    warnings = check_device(facts(mem_total_kb=2_000_000), MANIFEST, 50 * 2**20, config())  # a 2 GB board
+    assert len(warnings) == 1 and "less than profile rpi5's budget of 3500 MB" in warnings[0]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"arch": "x86_64"}, "is x86_64 but the bundle is for rpi5 (aarch64)"),
+    ({"python": ""}, "python3 was not found on pi@raspberrypi.local"),
+    ({"python": "3.12"}, "re-package with --python 3.12"),
+    ({"venv": "no"}, "install python3-venv"),
+    ({"disk_kb": 100_000}, "has 98 MB free in /home/pi/edgedl"),
+    ({"mem_available_kb": 50_000}, "only 49 MB of memory available"),
+])
+def test_each_unfit_device_gets_one_clear_error(override, message):
+    with pytest.raises(EdgeDLError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_device(facts(**override), MANIFEST, 50 * 2**20, config())
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("pi@raspberrypi.local", ("pi", "raspberrypi.local", None)),
+    ("pi@10.0.0.7:2222", ("pi", "10.0.0.7", 2222)),
+    ("mypi", (None, "mypi", None)),
+    ("root@[::1]:22", ("root", "::1", 22)),
+])
+def test_host_parsing(text, expected):
+    t = SSHTarget.parse(text)
+    assert (t.user, t.host, t.port) == expected
+
+
+@pytest.mark.parametrize("text", ["pi@", "pi@host:99999", "a b@host", "pi@host:port"])
+def test_bad_hosts_are_refused(text):
+    with pytest.raises(EdgeDLError):
+        SSHTarget.parse(text)
+
+
+def test_host_key_checking_is_strict_unless_asked():
+    assert "StrictHostKeyChecking=yes" in SSHTarget.parse("pi@h").ssh_options()
+    assert "StrictHostKeyChecking=accept-new" in SSHTarget.parse("pi@h", accept_new_host_key=True).ssh_options()
+
+
+def test_tarball_with_a_link_is_refused_before_connecting(tmp_path):
+    path = tmp_path / "evil.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        info = tarfile.TarInfo("bundle/manifest.json")
+        data = b"{}"
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("bundle/models")
+        link.type = tarfile.SYMTYPE
+        link.linkname = "/etc"
+        tar.addfile(link)
+    with pytest.raises(EdgeDLError, match="not a bundle tarball written by `edgedl package`"):
+        deploy(path, config())
+
+
+def test_bad_api_key_is_refused_before_connecting(tmp_path):
+    cfg = config()
+    cfg.api_key = "it's"
+    with pytest.raises(EdgeDLError, match="no quote or newline"):
+        deploy(tmp_path, cfg)
+
+
+def test_missing_bundle(tmp_path):
+    with pytest.raises(EdgeDLError, match="is not a directory or a .tar.gz"):
+        deploy(tmp_path / "nope", config())
+    with pytest.raises(EdgeDLError, match="has no manifest.json"):
+        deploy(Path(tmp_path), config())
