@@ -20,7 +20,6 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
 from edgedl.stages.deploy import remote
 from edgedl.stages.deploy.ssh import RemoteCommandError, SSHTarget
-from edgedl.stages.profiles import DeviceProfile
 
 # rough cost of installing a wheelhouse into a venv, as a multiple of the wheels' size (onnxruntime/numpy unpack ~3x)
 INSTALL_EXPANSION = 3.0
@@ -209,8 +208,12 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         else:
             config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), "keep", timeout=120)
         advance(info="started")
-        waited = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
-                                   release, check=False, timeout=config.ready_timeout + 60)
+        try:
+            waited = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
+                                       release, check=False, timeout=config.ready_timeout + 60)
+        except KeyboardInterrupt:  # interrupted before the new release proved ready: put the previous one back
+            config.target.run(remote.FAIL_AND_RESTORE, config.remote_dir, release, previous or "", timeout=120)
+            raise
         ready = waited.returncode == 0
         timings["start_to_ready"] = time.perf_counter() - t
         if not ready:
@@ -314,5 +317,5 @@ def describe_profiles() -> list[dict]:
     return [p.to_dict() for p in list_profiles().values()]
 
 
-__all__ = ["DeployConfig", "DeployResult", "DeviceFacts", "DeviceProfile", "deploy", "describe_profiles", "logs",
+__all__ = ["DeployConfig", "DeployResult", "DeviceFacts", "check_device", "deploy", "describe_profiles", "logs",
            "probe", "rollback", "status"]
