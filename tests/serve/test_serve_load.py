@@ -186,6 +186,8 @@ def test_reload_under_load_loses_nothing(built, tmp_path, reference):
         urllib.request.urlopen(urllib.request.Request(f"http://{proc.url}/v2/repository/models/plain/unload",
                                                       data=b"", method="POST"), timeout=30)
         assert not c.is_model_ready("plain")
+        index = {m["name"]: m["state"] for m in c.get_model_repository_index()}
+        assert index == {"gemm": "READY", "plain": "UNAVAILABLE"}
         with pytest.raises(InferenceServerException) as err:
             c.infer("plain", [_input("pixels", x, True)])
         assert err.value.status() == "404"

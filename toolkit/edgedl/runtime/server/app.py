@@ -344,4 +344,9 @@ class InferenceApp:
         for name, entry in self.registry.models.items():
             for v in entry.versions:
                 out.append({"name": name, "version": v, "state": "READY"})
+        repo = self.config.model_repository
+        if repo is not None and repo.is_dir():  # models on disk but not loaded (unloaded, or added since start)
+            for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                if folder.name not in self.registry.models:
+                    out.append({"name": folder.name, "state": "UNAVAILABLE", "reason": "not loaded"})
         return out
