@@ -25,6 +25,7 @@ demo: $(STAMP)
 		$(EDGEDL) export $$m --checkpoint $(DEMO_DIR)/$$m -o $(DEMO_DIR)/$$m.onnx || exit 1; \
 	done
 	$(PY) benchmarks/zoo_table.py $(DEMO_DIR)
+	$(PY) benchmarks/serve_demo.py $(DEMO_DIR)/cnn.onnx
 	$(EDGEDL) bench $(foreach m,$(ZOO),$(DEMO_DIR)/$(m).onnx) --batch 1,32 --baseline torch \
 		--save $(DEMO_DIR)/bench.json --plot $(DEMO_DIR)/bench.png
 	$(PY) benchmarks/quantize_zoo.py $(DEMO_DIR) --seconds 0.5 --out $(DEMO_DIR)/quantize
