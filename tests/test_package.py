@@ -168,3 +168,10 @@ def test_ort_format_is_written_checked_and_hashed(zoo, tmp_path):
     feeds = runner.example_inputs({"batch": 3})
     np_out = runner.run(feeds)["logits"]
     assert np_out.shape == (3, 10)
+
+
+def test_python_310_bundle_gets_the_profiles_310_pin(zoo, tmp_path):
+    result = json.loads(run_edgedl("package", zoo["mlp"].onnx, "--target", "x86-server", "--python", "3.10", "-o",
+                                   tmp_path / "b", "--no-tarball", "--json", env=CACHE_ENV).stdout)
+    assert result["runtime"]["onnxruntime"] == "1.23.2"
+    assert any(w.startswith("onnxruntime-1.23.2-cp310-cp310-") for w in result["runtime"]["wheels"])

@@ -65,3 +65,13 @@ def test_bad_profile_files_fail_clearly(tmp_path, body, message):
     path.write_text(body)
     with pytest.raises(EdgeDLError, match=message):
         load_profile_file(path)
+
+
+def test_per_python_pin_must_name_a_listed_python(tmp_path):
+    path = tmp_path / "p.toml"
+    path.write_text('arch = "x86_64"\nplatforms = ["manylinux_2_28_x86_64"]\npython = ["3.11"]\nonnxruntime = "1.32.0"\n'
+                    'onnxruntime_for_python = { "3.9" = "1.19.2" }\n')
+    with pytest.raises(EdgeDLError, match="names Python 3.9"):
+        load_profile_file(path)
+    assert load_profile("x86-server").onnxruntime_pin("3.10") == "1.23.2"
+    assert load_profile("x86-server").onnxruntime_pin("3.11") == "1.32.0"

@@ -80,7 +80,9 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
     for col in ("target", "arch", "python", "onnxruntime", "providers", "quantize", "memory", "wheel platform"):
         table.add_column(col, no_wrap=col in ("target", "onnxruntime", "wheel platform"))
     for p in profiles:
-        bad = f" (bad: {', '.join(p['onnxruntime_known_bad'])})" if p["onnxruntime_known_bad"] else ""
+        notes = [f"{py}: {v}" for py, v in p["onnxruntime_for_python"].items()]
+        notes += [f"bad: {', '.join(p['onnxruntime_known_bad'])}"] if p["onnxruntime_known_bad"] else []
+        bad = f" ({'; '.join(notes)})" if notes else ""
         table.add_row(p["name"], p["arch"], ",".join(p["python"]), p["onnxruntime"] + bad, ">".join(p["providers"]),
                       p["quantization"], f"{p['memory_mb']} MB", p["platforms"][0])
     console = out_console()

@@ -84,7 +84,7 @@ def _locked_cache(path: Path):
 
 def wheelhouse(profile: DeviceProfile, python: str, cache: Path) -> tuple[Path, list[str]]:
     """The target's runtime wheels, downloaded once per (platforms, python, requirements); returns (dir, specs)."""
-    specs = [f"onnxruntime=={profile.onnxruntime}", *RUNTIME_REQUIREMENTS]
+    specs = [f"onnxruntime=={profile.onnxruntime_pin(python)}", *RUNTIME_REQUIREMENTS]
     key = hashlib.sha256(json.dumps([profile.platforms, python, specs]).encode()).hexdigest()[:16]
     target = cache / "wheelhouse" / f"{profile.arch}-py{python}-{key}"
     lock = _locked_cache(target)
@@ -305,7 +305,7 @@ def package(config: PackageConfig) -> dict:
                 "platforms": list(profile.platforms),
                 "server": {"host": config.host, "port": config.port},
                 "models": entries,
-                "runtime": {"onnxruntime": profile.onnxruntime, "requested": specs, "requirements": pins,
+                "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,
                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))},
                 "scope": "bundle",
             }

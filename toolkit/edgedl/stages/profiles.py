@@ -35,6 +35,8 @@ class DeviceProfile:
     onnxruntime: str
     description: str = ""
     onnxruntime_known_bad: tuple[str, ...] = ()
+    # a different pin for some Python versions (newer onnxruntime releases drop old Pythons): {"3.10": "1.23.2"}
+    onnxruntime_for_python: dict[str, str] = field(default_factory=dict)
     providers: tuple[str, ...] = ("cpu",)
     threads: int = 0
     quantization: str = "arm64"  # an `edgedl quantize --preset` name
@@ -54,13 +56,21 @@ class DeviceProfile:
             raise EdgeDLError(f"{where}: platforms must be wheel tags ending in {self.arch}, e.g. manylinux_2_28_{self.arch}")
         if not self.python:
             raise EdgeDLError(f"{where}: list at least one Python version, e.g. python = [\"3.11\"]")
-        if self.onnxruntime in self.onnxruntime_known_bad:
-            raise EdgeDLError(f"{where}: onnxruntime {self.onnxruntime} is listed as known bad for this device; "
-                              "pin a known-good version")
+        for version in (self.onnxruntime, *self.onnxruntime_for_python.values()):
+            if version in self.onnxruntime_known_bad:
+                raise EdgeDLError(f"{where}: onnxruntime {version} is listed as known bad for this device; "
+                                  "pin a known-good version")
+        stray = sorted(set(self.onnxruntime_for_python) - set(self.python))
+        if stray:
+            raise EdgeDLError(f"{where}: onnxruntime_for_python names Python {', '.join(stray)}, which is not in python")
         for p in self.providers:
             resolve_provider(p)
         if self.threads < 0 or self.memory_mb <= 0 or self.min_free_disk_mb < 0:
             raise EdgeDLError(f"{where}: threads, memory_mb and min_free_disk_mb must be non-negative numbers")
+
+    def onnxruntime_pin(self, python: str) -> str:
+        """The onnxruntime version a bundle for this Python gets."""
+        return self.onnxruntime_for_python.get(python, self.onnxruntime)
 
     def docker_image(self, python: str) -> str:
         return (self.docker_base or DEFAULT_DOCKER_BASE[self.arch]).format(python=python)
@@ -73,6 +83,9 @@ class DeviceProfile:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def __hash__(self) -> int:  # frozen, but holds a dict
+        return hash((self.name, self.arch, self.platforms, self.python, self.onnxruntime))
 
 
 def _toml_loads(text: str):
@@ -114,6 +127,8 @@ def load_profile_file(path: Path) -> DeviceProfile:
     for key in ("platforms", "python", "onnxruntime_known_bad", "providers", "cpu_features"):
         if key in data:
             data[key] = tuple(str(v) for v in data[key])
+    if "onnxruntime_for_python" in data:
+        data["onnxruntime_for_python"] = {str(k): str(v) for k, v in dict(data["onnxruntime_for_python"]).items()}
     try:
         return DeviceProfile(**data, source=str(path))
     except TypeError as exc:
