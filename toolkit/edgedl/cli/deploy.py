@@ -78,7 +78,7 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
 
     table = Table(show_edge=False, pad_edge=False)
     for col in ("target", "arch", "python", "onnxruntime", "providers", "quantize", "memory", "wheel platform"):
-        table.add_column(col, no_wrap=col in ("target", "onnxruntime", "wheel platform"))
+        table.add_column(col, no_wrap=col in ("target", "python", "onnxruntime", "wheel platform"))
     for p in profiles:
         notes = [f"{py}: {v}" for py, v in p["onnxruntime_for_python"].items()]
         notes += [f"bad: {', '.join(p['onnxruntime_known_bad'])}"] if p["onnxruntime_known_bad"] else []
@@ -87,7 +87,7 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
                       p["quantization"], f"{p['memory_mb']} MB", p["platforms"][0])
     console = out_console()
     if not console.is_terminal:
-        console.width = max(console.width, 150)  # piped output: don't squeeze the table to 80 columns
+        console.width = max(console.width, 160)  # piped output: don't squeeze the table to 80 columns
     console.print(table)
     console.print("Add your own: a .toml like deploy/profiles/rpi4.toml in ~/.config/edgedl/profiles or $EDGEDL_PROFILE_PATH.")
 
