@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ROOT, run_edgedl
+from edgedl_testing import ROOT, run_edgedl
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import arm64_sysroot  # noqa: E402

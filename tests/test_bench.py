@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import run_edgedl
+from edgedl_testing import run_edgedl
 from edgedl.stages.bench.report import LATENCY_KEYS, RESULT_KEYS, BenchReport
 from edgedl.stages.doctor import tiny_model_bytes
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from edgedl_testing import ROOT
 
 arm64 = pytest.importorskip("deploy.arm64_sysroot")
 

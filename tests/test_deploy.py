@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EDGEDL, ROOT, run_edgedl
+from edgedl_testing import EDGEDL, ROOT, run_edgedl
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import loopback_sshd  # noqa: E402

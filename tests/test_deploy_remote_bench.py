@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from edgedl_testing import ROOT
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import loopback_sshd  # noqa: E402

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import onnxruntime as ort
 
-from conftest import EDGEDL, run_edgedl
+from edgedl_testing import EDGEDL, run_edgedl
 from edgedl.runtime import Runner
 from edgedl.stages.bench.environment import parse_cpuinfo
 from edgedl.stages.doctor import (cpu_checks, known_bad, tiny_expected, tiny_model_bytes, tiny_model_with_onnx,

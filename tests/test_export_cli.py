@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from conftest import ROOT, ZOO, run_edgedl, run_edgedl_inprocess
+from edgedl_testing import ROOT, ZOO, run_edgedl, run_edgedl_inprocess
 
 USER = ROOT / "tests" / "fixtures" / "user_models.py"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_edgedl
+from edgedl_testing import ROOT, run_edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import sha256_file, verify_manifest
 

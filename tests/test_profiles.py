@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_edgedl
+from edgedl_testing import run_edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.stages.profiles import list_profiles, load_profile, load_profile_file
 

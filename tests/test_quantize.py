@@ -15,7 +15,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from conftest import ROOT, ZOO, run_edgedl, run_edgedl_inprocess
+from edgedl_testing import ROOT, ZOO, run_edgedl, run_edgedl_inprocess
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import load_recipe
 from edgedl.runtime import Runner

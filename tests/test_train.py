@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import run_edgedl_inprocess
+from edgedl_testing import run_edgedl_inprocess
 
 
 def _train(out, *extra):

@@ -14,7 +14,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from conftest import run_edgedl
+from edgedl_testing import run_edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.stages.triton import TritonOptions, parse_model_config, write_triton_repository
 

@@ -1,0 +1,91 @@
+"""Shared test helpers (imported as ``edgedl_testing``; a module name no other test directory reuses, unlike
+``conftest``): the trained and exported zoo, cached under build/ keyed by its sources, and helpers that drive
+the real ``edgedl`` CLI."""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = ("mlp", "cnn", "lstm", "transformer")
+EDGEDL = [sys.executable, "-m", "edgedl"]
+# what the trained/exported zoo depends on; a change to any of these rebuilds the cache
+_ZOO_SOURCES = [
+    *sorted((ROOT / "models").glob("*.py")),
+    *sorted((ROOT / "toolkit/edgedl/data").glob("*.py")),
+    ROOT / "toolkit/edgedl/recipe.py",
+    ROOT / "toolkit/edgedl/stages/train.py",
+    ROOT / "toolkit/edgedl/stages/export.py",
+    ROOT / "toolkit/edgedl/stages/validate.py",
+]
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    name: str
+    recipe: Path  # models/NAME.py
+    checkpoint: Path  # the train --out directory
+    onnx: Path
+    metrics: dict
+
+
+def run_edgedl(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None,
+               cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the real CLI (python -m edgedl ...) and return the completed process (text mode)."""
+    proc = subprocess.run([*EDGEDL, *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=cwd)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"edgedl {' '.join(map(str, args))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_edgedl_inprocess(*args: str) -> CliResult:
+    """Run the CLI in this process (click's runner): the same code path as the console script, without paying
+    for a fresh interpreter and torch import per call. Use run_edgedl for anything that needs a real process."""
+    from click.testing import CliRunner
+
+    from edgedl.cli import main
+
+    result = CliRunner().invoke(main, [str(a) for a in args], prog_name="edgedl")
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def _zoo_key() -> str:
+    h = hashlib.sha256()
+    for path in _ZOO_SOURCES:
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def build_zoo(base: Path) -> dict[str, ZooModel]:
+    """Train (full recipe config) and export the four zoo models through the CLI, once per source version."""
+    target = base / _zoo_key()
+    target.mkdir(parents=True, exist_ok=True)
+    with open(base / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest runs share one build
+        for name in ZOO:
+            if not (target / f"{name}.onnx").is_file():
+                run_edgedl("train", name, "--out", target / name)
+                run_edgedl("export", name, "--checkpoint", target / name, "-o", target / f"{name}.onnx")
+    return {
+        name: ZooModel(name, ROOT / "models" / f"{name}.py", target / name, target / f"{name}.onnx",
+                       json.loads((target / name / "metrics.json").read_text()))
+        for name in ZOO
+    }
