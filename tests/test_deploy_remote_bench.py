@@ -78,3 +78,37 @@ def test_copy_dir_both_transports(sshd, tmp_path, use_rsync):
     for rel in files:
         assert (dest / rel).read_bytes() == (src / rel).read_bytes()
     assert (dest / "run.sh").stat().st_mode & 0o111
+
+
+def test_bench_cli_remote_labels_results_with_the_device(sshd, zoo, tmp_path):
+    """`edgedl bench --remote`: the same table/JSON as local runs, measured on the device, labelled with it."""
+    import json
+
+    from edgedl_testing import run_edgedl
+
+    remote_dir = tmp_path / "device"
+    save = tmp_path / "remote.json"
+    args = ["bench", zoo["lstm"].onnx, "--remote", f"{sshd.user}@127.0.0.1:{sshd.port}", "-i", sshd.identity,
+            "--known-hosts", sshd.known_hosts, "--ssh-config", "/dev/null", "--remote-dir", remote_dir,
+            "-n", "30", "--batch", "1,4", "--quiet", "--save", save]
+    env = {"EDGEDL_CACHE": str(ROOT / "build" / "cache")}
+    proc = run_edgedl(*args, "--json", env=env)
+    report = json.loads(proc.stdout)
+    assert [r["batch"] for r in report["results"]] == [1, 4]
+    assert all(r["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}" for r in report["results"])
+    assert all(r["remote_model"].startswith(str(remote_dir.resolve())) for r in report["results"])
+    assert report["environment"]["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}"
+    assert json.loads(save.read_text())["results"][0]["latency_ms"]["count"] == 30
+
+    table = run_edgedl(*args[:-2], env=env).stdout
+    assert "lstm" in table and f"measured on device {sshd.user}@127.0.0.1:{sshd.port}" in table
+
+    bad = run_edgedl(*args[:-2], "--baseline", "torch", env=env, check=False)
+    assert bad.returncode == 1 and "cannot run with --remote" in bad.stderr
+
+
+def test_bench_ssh_options_need_remote(zoo):
+    from edgedl_testing import run_edgedl_inprocess
+
+    proc = run_edgedl_inprocess("bench", zoo["mlp"].onnx, "--identity", "key")
+    assert proc.returncode == 1 and "add --remote" in proc.stderr

@@ -52,6 +52,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--torch-checkpoint", type=click.Path(path_type=Path), help="Weights for --torch-model.")
 @click.option("--no-placement", is_flag=True, help="Skip the profiling pass that shows which provider ran each node "
                                                     "(always done for non-CPU providers).")
+@click.option("--remote", metavar="USER@HOST[:PORT]",
+              help="Run the benchmark on a device over SSH (models and the runtime are pushed; never torch).")
+@click.option("-i", "--identity", type=click.Path(path_type=Path), help="--remote: SSH private key file.")
+@click.option("--known-hosts", type=click.Path(path_type=Path), help="--remote: known_hosts file (default: ssh's own).")
+@click.option("--accept-new-host-key", is_flag=True, help="--remote: trust a host seen for the first time.")
+@click.option("--ssh-config", type=click.Path(path_type=Path), hidden=True)
+@click.option("--remote-dir", default="edgedl-bench", show_default=True, help="--remote: working directory on the device.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--markdown", is_flag=True, help="Print a markdown table instead of the terminal table.")
 @click.option("--save", type=click.Path(path_type=Path), help="Write the full report (JSON) here.")
@@ -60,7 +67,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @debug_option
 def bench(models, providers, provider_options, threads, batch, shapes, warmup, iterations, duration, input_data, seed,
           io_binding, spinning, scenario, target_qps, latency_bound, streams, allow_fallback, baseline, torch_model,
-          torch_checkpoint, no_placement, quiet, markdown, save, plot, as_json, debug):
+          torch_checkpoint, no_placement, remote, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir,
+          quiet, markdown, save, plot, as_json, debug):
     """Benchmark MODEL.onnx files on execution providers, each configuration in its own process.
 
     Reports latency percentiles, throughput, peak memory and the providers that actually ran the nodes; a
@@ -83,7 +91,19 @@ def bench(models, providers, provider_options, threads, batch, shapes, warmup, i
         torch_model=torch_model, torch_checkpoint=torch_checkpoint, placement=not no_placement,
     )
     _check_outputs(save, plot)  # before measuring: a bad path must not cost the run
-    report = run_bench(config, show_progress=not quiet and not as_json)
+    if not remote and (identity or known_hosts or accept_new_host_key):
+        from edgedl.errors import EdgeDLError
+
+        raise EdgeDLError("--identity/--known-hosts/--accept-new-host-key are for --remote USER@HOST; add --remote")
+    if remote:
+        from edgedl.stages.bench.orchestrate import run_bench_remote
+        from edgedl.stages.deploy.ssh import SSHTarget
+
+        target = SSHTarget.parse(remote, identity=identity, known_hosts=known_hosts,
+                                 accept_new_host_key=accept_new_host_key, ssh_config=ssh_config)
+        report = run_bench_remote(config, target, remote_dir=remote_dir, show_progress=not quiet and not as_json)
+    else:
+        report = run_bench(config, show_progress=not quiet and not as_json)
     if save:
         report.save(save)
     if plot:

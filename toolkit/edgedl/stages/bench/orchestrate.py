@@ -114,3 +114,25 @@ def run_bench(config: BenchConfig, show_progress: bool = True,
                 on_result(result)
             advance(1)
     return BenchReport(config.to_json(), environment, results)
+
+
+def run_bench_remote(config: BenchConfig, target, *, remote_dir: str = "edgedl-bench", show_progress: bool = True,
+                     cache_dir: Path | None = None) -> BenchReport:
+    """The same configurations, measured by the same worker, but on a device over SSH (``--remote``).
+
+    The device gets the models and the edgedl runtime only (no torch), so a torch baseline cannot run there.
+    """
+    from edgedl.stages.deploy.remote_bench import remote_bench
+
+    if config.baseline:
+        raise EdgeDLError("--baseline torch cannot run with --remote: the device gets the runtime, never torch; "
+                          "benchmark the baseline locally in a separate run")
+    configs = config.configurations()
+    _apply_shapes(config, configs)
+    out = remote_bench(target, [Path(m) for m in config.models], [c.to_json() for c in configs],
+                       remote_dir=remote_dir, cache_dir=cache_dir, progress=show_progress)
+    results = out["results"]
+    for result in results:
+        result.pop("environment", None)
+    environment = {**(out["environment"] or {}), "device": out["host"], "profile": out["profile"]}
+    return BenchReport({**config.to_json(), "remote": out["host"]}, environment, results)

@@ -112,7 +112,8 @@ class BenchReport:
         flags = " ".join(cpu.get("flags", [])[-4:])
         load = env.get("load_average")
         busy = f", load {load[0]:.1f}" if load else ""
-        return (f"{cpu.get('model', '?')} ({cpu.get('usable_cores', '?')} usable cores; {flags}), {env.get('os', '?')}, "
+        device = f"device {env['device']} (profile {env.get('profile')}): " if env.get("device") else ""
+        return (f"{device}{cpu.get('model', '?')} ({cpu.get('usable_cores', '?')} usable cores; {flags}), {env.get('os', '?')}, "
                 f"Python {env.get('python', '?')}, onnxruntime {ort.get('version', '?')} ({ort.get('flavour', '?')}){busy}")
 
     COLUMNS = ("model", "engine", "thr", "batch", "p50 ms", "p90 ms", "p99 ms", "samples/s", "peak MiB", "load ms",
