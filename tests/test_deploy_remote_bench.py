@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -88,7 +89,7 @@ def test_bench_cli_remote_labels_results_with_the_device(sshd, zoo, tmp_path):
 
     remote_dir = tmp_path / "device"
     save = tmp_path / "remote.json"
-    args = ["bench", zoo["lstm"].onnx, "--remote", f"{sshd.user}@127.0.0.1:{sshd.port}", "-i", sshd.identity,
+    args = ["bench", os.path.relpath(zoo["lstm"].onnx),  "--remote", f"{sshd.user}@127.0.0.1:{sshd.port}", "-i", sshd.identity,
             "--known-hosts", sshd.known_hosts, "--ssh-config", "/dev/null", "--remote-dir", remote_dir,
             "-n", "30", "--batch", "1,4", "--quiet", "--save", save]
     env = {"EDGEDL_CACHE": str(ROOT / "build" / "cache")}
@@ -96,6 +97,7 @@ def test_bench_cli_remote_labels_results_with_the_device(sshd, zoo, tmp_path):
     report = json.loads(proc.stdout)
     assert [r["batch"] for r in report["results"]] == [1, 4]
     assert all(r["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}" for r in report["results"])
+    assert all(r["model_name"] == "lstm" for r in report["results"])
     assert all(r["remote_model"].startswith(str(remote_dir.resolve())) for r in report["results"])
     assert report["environment"]["device"] == f"{sshd.user}@127.0.0.1:{sshd.port}"
     assert json.loads(save.read_text())["results"][0]["latency_ms"]["count"] == 30

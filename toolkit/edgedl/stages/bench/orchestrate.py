@@ -129,7 +129,8 @@ def run_bench_remote(config: BenchConfig, target, *, remote_dir: str = "edgedl-b
                           "benchmark the baseline locally in a separate run")
     configs = config.configurations()
     _apply_shapes(config, configs)
-    out = remote_bench(target, [Path(m) for m in config.models], [c.to_json() for c in configs],
+    models = list(dict.fromkeys(c.model for c in configs))  # the configurations' (resolved) paths, in order
+    out = remote_bench(target, [Path(m) for m in models], [c.to_json() for c in configs],
                        remote_dir=remote_dir, cache_dir=cache_dir, progress=show_progress)
     results = out["results"]
     for result in results:

@@ -132,6 +132,7 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
                     why += " (Illegal instruction: this onnxruntime build does not suit the device's CPU - check the profile's known-bad versions)"
                 raise EdgeDLError(f"benchmark of {Path(local_model).name} on {target.label} failed: {why}")
             result["model"] = local_model
+            result["model_name"] = Path(local_model).stem  # not the content-addressed name of the pushed copy
             result["remote_model"] = remote_of[local_model]
             result["device"] = target.label
             results.append(result)
