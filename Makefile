@@ -25,10 +25,15 @@ demo: $(STAMP)
 		$(EDGEDL) export $$m --checkpoint $(DEMO_DIR)/$$m -o $(DEMO_DIR)/$$m.onnx || exit 1; \
 	done
 	$(PY) benchmarks/zoo_table.py $(DEMO_DIR)
-	$(PY) benchmarks/serve_demo.py $(DEMO_DIR)/cnn.onnx
 	$(EDGEDL) bench $(foreach m,$(ZOO),$(DEMO_DIR)/$(m).onnx) --batch 1,32 --baseline torch \
 		--save $(DEMO_DIR)/bench.json --plot $(DEMO_DIR)/bench.png
 	$(PY) benchmarks/quantize_zoo.py $(DEMO_DIR) --seconds 0.5 --out $(DEMO_DIR)/quantize
+	$(PY) benchmarks/serve_demo.py $(DEMO_DIR)/cnn.onnx
+	$(EDGEDL) quantize $(DEMO_DIR)/cnn.onnx --mode static --preset arm64 -o $(DEMO_DIR)/cnn-int8.onnx --no-progress
+	rm -rf $(DEMO_DIR)/cnn-rpi5 $(DEMO_DIR)/cnn-rpi5.tar.gz
+	$(EDGEDL) package $(DEMO_DIR)/cnn-int8.onnx --name cnn --target rpi5 -o $(DEMO_DIR)/cnn-rpi5
+	$(PY) -c "import json; m = json.load(open('$(DEMO_DIR)/cnn-rpi5/manifest.json')); \
+		m['files'] = f\"{len(m['files'])} files, sha256 each\"; print(json.dumps(m, indent=1))"
 
 test: $(STAMP)
 	$(PY) -m pytest -q
