@@ -1,0 +1,46 @@
+"""One device's state for `edgedl fleet status`, as one JSON line (device python3, standard library only).
+Usage: status.py DEPLOY_DIR"""
+import json
+import os
+import sys
+import time
+import urllib.request
+
+d = os.path.expanduser(sys.argv[1])
+out = {"dir": d, "current": None, "running": False, "ready": False, "uptime_s": None, "models": {},
+       "device_uptime_s": None, "arch": os.uname().machine}
+try:
+    out["device_uptime_s"] = float(open("/proc/uptime").read().split()[0])
+except OSError:
+    pass
+try:
+    out["current"] = os.path.basename(os.readlink(os.path.join(d, "current")))
+except OSError:
+    pass
+pid_file = os.path.join(d, "run", "edgedl.pid")
+try:
+    os.kill(int(open(pid_file).read().strip()), 0)
+    out["running"] = True
+    out["uptime_s"] = round(time.time() - os.stat(pid_file).st_mtime, 1)  # the pid file is written at start
+except (OSError, ValueError):
+    pass
+try:
+    manifest = json.load(open(os.path.join(d, "current", "manifest.json")))
+    out["models"] = {m["name"]: m.get("sha256") for m in manifest.get("models", [])}
+except (OSError, ValueError):
+    pass
+env = {}
+try:
+    env = dict(line.strip().split("=", 1) for line in open(os.path.join(d, "service.env")) if "=" in line)
+except OSError:
+    pass
+host = env.get("EDGEDL_HOST", "127.0.0.1")
+host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
+out["port"] = env.get("EDGEDL_PORT")
+if out["running"] and out["port"]:
+    try:
+        with urllib.request.urlopen("http://%s:%s/v2/health/ready" % (host, out["port"]), timeout=3) as r:
+            out["ready"] = r.status == 200
+    except Exception:
+        pass
+print(json.dumps(out))

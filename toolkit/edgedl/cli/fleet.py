@@ -1,0 +1,127 @@
+"""`edgedl fleet deploy|status`: Ansible-driven rollouts to many devices (needs the fleet extra: ansible-core)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from edgedl.cli import debug_option, emit_json, json_option
+
+_OUTCOME_STYLE = {"updated": "green", "unchanged": "dim", "would-update": "cyan", "would-restart": "cyan",
+                  "failed": "red", "rolled-back": "yellow", "unreachable": "red", "not-started": "dim",
+                  "no-bundle": "dim"}
+
+
+@click.group()
+def fleet() -> None:
+    """Roll bundles out to a fleet of devices with Ansible (deploy/ansible/), and show the fleet's state."""
+
+
+def _common(f):
+    f = click.option("--inventory", "-i", required=True, type=click.Path(path_type=Path),
+                     help="Ansible inventory (INI or YAML); groups named after device profiles.")(f)
+    f = click.option("--limit", multiple=True, help="Only these hosts or groups (repeatable).")(f)
+    f = click.option("--playbook-dir", type=click.Path(path_type=Path), default=None,
+                     help="Your adapted copy of edgedl's deploy/ansible (rollout.yml, status.yml, roles/).")(f)
+    f = click.option("--run-dir", type=click.Path(path_type=Path), default=None,
+                     help="Keep this run's ansible log, variables and reports here (default: under the edgedl cache).")(f)
+    return f
+
+
+@fleet.command("deploy")
+@click.argument("bundles", nargs=-1, required=True, type=click.Path(path_type=Path))
+@_common
+@click.option("--serial", default="1", show_default=True, help="Devices per batch: N or N%.")
+@click.option("--max-fail", default=0, show_default=True, type=int,
+              help="Failed devices tolerated; one more stops the rollout before the next batch.")
+@click.option("--check", is_flag=True, help="Dry run (ansible --check): show what would change, change nothing.")
+@click.option("--ready-timeout", default=120.0, show_default=True, type=float,
+              help="Seconds a device's new release has to become ready.")
+@click.option("--forks", default=10, show_default=True, type=int, help="Devices Ansible works on at once.")
+@json_option
+@debug_option
+def deploy_cmd(bundles, inventory, limit, playbook_dir, run_dir, serial, max_fail, check, ready_timeout, forks,
+               as_json, debug) -> None:
+    """Roll BUNDLES (one per device profile) out to the inventory: rolling batches, each device health-gated
+    (/v2/health/ready + a smoke inference against reference outputs) and rolled back if its new release fails."""
+    from edgedl.errors import EdgeDLError
+    from edgedl.stages.fleet import FleetConfig, deploy
+
+    result = deploy(FleetConfig(bundles=list(bundles), inventory=inventory, serial=serial, max_fail=max_fail,
+                                check=check, limit=list(limit), playbook_dir=playbook_dir, ready_timeout=ready_timeout,
+                                forks=forks, run_dir=run_dir, progress=not as_json))
+    if as_json:
+        emit_json(result)
+    else:
+        _print_rollout(result)
+    if result["failed"]:
+        stop = " - the rollout stopped before the next batch" if result["stopped"] else ""
+        raise EdgeDLError(f"{len(result['failed'])} device(s) failed ({', '.join(result['failed'])}){stop}; "
+                          f"details in the table and in {result['log']}")
+
+
+def _print_rollout(result: dict) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgedl.console import out_console
+
+    console = out_console()
+    for b in result["bundles"].values():
+        console.print(f"bundle [bold]{escape(b['name'])}[/] -> profile {b['profile']} ({b['arch']}), release "
+                      f"{b['release']}; smoke reference: {escape(b['reference_source'])}")
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("host", "profile", "outcome", "release", "previous", "smoke max|diff|", "note"):
+        table.add_column(col)
+    for r in result["hosts"]:
+        smoke = r.get("smoke") or {}
+        diff = f"{smoke['max_abs_diff']:.2g}" if "max_abs_diff" in smoke else ""
+        style = _OUTCOME_STYLE.get(r["outcome"], "")
+        note = r.get("error") or ""
+        if r["outcome"] == "rolled-back":
+            note = f"{note} -> back on {r.get('previous')}" + (" (ready)" if r.get("rollback_ready") else " (NOT ready)")
+        table.add_row(r["host"], r.get("profile") or "", f"[{style}]{r['outcome']}[/]", r.get("release") or "",
+                      (r.get("previous") or "") if r["outcome"] not in ("not-started", "no-bundle") else "",
+                      diff, escape(" ".join(str(note).split())[:160]))
+    console.print(table)
+    mode = "check (nothing changed)" if result["check"] else "rollout"
+    console.print(f"{mode}: " + ", ".join(f"{n} {k}" for k, n in result["counts"].items()) +
+                  f"; serial {result['serial']}, max-fail {result['max_fail']}" +
+                  ("; STOPPED before the next batch" if result["stopped"] else "") + f"; log: {escape(result['log'])}")
+
+
+@fleet.command("status")
+@_common
+@click.option("--forks", default=20, show_default=True, type=int, help="Devices queried at once.")
+@json_option
+@debug_option
+def status_cmd(inventory, limit, playbook_dir, run_dir, forks, as_json, debug) -> None:
+    """One row per device: reachable, release, model hashes, ready, uptime (gathered in parallel)."""
+    from edgedl.stages.fleet import StatusConfig, status
+
+    result = status(StatusConfig(inventory=inventory, limit=list(limit), playbook_dir=playbook_dir, forks=forks,
+                                 run_dir=run_dir, progress=not as_json))
+    if as_json:
+        emit_json(result)
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgedl.console import out_console
+
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("host", "reachable", "release", "models (sha256)", "ready", "uptime", "note"):
+        table.add_column(col)
+    for r in result["hosts"]:
+        models = ", ".join(f"{n}:{(h or '?')[:12]}" for n, h in (r.get("models") or {}).items())
+        up = r.get("uptime_s")
+        table.add_row(r["host"], "[green]yes[/]" if r.get("reachable") else "[red]no[/]", r.get("current") or "",
+                      models, "[green]yes[/]" if r.get("ready") else "[red]no[/]",
+                      _duration(up) if up is not None else "", escape(" ".join(str(r.get("error") or "").split())[:120]))
+    out_console().print(table)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

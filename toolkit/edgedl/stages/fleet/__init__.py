@@ -1,0 +1,210 @@
+"""``edgedl fleet``: roll bundles out to many devices with Ansible, and read the fleet's state.
+
+edgedl prepares what the playbook needs - verified bundles, one tarball and one set of reference outputs per
+device profile, the host -> bundle assignment from the inventory - runs ``deploy/ansible/rollout.yml`` (rolling
+batches of ``--serial`` devices, each: the same steps as ``edgedl deploy``, then ``/v2/health/ready`` and a smoke
+inference compared with the reference; rollback of a device that fails after its switch; the rollout stops before
+the next batch once more than ``--max-fail`` devices failed) and turns the per-device JSON reports into one table.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import re
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgedl.errors import EdgeDLError
+from edgedl.stages.fleet.ansible import playbook_dir, recap, run_playbook, unreachable_messages
+from edgedl.stages.fleet.inventory import assign, read_inventory
+from edgedl.stages.fleet.reference import reference_outputs
+
+FAILED_OUTCOMES = ("failed", "rolled-back", "unreachable")
+_SERIAL = re.compile(r"^[1-9][0-9]*%?$")
+
+
+@dataclass
+class FleetConfig:
+    bundles: list[Path]
+    inventory: Path
+    serial: str = "1"  # devices per batch: N or N%
+    max_fail: int = 0  # failed devices tolerated; one more stops the rollout before the next batch
+    check: bool = False  # ansible --check: report what would change, change nothing
+    limit: list[str] = field(default_factory=list)  # hosts or groups
+    playbook_dir: Path | None = None  # a user's adapted copy of deploy/ansible
+    ready_timeout: float = 120.0
+    forks: int = 10
+    run_dir: Path | None = None  # logs, vars and reports of this run; default under the edgedl cache
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.serial = str(self.serial).strip()
+        if not _SERIAL.match(self.serial) or (self.serial.endswith("%") and int(self.serial[:-1]) > 100):
+            raise EdgeDLError(f"--serial {self.serial!r} must be a positive count (e.g. 2) or a percentage (e.g. 25%)")
+        if self.max_fail < 0:
+            raise EdgeDLError(f"--max-fail must be >= 0, got {self.max_fail}")
+        if not self.bundles:
+            raise EdgeDLError("give at least one BUNDLE directory (made by `edgedl package`)")
+
+
+def _run_dir(explicit: Path | None, kind: str) -> Path:
+    if explicit:
+        Path(explicit).mkdir(parents=True, exist_ok=True)
+        return Path(explicit)
+    from edgedl.stages.package import cache_root
+
+    base = cache_root() / "fleet-runs"
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(tempfile.mkdtemp(prefix=f"{stamp}-{kind}-", dir=base))
+
+
+def prepare_bundle(bundle: Path, work: Path) -> dict:
+    """Verify a bundle and produce what the playbook needs for its profile."""
+    from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
+    from edgedl.stages.deploy import INSTALL_EXPANSION
+
+    bundle = Path(bundle)
+    if not bundle.is_dir():
+        hint = " (unpack the .tar.gz first)" if bundle.name.endswith(".tar.gz") else ""
+        raise EdgeDLError(f"bundle {bundle} is not a directory{hint}; create one with `edgedl package`")
+    manifest = verify_manifest(bundle)
+    profile = manifest["profile"]
+    release = "sha-" + sha256_file(bundle / MANIFEST)[:12]  # the same bundle is the same release: re-runs change nothing
+    tarball = work / f"{profile['name']}-{release}.tar.gz"
+    if not tarball.is_file():
+        tmp = tarball.with_suffix(".partial")
+        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+            for child in sorted(bundle.iterdir()):
+                tar.add(child, arcname=child.name)
+        tmp.rename(tarball)
+    reference = reference_outputs(bundle, manifest)
+    ref_path = work / f"reference-{profile['name']}-{release}.json"
+    ref_path.write_text(json.dumps(reference))
+    size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20
+    return {"name": bundle.name, "path": str(bundle.resolve()), "profile": profile["name"], "arch": profile["arch"],
+            "python": manifest["python"], "release": release, "tarball": str(tarball), "reference": str(ref_path),
+            "reference_source": reference["source"], "reference_skipped": reference.get("skipped", []),
+            "port": int(manifest["server"]["port"]), "host": manifest["server"]["host"],
+            "need_disk_mb": int(size_mb * (1 + INSTALL_EXPANSION) + profile.get("min_free_disk_mb", 0)),
+            "models": {m["name"]: m["sha256"] for m in manifest["models"]}}
+
+
+def _progress_runner(pdir, playbook, inventory, extra, run_dir, total, label, enabled, **kw):
+    from edgedl.console import progress
+
+    reports = Path(extra["edgedl_report_dir"])
+    with progress(label, total=total, enabled=enabled) as advance:
+        seen = [0]
+
+        def on_line(line: str) -> None:
+            done = len([p for p in reports.glob("*.json") if not p.name.startswith("_")])
+            info = line[len("TASK ["):line.find("]")] if line.startswith("TASK [") else None
+            if done > seen[0] or info:
+                advance(max(done - seen[0], 0), **({"info": info[:40]} if info else {}))
+                seen[0] = max(done, seen[0])
+
+        return run_playbook(pdir, playbook, inventory, extra, run_dir, on_line=on_line, **kw)
+
+
+def deploy(config: FleetConfig) -> dict:
+    pdir = playbook_dir(config.playbook_dir)
+    inventory = read_inventory(config.inventory, config.playbook_dir)
+    run_dir = _run_dir(config.run_dir, "check" if config.check else "deploy")
+    prepared: dict[str, dict] = {}
+    for b in config.bundles:
+        info = prepare_bundle(Path(b), run_dir)
+        if info["profile"] in prepared:
+            raise EdgeDLError(f"two bundles are for profile {info['profile']} ({prepared[info['profile']]['name']} and "
+                              f"{info['name']}); give one bundle per device profile")
+        prepared[info["profile"]] = info
+    targets, skipped = assign(inventory, list(prepared), config.limit)
+    if not targets:
+        raise EdgeDLError(f"no host of {config.inventory} belongs to a bundle's profile ({', '.join(prepared)}); name "
+                          "inventory groups after device profiles or set edgedl_profile per host")
+    reports = run_dir / "reports"
+    reports.mkdir(exist_ok=True)
+    hosts = [h for h in inventory.hosts if h in targets]
+    extra = {"edgedl_hosts": hosts, "edgedl_serial": config.serial, "edgedl_max_fail": config.max_fail,
+             "edgedl_bundles": prepared, "edgedl_targets": targets, "edgedl_report_dir": str(reports),
+             "edgedl_ready_timeout": config.ready_timeout}
+    label = "fleet check" if config.check else "fleet rollout"
+    proc = _progress_runner(pdir, "rollout.yml", config.inventory, extra, run_dir, len(hosts), label, config.progress,
+                            forks=config.forks, check=config.check)
+    counters = recap(proc.stdout)
+    unreachable = unreachable_messages(proc.stdout)
+    stopped = json.loads((reports / "_stopped.json").read_text()) if (reports / "_stopped.json").is_file() else None
+    rows = []
+    for host in hosts:
+        path = reports / f"{host}.json"
+        if path.is_file():
+            row = json.loads(path.read_text())
+        elif host in unreachable or counters.get(host, {}).get("unreachable"):
+            row = {"host": host, "profile": targets[host], "outcome": "unreachable", "failed": True,
+                   "error": unreachable.get(host, "unreachable over SSH"), "release": prepared[targets[host]]["release"]}
+        elif stopped is not None or host not in counters:
+            row = {"host": host, "profile": targets[host], "outcome": "not-started", "failed": False,
+                   "error": "rollout stopped before this device's batch" if stopped else "not reached",
+                   "release": prepared[targets[host]]["release"]}
+        else:
+            row = {"host": host, "profile": targets[host], "outcome": "failed", "failed": True,
+                   "error": "no report (see the ansible log)", "release": prepared[targets[host]]["release"]}
+        row["changed"] = counters.get(host, {}).get("changed")
+        rows.append(row)
+    rows += [{"host": h, "profile": None, "outcome": "no-bundle", "failed": False, "error": why} for h, why in skipped.items()]
+    if not any((reports / f"{h}.json").is_file() for h in hosts) and proc.returncode not in (0, 2, 4):
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        raise EdgeDLError(f"ansible-playbook failed before any device was reached (exit {proc.returncode}): {tail}; "
+                          f"full log: {run_dir / 'ansible.log'}")
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    return {"check": config.check, "serial": config.serial, "max_fail": config.max_fail, "stopped": stopped is not None,
+            "run_dir": str(run_dir), "log": str(run_dir / "ansible.log"), "ansible_rc": proc.returncode,
+            "bundles": {p: {k: v for k, v in b.items() if k not in ("tarball",)} for p, b in prepared.items()},
+            "hosts": rows, "counts": counts,
+            "failed": [r["host"] for r in rows if r["outcome"] in FAILED_OUTCOMES]}
+
+
+@dataclass
+class StatusConfig:
+    inventory: Path
+    limit: list[str] = field(default_factory=list)
+    playbook_dir: Path | None = None
+    forks: int = 20
+    run_dir: Path | None = None
+    progress: bool = True
+
+
+def status(config: StatusConfig) -> dict:
+    pdir = playbook_dir(config.playbook_dir)
+    inventory = read_inventory(config.inventory, config.playbook_dir)
+    hosts = [h for h in inventory.hosts
+             if not config.limit or h in config.limit or set(inventory.groups[h]) & set(config.limit)]
+    if not hosts:
+        raise EdgeDLError(f"--limit {', '.join(config.limit)} matches no host of {config.inventory}")
+    run_dir = _run_dir(config.run_dir, "status")
+    reports = run_dir / "reports"
+    reports.mkdir(exist_ok=True)
+    extra = {"edgedl_hosts": hosts, "edgedl_report_dir": str(reports)}
+    proc = _progress_runner(pdir, "status.yml", config.inventory, extra, run_dir, len(hosts), "fleet status",
+                            config.progress, forks=max(config.forks, 1))
+    unreachable = unreachable_messages(proc.stdout)
+    rows = []
+    for host in hosts:
+        path = reports / f"{host}.json"
+        if path.is_file():
+            row = json.loads(path.read_text())
+        else:
+            row = {"host": host, "reachable": False, "error": unreachable.get(host, "no answer (see the ansible log)")}
+        row.setdefault("current", None)
+        row.setdefault("ready", False)
+        row["groups"] = inventory.groups[host]
+        rows.append(row)
+    return {"run_dir": str(run_dir), "log": str(run_dir / "ansible.log"), "hosts": rows}
+
+
+__all__ = ["FleetConfig", "StatusConfig", "deploy", "prepare_bundle", "status"]

@@ -1,0 +1,53 @@
+"""Reference outputs for the smoke inference a device must pass after a rollout.
+
+Taken from the bundle's ``reference.json`` when it has one (same format as below); otherwise computed here, at
+rollout time, from the bundle's own model files with onnxruntime on the controller (seeded random inputs with every
+dynamic axis set to 2). The device must reproduce them within ``atol + rtol * |reference|``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+DATATYPES = {"float32": "FP32", "float64": "FP64", "float16": "FP16", "int8": "INT8", "int16": "INT16",
+             "int32": "INT32", "int64": "INT64", "uint8": "UINT8", "bool": "BOOL"}
+ATOL, RTOL = 1e-4, 1e-3  # a device may run other kernels (aarch64 vs x86); same onnxruntime version by the profile
+
+
+def reference_outputs(bundle: Path, manifest: dict) -> dict:
+    """{"source", "atol", "rtol", "models": [{"name", "inputs": [...], "outputs": [...]}], "skipped": [...]}"""
+    own = Path(bundle) / "reference.json"
+    if own.is_file():
+        data = json.loads(own.read_text())
+        return {**data, "source": "bundle"}
+    from edgedl.errors import EdgeDLError
+    from edgedl.runtime import load
+
+    models, skipped = [], []
+    for entry in manifest["models"]:
+        try:
+            runner = load(Path(bundle) / entry["path"])
+        except EdgeDLError as exc:
+            raise EdgeDLError(f"bundle {Path(bundle).name}: model {entry['name']} does not load here, so no device "
+                              f"would serve it ({exc}); fix the model and re-package - no device was touched") from None
+        if any(t.dtype.name not in DATATYPES for t in (*runner.inputs, *runner.outputs)):
+            skipped.append(f"{entry['name']}: non-numeric tensors, not smoke-tested")
+            continue
+        dims = {d for t in runner.inputs for d in t.shape if isinstance(d, str)}
+        feeds = runner.example_inputs({d: 2 for d in dims}, seed=0)
+        outputs = runner.run(feeds)
+        models.append({
+            "name": entry["name"],
+            "inputs": [_tensor(name, value) for name, value in feeds.items()],
+            "outputs": [_tensor(t.name, outputs[t.name]) for t in runner.outputs],
+        })
+    return {"source": "computed at rollout time with onnxruntime on the controller", "atol": ATOL, "rtol": RTOL,
+            "models": models, "skipped": skipped}
+
+
+def _tensor(name: str, value: np.ndarray) -> dict:
+    value = np.asarray(value)
+    return {"name": name, "shape": list(value.shape), "datatype": DATATYPES[value.dtype.name],
+            "data": value.reshape(-1).tolist()}
