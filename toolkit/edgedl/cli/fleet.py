@@ -78,12 +78,15 @@ def _print_rollout(result: dict) -> None:
         smoke = r.get("smoke") or {}
         diff = f"{smoke['max_abs_diff']:.2g}" if "max_abs_diff" in smoke else ""
         style = _OUTCOME_STYLE.get(r["outcome"], "")
-        note = r.get("error") or ""
+        note = " ".join(str(r.get("error") or "").split())
         if r["outcome"] == "rolled-back":
-            note = f"{note} -> back on {r.get('previous')}" + (" (ready)" if r.get("rollback_ready") else " (NOT ready)")
+            note = (f"back on {r.get('previous')} " + ("(ready)" if r.get("rollback_ready") else "(NOT ready)") +
+                    f" - {r.get('failed_step') or 'failed'}: {note}")
+        previous = r.get("previous") or ""
+        if r["outcome"] in ("not-started", "no-bundle") or previous == r.get("release"):
+            previous = ""
         table.add_row(r["host"], r.get("profile") or "", f"[{style}]{r['outcome']}[/]", r.get("release") or "",
-                      (r.get("previous") or "") if r["outcome"] not in ("not-started", "no-bundle") else "",
-                      diff, escape(" ".join(str(note).split())[:160]))
+                      previous, diff, escape(note[:220]))
     console.print(table)
     mode = "check (nothing changed)" if result["check"] else "rollout"
     console.print(f"{mode}: " + ", ".join(f"{n} {k}" for k, n in result["counts"].items()) +
