@@ -24,6 +24,7 @@ CACHE_ENV = {"EDGEDL_CACHE": str(ROOT / "build" / "cache")}
 ANSIBLE = Path(sys.executable).parent / "ansible-playbook"
 
 pytestmark = [
+    pytest.mark.slow,  # ~3 min: seven real rollouts (venv installs on three devices)
     pytest.mark.skipif(loopback_sshd.available() is not None, reason=str(loopback_sshd.available())),
     pytest.mark.skipif(not ANSIBLE.is_file() and not shutil.which("ansible-playbook"),
                        reason="ansible-core is not installed (pip install 'edgedl[fleet]')"),
