@@ -199,6 +199,25 @@ def test_status_in_parallel_with_an_unreachable_device(devices, inventory, bundl
     assert "dev1" in human.stdout and releases["v2"] in human.stdout
 
 
+def test_a_device_with_too_little_disk_is_refused_untouched(devices, bundles, tmp_path):
+    """dev2's deploy directory is on a real 16 MB tmpfs: refused by the disk check before anything is copied."""
+    small = tmp_path / "small-disk"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(small)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        inv = write_inventory(tmp_path / "inv.ini", devices, {"dev2": {"edgedl_remote_dir": small / "edgedl"}})
+        result, proc = rollout(bundles["v2"], "-i", inv, "--limit", "dev2", check=False)
+        assert proc.returncode == 1
+        (row,) = result["hosts"]
+        assert row["host"] == "dev2" and row["outcome"] == "failed"
+        assert "MB free in" in row["error"] and "but the release needs" in row["error"]
+        assert sorted(os.listdir(small / "edgedl")) == []  # nothing copied, no release directory
+    finally:
+        subprocess.run(["umount", str(small)], check=False)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--serial", "0"], "--serial '0' must be a positive count"),
     (["--serial", "150%"], "must be a positive count"),
