@@ -197,6 +197,9 @@ def test_status_in_parallel_with_an_unreachable_device(devices, inventory, bundl
     assert "Connection refused" in rows["dev4"]["error"] or "unreachable" in rows["dev4"]["error"].lower()
     human = edgedl("fleet", "status", "-i", inventory)
     assert "dev1" in human.stdout and releases["v2"] in human.stdout
+    # the fleet role keeps `edgedl deploy`'s on-device layout: its status command reads a fleet device
+    single = json.loads(edgedl("deploy", "status", *devices[0].sshd.cli_args(devices[0].remote_dir), "--json").stdout)
+    assert single["current"] == releases["v2"] and single["running"] and single["ready"]
 
 
 def test_a_device_with_too_little_disk_is_refused_untouched(devices, bundles, tmp_path):
