@@ -4,6 +4,7 @@ report ready only once the socket is bound, reload on SIGHUP, drain in-flight re
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import signal
 import sys
@@ -85,8 +86,9 @@ class _Server:
 
             def handle_exit(self, sig, frame):
                 if not app.draining:
-                    print("edgedl serve: draining in-flight requests, then stopping (Ctrl-C again to force)",
-                          file=sys.stderr, flush=True)
+                    # os.write, not print: a signal can arrive while the main thread is inside sys.stderr's
+                    # buffered writer, and print would then raise "reentrant call"
+                    os.write(2, b"edgedl serve: draining in-flight requests, then stopping (Ctrl-C again to force)\n")
                 app.draining = True
                 super().handle_exit(sig, frame)
 
