@@ -175,3 +175,22 @@ def test_python_310_bundle_gets_the_profiles_310_pin(zoo, tmp_path):
                                    tmp_path / "b", "--no-tarball", "--json", env=CACHE_ENV).stdout)
     assert result["runtime"]["onnxruntime"] == "1.23.2"
     assert any(w.startswith("onnxruntime-1.23.2-cp310-cp310-") for w in result["runtime"]["wheels"])
+
+
+def test_reference_outputs_are_stored_at_package_time(rpi5_bundle, zoo):
+    """The bundle carries the smoke-inference reference a fleet rollout checks devices against (hashed)."""
+    import numpy as np
+
+    from edgedl.runtime import load
+    from edgedl.stages.fleet.reference import reference_outputs
+
+    manifest = verify_manifest(rpi5_bundle)
+    assert manifest["reference"] == "reference.json" and "reference.json" in manifest["files"]
+    ref = reference_outputs(rpi5_bundle, manifest)
+    assert ref["source"].startswith("bundle: computed at package time") and [m["name"] for m in ref["models"]] == ["cnn", "mlp"]
+    cnn = ref["models"][0]
+    x = np.array(cnn["inputs"][0]["data"], np.float32).reshape(cnn["inputs"][0]["shape"])
+    assert x.shape == (2, 1, 8, 8)
+    expected = load(zoo["cnn"].onnx).run(x)["logits"]
+    got = np.array(cnn["outputs"][0]["data"], np.float32).reshape(cnn["outputs"][0]["shape"])
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

@@ -102,7 +102,7 @@ def test_rolling_rollout_then_rerun_changes_nothing(devices, inventory, bundles,
     result, _ = rollout(bundles["v1"], "-i", inventory, "--serial", "2")
     rows = by_host(result)
     assert [rows[d.name]["outcome"] for d in devices] == ["updated"] * 3
-    assert result["bundles"]["x86-server"]["reference_source"].startswith("computed at rollout time")
+    assert result["bundles"]["x86-server"]["reference_source"].startswith("bundle: computed at package time")
     x = np.random.default_rng(3).random((4, 1, 8, 8), dtype=np.float32)
     want = load(zoo["cnn"].onnx).run({"image": x})["logits"]
     for d in devices:

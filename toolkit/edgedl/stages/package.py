@@ -238,6 +238,12 @@ def _names(config: PackageConfig) -> list[str]:
     return names
 
 
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def package(config: PackageConfig) -> dict:
     """Build the bundle directory (+ tarball); return its manifest (with ``bundle`` and ``tarball`` paths added)."""
     from edgedl.console import progress
@@ -271,6 +277,12 @@ def package(config: PackageConfig) -> dict:
                 entry["sha256"] = sha256_file(dest)
                 if config.ort_format:
                     entry["ort"] = _ort_format(Path(src), entry["name"], staging, profile.arch)
+            # reference outputs for the smoke inference a device must pass after a rollout (edgedl fleet)
+            from edgedl.stages.fleet.reference import reference_outputs
+
+            reference = reference_outputs(staging, {"models": entries})
+            reference["source"] = f"computed at package time with onnxruntime {_ort_version()} on the packaging host"
+            (staging / "reference.json").write_text(json.dumps(reference) + "\n")
             advance(info="models")
             wheels_src, specs = wheelhouse(profile, python, cache)
             wheels = staging / "wheels"
@@ -308,6 +320,7 @@ def package(config: PackageConfig) -> dict:
                 "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,
                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))},
                 "scope": "bundle",
+                "reference": "reference.json",
             }
             (staging / "models" / MANIFEST).write_text(json.dumps(
                 {"format": FORMAT, "scope": "repository", "bundle": out.name, "files": hash_tree(staging / "models")}, indent=2) + "\n")

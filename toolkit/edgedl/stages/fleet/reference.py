@@ -18,20 +18,15 @@ ATOL, RTOL = 1e-4, 1e-3  # a device may run other kernels (aarch64 vs x86); same
 
 def reference_outputs(bundle: Path, manifest: dict) -> dict:
     """{"source", "atol", "rtol", "models": [{"name", "inputs": [...], "outputs": [...]}], "skipped": [...]}"""
+    # every model must load here first: a bundle no device could serve is refused before any device is touched
+    runners = [(entry, _load(bundle, entry)) for entry in manifest["models"]]
     own = Path(bundle) / "reference.json"
     if own.is_file():
         data = json.loads(own.read_text())
-        return {**data, "source": "bundle"}
-    from edgedl.errors import EdgeDLError
-    from edgedl.runtime import load
+        return {**data, "source": f"bundle: {data.get('source', 'reference.json')}"}
 
     models, skipped = [], []
-    for entry in manifest["models"]:
-        try:
-            runner = load(Path(bundle) / entry["path"])
-        except EdgeDLError as exc:
-            raise EdgeDLError(f"bundle {Path(bundle).name}: model {entry['name']} does not load here, so no device "
-                              f"would serve it ({exc}); fix the model and re-package - no device was touched") from None
+    for entry, runner in runners:
         if any(t.dtype.name not in DATATYPES for t in (*runner.inputs, *runner.outputs)):
             skipped.append(f"{entry['name']}: non-numeric tensors, not smoke-tested")
             continue
@@ -45,6 +40,17 @@ def reference_outputs(bundle: Path, manifest: dict) -> dict:
         })
     return {"source": "computed at rollout time with onnxruntime on the controller", "atol": ATOL, "rtol": RTOL,
             "models": models, "skipped": skipped}
+
+
+def _load(bundle: Path, entry: dict):
+    from edgedl.errors import EdgeDLError
+    from edgedl.runtime import load
+
+    try:
+        return load(Path(bundle) / entry["path"])
+    except EdgeDLError as exc:
+        raise EdgeDLError(f"bundle {Path(bundle).name}: model {entry['name']} does not load here, so no device "
+                          f"would serve it ({exc}); fix the model and re-package - no device was touched") from None
 
 
 def _tensor(name: str, value: np.ndarray) -> dict:
