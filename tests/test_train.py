@@ -27,7 +27,7 @@ def test_weights_are_safetensors_not_pickle(tmp_path):
 
     _train(tmp_path / "a")
     with safe_open(str(tmp_path / "a" / "model.safetensors"), framework="pt") as f:
-        assert f.metadata()["recipe"] == "mlp"
+        assert json.loads(f.metadata()["edgedl"])["recipe"] == "mlp"
         assert "net.0.weight" in list(f.keys())
 
 

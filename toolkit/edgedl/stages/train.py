@@ -90,8 +90,10 @@ def train(recipe: Recipe, out_dir: Path, overrides: dict[str, Any] | None = None
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
     tmp = weights.with_suffix(".tmp")
+    # one metadata key: safetensors writes a metadata map in random order, so several keys would make two
+    # identical trainings produce different bytes
     safetensors_torch.save_file({k: v.contiguous() for k, v in best_state.items()}, str(tmp),
-                                metadata={"recipe": recipe.name, "edgedl": __version__})
+                                metadata={"edgedl": json.dumps({"recipe": recipe.name, "version": __version__})})
     tmp.replace(weights)
     metrics = {
         "test_accuracy": round(test_acc, 6),
