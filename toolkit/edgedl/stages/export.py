@@ -11,9 +11,7 @@ import contextlib
 import hashlib
 import io
 import logging
-import os
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import Recipe, TensorSpec, import_file, load_recipe
 from edgedl.runtime import metadata as meta_codec
+from edgedl.stages.files import atomic_output
 from edgedl.stages.opset import MIN_OPSET, default_opset, exporter_max_opset
 from edgedl.stages.validate import ValidationReport, validate
 
@@ -319,11 +318,7 @@ def export(recipe: Recipe, config: ExportConfig) -> ExportResult:
     }
     _set_metadata(proto, base_meta)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".onnx", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(output) as tmp:
         onnx.save_model(proto, str(tmp), save_as_external_data=False)
         if config.optimize:
             _optimize_offline(tmp, proto)
@@ -333,12 +328,6 @@ def export(recipe: Recipe, config: ExportConfig) -> ExportResult:
         final = onnx.load(str(tmp))
         _set_metadata(final, {**base_meta, "validation": report.summary()})
         onnx.save_model(final, str(tmp), save_as_external_data=False)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an exported model is an ordinary file
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
     return ExportResult(output, opset, output.stat().st_size, report, recipe.name,
                         {k: v for k, v in base_meta.items() if v is not None})
 

@@ -4,7 +4,6 @@ atomic write. Nothing is written at the output path unless the result passed its
 from __future__ import annotations
 
 import difflib
-import os
 import tempfile
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from edgedl._lazy import require
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.runtime import metadata as meta_codec
+from edgedl.stages.files import atomic_output
 from edgedl.stages.quantize import debug as layer_debug
 from edgedl.stages.quantize.config import QuantizeConfig
 from edgedl.stages.quantize.data import plan_data
@@ -76,15 +76,8 @@ def _write(cand: Candidate, original, output: Path, record: dict) -> None:
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.stem}.", suffix=".onnx.tmp", dir=output.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_output(output) as tmp:
         onnx.save(model, str(tmp))
-        tmp.replace(output)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fallback(report_steps: list, cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext, plan,
