@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
+from edgedl.stages.files import atomic_output_dir
 from edgedl.stages.triton import TritonOptions, _fresh_output, populate_repository
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -175,9 +174,7 @@ def write_kserve(models: list[Path], out_dir: Path, options: KServeOptions, trit
     validate_inference_service(doc)
     out = Path(out_dir)
     _fresh_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as staging:
         (staging / "repository").mkdir()
         reports = populate_repository(models, staging / "repository", triton, names)
         (staging / "inferenceservice.yaml").write_text(
@@ -187,13 +184,6 @@ def write_kserve(models: list[Path], out_dir: Path, options: KServeOptions, trit
             name=options.name, models=", ".join(r.name for r in reports), uri=options.storage_uri.rstrip("/"),
             ns_flag=f" -n {options.namespace}" if options.namespace else "", cpu=options.cpu, memory=options.memory,
             gpu=f", {options.gpus} GPU(s)" if options.gpus else "", lo=options.min_replicas, hi=options.max_replicas))
-        for d in (staging, *(p for p in staging.rglob("*") if p.is_dir())):
-            d.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for r in reports:
         r.path = r.path.replace(str(staging), str(out), 1)
         r.config = r.config.replace(str(staging), str(out), 1)

@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
+from edgedl.stages.files import atomic_output_dir
 
 # numpy dtype name (or onnx tensor type) -> Triton data type
 TRITON_TYPES = {
@@ -261,17 +261,8 @@ def write_triton_repository(models: list[Path], out_dir: Path, options: TritonOp
         raise EdgeDLError("give at least one MODEL.onnx")
     out = Path(out_dir)
     _fresh_output(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with atomic_output_dir(out) as staging:
         reports = populate_repository(models, staging, options, names)
-        for d in (staging, *(p for p in staging.rglob("*") if p.is_dir())):
-            d.chmod(0o755)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     for r in reports:
         r.path = r.path.replace(str(staging), str(out), 1)
         r.config = r.config.replace(str(staging), str(out), 1)
