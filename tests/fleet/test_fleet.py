@@ -245,3 +245,34 @@ def test_bad_inputs_are_refused_before_ansible_runs(bundles, inventory, tmp_path
     junk = edgedl("fleet", "deploy", bundles["junk_model"], "-i", inventory, check=False)
     assert junk.returncode == 1 and "model digits does not load here" in junk.stderr
     assert "no device was touched" in junk.stderr
+
+
+def test_a_device_deployed_with_an_api_key_keeps_it_through_a_fleet_rollout(devices, bundles, releases, tmp_path):
+    """`edgedl deploy --api-key-file` puts a bearer token in service.env; a fleet rollout keeps it, its health gate
+    and smoke inference authenticate with it, and `fleet status` still sees the device ready."""
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    dev = devices[2]
+    key_file = tmp_path / "key"
+    key_file.write_text("fleet-test-token\n")
+    edgedl("deploy", bundles["v1"], *dev.sshd.cli_args(dev.remote_dir), "--serve-host", "127.0.0.1",
+           "--serve-port", dev.port, "--api-key-file", key_file)
+    inv = write_inventory(tmp_path / "inv.ini", devices)
+    result, _ = rollout(bundles["v2"], "-i", inv, "--limit", dev.name)
+    (row,) = result["hosts"]
+    assert row["outcome"] == "updated" and dev.current() == releases["v2"]
+    env_file = dev.remote_dir / "service.env"
+    assert "EDGEDL_API_KEY='fleet-test-token'" in env_file.read_text()
+    assert env_file.stat().st_mode & 0o077 == 0
+    x = np.zeros((1, 64), np.float32)
+    with pytest.raises(InferenceServerException):
+        infer(dev.port, "digits", "pixels", x)  # no token: refused
+    client = httpclient.InferenceServerClient(f"127.0.0.1:{dev.port}")
+    inp = httpclient.InferInput("pixels", [1, 64], "FP32")
+    inp.set_data_from_numpy(x)
+    out = client.infer("digits", [inp], headers={"Authorization": "Bearer fleet-test-token"}).as_numpy("logits")
+    assert out.shape == (1, 10)
+    status = json.loads(edgedl("fleet", "status", "-i", inv, "--limit", dev.name, "--json").stdout)
+    (row,) = [r for r in status["hosts"] if r["host"] == dev.name]
+    assert row["ready"] is True and "fleet-test-token" not in json.dumps(status)

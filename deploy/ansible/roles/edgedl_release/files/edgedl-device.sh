@@ -68,7 +68,12 @@ activate)  # ID HOST PORT: stop the running release, switch current, start this 
     ID=$1; HOST=$2; PORT=$3
     [ -f "releases/$ID/.installed" ] || { echo "release $ID is not installed" >&2; exit 26; }
     [ -f service.env ] && cp service.env service.env.prev
-    printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$HOST" "$PORT" > service.env.tmp && mv service.env.tmp service.env
+    # new host/port; every other setting (e.g. EDGEDL_API_KEY from `edgedl deploy --api-key-file`) is kept, mode 600
+    ( umask 077  # the redirection is inside the subshell, so service.env.tmp is created with this umask
+      { printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$HOST" "$PORT"
+        [ -f service.env ] && grep -v -e '^EDGEDL_HOST=' -e '^EDGEDL_PORT=' service.env || true
+      } > service.env.tmp
+    ) && mv service.env.tmp service.env
     stop_service
     switch_current "$ID"
     rm -f "releases/$ID/.failed"
@@ -94,7 +99,7 @@ restore)  # ID PREV: the new release failed; mark it, go back to PREV (if any) w
 status)  # everything `edgedl fleet status` shows, key=value
     echo "current=$(current_id)"
     echo "running=$(pid_alive && echo yes || echo no)"
-    [ -f service.env ] && sed 's/^/service./' service.env
+    [ -f service.env ] && sed -e 's/^\(EDGEDL_API_KEY=\).*/\1(set)/' -e 's/^/service./' service.env
     if pid_alive; then echo "started=$(date -r run/edgedl.pid +%s)"; fi
     echo "now=$(date +%s)"
     echo "device_uptime=$(cut -d' ' -f1 /proc/uptime 2>/dev/null)"

@@ -12,6 +12,25 @@ base, reference_path, timeout, log = sys.argv[1], sys.argv[2], float(sys.argv[3]
 deadline = time.time() + timeout
 
 
+def auth_headers():
+    """The server requires `Authorization: Bearer KEY` when its service.env (DIR/service.env, next to DIR/logs/)
+    sets EDGEDL_API_KEY (written by `edgedl deploy --api-key-file`, kept by fleet rollouts)."""
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(log))), "service.env")
+    try:
+        for line in open(path):
+            if line.startswith("EDGEDL_API_KEY="):
+                key = line.strip().split("=", 1)[1].strip("'\"")
+                return {"Authorization": "Bearer " + key} if key else {}
+    except OSError:
+        pass
+    return {}
+
+
+HEADERS = auth_headers()
+
+
 def crashes():
     try:
         text = open(log, errors="replace").read()
@@ -35,7 +54,7 @@ def done(code, **fields):
 
 while True:
     try:
-        with urllib.request.urlopen(base + "/v2/health/ready", timeout=2) as r:
+        with urllib.request.urlopen(urllib.request.Request(base + "/v2/health/ready", headers=HEADERS), timeout=2) as r:
             if r.status == 200:
                 break
     except Exception:
@@ -59,7 +78,7 @@ for model in reference["models"]:
     body = {"inputs": [{"name": t["name"], "shape": t["shape"], "datatype": t["datatype"], "data": t["data"]}
                        for t in model["inputs"]]}
     req = urllib.request.Request(base + "/v2/models/%s/infer" % model["name"], data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **HEADERS})
     try:
         with urllib.request.urlopen(req, timeout=30) as r:
             got = {o["name"]: o for o in json.load(r)["outputs"]}

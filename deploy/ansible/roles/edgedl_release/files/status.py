@@ -39,7 +39,10 @@ host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 out["port"] = env.get("EDGEDL_PORT")
 if out["running"] and out["port"]:
     try:
-        with urllib.request.urlopen("http://%s:%s/v2/health/ready" % (host, out["port"]), timeout=3) as r:
+        key = env.get("EDGEDL_API_KEY", "").strip().strip("'\"")
+        headers = {"Authorization": "Bearer " + key} if key else {}
+        url = "http://%s:%s/v2/health/ready" % (host, out["port"])
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as r:
             out["ready"] = r.status == 200
     except Exception:
         pass
