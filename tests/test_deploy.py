@@ -284,3 +284,21 @@ def test_api_key_from_a_tarball_deploy_is_set_on_the_device_and_kept_across_roll
     rolled = json.loads(deploy_cli(sshd, device["dir"], "rollback", "--json").stdout)
     assert rolled["ready"]  # readiness was checked with the key, which the rolled-back release keeps
     assert "EDGEDL_API_KEY=" in env_file.read_text()
+
+
+def test_device_side_hash_check_refuses_a_corrupted_copy(sshd, device, bundles):
+    """The hashes are verified again on the device after the copy: a copy that differs from the manifest (a
+    corrupted transfer) is refused there with exit code 22, never installed, and the running release is untouched."""
+    from edgedl.stages.deploy import remote
+
+    current = os.readlink(device["dir"] / "current")
+    staging = device["dir"] / "staging" / "corrupted-copy"
+    shutil.copytree(bundles["v2"], staging)
+    (staging / "models" / "digits" / "1" / "model.onnx").write_bytes(b"bit rot")
+    proc = sshd.target().run(remote.INSTALL, str(device["dir"]), "corrupted-copy", "python3", remote.VERIFY_PY,
+                             check=False, timeout=120)
+    assert proc.returncode == 22, proc.stderr
+    assert "sha256 mismatch models/digits/1/model.onnx" in proc.stderr
+    assert not (device["dir"] / "releases" / "corrupted-copy").exists()
+    assert os.readlink(device["dir"] / "current") == current
+    assert client(device["port"]).is_server_ready()
