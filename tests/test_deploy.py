@@ -301,4 +301,5 @@ def test_device_side_hash_check_refuses_a_corrupted_copy(sshd, device, bundles):
     assert "sha256 mismatch models/digits/1/model.onnx" in proc.stderr
     assert not (device["dir"] / "releases" / "corrupted-copy").exists()
     assert os.readlink(device["dir"] / "current") == current
-    assert client(device["port"]).is_server_ready()
+    status = json.loads(deploy_cli(sshd, device["dir"], "status", "--json").stdout)  # knows the device's API key
+    assert status["ready"] and status["current"] == os.path.basename(current)

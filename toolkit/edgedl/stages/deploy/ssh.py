@@ -111,7 +111,10 @@ class SSHTarget:
             rsh = " ".join(shlex.quote(a) for a in [_require("ssh"), *self.ssh_options()])
             cmd = ["rsync", "-a", "--partial", "-e", rsh, *(["--delete"] if delete else []), *(["-L"] if copy_links else [])]
             if link_dest:
-                cmd.append(f"--link-dest={link_dest}")
+                # --checksum: rsync's quick check (size + mtime) would hard-link a previous release's file that
+                # differs only in content - seen with two bundles packaged in the same second; the device-side
+                # hash check then refused the release
+                cmd += [f"--link-dest={link_dest}", "--checksum"]
             cmd += [f"{local}/", f"{self.destination}:{shlex.quote(remote)}/"]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
