@@ -35,6 +35,10 @@ def measure_pair(name: str, directory: Path, rounds: int = 5, iterations: int = 
         with torch.inference_mode():
             model(*args)
 
+    # warm up for a fixed time, not only N runs: a few runs of a 10 us model leave an idle core below full clock
+    # (the first model measured ~2x slow on both sides without this)
+    for fn in (lambda: runner.run(feeds), eager):
+        measure(fn, warmup=0, iterations=None, duration_s=0.3)
     ort_p50, torch_p50 = [], []
     for _ in range(rounds):  # interleave so drift on a noisy machine hits both sides alike
         ort_p50.append(measure(lambda: runner.run(feeds), warmup=20, iterations=iterations).p50_ms)
