@@ -30,6 +30,7 @@ from pathlib import Path
 import edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import FORMAT, MANIFEST, hash_tree, sha256_file
+from edgedl.stages.files import atomic_output_dir
 from edgedl.stages.profiles import DeviceProfile, load_profile
 
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
@@ -264,10 +265,9 @@ def package(config: PackageConfig) -> dict:
 
     entries = [_model_entry(Path(p), n) for p, n in zip(config.models, names)]
     cache = cache_root(config.cache_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        with progress("packaging", total=5, enabled=config.progress) as advance:
+    with progress("packaging", total=5, enabled=config.progress) as advance:
+        # built in a staging directory next to OUT and renamed into place only when complete
+        with atomic_output_dir(out) as staging:
             for src, entry in zip(config.models, entries):
                 dest = staging / entry["path"]
                 dest.parent.mkdir(parents=True)
@@ -326,18 +326,11 @@ def package(config: PackageConfig) -> dict:
                 {"format": FORMAT, "scope": "repository", "bundle": out.name, "files": hash_tree(staging / "models")}, indent=2) + "\n")
             manifest["files"] = hash_tree(staging)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            for d in (staging, *(p for p in staging.rglob("*") if p.is_dir())):
-                d.chmod(0o755)  # mkdtemp made 0700 dirs; the device's service user must read the release
-            if out.exists():
-                out.rmdir()
-            staging.rename(out)
-            if config.tarball:
-                tmp_tar = tarball.with_name(f".{tarball.name}.partial")
-                with tarfile.open(tmp_tar, "w:gz") as tar:
-                    tar.add(out, arcname=out.name)
-                tmp_tar.rename(tarball)
-            advance(info="manifest")
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if config.tarball:
+            tmp_tar = tarball.with_name(f".{tarball.name}.partial")
+            with tarfile.open(tmp_tar, "w:gz") as tar:
+                tar.add(out, arcname=out.name)
+            tmp_tar.rename(tarball)
+        advance(info="manifest")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return {**manifest, "path": str(out), "tarball": str(tarball) if config.tarball else None, "size_bytes": size}
