@@ -13,7 +13,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serve_helpers import ServerProcess, place
+from serve_helpers import ServerProcess, place, slow_model
 
 CLIENTS = 32
 REQUESTS_PER_CLIENT = 200
@@ -198,12 +198,14 @@ def test_reload_under_load_loses_nothing(built, tmp_path, reference):
 
 def test_sigterm_drains_in_flight_requests(built, tmp_path):
     repo = tmp_path / "repo"
-    place(repo, "slow", 1, built["slow"])
-    x = np.random.default_rng(3).random((4096, 512), dtype=np.float32)  # ~0.5 s of compute
+    # a deeper model than the shared one: a few seconds of compute on one thread even on a fast CPU, so the
+    # request is surely still running when the SIGTERM arrives (CI once finished the 0.5 s one before the poll)
+    place(repo, "slow", 1, slow_model(tmp_path / "slower.onnx", depth=48))
+    x = np.random.default_rng(3).random((8192, 512), dtype=np.float32)  # 16 MB
     result = {}
     with ServerProcess("--model-repository", repo, "--threads", "1") as proc:
         def slow_call():
-            c = httpclient.InferenceServerClient(proc.url, network_timeout=120)
+            c = httpclient.InferenceServerClient(proc.url, network_timeout=300)
             t0 = time.monotonic()
             try:
                 result["y"] = c.infer("slow", [_input("x", x, True)]).as_numpy("y")
@@ -213,14 +215,14 @@ def test_sigterm_drains_in_flight_requests(built, tmp_path):
 
         t = threading.Thread(target=slow_call)
         t.start()
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         while _metric(proc.url, 'edgedl_inference_in_flight{model="slow"}') < 1:  # wait until it is computing
-            assert time.monotonic() < deadline and t.is_alive(), "the request never became in-flight"
-            time.sleep(0.01)
+            assert time.monotonic() < deadline and t.is_alive(), f"the request never became in-flight: {result}"
+            time.sleep(0.005)
         proc.signal(signal.SIGTERM)
-        t.join(120)
+        t.join(300)
         code = proc.proc.wait(60)
     assert "error" not in result, result
-    assert result["y"].shape == (4096, 512)
+    assert result["y"].shape == (8192, 512)
     assert code == 0
     assert "draining in-flight requests" in proc.stderr
