@@ -1,0 +1,470 @@
+"""A stand-in device with a real systemd for deploy tests.
+
+The host's PID 1 is not systemd, so the "device" boots ``/lib/systemd/systemd`` as PID 1 of its own PID, mount,
+UTS, IPC and cgroup namespaces, on an overlay of this machine's root filesystem (writes land in ``workdir/upper``
+and are thrown away). It runs its own sshd (a unit of its own, on a free loopback port) and has a user ``pi`` with
+passwordless sudo, like Raspberry Pi OS, so tests deploy into it over SSH exactly like into
+:mod:`tests.deploy.loopback_sshd`'s host.
+
+Isolation from the host (the namespace shares the host's NETWORK, so everything it starts listens on the host's
+ports):
+- it boots into its own ``edgedl-test.target`` (basic.target + the test sshd), never the default target;
+- every unit that would touch kernel-global or host state is masked (:data:`MASKED_UNITS`), and systemd runs with
+  ``container=edgedl-test`` so units conditioned on "not in a container" skip themselves;
+- ``/proc/sys``, ``/proc/sysrq-trigger`` and ``/sys`` are read-only inside, ``/dev`` is a private tmpfs with a few
+  bind-mounted device nodes and its own devpts, and systemd gets its own cgroup subtree
+  (``/sys/fs/cgroup/{systemd,unified}/edgedl-device-<id>``) through a cgroup namespace, so the host's cgroup
+  hierarchies and their roots are never written to.
+
+:func:`stop` SIGKILLs the namespace's PID 1 (the kernel then kills everything in the namespace), kills anything
+left in the device's cgroups, removes them and the workdir. It is idempotent and also runs at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYSTEMD = "/lib/systemd/systemd"
+SSHD = "/usr/sbin/sshd"
+SUDO = "/usr/bin/sudo"
+TARGET = "edgedl-test.target"
+SSHD_UNIT = "edgedl-test-sshd.service"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+CGROUP_HIERARCHIES = ("systemd", "unified")  # the hybrid layout of this machine: name=systemd (v1) + cgroup2
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+# Units the device must never run: each touches kernel-global or host state (binfmt registrations the arm64 tests
+# rely on, sysctls, kernel modules, the clock, pstore, host tty/serial consoles, host filesystems) or starts a
+# host-facing service on the shared network (Debian's sshd on port 22, postgres), or is simply not wanted in a
+# throwaway test boot (first-boot wizards, TPM measurements, utmp, periodic maintenance timers).
+MASKED_UNITS = (
+    # binfmt_misc is kernel-global: the arm64 tests need the host's qemu registrations intact
+    "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
+    "binfmt-support.service",
+    # kernel-global settings, modules, clock, pstore, entropy
+    "systemd-sysctl.service", "systemd-modules-load.service", "kmod-static-nodes.service",
+    "systemd-timesyncd.service", "systemd-pstore.service", "systemd-random-seed.service",
+    # kernel API filesystems (already mounted on the host, or global)
+    "sys-kernel-config.mount", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount", "dev-hugepages.mount", "dev-mqueue.mount",
+    # first-boot / image / TPM machinery
+    "systemd-firstboot.service", "systemd-repart.service", "systemd-machine-id-commit.service",
+    "systemd-pcrphase.service", "systemd-pcrphase-sysinit.service", "systemd-pcrphase-initrd.service",
+    "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
+    # consoles and gettys on the host's ttys
+    "getty.target", "getty@.service", "serial-getty@.service", "console-getty.service",
+    "container-getty@.service", "getty-static.service", "systemd-ask-password-console.path",
+    "systemd-ask-password-wall.path",
+    # host-facing services on the shared network namespace
+    "ssh.service", "ssh.socket", "postgresql.service", "postgresql@.service", "systemd-networkd.service",
+    "systemd-networkd.socket", "systemd-networkd-wait-online.service", "systemd-network-generator.service",
+    # periodic maintenance of the host's disks and packages
+    "apt-daily.timer", "apt-daily-upgrade.timer", "dpkg-db-backup.timer", "e2scrub_all.timer",
+    "e2scrub_reap.service", "fstrim.timer", "man-db.timer", "systemd-tmpfiles-clean.timer",
+    # fsck/remount of the root (the device's root is an overlay)
+    "systemd-remount-fs.service", "systemd-fsck-root.service",
+)
+
+_LIVE: dict[int, "SystemdDevice"] = {}
+
+
+@dataclass
+class SystemdDevice:
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    host_key_pub: Path
+    workdir: Path
+    pid: int  # the unshare process (host pid); its child is the namespace's systemd
+    init_pid: int  # host pid of the namespace's PID 1 (systemd)
+    cgroups: tuple[Path, ...]
+    boot_s: float  # seconds from Popen to sshd listening and systemd running/degraded
+    _proc: subprocess.Popen | None = field(default=None, repr=False)
+    stopped: bool = False
+
+    @property
+    def host(self) -> str:
+        return f"{self.user}@127.0.0.1"
+
+    def cli_args(self, remote_dir: Path | str) -> list[str]:
+        return ["--host", self.host, "--port", str(self.port), "--identity", str(self.identity),
+                "--known-hosts", str(self.known_hosts), "--ssh-config", "/dev/null", "--remote-dir", str(remote_dir)]
+
+    def target(self, **kw):
+        from edgedl.stages.deploy.ssh import SSHTarget
+
+        return SSHTarget(host="127.0.0.1", user=self.user, port=self.port, identity=self.identity,
+                         known_hosts=self.known_hosts, ssh_config=Path("/dev/null"), **kw)
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60, input: str | None = None
+            ) -> subprocess.CompletedProcess:
+        """Run ``argv`` as root inside the device (its namespaces and root), text output captured."""
+        return _nsenter(self.init_pid, list(argv), check=check, timeout=timeout, input=input)
+
+    def processes(self) -> list[int]:
+        """Host pids of every process in the device's PID namespace (empty once it is stopped)."""
+        return _pids_in_pidns(self.init_pid)
+
+    def failed_units(self) -> list[str]:
+        out = self.run("systemctl", "--failed", "--plain", "--no-legend", "--no-pager", check=False).stdout
+        return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+    def stop(self) -> None:
+        stop(self)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def available() -> str | None:
+    """None when a systemd device can be booted here, else why not."""
+    if os.geteuid() != 0:
+        return "booting systemd in its own namespaces needs root"
+    for binary, why in ((SYSTEMD, "systemd is not installed"), (SSHD, "openssh-server is not installed"),
+                        (SUDO, "sudo is not installed (.ci/run installs it)")):
+        if not Path(binary).is_file():
+            return f"{why} ({binary} missing)"
+    for tool in ("unshare", "nsenter", "chroot", "mount", "ssh", "ssh-keygen"):
+        if not shutil.which(tool):
+            return f"{tool} is not installed"
+    try:
+        filesystems = Path("/proc/filesystems").read_text()
+    except OSError:
+        return "/proc/filesystems is unreadable"
+    if "\toverlay\n" not in filesystems:
+        return "overlayfs is not available in this kernel"
+    for hierarchy in CGROUP_HIERARCHIES:
+        if not (CGROUP_ROOT / hierarchy / "cgroup.procs").is_file():
+            return f"cgroup hierarchy {CGROUP_ROOT / hierarchy} is not mounted (this module expects the hybrid layout)"
+    return None
+
+
+def _free_id(used: set[int], start: int = 1001) -> int:
+    n = start
+    while n in used:
+        n += 1
+    return n
+
+
+def _write_device_files(upper: Path, keys: Path, port: int, user: str) -> None:
+    """The device's own files, written into the overlay's upper layer before it is mounted."""
+    etc = upper / "etc"
+    (etc / "sudoers.d").mkdir(parents=True, exist_ok=True)
+    used_uids = {p.pw_uid for p in pwd.getpwall()}
+    used_gids = {g.gr_gid for g in grp.getgrall()}
+    uid = _free_id(used_uids | used_gids)
+    home = upper / "home" / user
+    passwd = Path("/etc/passwd").read_text()
+    (etc / "passwd").write_text(passwd.rstrip("\n") + f"\n{user}:x:{uid}:{uid}:Raspberry Pi user,,,:/home/{user}:/bin/bash\n")
+    shadow = Path("/etc/shadow").read_text()
+    (etc / "shadow").write_text(shadow.rstrip("\n") + f"\n{user}:*:19000:0:99999:7:::\n")
+    os.chmod(etc / "shadow", 0o640)
+    shutil.copystat("/etc/shadow", etc / "shadow")
+    os.chown(etc / "shadow", 0, os.stat("/etc/shadow").st_gid)
+    groups = []
+    for line in Path("/etc/group").read_text().splitlines():
+        name = line.split(":", 1)[0]
+        if name in ("sudo", "adm", "systemd-journal") and line.count(":") == 3:
+            members = line.rsplit(":", 1)[1]
+            line = line + ("," if members else "") + user
+        groups.append(line)
+    groups.append(f"{user}:x:{uid}:")
+    (etc / "group").write_text("\n".join(groups) + "\n")
+    sudoers = etc / "sudoers.d" / user
+    sudoers.write_text(f"{user} ALL=(ALL) NOPASSWD:ALL\n")
+    os.chmod(sudoers, 0o440)
+    (etc / "hostname").write_text("raspberrypi\n")
+    (etc / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\traspberrypi\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+
+    (home / ".ssh").mkdir(parents=True, exist_ok=True)
+    (home / ".ssh" / "authorized_keys").write_text((keys / "user_ed25519.pub").read_text())
+    os.chmod(home, 0o755)
+    os.chmod(home / ".ssh", 0o700)
+    os.chmod(home / ".ssh" / "authorized_keys", 0o600)
+    for path in (home, home / ".ssh", home / ".ssh" / "authorized_keys"):
+        os.chown(path, uid, uid)
+
+    conf = etc / "edgedl-test"
+    conf.mkdir(exist_ok=True)
+    shutil.copy(keys / "host_ed25519", conf / "ssh_host_ed25519_key")
+    os.chmod(conf / "ssh_host_ed25519_key", 0o600)
+    (conf / "sshd_config").write_text(
+        "HostKey /etc/edgedl-test/ssh_host_ed25519_key\nAuthorizedKeysFile .ssh/authorized_keys\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+        "PermitRootLogin no\nUsePAM no\nPidFile /run/edgedl-test-sshd.pid\nMaxStartups 50\nMaxSessions 50\n"
+        "AcceptEnv LANG LC_*\nSubsystem sftp /usr/lib/openssh/sftp-server\n")
+
+    units = etc / "systemd" / "system"
+    units.mkdir(parents=True, exist_ok=True)
+    for unit in MASKED_UNITS:
+        link = units / unit
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to("/dev/null")
+    (units / TARGET).write_text(
+        "[Unit]\nDescription=edgedl test device (basic system + its own sshd)\n"
+        f"Requires=basic.target\nWants={SSHD_UNIT}\nAfter=basic.target {SSHD_UNIT}\nAllowIsolate=yes\n")
+    (units / SSHD_UNIT).write_text(
+        "[Unit]\nDescription=edgedl test device OpenSSH server (loopback only)\nAfter=network.target\n\n"
+        "[Service]\nRuntimeDirectory=sshd\nRuntimeDirectoryMode=0755\n"
+        f"ExecStart={SSHD} -D -e -f /etc/edgedl-test/sshd_config -p {port} -o ListenAddress=127.0.0.1\n"
+        "Restart=on-failure\n\n[Install]\nWantedBy=" + TARGET + "\n")
+
+
+_BOOT_SH = r"""
+set -eu
+W="$1"; M="$W/merged"; shift
+# own cgroup subtree (the cgroup namespace created by unshare below is rooted here)
+for cg in "$@"; do echo $$ > "$cg/cgroup.procs"; done
+exec unshare --pid --fork --mount --uts --ipc --cgroup --propagation private sh -eu -c '
+W="$1"; M="$W/merged"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$W/upper,workdir=$W/work" "$M"
+mount -t proc proc "$M/proc"
+mount --bind "$M/proc/sys" "$M/proc/sys"
+mount -o remount,bind,ro "$M/proc/sys"
+if [ -e "$M/proc/sysrq-trigger" ]; then
+    mount --bind "$M/proc/sysrq-trigger" "$M/proc/sysrq-trigger"
+    mount -o remount,bind,ro "$M/proc/sysrq-trigger"
+fi
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$M/sys"
+mount -t tmpfs -o mode=755,nosuid,nodev,noexec,size=4m tmpfs "$M/sys/fs/cgroup"
+mkdir "$M/sys/fs/cgroup/systemd" "$M/sys/fs/cgroup/unified"
+mount -t cgroup -o none,name=systemd,nosuid,nodev,noexec cgroup "$M/sys/fs/cgroup/systemd"
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$M/sys/fs/cgroup/unified"
+mount -o remount,ro,mode=755,size=4m "$M/sys/fs/cgroup"
+mount -t tmpfs -o mode=755,nosuid,size=16m tmpfs "$M/dev"
+for n in null zero full random urandom tty; do touch "$M/dev/$n"; mount --bind "/dev/$n" "$M/dev/$n"; done
+touch "$M/dev/console"; mount --bind "$W/console.log" "$M/dev/console"
+mkdir "$M/dev/pts" "$M/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5,nosuid,noexec devpts "$M/dev/pts"
+ln -s pts/ptmx "$M/dev/ptmx"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$M/dev/shm"
+ln -s /proc/self/fd "$M/dev/fd"; ln -s /proc/self/fd/0 "$M/dev/stdin"
+ln -s /proc/self/fd/1 "$M/dev/stdout"; ln -s /proc/self/fd/2 "$M/dev/stderr"
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$M/run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$M/tmp"
+cd "$M"
+exec env -i container=edgedl-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    chroot . /lib/systemd/systemd --system --unit=edgedl-test.target --show-status=no
+' sh "$W"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        text = " ".join(p.read_text() for p in Path(f"/proc/{pid}/task").glob("*/children"))
+    except OSError:
+        return []
+    return [int(x) for x in text.split()]
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _pids_in_pidns(init_pid: int) -> list[int]:
+    try:
+        ns = os.readlink(f"/proc/{init_pid}/ns/pid")
+    except OSError:
+        return []
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "ns" / "pid") == ns:
+                    pids.append(int(entry.name))
+            except OSError:
+                pass
+    return sorted(pids)
+
+
+def _nsenter(init_pid: int, argv: list[str], *, check: bool, timeout: float, input: str | None
+             ) -> subprocess.CompletedProcess:
+    cmd = ["nsenter", "--target", str(init_pid), "--mount", "--pid", "--uts", "--ipc", "--cgroup", "--root", "--wd",
+           "--", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=check, input=input,
+                          env={"PATH": PATH, "LANG": "C.UTF-8", "SYSTEMD_PAGER": "", "SYSTEMD_COLORS": "0"})
+
+
+def _log_tail(workdir: Path, n: int = 2000) -> str:
+    try:
+        return (workdir / "boot.log").read_text(errors="replace")[-n:]
+    except OSError:
+        return ""
+
+
+def start(workdir: Path, user: str = "pi", timeout: float = 45) -> SystemdDevice:
+    """Boot a device under ``workdir`` (created; removed again by :func:`stop`) and wait until its sshd listens
+    and ``systemctl is-system-running`` says running or degraded."""
+    reason = available()
+    if reason:
+        raise RuntimeError(f"cannot boot a systemd device here: {reason}")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    os.chmod(workdir, 0o700)
+    keys = workdir / "keys"
+    keys.mkdir(exist_ok=True)
+    host_key, user_key = keys / "host_ed25519", keys / "user_ed25519"
+    for key in (host_key, user_key):
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    for sub in ("upper", "work", "merged"):
+        (workdir / sub).mkdir(exist_ok=True)
+    port = free_port()
+    _write_device_files(workdir / "upper", keys, port, user)
+
+    name = f"edgedl-device-{uuid.uuid4().hex[:12]}"
+    cgroups = tuple(CGROUP_ROOT / h / name for h in CGROUP_HIERARCHIES)
+    for cg in cgroups:
+        cg.mkdir()
+    (workdir / "boot.sh").write_text(_BOOT_SH)
+    (workdir / "console.log").touch()  # the device's /dev/console: systemd's own messages land here
+    log = open(workdir / "boot.log", "ab")
+    t0 = time.monotonic()
+    proc = subprocess.Popen(["sh", str(workdir / "boot.sh"), str(workdir), *map(str, cgroups)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    log.close()
+    device = SystemdDevice(port=port, user=user, identity=user_key, known_hosts=workdir / "known_hosts",
+                           host_key_pub=keys / "host_ed25519.pub", workdir=workdir, pid=proc.pid, init_pid=0,
+                           cgroups=cgroups, boot_s=0.0, _proc=proc)
+    _LIVE[id(device)] = device
+    try:
+        _wait_booted(device, proc, t0 + timeout)
+    except BaseException:
+        stop(device)
+        raise
+    device.boot_s = time.monotonic() - t0
+    key_type, key_b64 = device.host_key_pub.read_text().split()[:2]
+    device.known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    return device
+
+
+def _wait_booted(device: SystemdDevice, proc: subprocess.Popen, deadline: float) -> None:
+    # 1. the namespace's PID 1: unshare's child once it has exec'd systemd
+    while not device.init_pid:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the device exited during boot (rc {proc.returncode}): {_log_tail(device.workdir)}")
+        for child in _children(proc.pid):
+            if _comm(child) == "systemd":
+                device.init_pid = child
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"systemd did not start within the boot timeout: {_log_tail(device.workdir)}")
+        time.sleep(0.05)
+    # 2. sshd listening and the boot finished
+    listening, state = False, ""
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the device exited during boot (rc {proc.returncode}): {_log_tail(device.workdir)}")
+        if not listening:
+            try:
+                socket.create_connection(("127.0.0.1", device.port), timeout=0.5).close()
+                listening = True
+            except OSError:
+                pass
+        if listening:
+            try:
+                state = device.run("systemctl", "is-system-running", check=False, timeout=10).stdout.strip()
+            except subprocess.TimeoutExpired:
+                state = "timeout"
+            if state in ("running", "degraded"):
+                return
+        time.sleep(0.2)
+    try:
+        journal = device.run("journalctl", "-b", "-n", "25", "--no-pager", "-o", "short-monotonic",
+                             check=False, timeout=10).stdout
+    except subprocess.TimeoutExpired:
+        journal = "(journalctl timed out)"
+    raise RuntimeError(f"the device did not finish booting (sshd listening: {listening}, system state: "
+                       f"{state or 'unknown'}); boot log: {_log_tail(device.workdir)!r}; journal tail:\n{journal}")
+
+
+def _kill_cgroups(cgroups: tuple[Path, ...]) -> None:
+    """SIGKILL whatever is left in the device's cgroups, then remove them (depth first)."""
+    for _ in range(50):
+        alive = False
+        for cg in cgroups:
+            if not cg.is_dir():
+                continue
+            for procs in cg.rglob("cgroup.procs"):
+                try:
+                    pids = [int(p) for p in procs.read_text().split()]
+                except OSError:
+                    continue
+                for pid in pids:
+                    alive = True
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+        if not alive:
+            break
+        time.sleep(0.1)
+    for cg in cgroups:
+        if not cg.is_dir():
+            continue
+        dirs = sorted((p for p in cg.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for d in [*dirs, cg]:
+            for _ in range(20):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+def stop(device: SystemdDevice) -> None:
+    """Kill the device and everything in it, remove its cgroups and its workdir. Idempotent."""
+    if device.stopped:
+        return
+    if device.init_pid:
+        try:
+            os.kill(device.init_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc = device._proc
+    if proc is not None:
+        if proc.poll() is None and not device.init_pid:
+            # still in boot.sh / unshare before systemd exists: kill the whole session
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+    _kill_cgroups(device.cgroups)
+    # the overlay and every other mount lived only in the dead mount namespace
+    shutil.rmtree(device.workdir, ignore_errors=True)
+    device.stopped = True
+    _LIVE.pop(id(device), None)
+
+
+@atexit.register
+def _stop_all() -> None:
+    for device in list(_LIVE.values()):
+        try:
+            stop(device)
+        except Exception:  # noqa: BLE001 - best effort at interpreter exit
+            pass
