@@ -32,9 +32,10 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import FORMAT, MANIFEST, hash_tree, sha256_file
 from edgedl.stages.files import atomic_output_dir
 from edgedl.stages.profiles import DeviceProfile, load_profile
+from edgedl.stages.resources import deploy_dir
 
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
-TEMPLATES = SOURCE_ROOT / "deploy" / "templates"
+TEMPLATES = deploy_dir("templates")  # deploy/templates in a checkout, edgedl/_deploy/templates when installed
 # what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools)
 RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.providers import resolve_provider
+from edgedl.stages.resources import deploy_dir
 
-BUILTIN_DIR = Path(__file__).resolve().parents[3] / "deploy" / "profiles"
+BUILTIN_DIR = deploy_dir("profiles")  # deploy/profiles in a checkout, edgedl/_deploy/profiles when installed
 ARCHES = ("aarch64", "x86_64")
 # arm64 Python base image for the Pi-class targets; an l4t image is named by the Jetson profile itself
 DEFAULT_DOCKER_BASE = {"aarch64": "arm64v8/python:{python}-slim-bookworm", "x86_64": "python:{python}-slim-bookworm"}

@@ -15,9 +15,9 @@ import threading
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
+from edgedl.stages.resources import deploy_dir
 
-SOURCE_ROOT = Path(__file__).resolve().parents[4]
-PLAYBOOK_DIR = SOURCE_ROOT / "deploy" / "ansible"
+PLAYBOOK_DIR = deploy_dir("ansible")  # deploy/ansible in a checkout, edgedl/_deploy/ansible when installed
 
 
 def tool(name: str) -> str:
