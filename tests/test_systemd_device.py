@@ -139,3 +139,35 @@ def test_failed_boot_is_reported_and_cleaned_up(tmp_path, monkeypatch):
         systemd_device.start(tmp_path / "device", timeout=5)
     assert not (tmp_path / "device").exists()
     assert ours() - before == set()
+
+
+def test_device_dies_with_the_process_that_booted_it(tmp_path):
+    """A test process killed outright (no atexit, no finally) must not leave systemd, sshd or servers behind."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    script = (
+        "import json, sys, time\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent / 'deploy')!r})\n"
+        "import systemd_device\n"
+        f"dev = systemd_device.start(__import__('pathlib').Path({str(tmp_path / 'device')!r}))\n"
+        "print(json.dumps({'init_pid': dev.init_pid, 'port': dev.port, 'pids': dev.processes(),"
+        " 'cgroups': [str(c) for c in dev.cgroups]}), flush=True)\n"
+        "time.sleep(600)\n")
+    owner = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(owner.stdout.readline())
+        assert pid_alive(info["init_pid"]) and port_open(info["port"])
+    finally:
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while any(pid_alive(p) for p in info["pids"]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [p for p in info["pids"] if pid_alive(p)] == []
+    assert not port_open(info["port"])
+    # what the kernel cannot clean (the empty cgroups) is swept by a later start once stale
+    removed = systemd_device.sweep_stale_cgroups(min_age_s=0)
+    assert {str(c) for c in removed} >= set(info["cgroups"])

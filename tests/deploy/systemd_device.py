@@ -231,7 +231,7 @@ set -eu
 W="$1"; M="$W/merged"; shift
 # own cgroup subtree (the cgroup namespace created by unshare below is rooted here)
 for cg in "$@"; do echo $$ > "$cg/cgroup.procs"; done
-exec unshare --pid --fork --mount --uts --ipc --cgroup --propagation private sh -eu -c '
+exec unshare --kill-child=SIGKILL --pid --fork --mount --uts --ipc --cgroup --propagation private sh -eu -c '
 W="$1"; M="$W/merged"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$W/upper,workdir=$W/work" "$M"
 mount -t proc proc "$M/proc"
@@ -263,6 +263,35 @@ exec env -i container=edgedl-test PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     chroot . /lib/systemd/systemd --system --unit=edgedl-test.target --show-status=no
 ' sh "$W"
 """
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGKILL it when the process (thread) that started it dies, however it dies.
+    unshare --kill-child passes the same on to the namespace's PID 1, whose death kills the whole namespace."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def sweep_stale_cgroups(min_age_s: float = 120) -> list[Path]:
+    """Remove device cgroups left by a test process that was killed before it could stop its device (the kernel
+    killed the device itself): only empty ones older than ``min_age_s``, so a device booting now is never touched."""
+    removed = []
+    now = time.time()
+    for hierarchy in CGROUP_HIERARCHIES:
+        for cg in (CGROUP_ROOT / hierarchy).glob("edgedl-device-*"):
+            try:
+                if now - cg.stat().st_mtime < min_age_s:
+                    continue
+                if any(procs.read_text().strip() for procs in cg.rglob("cgroup.procs")):
+                    continue
+            except OSError:
+                continue
+            _kill_cgroups((cg,))
+            if not cg.exists():
+                removed.append(cg)
+    return removed
 
 
 def _children(pid: int) -> list[int]:
@@ -331,6 +360,7 @@ def start(workdir: Path, user: str = "pi", timeout: float = 45) -> SystemdDevice
     port = free_port()
     _write_device_files(workdir / "upper", keys, port, user)
 
+    sweep_stale_cgroups()
     name = f"edgedl-device-{uuid.uuid4().hex[:12]}"
     cgroups = tuple(CGROUP_ROOT / h / name for h in CGROUP_HIERARCHIES)
     for cg in cgroups:
@@ -340,7 +370,8 @@ def start(workdir: Path, user: str = "pi", timeout: float = 45) -> SystemdDevice
     log = open(workdir / "boot.log", "ab")
     t0 = time.monotonic()
     proc = subprocess.Popen(["sh", str(workdir / "boot.sh"), str(workdir), *map(str, cgroups)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                            preexec_fn=_die_with_parent)
     log.close()
     device = SystemdDevice(port=port, user=user, identity=user_key, known_hosts=workdir / "known_hosts",
                            host_key_pub=keys / "host_ed25519.pub", workdir=workdir, pid=proc.pid, init_pid=0,
