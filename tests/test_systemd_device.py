@@ -59,7 +59,8 @@ def test_device_boots_systemd_reachable_as_pi_with_sudo(device):
     assert failed == []
     # not root by default, root through sudo without a password
     assert ssh.run("sudo -n id -u").stdout.strip() == "0"
-    assert device.run("systemctl", "is-active", "edgedl-test-sshd.service").stdout.strip() == "active"
+    assert device.run("systemctl", "is-active", "edgedl-test-sshd.service", "multi-user.target").stdout.split() == [
+        "active", "active"]
     # the host-facing units of the host's default boot are masked and not running
     for unit in ("ssh.service", "postgresql.service", "systemd-binfmt.service", "getty.target"):
         assert device.run("systemctl", "is-enabled", unit, check=False).stdout.strip() == "masked", unit
@@ -171,3 +172,31 @@ def test_device_dies_with_the_process_that_booted_it(tmp_path):
     # what the kernel cannot clean (the empty cgroups) is swept by a later start once stale
     removed = systemd_device.sweep_stale_cgroups(min_age_s=0)
     assert {str(c) for c in removed} >= set(info["cgroups"])
+
+
+def test_power_cycle_keeps_files_and_starts_enabled_units(device):
+    """Like pulling a Pi's plug: everything dies at once, the disk survives, units enabled at boot come back."""
+    ssh = device.target()
+    http_port = systemd_device.free_port()
+    unit = (
+        "[Unit]\nDescription=edgedl probe http server\n\n"
+        f"[Service]\nExecStart=/usr/bin/python3 -m http.server --bind 127.0.0.1 {http_port}\nUser=pi\n"
+        "WorkingDirectory=/home/pi\n\n[Install]\nWantedBy=multi-user.target\n")
+    ssh.run("sudo -n tee /etc/systemd/system/edgedl-probe.service >/dev/null", input=unit.encode())
+    ssh.run("echo kept > ~/on-disk && sudo -n systemctl daemon-reload && sudo -n systemctl enable --now edgedl-probe")
+    # the host's own enabled units (ssh, postgresql ...) are not the device's
+    wants = device.run("ls", "/etc/systemd/system/multi-user.target.wants").stdout.split()
+    assert wants == ["edgedl-probe.service"]
+    before = device.processes()
+    port, old_init = device.port, device.init_pid
+    device.power_cycle()
+    assert device.port == port and device.init_pid != old_init
+    assert [pid for pid in before if pid_alive(pid)] == []
+    assert ssh.run("cat ~/on-disk").stdout.strip() == "kept"
+    assert ssh.run("systemctl is-active edgedl-probe.service", check=False).stdout.strip() == "active"
+    assert ssh.run("sudo -n systemctl is-system-running", check=False).stdout.strip() == "running", device.failed_units()
+    deadline = time.monotonic() + 15
+    while not port_open(http_port) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/on-disk", timeout=5) as resp:
+        assert resp.read().decode().strip() == "kept"

@@ -53,7 +53,7 @@ MASKED_UNITS = (
     "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "proc-sys-fs-binfmt_misc.mount",
     "binfmt-support.service",
     # kernel-global settings, modules, clock, pstore, entropy
-    "systemd-sysctl.service", "systemd-modules-load.service", "kmod-static-nodes.service",
+    "systemd-sysctl.service", "systemd-modules-load.service", "kmod-static-nodes.service", "modprobe@.service",
     "systemd-timesyncd.service", "systemd-pstore.service", "systemd-random-seed.service",
     # kernel API filesystems (already mounted on the host, or global)
     "sys-kernel-config.mount", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
@@ -123,6 +123,9 @@ class SystemdDevice:
 
     def stop(self) -> None:
         stop(self)
+
+    def power_cycle(self, timeout: float = 45) -> "SystemdDevice":
+        return power_cycle(self, timeout)
 
 
 def free_port() -> int:
@@ -211,14 +214,22 @@ def _write_device_files(upper: Path, keys: Path, port: int, user: str) -> None:
 
     units = etc / "systemd" / "system"
     units.mkdir(parents=True, exist_ok=True)
+    # units the HOST enabled (its /etc/systemd/system/*.wants: ssh, postgres, timers ... and whatever gets
+    # installed there later) are hidden: opaque, empty .wants directories in the upper layer; the device's own
+    # `systemctl enable` writes into them
+    for wants in Path("/etc/systemd/system").glob("*.wants"):
+        hidden = units / wants.name
+        hidden.mkdir(exist_ok=True)
+        os.setxattr(hidden, "trusted.overlay.opaque", b"y")
     for unit in MASKED_UNITS:
         link = units / unit
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to("/dev/null")
     (units / TARGET).write_text(
-        "[Unit]\nDescription=edgedl test device (basic system + its own sshd)\n"
-        f"Requires=basic.target\nWants={SSHD_UNIT}\nAfter=basic.target {SSHD_UNIT}\nAllowIsolate=yes\n")
+        "[Unit]\nDescription=edgedl test device (multi-user system with its own sshd)\n"
+        f"Requires=basic.target\nWants=multi-user.target {SSHD_UNIT}\nAfter=basic.target multi-user.target {SSHD_UNIT}\n"
+        "AllowIsolate=yes\n")
     (units / SSHD_UNIT).write_text(
         "[Unit]\nDescription=edgedl test device OpenSSH server (loopback only)\nAfter=network.target\n\n"
         "[Service]\nRuntimeDirectory=sshd\nRuntimeDirectoryMode=0755\n"
@@ -359,33 +370,55 @@ def start(workdir: Path, user: str = "pi", timeout: float = 45) -> SystemdDevice
         (workdir / sub).mkdir(exist_ok=True)
     port = free_port()
     _write_device_files(workdir / "upper", keys, port, user)
-
-    sweep_stale_cgroups()
-    name = f"edgedl-device-{uuid.uuid4().hex[:12]}"
-    cgroups = tuple(CGROUP_ROOT / h / name for h in CGROUP_HIERARCHIES)
-    for cg in cgroups:
-        cg.mkdir()
     (workdir / "boot.sh").write_text(_BOOT_SH)
-    (workdir / "console.log").touch()  # the device's /dev/console: systemd's own messages land here
-    log = open(workdir / "boot.log", "ab")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(["sh", str(workdir / "boot.sh"), str(workdir), *map(str, cgroups)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                            preexec_fn=_die_with_parent)
-    log.close()
     device = SystemdDevice(port=port, user=user, identity=user_key, known_hosts=workdir / "known_hosts",
-                           host_key_pub=keys / "host_ed25519.pub", workdir=workdir, pid=proc.pid, init_pid=0,
-                           cgroups=cgroups, boot_s=0.0, _proc=proc)
+                           host_key_pub=keys / "host_ed25519.pub", workdir=workdir, pid=0, init_pid=0,
+                           cgroups=(), boot_s=0.0)
     _LIVE[id(device)] = device
     try:
-        _wait_booted(device, proc, t0 + timeout)
+        _boot(device, timeout)
     except BaseException:
         stop(device)
         raise
-    device.boot_s = time.monotonic() - t0
     key_type, key_b64 = device.host_key_pub.read_text().split()[:2]
     device.known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
     return device
+
+
+def power_cycle(device: SystemdDevice, timeout: float = 45) -> SystemdDevice:
+    """Pull the plug and boot again, in place: everything in the device is SIGKILLed (no clean shutdown, like a
+    power cut), its files (the overlay's upper layer) are kept, and it boots again on the same sshd port with
+    the same keys. Units enabled in the device (e.g. WantedBy=multi-user.target) start at this boot."""
+    if device.stopped:
+        raise RuntimeError("the device is stopped; start a new one")
+    _kill(device)
+    shutil.rmtree(device.workdir / "work", ignore_errors=True)  # overlay's scratch dir, must be empty
+    (device.workdir / "work").mkdir()
+    try:
+        _boot(device, timeout)
+    except BaseException:
+        stop(device)
+        raise
+    return device
+
+
+def _boot(device: SystemdDevice, timeout: float) -> None:
+    sweep_stale_cgroups()
+    name = f"edgedl-device-{uuid.uuid4().hex[:12]}"
+    device.cgroups = tuple(CGROUP_ROOT / h / name for h in CGROUP_HIERARCHIES)
+    for cg in device.cgroups:
+        cg.mkdir()
+    workdir = device.workdir
+    (workdir / "console.log").touch()  # the device's /dev/console
+    device.init_pid = 0
+    with open(workdir / "boot.log", "ab") as log:
+        t0 = time.monotonic()
+        device._proc = subprocess.Popen(["sh", str(workdir / "boot.sh"), str(workdir), *map(str, device.cgroups)],
+                                        stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+                                        preexec_fn=_die_with_parent)
+    device.pid = device._proc.pid
+    _wait_booted(device, device._proc, t0 + timeout)
+    device.boot_s = time.monotonic() - t0
 
 
 def _wait_booted(device: SystemdDevice, proc: subprocess.Popen, deadline: float) -> None:
@@ -463,10 +496,9 @@ def _kill_cgroups(cgroups: tuple[Path, ...]) -> None:
                     time.sleep(0.05)
 
 
-def stop(device: SystemdDevice) -> None:
-    """Kill the device and everything in it, remove its cgroups and its workdir. Idempotent."""
-    if device.stopped:
-        return
+def _kill(device: SystemdDevice) -> None:
+    """SIGKILL the namespace's PID 1 (the kernel kills everything else in it), reap unshare, empty and remove
+    the device's cgroups. The mounts lived only in the namespace and go with it."""
     if device.init_pid:
         try:
             os.kill(device.init_pid, signal.SIGKILL)
@@ -486,7 +518,13 @@ def stop(device: SystemdDevice) -> None:
             proc.kill()
             proc.wait(timeout=5)
     _kill_cgroups(device.cgroups)
-    # the overlay and every other mount lived only in the dead mount namespace
+
+
+def stop(device: SystemdDevice) -> None:
+    """Kill the device and everything in it, remove its cgroups and its workdir. Idempotent."""
+    if device.stopped:
+        return
+    _kill(device)
     shutil.rmtree(device.workdir, ignore_errors=True)
     device.stopped = True
     _LIVE.pop(id(device), None)
