@@ -8,7 +8,9 @@ passwordless sudo, like Raspberry Pi OS, so tests deploy into it over SSH exactl
 
 Isolation from the host (the namespace shares the host's NETWORK, so everything it starts listens on the host's
 ports):
-- it boots into its own ``edgedl-test.target`` (basic.target + the test sshd), never the default target;
+- it boots into its own ``edgedl-test.target`` (multi-user.target + the test sshd), never the default target;
+  the units the HOST enabled (its /etc/systemd/system/*.wants) are hidden by opaque empty .wants directories, so
+  only what the device itself enables (e.g. a deployed edgedl.service) starts at its boot;
 - every unit that would touch kernel-global or host state is masked (:data:`MASKED_UNITS`), and systemd runs with
   ``container=edgedl-test`` so units conditioned on "not in a container" skip themselves;
 - ``/proc/sys``, ``/proc/sysrq-trigger`` and ``/sys`` are read-only inside, ``/dev`` is a private tmpfs with a few
@@ -16,6 +18,7 @@ ports):
   (``/sys/fs/cgroup/{systemd,unified}/edgedl-device-<id>``) through a cgroup namespace, so the host's cgroup
   hierarchies and their roots are never written to.
 
+:func:`power_cycle` kills it like a power cut and boots it again on the same files and port.
 :func:`stop` SIGKILLs the namespace's PID 1 (the kernel then kills everything in the namespace), kills anything
 left in the device's cgroups, removes them and the workdir. It is idempotent and also runs at exit.
 """
