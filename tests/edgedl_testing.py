@@ -89,3 +89,21 @@ def build_zoo(base: Path) -> dict[str, ZooModel]:
                        json.loads((target / name / "metrics.json").read_text()))
         for name in ZOO
     }
+
+
+def rehashed_bundle(bundle: Path, dest: Path, name: str, data: str | bytes) -> Path:
+    """A copy of ``bundle`` with file ``name`` replaced by ``data`` and its manifests' hashes recomputed: it passes
+    every hash check, installs, then fails however ``data`` makes it (a crashing start.sh, a model that is not ONNX)."""
+    import json
+    import shutil
+
+    from edgedl.runtime.manifest import hash_tree
+
+    shutil.copytree(bundle, dest)
+    target = dest / name
+    target.write_bytes(data) if isinstance(data, bytes) else target.write_text(data)
+    for manifest_path, root in ((dest / "models/manifest.json", dest / "models"), (dest / "manifest.json", dest)):
+        manifest = json.loads(manifest_path.read_text())
+        manifest["files"] = hash_tree(root)
+        manifest_path.write_text(json.dumps(manifest))
+    return dest

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedl_testing import EDGEDL, ROOT, run_edgedl
+from edgedl_testing import EDGEDL, ROOT, rehashed_bundle, run_edgedl
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import loopback_sshd  # noqa: E402
@@ -42,21 +42,9 @@ def bundles(zoo, tmp_path_factory) -> dict[str, Path]:
     run_edgedl("package", zoo["cnn"].onnx, zoo["mlp"].onnx, "--target", "x86-server", "-o", out["v1"], env=CACHE_ENV)
     run_edgedl("package", zoo["mlp"].onnx, "--name", "digits", "--target", "x86-server", "-o", out["v2"], env=CACHE_ENV)
     run_edgedl("package", zoo["mlp"].onnx, "--target", "rpi5", "-o", out["rpi5"], "--no-tarball", env=CACHE_ENV)
-    out["broken"] = make_broken(out["v1"], base / "broken")
+    # hashes all consistent, but the model is not ONNX: it installs, then cannot serve
+    out["broken"] = rehashed_bundle(out["v1"], base / "broken", "models/cnn/1/model.onnx", "this is not an onnx model")
     return out
-
-
-def make_broken(bundle: Path, dest: Path) -> Path:
-    """A bundle whose hashes are all consistent but whose model is not ONNX: it installs, then cannot serve."""
-    from edgedl.runtime.manifest import hash_tree
-
-    shutil.copytree(bundle, dest)
-    (dest / "models/cnn/1/model.onnx").write_bytes(b"this is not an onnx model")
-    for manifest_path, root in ((dest / "models/manifest.json", dest / "models"), (dest / "manifest.json", dest)):
-        manifest = json.loads(manifest_path.read_text())
-        manifest["files"] = hash_tree(root)
-        manifest_path.write_text(json.dumps(manifest))
-    return dest
 
 
 @pytest.fixture(scope="module")
@@ -295,7 +283,7 @@ def test_device_side_hash_check_refuses_a_corrupted_copy(sshd, device, bundles):
     staging = device["dir"] / "staging" / "corrupted-copy"
     shutil.copytree(bundles["v2"], staging)
     (staging / "models" / "digits" / "1" / "model.onnx").write_bytes(b"bit rot")
-    proc = sshd.target().run(remote.INSTALL, str(device["dir"]), "corrupted-copy", "python3", remote.VERIFY_PY,
+    proc = sshd.target().run(remote.DEVICE, str(device["dir"]), "install", "corrupted-copy", "python3",
                              check=False, timeout=120)
     assert proc.returncode == 22, proc.stderr
     assert "sha256 mismatch models/digits/1/model.onnx" in proc.stderr

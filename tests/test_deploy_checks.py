@@ -4,6 +4,9 @@ the device prints it), host parsing, and refusing bad tarballs and keys before a
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
 import tarfile
 from pathlib import Path
 
@@ -13,40 +16,54 @@ from edgedl.errors import EdgeDLError
 from edgedl.stages.deploy import DeployConfig, DeviceFacts, check_device, deploy
 from edgedl.stages.deploy.ssh import SSHTarget
 
-PROBE_OUTPUT = """arch=aarch64
-python=3.11
-venv=yes
-disk_kb={disk_kb}
-mem_available_kb=3000000
-mem_total_kb=3900000
-systemd=no
-rsync=yes
-current=
-running=no
-dir=/home/pi/edgedl
-"""
 MANIFEST = {"python": "3.11", "profile": {"name": "rpi5", "arch": "aarch64", "python": ["3.11", "3.12"],
                                           "min_free_disk_mb": 200, "memory_mb": 3500}}
 
 
-def facts(**overrides) -> DeviceFacts:
-    text = PROBE_OUTPUT.format(disk_kb=overrides.pop("disk_kb", 10_000_000))
-    for key, value in overrides.items():
-        text = "\n".join(f"{key}={value}" if line.startswith(f"{key}=") else line for line in text.splitlines())
-    return DeviceFacts.parse(text)
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory) -> dict:
+    """What device.sh's `facts` command prints on this machine (run here with sh, as the device runs it)."""
+    from edgedl.stages.deploy import remote
+
+    d = tmp_path_factory.mktemp("device")
+    proc = subprocess.run(["sh", "-c", remote.DEVICE, "edgedl", str(d / "edgedl"), "facts", "python3"],
+                          capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(proc.stdout)
+
+
+def test_the_probe_reports_this_machine(probed):
+    f = DeviceFacts.parse(json.dumps(probed))
+    python3 = subprocess.run(["python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], capture_output=True,
+                             text=True, check=True).stdout.strip()
+    assert f.arch == os.uname().machine and f.python == python3
+    assert f.disk_free_mb > 0 and f.mem_total_mb > 0 and f.current is None and not f.running
+    assert f.directory.endswith("/edgedl") and f.service == "process" and f.unit == "edgedl.service"
+    assert f.systemd == os.path.isdir("/run/systemd/system")
+
+
+@pytest.fixture
+def facts(probed):
+    """A Raspberry Pi 5 as device.sh would describe it: this machine's probe with Pi values put in."""
+    def make(**overrides) -> DeviceFacts:
+        d = {**probed, "arch": "aarch64", "python": "3.11", "venv": "yes", "disk_free_kb": 10_000_000,
+             "mem_available_kb": 3_000_000, "mem_total_kb": 3_900_000, "systemd": "no", "systemd_usable": "no",
+             "rsync": "yes", "current": "", "running": False, "dir": "/home/pi/edgedl"}
+        d.update(overrides)
+        return DeviceFacts.parse(json.dumps(d))
+    return make
 
 
 def config() -> DeployConfig:
     return DeployConfig(target=SSHTarget.parse("pi@raspberrypi.local"), progress=False)
 
 
-def test_probe_output_parses():
+def test_probe_output_parses(facts):
     f = facts()
     assert (f.arch, f.python, f.venv, f.rsync, f.systemd, f.current) == ("aarch64", "3.11", True, True, False, None)
     assert round(f.disk_free_mb) == 9766 and round(f.mem_available_mb) == 2930
 
 
-def test_a_matching_device_passes_and_a_small_one_gets_a_warning():
+def test_a_matching_device_passes_and_a_small_one_gets_a_warning(facts):
     assert check_device(facts(), MANIFEST, 50 * 2**20, config()) == []
     warnings = check_device(facts(mem_total_kb=2_000_000), MANIFEST, 50 * 2**20, config())  # a 2 GB board
     assert len(warnings) == 1 and "less than profile rpi5's budget of 3500 MB" in warnings[0]
@@ -57,12 +74,26 @@ def test_a_matching_device_passes_and_a_small_one_gets_a_warning():
     ({"python": ""}, "python3 was not found on pi@raspberrypi.local"),
     ({"python": "3.12"}, "re-package with --python 3.12"),
     ({"venv": "no"}, "install python3-venv"),
-    ({"disk_kb": 100_000}, "has 98 MB free in /home/pi/edgedl"),
+    ({"disk_free_kb": 100_000}, "has 98 MB free in /home/pi/edgedl"),
     ({"mem_available_kb": 50_000}, "only 49 MB of memory available"),
 ])
-def test_each_unfit_device_gets_one_clear_error(override, message):
+def test_each_unfit_device_gets_one_clear_error(facts, override, message):
     with pytest.raises(EdgeDLError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_device(facts(**override), MANIFEST, 50 * 2**20, config())
+
+
+def test_systemd_that_cannot_be_used_is_a_warning_or_with_service_systemd_an_error(facts):
+    why = "pi is not root and has no passwordless sudo"
+    unusable = facts(systemd="yes", systemd_usable="no", systemd_why=why)
+    warnings = check_device(unusable, MANIFEST, 50 * 2**20, config())
+    assert len(warnings) == 1 and why in warnings[0] and "supervised process" in warnings[0]
+    cfg = config()
+    cfg.service = "systemd"
+    with pytest.raises(EdgeDLError, match="--service systemd: on pi@raspberrypi.local pi is not root"):
+        check_device(unusable, MANIFEST, 50 * 2**20, cfg)
+    cfg.service = "process"  # asked for: no warning
+    assert check_device(unusable, MANIFEST, 50 * 2**20, cfg) == []
+    assert check_device(facts(systemd="yes", systemd_usable="yes", systemd_why="sudo"), MANIFEST, 50 * 2**20, config()) == []
 
 
 @pytest.mark.parametrize("text, expected", [

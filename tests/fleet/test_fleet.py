@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgedl_testing import rehashed_bundle
 from fleet_devices import loopback_sshd, write_inventory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -57,22 +58,10 @@ def bundles(zoo, tmp_path_factory) -> dict[str, Path]:
     edgedl("package", zoo["mlp"].onnx, "--name", "digits", "--target", "x86-server", "-o", out["v2"], "--no-tarball")
     edgedl("package", zoo["mlp"].onnx, "--target", "rpi5", "-o", out["rpi5"], "--no-tarball")
     # consistent hashes, but its server crashes on start (as a release with a bad dependency would)
-    out["broken"] = rehashed(out["v2"], base / "broken", "start.sh", "#!/bin/sh\necho 'simulated crash on start' >&2\nexit 3\n")
+    out["broken"] = rehashed_bundle(out["v2"], base / "broken", "start.sh", "#!/bin/sh\necho 'simulated crash on start' >&2\nexit 3\n")
     # consistent hashes, but the model is not ONNX: refused on the controller before any device is touched
-    out["junk_model"] = rehashed(out["v2"], base / "junk_model", "models/digits/1/model.onnx", "not an onnx model")
+    out["junk_model"] = rehashed_bundle(out["v2"], base / "junk_model", "models/digits/1/model.onnx", "not an onnx model")
     return out
-
-
-def rehashed(bundle: Path, dest: Path, name: str, text: str) -> Path:
-    from edgedl.runtime.manifest import hash_tree
-
-    shutil.copytree(bundle, dest)
-    (dest / name).write_text(text)
-    for manifest_path, root in ((dest / "models/manifest.json", dest / "models"), (dest / "manifest.json", dest)):
-        manifest = json.loads(manifest_path.read_text())
-        manifest["files"] = hash_tree(root)
-        manifest_path.write_text(json.dumps(manifest))
-    return dest
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``edgedl deploy BUNDLE --host USER@HOST`` and ``edgedl deploy status|rollback|logs``, ``--list-targets``."""
+"""``edgedl deploy BUNDLE --host USER@HOST`` and ``edgedl deploy status|rollback|logs|stop``, ``--list-targets``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ _GROUP_ONLY = {"--list-targets", "-h", "--help"}
 
 
 class _DeployGroup(click.Group):
-    """``edgedl deploy BUNDLE ...`` runs the hidden ``push`` command; ``status``/``rollback``/``logs`` are subcommands."""
+    """``edgedl deploy BUNDLE ...`` runs the hidden ``push`` command; ``status``/``rollback``/``logs``/``stop`` are subcommands."""
 
     def parse_args(self, ctx, args):
         group_only = args and (args[0] in _GROUP_ONLY or (args[0].startswith("-") and "--list-targets" in args))
@@ -59,7 +59,7 @@ def _config(host, ssh_port, identity, known_hosts, accept_new_host_key, ssh_conf
 @click.pass_context
 def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
     """Deploy a bundle to a device over SSH: `edgedl deploy BUNDLE --host USER@HOST [--port P] [--identity KEY]`
-    (see `edgedl deploy BUNDLE --help` for all options), then `edgedl deploy status|rollback|logs --host USER@HOST`.
+    (see `edgedl deploy BUNDLE --help` for all options), then `edgedl deploy status|rollback|logs|stop --host USER@HOST`.
     Host keys are checked against known_hosts; `--list-targets` shows the device profiles."""
     if ctx.invoked_subcommand is not None:
         return
@@ -101,15 +101,18 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
 @click.option("--keep", type=int, default=5, show_default=True, help="Installed releases to keep on the device.")
 @click.option("--api-key-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="File holding the bearer token the server will require (kept in service.env, mode 600).")
+@click.option("--service", type=click.Choice(["auto", "systemd", "process"]), default="auto", show_default=True,
+              help="How the server is kept running: a systemd unit (enabled, restarted on failure; needs root or "
+                   "passwordless sudo on the device), a supervised process (pid file), or auto: systemd when usable.")
 @json_option
 @debug_option
-def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, as_json, debug, **conn) -> None:
+def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, service, as_json, debug, **conn) -> None:
     """Deploy BUNDLE: check the device, copy to a new release, install offline, switch, start, wait ready, roll back on failure."""
     from edgedl.stages.deploy import deploy as run_deploy
 
     api_key = Path(api_key_file).read_text().strip() if api_key_file else None
     config = _config(**conn, serve_host=serve_host, serve_port=serve_port, ready_timeout=ready_timeout, keep=keep,
-                     api_key=api_key, progress=not as_json)
+                     api_key=api_key, service=service, progress=not as_json)
     result = run_deploy(bundle, config)
     if as_json:
         emit_json(result.__dict__)
@@ -122,6 +125,8 @@ def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, as_j
     console = out_console()
     console.print(f"[bold green]ready[/] release {result.release} on {result.host} ({dev['arch']}, Python {dev['python']}), "
                   f"serving at {result.url} on the device", soft_wrap=True)
+    console.print("kept running by " + (f"systemd unit {result.unit} (enabled at boot)" if result.service == "systemd"
+                                        else "a supervised process (pid file, log)"), soft_wrap=True)
     console.print(f"previous release: {result.previous or 'none'}; " +
                   ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()), soft_wrap=True)
 
@@ -147,6 +152,8 @@ def status(as_json, debug, **conn) -> None:
     svc = st["service"]
     console.print(f"{st['host']}: current release {st['current'] or 'none'} - {state}"
                   + (f" (pid {st['pid']}, port {svc.get('EDGEDL_PORT')})" if st["running"] else ""), soft_wrap=True)
+    console.print("service: " + (f"systemd unit {st['unit']} ({st['enabled']})" if st["manager"] == "systemd"
+                                 else "supervised process"), soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
     for col in ("", "release", "state", "size"):
         table.add_column(col)
@@ -182,3 +189,18 @@ def logs(release, lines, debug, **conn) -> None:
     from edgedl.stages.deploy import logs as get_logs
 
     click.echo(get_logs(_config(**conn), release=release, lines=lines), nl=False)
+
+
+@deploy.command()
+@connection_options
+@json_option
+@debug_option
+def stop(as_json, debug, **conn) -> None:
+    """Stop the device's server (a systemd unit is also disabled, so it stays stopped after a reboot)."""
+    from edgedl.stages.deploy import stop as do_stop
+
+    result = do_stop(_config(**conn))
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"stopped release {result['current'] or '(none)'} on {result['host']}")

@@ -39,10 +39,15 @@ def _common(f):
 @click.option("--ready-timeout", default=120.0, show_default=True, type=float,
               help="Seconds a device's new release has to become ready.")
 @click.option("--forks", default=10, show_default=True, type=int, help="Devices Ansible works on at once.")
+@click.option("--keep", type=int, default=None,
+              help="Installed releases kept per device (default 5, or edgedl_keep in the inventory).")
+@click.option("--service", type=click.Choice(["auto", "systemd", "process"]), default=None,
+              help="How servers are kept running (default auto: a systemd unit where usable; or edgedl_service "
+                   "in the inventory).")
 @json_option
 @debug_option
 def deploy_cmd(bundles, inventory, limit, playbook_dir, run_dir, serial, max_fail, check, ready_timeout, forks,
-               as_json, debug) -> None:
+               keep, service, as_json, debug) -> None:
     """Roll BUNDLES (one per device profile) out to the inventory: rolling batches, each device health-gated
     (/v2/health/ready + a smoke inference against reference outputs) and rolled back if its new release fails."""
     from edgedl.errors import EdgeDLError
@@ -50,7 +55,7 @@ def deploy_cmd(bundles, inventory, limit, playbook_dir, run_dir, serial, max_fai
 
     result = deploy(FleetConfig(bundles=list(bundles), inventory=inventory, serial=serial, max_fail=max_fail,
                                 check=check, limit=list(limit), playbook_dir=playbook_dir, ready_timeout=ready_timeout,
-                                forks=forks, run_dir=run_dir, progress=not as_json))
+                                forks=forks, keep=keep, service=service, run_dir=run_dir, progress=not as_json))
     if as_json:
         emit_json(result)
     else:

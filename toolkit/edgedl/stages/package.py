@@ -110,7 +110,9 @@ def edgedl_wheel(cache: Path) -> Path:
     """A wheel of this edgedl source tree (pure Python), built once per source hash with pip's build backend."""
     if not (SOURCE_ROOT / "pyproject.toml").is_file():
         raise EdgeDLError("edgedl's source tree is not available to build the runtime wheel; pass --edgedl-wheel PATH")
-    sources = sorted(p for p in (SOURCE_ROOT / "toolkit" / "edgedl").rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    # walk with followlinks: edgedl/_deploy is a link to deploy/, whose files the wheel carries too
+    sources = sorted(Path(d, f) for d, _, files in os.walk(SOURCE_ROOT / "toolkit" / "edgedl", followlinks=True)
+                     for f in files if "__pycache__" not in Path(d).parts)
     h = hashlib.sha256((SOURCE_ROOT / "pyproject.toml").read_bytes())
     for p in sources:
         h.update(str(p.relative_to(SOURCE_ROOT)).encode())

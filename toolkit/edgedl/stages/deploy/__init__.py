@@ -4,14 +4,16 @@ Order of a deploy (nothing before step 4 touches the running release):
 1. verify the bundle's hashes here; 2. probe the device (architecture, Python, venv, free disk and memory vs
 the profile); 3. copy into ``staging/ID`` (rsync, hard-linking files unchanged since the current release);
 4. verify the hashes again on the device, move to ``releases/ID`` and install the wheelhouse into its venv
-offline; 5. stop the old service, switch ``current`` atomically, start the new one (supervised background
-process with a pid file and a log); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
+offline; 5. stop the old service, switch ``current`` atomically, start the new one (a systemd unit when the device
+runs systemd and the login is root or has passwordless sudo, else a supervised background process with a pid file;
+a log per release either way); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
 restart the previous release and fail with the new release's log tail.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,7 @@ class DeployConfig:
     ready_timeout: float = 120.0
     keep: int = 5  # installed releases kept on the device (current always kept)
     api_key: str | None = None  # bearer token the server requires (stored in service.env, mode 600)
+    service: str = "auto"  # how the server is kept running: auto (systemd when usable) | systemd | process
     progress: bool = True
 
 
@@ -48,6 +51,10 @@ class DeviceFacts:
     mem_available_mb: float | None
     mem_total_mb: float | None
     systemd: bool
+    systemd_usable: bool
+    systemd_why: str  # how (root / sudo) or why not
+    service: str  # how the directory's server runs now: systemd | process
+    unit: str
     rsync: bool
     current: str | None
     running: bool
@@ -55,12 +62,21 @@ class DeviceFacts:
 
     @classmethod
     def parse(cls, text: str) -> "DeviceFacts":
-        kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-        num = lambda k: float(kv[k]) / 1024 if kv.get(k, "").strip().isdigit() else None  # noqa: E731
+        """The JSON object ``device.sh facts`` prints."""
+        import json
+
+        try:
+            kv = json.loads(text.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            raise EdgeDLError(f"the device answered the probe with something that is not JSON: {text.strip()[-200:]!r}; "
+                              "is its login shell printing a banner? (check ~/.bashrc)") from None
+        num = lambda k: float(kv[k]) / 1024 if isinstance(kv.get(k), (int, float)) else None  # noqa: E731
         return cls(arch=kv.get("arch", "?"), python=kv.get("python") or None, venv=kv.get("venv") == "yes",
-                   disk_free_mb=num("disk_kb") or 0.0, mem_available_mb=num("mem_available_kb"),
-                   mem_total_mb=num("mem_total_kb"), systemd=kv.get("systemd") == "yes", rsync=kv.get("rsync") == "yes",
-                   current=kv.get("current") or None, running=kv.get("running") == "yes", directory=kv.get("dir", ""))
+                   disk_free_mb=num("disk_free_kb") or 0.0, mem_available_mb=num("mem_available_kb"),
+                   mem_total_mb=num("mem_total_kb"), systemd=kv.get("systemd") == "yes",
+                   systemd_usable=kv.get("systemd_usable") == "yes", systemd_why=kv.get("systemd_why", ""),
+                   service=kv.get("service", "process"), unit=kv.get("unit", ""), rsync=kv.get("rsync") == "yes",
+                   current=kv.get("current") or None, running=bool(kv.get("running")), directory=kv.get("dir", ""))
 
 
 @dataclass
@@ -71,13 +87,15 @@ class DeployResult:
     ready: bool
     url: str
     device: dict
+    service: str = "process"  # systemd | process
+    unit: str | None = None
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     pruned: list[str] = field(default_factory=list)
 
 
 def probe(config: DeployConfig) -> DeviceFacts:
-    proc = config.target.run(remote.PROBE, config.remote_dir, config.remote_python, check=False, timeout=60)
+    proc = config.target.run(remote.DEVICE, config.remote_dir, "facts", config.remote_python, check=False, timeout=60)
     if proc.returncode == 20:
         raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
     if proc.returncode != 0:
@@ -112,9 +130,13 @@ def check_device(facts: DeviceFacts, manifest: dict, bundle_bytes: int, config: 
     if facts.mem_total_mb is not None and facts.mem_total_mb < prof["memory_mb"]:
         warnings.append(f"{where} has {facts.mem_total_mb:.0f} MB of memory, less than profile {prof['name']}'s "
                         f"budget of {prof['memory_mb']} MB")
-    if facts.systemd:
-        warnings.append(f"{where} runs systemd, but edgedl deploy manages the server as a supervised process "
-                        "(pid file + log); the bundle's edgedl.service is there to install by hand")
+    if config.service == "systemd" and not facts.systemd_usable:
+        raise EdgeDLError(f"--service systemd: on {where} {facts.systemd_why}; pass --service auto (a supervised "
+                          "process) or deploy as root / give the login passwordless sudo")
+    if config.service == "auto" and facts.systemd and not facts.systemd_usable:
+        warnings.append(f"{where} runs systemd but {facts.systemd_why}, so the server runs as a supervised process "
+                        "(pid file + log) that does not come back after a reboot; give the login passwordless sudo "
+                        "(or deploy as root) to get a systemd unit, or pass --service process to say you mean it")
     return warnings
 
 
@@ -124,8 +146,18 @@ def _release_id(manifest_sha: str) -> str:
 
 
 def _log_tail(config: DeployConfig, release: str, lines: int = 15) -> str:
-    proc = config.target.run(remote.LOGS, config.remote_dir, release, str(lines), check=False, timeout=60)
+    proc = config.target.run(remote.DEVICE, config.remote_dir, "logs", release, str(lines), check=False, timeout=60)
     return proc.stdout.strip()
+
+
+def _wait_ready(config: DeployConfig, release: str, timeout: float) -> "subprocess.CompletedProcess":
+    """device_health.py on the device: 0 ready, 1 not ready in time, 2 the server kept crashing."""
+    return config.target.run(remote.DEVICE, config.remote_dir, "wait-ready", config.remote_python, str(timeout), release,
+                             remote.HEALTH, check=False, timeout=timeout + 60)
+
+
+def _restore(config: DeployConfig, release: str, previous: str | None) -> None:
+    config.target.run(remote.DEVICE, config.remote_dir, "restore", release, previous or "", timeout=180)
 
 
 def _unpack(tarball: Path, dest: Path) -> Path:
@@ -190,7 +222,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         advance(info="copied")
 
         t = time.perf_counter()
-        proc = config.target.run(remote.INSTALL, config.remote_dir, release, config.remote_python, remote.VERIFY_PY,
+        proc = config.target.run(remote.DEVICE, config.remote_dir, "install", release, config.remote_python,
                                  check=False, timeout=900)
         if proc.returncode == 22:
             raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
@@ -202,27 +234,31 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         advance(info="installed")
 
         t = time.perf_counter()
-        if config.api_key is not None:
-            key_line = f"EDGEDL_API_KEY='{config.api_key}'\n".encode()
-            config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), "set", input=key_line, timeout=120)
-        else:
-            config.target.run(remote.ACTIVATE, config.remote_dir, release, host, str(port), "keep", timeout=120)
+        keymode, key_line = ("set", f"EDGEDL_API_KEY='{config.api_key}'\n".encode()) if config.api_key is not None else ("keep", None)
+        activated = config.target.run(remote.DEVICE, config.remote_dir, "activate", release, host, str(port), keymode,
+                                      config.service, input=key_line, check=False, timeout=180)
+        if activated.returncode != 0:
+            why = " | ".join((activated.stderr.strip() or activated.stdout.strip()).splitlines()[-3:])
+            if activated.returncode in (29, 30):  # refused before anything was stopped or switched
+                raise EdgeDLError(f"{why} (on {config.target.label}); the running release was not touched")
+            _restore(config, release, previous)
+            raise EdgeDLError(f"starting release {release} on {config.target.label} failed ({why}); "
+                              + (f"restored release {previous}" if previous else "nothing runs there now"))
+        started = dict(line.split("=", 1) for line in activated.stdout.splitlines() if "=" in line)
         advance(info="started")
         try:
-            waited = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
-                                       release, check=False, timeout=config.ready_timeout + 60)
+            waited = _wait_ready(config, release, config.ready_timeout)
         except KeyboardInterrupt:  # interrupted before the new release proved ready: put the previous one back
-            config.target.run(remote.FAIL_AND_RESTORE, config.remote_dir, release, previous or "", timeout=120)
+            _restore(config, release, previous)
             raise
         ready = waited.returncode == 0
         timings["start_to_ready"] = time.perf_counter() - t
         if not ready:
             tail = _log_tail(config, release)
-            config.target.run(remote.FAIL_AND_RESTORE, config.remote_dir, release, previous or "", timeout=120)
+            _restore(config, release, previous)
             restored = ""
             if previous:
-                back = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python,
-                                         str(config.ready_timeout), previous, check=False, timeout=config.ready_timeout + 60)
+                back = _wait_ready(config, previous, config.ready_timeout)
                 restored = (f"; rolled back to release {previous}, which is " +
                             ("ready again" if back.returncode == 0 else "NOT ready either - check `edgedl deploy logs`"))
             else:
@@ -233,20 +269,22 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
             raise EdgeDLError(f"release {release} {why} on {config.target.label}{restored}. Its log ends: {last}")
         advance(info="ready")
         pruned = [line.split("=", 1)[1] for line in config.target.run(
-            remote.PRUNE, config.remote_dir, str(max(config.keep, 1)), timeout=120).stdout.splitlines() if line.startswith("pruned=")]
+            remote.DEVICE, config.remote_dir, "prune", str(max(config.keep, 1)), timeout=120).stdout.splitlines() if line.startswith("pruned=")]
         advance(info="done")
     timings["total"] = time.perf_counter() - t0
     addr = "127.0.0.1" if host == "0.0.0.0" else host
     return DeployResult(host=config.target.label, release=release, previous=previous, ready=True,
                         url=f"http://{addr}:{port}",
-                        device=facts.__dict__, warnings=warnings, timings_s={k: round(v, 2) for k, v in timings.items()},
+                        device=facts.__dict__, service=started.get("service", "process"), unit=started.get("unit"),
+                        warnings=warnings, timings_s={k: round(v, 2) for k, v in timings.items()},
                         pruned=pruned)
 
 
 def status(config: DeployConfig) -> dict:
-    proc = config.target.run(remote.STATUS, config.remote_dir, config.remote_python, timeout=60)
+    proc = config.target.run(remote.DEVICE, config.remote_dir, "status", timeout=60)
     out: dict = {"host": config.target.label, "remote_dir": config.remote_dir, "current": None, "running": False,
-                 "pid": None, "service": {}, "releases": [], "staging": [], "history": []}
+                 "pid": None, "manager": "process", "unit": None, "enabled": None, "service": {}, "releases": [],
+                 "staging": [], "history": []}
     for line in proc.stdout.splitlines():
         key, _, value = line.partition("=")
         if key == "current":
@@ -255,6 +293,10 @@ def status(config: DeployConfig) -> dict:
             out["running"] = value == "yes"
         elif key == "pid":
             out["pid"] = int(value) if value.isdigit() else None
+        elif key == "service":
+            out["manager"] = value
+        elif key in ("unit", "enabled"):
+            out[key] = value or None
         elif key.startswith("service."):
             out["service"][key[len("service."):]] = value
         elif key == "release":
@@ -267,8 +309,7 @@ def status(config: DeployConfig) -> dict:
             out["history"].append(value)
     out["ready"] = False
     if out["running"]:
-        out["ready"] = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, "3",
-                                         check=False, timeout=60).returncode == 0
+        out["ready"] = _wait_ready(config, out["current"] or "", 3).returncode == 0
     return out
 
 
@@ -290,20 +331,28 @@ def rollback(config: DeployConfig, to: str | None = None) -> dict:
     service = st["service"]
     host = service.get("EDGEDL_HOST", "0.0.0.0")
     port = service.get("EDGEDL_PORT", "8000")
-    config.target.run(remote.ACTIVATE, config.remote_dir, to, host, port, timeout=120)
-    ok = config.target.run(remote.WAIT_READY, config.remote_dir, config.remote_python, str(config.ready_timeout),
-                           check=False, timeout=config.ready_timeout + 60).returncode == 0
+    config.target.run(remote.DEVICE, config.remote_dir, "activate", to, host, port, "keep", "keep", timeout=180)
+    ok = _wait_ready(config, to, config.ready_timeout).returncode == 0
     if not ok:
         tail = _log_tail(config, to)
         if current:
-            config.target.run(remote.FAIL_AND_RESTORE, config.remote_dir, to, current, timeout=120)
+            _restore(config, to, current)
         raise EdgeDLError(f"release {to} did not become ready after the rollback; switched back to {current}. "
                           f"Its log ends: {' | '.join(tail.splitlines()[-4:])}")
     return {"host": config.target.label, "from": current, "to": to, "ready": True}
 
 
+def stop(config: DeployConfig) -> dict:
+    """Stop the server; a systemd unit is disabled too. `edgedl deploy rollback --to CURRENT` or a deploy starts it again."""
+    config.target.run(remote.DEVICE, config.remote_dir, "stop", timeout=120)
+    st = status(config)
+    if st["running"]:
+        raise EdgeDLError(f"the server on {config.target.label} still runs after the stop; see `edgedl deploy logs`")
+    return {"host": config.target.label, "current": st["current"], "running": False}
+
+
 def logs(config: DeployConfig, release: str | None = None, lines: int = 50) -> str:
-    proc = config.target.run(remote.LOGS, config.remote_dir, release or "", str(lines), check=False, timeout=60)
+    proc = config.target.run(remote.DEVICE, config.remote_dir, "logs", release or "", str(lines), check=False, timeout=60)
     if proc.returncode in (27, 28):
         raise EdgeDLError(f"{proc.stderr.strip()} on {config.target.label}; deploy a bundle first (or check --remote-dir)")
     if proc.returncode != 0:
@@ -318,4 +367,4 @@ def describe_profiles() -> list[dict]:
 
 
 __all__ = ["DeployConfig", "DeployResult", "DeviceFacts", "check_device", "deploy", "describe_profiles", "logs",
-           "probe", "rollback", "status"]
+           "probe", "rollback", "status", "stop"]

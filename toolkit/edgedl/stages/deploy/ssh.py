@@ -74,7 +74,7 @@ class SSHTarget:
         remote = " ".join(["sh", "-c", shlex.quote(script), "edgedl", *map(shlex.quote, args)])
         cmd = [_require("ssh"), *self.ssh_options(), self.destination, "--", remote]
         try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input)
+            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input if input is not None else b"")
         except subprocess.TimeoutExpired:
             raise EdgeDLError(f"{self.label} did not answer within {timeout:.0f} s; check the device and the network") from None
         out = subprocess.CompletedProcess(cmd, proc.returncode, proc.stdout.decode(errors="replace"),

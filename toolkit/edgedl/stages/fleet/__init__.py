@@ -36,6 +36,9 @@ class FleetConfig:
     limit: list[str] = field(default_factory=list)  # hosts or groups
     playbook_dir: Path | None = None  # a user's adapted copy of deploy/ansible
     ready_timeout: float = 120.0
+    # None: the role's default or the inventory's per-host value (extra-vars would override the inventory)
+    keep: int | None = None  # installed releases kept per device
+    service: str | None = None  # auto | systemd | process
     forks: int = 10
     run_dir: Path | None = None  # logs, vars and reports of this run; default under the edgedl cache
     progress: bool = True
@@ -46,6 +49,10 @@ class FleetConfig:
             raise EdgeDLError(f"--serial {self.serial!r} must be a positive count (e.g. 2) or a percentage (e.g. 25%)")
         if self.max_fail < 0:
             raise EdgeDLError(f"--max-fail must be >= 0, got {self.max_fail}")
+        if self.keep is not None and self.keep < 1:
+            raise EdgeDLError(f"--keep must be >= 1 (the current release is always kept), got {self.keep}")
+        if self.service not in (None, "auto", "systemd", "process"):
+            raise EdgeDLError(f"--service {self.service!r}: choose auto, systemd or process")
         if not self.bundles:
             raise EdgeDLError("give at least one BUNDLE directory (made by `edgedl package`)")
 
@@ -130,7 +137,9 @@ def deploy(config: FleetConfig) -> dict:
     hosts = [h for h in inventory.hosts if h in targets]
     extra = {"edgedl_hosts": hosts, "edgedl_serial": config.serial, "edgedl_max_fail": config.max_fail,
              "edgedl_bundles": prepared, "edgedl_targets": targets, "edgedl_report_dir": str(reports),
-             "edgedl_ready_timeout": config.ready_timeout}
+             "edgedl_ready_timeout": config.ready_timeout,
+             **({"edgedl_keep": config.keep} if config.keep is not None else {}),
+             **({"edgedl_service": config.service} if config.service is not None else {})}
     label = "fleet check" if config.check else "fleet rollout"
     proc = _progress_runner(pdir, "rollout.yml", config.inventory, extra, run_dir, len(hosts), label, config.progress,
                             forks=config.forks, check=config.check)

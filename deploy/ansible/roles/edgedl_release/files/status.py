@@ -18,12 +18,36 @@ try:
 except OSError:
     pass
 pid_file = os.path.join(d, "run", "edgedl.pid")
+mode = "process"
 try:
-    os.kill(int(open(pid_file).read().strip()), 0)
-    out["running"] = True
-    out["uptime_s"] = round(time.time() - os.stat(pid_file).st_mtime, 1)  # the pid file is written at start
-except (OSError, ValueError):
+    mode = open(os.path.join(d, "run", "service")).read().strip() or "process"
+except OSError:
     pass
+out["service"] = mode
+if mode == "systemd":  # the unit device.sh wrote: edgedl.service, or edgedl-NAME.service for another directory
+    import re
+    import subprocess
+
+    base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(os.path.realpath(d)))
+    unit = "edgedl.service" if base == "edgedl" else "edgedl-%s.service" % base
+    out["unit"] = unit
+    try:
+        show = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "ActiveEnterTimestampMonotonic", unit],
+                              capture_output=True, text=True, timeout=10).stdout
+        props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+        out["running"] = props.get("ActiveState") == "active"
+        since = int(props.get("ActiveEnterTimestampMonotonic") or 0) / 1e6
+        if out["running"] and since and out["device_uptime_s"] is not None:
+            out["uptime_s"] = round(out["device_uptime_s"] - since, 1)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        pass
+else:
+    try:
+        os.kill(int(open(pid_file).read().strip()), 0)
+        out["running"] = True
+        out["uptime_s"] = round(time.time() - os.stat(pid_file).st_mtime, 1)  # the pid file is written at start
+    except (OSError, ValueError):
+        pass
 try:
     manifest = json.load(open(os.path.join(d, "current", "manifest.json")))
     out["models"] = {m["name"]: m.get("sha256") for m in manifest.get("models", [])}
