@@ -176,6 +176,24 @@ def test_insufficient_disk(sshd, device, zoo, tmp_path):
     assert_untouched(device, before)
 
 
+def test_a_deploy_already_in_progress_is_refused(sshd, device, bundles):
+    """Two deploys to one directory never interleave: the second is refused while the first holds the lock."""
+    from edgedl.stages.deploy import remote
+
+    before = snapshot(device["dir"])
+    target = sshd.target()
+    target.run(remote.DEVICE, str(device["dir"]), "lock", "other-token", "bob@laptop:4242")
+    try:
+        proc = deploy_cli(sshd, device["dir"], bundles["v2"], check=False)
+        assert_one_line_error(proc, "another deploy to", "is in progress (bob@laptop:4242", "wait for it to finish")
+        proc = deploy_cli(sshd, device["dir"], "rollback", check=False)
+        assert_one_line_error(proc, "another deploy to")
+        assert_untouched(device, before)
+    finally:
+        target.run(remote.DEVICE, str(device["dir"]), "unlock", "other-token")
+    assert not (device["dir"] / "run/deploy.lock").exists()
+
+
 def test_tampered_bundle_is_refused_before_anything_is_copied(sshd, device, bundles, tmp_path):
     bundle = shutil.copytree(bundles["v2"], tmp_path / "tampered")
     wheel = next((bundle / "wheels").glob("numpy-*.whl"))
@@ -209,6 +227,10 @@ def test_interrupted_deploy_never_touches_the_running_release(sshd, device, bund
     assert models_served(device["port"]) == ["cnn", "mlp"]
     new = [r for r in after["releases"] if r not in before["releases"]]
     assert all(not (device["dir"] / "releases" / r / ".installed").exists() for r in new)
+    # the dead deploy still holds the directory's lock: the next deploy says so (and how to take it over)
+    again = deploy_cli(sshd, device["dir"], bundles["v2"], check=False)
+    assert_one_line_error(again, "another deploy to", "last active", "--break-lock if it died")
+    assert snapshot(device["dir"]) == after
 
 
 # --- the lifecycle: update, a broken update rolled back automatically, status, rollback, logs ---------------------
@@ -216,9 +238,13 @@ def test_interrupted_deploy_never_touches_the_running_release(sshd, device, bund
 def test_update_broken_update_rollback_status_logs(sshd, device, bundles):
     port = str(device["port"])
     # update to v2 (one model, renamed): the new release serves, v1 stays installed for rollback
+    # --break-lock: test_interrupted_deploy's killed deploy left the directory's lock behind
+    left = (device["dir"] / "run/deploy.lock").exists()
     v2 = json.loads(deploy_cli(sshd, device["dir"], bundles["v2"], "--serve-host", "127.0.0.1", "--serve-port", port,
-                               "--json").stdout)
+                               "--break-lock", "--json").stdout)
     assert v2["previous"] == device["v1"] and v2["ready"]
+    assert any("took over the deploy lock of" in w for w in v2["warnings"]) == left, v2["warnings"]
+    assert not (device["dir"] / "run/deploy.lock").exists()
     assert models_served(device["port"]) == ["digits"]
     assert not any((device["dir"] / "staging").glob("*"))  # the interrupted copy's leftovers were cleaned
 

@@ -145,3 +145,44 @@ def test_missing_bundle(tmp_path):
         deploy(tmp_path / "nope", config())
     with pytest.raises(EdgeDLError, match="has no manifest.json"):
         deploy(Path(tmp_path), config())
+
+
+def _device(tmp_path, *args) -> subprocess.CompletedProcess:
+    from edgedl.stages.deploy import remote
+
+    return subprocess.run(["sh", "-c", remote.DEVICE, "edgedl", str(tmp_path / "d"), *args], capture_output=True,
+                          text=True, timeout=60, check=True)
+
+
+@pytest.mark.parametrize("keep, kept", [(1, {"sha-ffffff"}), (2, {"sha-ffffff", "sha-111111"}),
+                                        (3, {"sha-ffffff", "sha-111111", "sha-555555"})])
+def test_prune_keeps_the_most_recently_used_releases_not_the_highest_ids(tmp_path, keep, kept):
+    """Fleet release ids are hashes: activated 555555, then 111111, then ffffff (current) - `prune 2` must keep
+    ffffff and 111111 (the one a rollback goes back to), never the alphabetically last ones."""
+    d = tmp_path / "d"
+    for i, rid in enumerate(["sha-555555", "sha-111111", "sha-ffffff"]):
+        (d / "releases" / rid).mkdir(parents=True)
+        with open(d / "history", "a") as h:
+            h.write(f"2026-11-28T10:0{i}:00Z {rid} installed\n2026-11-28T10:0{i}:01Z {rid} activated\n")
+    (d / "releases" / "sha-000000").mkdir()  # unknown to history: the oldest
+    (d / "current").symlink_to("releases/sha-ffffff")
+    out = _device(tmp_path, "prune", str(keep)).stdout
+    assert set(os.listdir(d / "releases")) == kept
+    assert {line.split("=", 1)[1] for line in out.split()} == {"sha-555555", "sha-111111", "sha-000000"} - kept
+
+
+def test_prune_counts_a_rollback_as_use_and_never_removes_current(tmp_path):
+    d = tmp_path / "d"
+    for rid in ("sha-aaaa", "sha-bbbb"):
+        (d / "releases" / rid).mkdir(parents=True)
+    (d / "history").write_text("t sha-aaaa activated\nt sha-bbbb activated\nt sha-bbbb failed\nt sha-aaaa rolled-back-to\n")
+    (d / "current").symlink_to("releases/sha-aaaa")
+    _device(tmp_path, "prune", "1")
+    assert os.listdir(d / "releases") == ["sha-aaaa"]
+    (d / "current").unlink()
+    (d / "current").symlink_to("releases/sha-aaaa")
+    (d / "history").write_text("t sha-aaaa activated\n")
+    (d / "releases" / "sha-cccc").mkdir()
+    (d / "history").write_text("t sha-aaaa activated\nt sha-cccc installed\n")  # cccc newer, but aaaa is current
+    _device(tmp_path, "prune", "1")
+    assert os.listdir(d / "releases") == ["sha-aaaa"]

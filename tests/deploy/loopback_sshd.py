@@ -16,14 +16,9 @@ from pathlib import Path
 SSHD = "/usr/sbin/sshd"
 
 
-@dataclass
-class LoopbackSSHD:
-    port: int
-    user: str
-    identity: Path
-    known_hosts: Path
-    host_key_pub: Path
-    pid: int
+class LoopbackLogin:
+    """What edgedl needs to reach a test device over ssh on 127.0.0.1 (mixed into the device dataclasses, which
+    have ``port``, ``user``, ``identity`` and ``known_hosts``)."""
 
     @property
     def host(self) -> str:
@@ -38,6 +33,16 @@ class LoopbackSSHD:
 
         return SSHTarget(host="127.0.0.1", user=self.user, port=self.port, identity=self.identity,
                          known_hosts=self.known_hosts, ssh_config=Path("/dev/null"), **kw)
+
+
+@dataclass
+class LoopbackSSHD(LoopbackLogin):
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    host_key_pub: Path
+    pid: int
 
 
 def free_port() -> int:

@@ -38,6 +38,9 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+# tests/deploy is on sys.path wherever this module is imported; free_port is part of this module's API too
+from loopback_sshd import LoopbackLogin, free_port  # noqa: F401
+
 SYSTEMD = "/lib/systemd/systemd"
 SSHD = "/usr/sbin/sshd"
 SUDO = "/usr/bin/sudo"
@@ -83,7 +86,7 @@ _LIVE: dict[int, "SystemdDevice"] = {}
 
 
 @dataclass
-class SystemdDevice:
+class SystemdDevice(LoopbackLogin):
     port: int
     user: str
     identity: Path
@@ -96,20 +99,6 @@ class SystemdDevice:
     boot_s: float  # seconds from Popen to sshd listening and systemd running/degraded
     _proc: subprocess.Popen | None = field(default=None, repr=False)
     stopped: bool = False
-
-    @property
-    def host(self) -> str:
-        return f"{self.user}@127.0.0.1"
-
-    def cli_args(self, remote_dir: Path | str) -> list[str]:
-        return ["--host", self.host, "--port", str(self.port), "--identity", str(self.identity),
-                "--known-hosts", str(self.known_hosts), "--ssh-config", "/dev/null", "--remote-dir", str(remote_dir)]
-
-    def target(self, **kw):
-        from edgedl.stages.deploy.ssh import SSHTarget
-
-        return SSHTarget(host="127.0.0.1", user=self.user, port=self.port, identity=self.identity,
-                         known_hosts=self.known_hosts, ssh_config=Path("/dev/null"), **kw)
 
     def run(self, *argv: str, check: bool = True, timeout: float = 60, input: str | None = None
             ) -> subprocess.CompletedProcess:
@@ -129,12 +118,6 @@ class SystemdDevice:
 
     def power_cycle(self, timeout: float = 45) -> "SystemdDevice":
         return power_cycle(self, timeout)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def available() -> str | None:

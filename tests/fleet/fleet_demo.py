@@ -7,7 +7,6 @@ Prints every command with its output; everything it starts is stopped at the end
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -23,8 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def main() -> None:
     sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import build_zoo
-    from edgedl.runtime.manifest import hash_tree
+    from edgedl_testing import build_zoo, rehashed_bundle
 
     zoo = build_zoo(ROOT / "build" / "test-zoo")
     work = Path(tempfile.mkdtemp(prefix="edgedl-fleet-demo-"))
@@ -46,11 +44,8 @@ def main() -> None:
         cli("package", zoo["cnn"].onnx, zoo["mlp"].onnx, "--target", "x86-server", "-o", "digits-v1", "--no-tarball", show=False)
         cli("package", zoo["mlp"].onnx, "--name", "digits", "--target", "x86-server", "-o", "digits-v2", "--no-tarball", show=False)
         # a release whose server crashes on start (hashes consistent): it must be rolled back
-        shutil.copytree(work / "digits-v2", work / "digits-v3-crashes")
-        (work / "digits-v3-crashes/start.sh").write_text("#!/bin/sh\necho 'simulated crash on start' >&2\nexit 3\n")
-        manifest = json.loads((work / "digits-v3-crashes/manifest.json").read_text())
-        manifest["files"] = hash_tree(work / "digits-v3-crashes")
-        (work / "digits-v3-crashes/manifest.json").write_text(json.dumps(manifest))
+        rehashed_bundle(work / "digits-v2", work / "digits-v3-crashes", "start.sh",
+                        "#!/bin/sh\necho 'simulated crash on start' >&2\nexit 3\n")
         print(f"# inventory.ini (3 loopback sshd devices, group = device profile)\n{(work / 'inventory.ini').read_text()}")
         cli("fleet", "deploy", "digits-v1", "-i", "inventory.ini", "--serial", "2")
         cli("fleet", "deploy", "digits-v1", "-i", "inventory.ini", "--serial", "100%")

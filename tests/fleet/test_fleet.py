@@ -210,6 +210,29 @@ def test_a_device_with_too_little_disk_is_refused_untouched(devices, bundles, tm
         subprocess.run(["umount", str(small)], check=False)
 
 
+def test_a_device_locked_by_another_deploy_fails_untouched(devices, bundles, releases, tmp_path):
+    """dev3's directory is held by another deploy (its lock taken with device.sh): the rollout fails that device
+    with the holder named, changes nothing there, and leaves the lock to its holder."""
+    from edgedl.stages.deploy import remote
+
+    dev = devices[2]
+    before = (dev.current(), dev.pid(), sorted(os.listdir(dev.remote_dir / "releases")))
+    held = subprocess.run(["sh", "-c", remote.DEVICE, "edgedl", str(dev.remote_dir), "lock", "tok", "ann@laptop"],
+                          capture_output=True, text=True)
+    assert held.returncode == 0, held.stderr
+    try:
+        inv = write_inventory(tmp_path / "inv.ini", devices)
+        target = "v2" if dev.current() != releases["v2"] else "v1"
+        result, proc = rollout(bundles[target], "-i", inv, "--limit", "dev3", check=False)
+        assert proc.returncode == 1
+        (row,) = result["hosts"]
+        assert row["outcome"] == "failed" and "another deploy to" in row["error"] and "ann@laptop" in row["error"]
+        assert (dev.current(), dev.pid(), sorted(os.listdir(dev.remote_dir / "releases"))) == before
+        assert (dev.remote_dir / "run/deploy.lock/owner").read_text().split() == ["tok", "ann@laptop"]
+    finally:
+        subprocess.run(["sh", "-c", remote.DEVICE, "edgedl", str(dev.remote_dir), "unlock", "tok"], check=True)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--serial", "0"], "--serial '0' must be a positive count"),
     (["--serial", "150%"], "must be a positive count"),

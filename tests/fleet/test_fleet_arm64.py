@@ -258,13 +258,9 @@ def test_fleet_status_shows_each_device(fleet, inventory, releases, models):
         assert r["arch"] == arch and r["models"] == models[key] and r["uptime_s"] >= 0
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "product bug: device.sh `prune KEEP` orders releases by name (ls | sort -r), not by age: with --keep 1 an older "
-    "release whose id sorts after the current one's is kept (`mkdir releases/sha-111111 releases/sha-ffffff; "
-    "ln -s releases/sha-111111 current; device.sh DIR prune 1` prunes nothing)"))
 def test_keep_1_leaves_only_the_current_release_on_the_pi(fleet, releases, state):
     pi = fleet[2]
-    if not releases["pi_v1"] > releases["pi_v2"]:  # not an AssertionError: this must not pass for the xfail
-        pytest.fail("the bundles fixture must deploy the release whose id sorts higher first")
+    # the release deployed first has the id that sorts higher: pruning by name (a bug once) would keep it
+    assert releases["pi_v1"] > releases["pi_v2"]
     assert sorted(os.listdir(pi.remote_dir / "releases")) == [releases["pi_v2"]]
     assert state["pi_row"]["pruned"] == [releases["pi_v1"]]

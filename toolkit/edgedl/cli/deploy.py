@@ -104,15 +104,19 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
 @click.option("--service", type=click.Choice(["auto", "systemd", "process"]), default="auto", show_default=True,
               help="How the server is kept running: a systemd unit (enabled, restarted on failure; needs root or "
                    "passwordless sudo on the device), a supervised process (pid file), or auto: systemd when usable.")
+@click.option("--break-lock", is_flag=True,
+              help="Take over the device directory's deploy lock (left by a deploy that died; stale after 15 min anyway).")
 @json_option
 @debug_option
-def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, service, as_json, debug, **conn) -> None:
+def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, service, break_lock, as_json, debug,
+         **conn) -> None:
     """Deploy BUNDLE: check the device, copy to a new release, install offline, switch, start, wait ready, roll back on failure."""
     from edgedl.stages.deploy import deploy as run_deploy
 
     api_key = Path(api_key_file).read_text().strip() if api_key_file else None
     config = _config(**conn, serve_host=serve_host, serve_port=serve_port, ready_timeout=ready_timeout, keep=keep,
-                     api_key=api_key, service=service, progress=not as_json)
+                     api_key=api_key, service=service, break_lock=break_lock,
+                     progress=not as_json)
     result = run_deploy(bundle, config)
     if as_json:
         emit_json(result.__dict__)
@@ -166,13 +170,14 @@ def status(as_json, debug, **conn) -> None:
 @connection_options
 @click.option("--to", "to", default=None, help="Release id to switch to (default: the one active before the current).")
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True)
+@click.option("--break-lock", is_flag=True, help="Take over the device directory's deploy lock (left by a deploy that died).")
 @json_option
 @debug_option
-def rollback(to, ready_timeout, as_json, debug, **conn) -> None:
+def rollback(to, ready_timeout, break_lock, as_json, debug, **conn) -> None:
     """Switch the device back to the previous release, restart it and wait until it is ready."""
     from edgedl.stages.deploy import rollback as do_rollback
 
-    result = do_rollback(_config(**conn, ready_timeout=ready_timeout), to=to)
+    result = do_rollback(_config(**conn, ready_timeout=ready_timeout, break_lock=break_lock), to=to)
     if as_json:
         emit_json(result)
         return

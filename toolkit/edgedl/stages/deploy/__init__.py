@@ -12,7 +12,9 @@ restart the previous release and fail with the new release's log tail.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -39,6 +41,7 @@ class DeployConfig:
     keep: int = 5  # installed releases kept on the device (current always kept)
     api_key: str | None = None  # bearer token the server requires (stored in service.env, mode 600)
     service: str = "auto"  # how the server is kept running: auto (systemd when usable) | systemd | process
+    break_lock: bool = False  # take over the device directory's deploy lock even if another deploy holds it
     progress: bool = True
 
 
@@ -92,6 +95,41 @@ class DeployResult:
     warnings: list[str] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     pruned: list[str] = field(default_factory=list)
+
+
+@contextlib.contextmanager
+def device_lock(config: DeployConfig, notes: list[str] | None = None):
+    """Hold the deploy directory's lock on the device for the block: a second deploy, rollout or rollback to the
+    same directory is refused instead of interleaving with this one. Yields ``refresh()``: call it between long
+    steps; a lock not refreshed for 15 minutes counts as left by a deploy that died, and is taken over.
+    ``config.break_lock`` takes over any lock. A take-over is appended to ``notes``."""
+    import getpass
+    import secrets
+    import socket
+
+    token = secrets.token_hex(8)
+    who = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
+
+    def take(*extra: str) -> None:
+        proc = config.target.run(remote.DEVICE, config.remote_dir, "lock", token, who, *extra, check=False, timeout=60)
+        if proc.returncode == 20:
+            raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
+        if proc.returncode == 32:
+            raise EdgeDLError(f"{proc.stderr.strip().splitlines()[-1]} on {config.target.label}; wait for it to finish, "
+                              "or pass --break-lock if it died; nothing was changed")
+        if proc.returncode != 0:
+            raise RemoteCommandError(config.target, proc)
+        if "took over" in proc.stderr and notes is not None:
+            notes.append(proc.stderr.strip().splitlines()[-1])
+
+    take(*(["break"] if config.break_lock else []))
+    try:
+        yield take
+    finally:
+        try:
+            config.target.run(remote.DEVICE, config.remote_dir, "unlock", token, check=False, timeout=60)
+        except EdgeDLError:
+            pass  # unreachable now: the lock goes stale after 15 minutes
 
 
 def probe(config: DeployConfig) -> DeviceFacts:
@@ -206,10 +244,11 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
     host = config.serve_host or manifest["server"]["host"]
     port = int(config.serve_port or manifest["server"]["port"])
     timings["verify_local"] = time.perf_counter() - t0
-    with progress(f"deploying to {config.target.label}", total=6, enabled=config.progress) as advance:
+    with progress(f"deploying to {config.target.label}", total=6, enabled=config.progress) as advance, \
+            device_lock(config, lock_notes := []) as refresh_lock:
         t = time.perf_counter()
         facts = probe(config)
-        warnings = check_device(facts, manifest, bundle_bytes, config)
+        warnings = lock_notes + check_device(facts, manifest, bundle_bytes, config)
         timings["probe"] = time.perf_counter() - t
         advance(info="device checked")
 
@@ -222,6 +261,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         advance(info="copied")
 
         t = time.perf_counter()
+        refresh_lock()
         proc = config.target.run(remote.DEVICE, config.remote_dir, "install", release, config.remote_python,
                                  check=False, timeout=900)
         if proc.returncode == 22:
@@ -234,6 +274,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         advance(info="installed")
 
         t = time.perf_counter()
+        refresh_lock()
         keymode, key_line = ("set", f"EDGEDL_API_KEY='{config.api_key}'\n".encode()) if config.api_key is not None else ("keep", None)
         activated = config.target.run(remote.DEVICE, config.remote_dir, "activate", release, host, str(port), keymode,
                                       config.service, input=key_line, check=False, timeout=180)
@@ -315,6 +356,11 @@ def status(config: DeployConfig) -> dict:
 
 def rollback(config: DeployConfig, to: str | None = None) -> dict:
     """Switch back to the release active before the current one (or ``to``), restart it, wait for ready."""
+    with device_lock(config):
+        return _rollback(config, to)
+
+
+def _rollback(config: DeployConfig, to: str | None) -> dict:
     st = status(config)
     current = st["current"]
     installed = [r["id"] for r in st["releases"] if r["state"] == "installed"]

@@ -14,6 +14,7 @@
 #   run/edgedl.pid     the supervisor's pid (= its process group) when it runs as a supervised process
 #   logs/ID.log        each release's server log (both ways)
 #   history            one line per event: TIME ID EVENT
+#   run/deploy.lock/   held by the deploy or rollout working on DIR (owner: token, who)
 #
 # With systemd (the device runs it, and the login is root or has passwordless sudo) the server is the unit
 # /etc/systemd/system/edgedl[-NAME].service (NAME: DIR's base name unless it is "edgedl"), enabled so it comes
@@ -289,12 +290,47 @@ logs)  # [ID] N: the last N lines of a release's log (default: the current one)
     [ -f "logs/$ID.log" ] || { echo "no log for release $ID" >&2; exit 28; }
     tail -n "$N" "logs/$ID.log"
     ;;
-prune)  # KEEP: delete all but the newest KEEP releases (never the current one) and leftover staging copies
+lock)  # TOKEN WHO [break]: take (or, same TOKEN, refresh) this directory's deploy lock. mkdir is atomic. A lock
+    # not refreshed for 15 minutes is stale (its deploy died) and taken over; "break" takes over any lock.
+    TOKEN=$1; WHO=$2; BREAK=${3:-}
+    mkdir -p run
+    if ! mkdir run/deploy.lock 2>/dev/null; then
+        holder=$(cut -d' ' -f1 run/deploy.lock/owner 2>/dev/null)
+        if [ "$holder" != "$TOKEN" ]; then
+            age=$(( $(date +%s) - $(stat -c %Y run/deploy.lock/owner 2>/dev/null || stat -c %Y run/deploy.lock) ))
+            who=$(cut -d' ' -f2- run/deploy.lock/owner 2>/dev/null || echo '?')
+            if [ "$BREAK" != break ] && [ "$age" -lt 900 ]; then
+                echo "another deploy to $HERE_DIR is in progress ($who, last active ${age} s ago)" >&2
+                exit 32
+            fi
+            echo "took over the deploy lock of $who (last active ${age} s ago)" >&2
+        fi
+    fi
+    echo "$TOKEN $WHO" > run/deploy.lock/owner.tmp && mv run/deploy.lock/owner.tmp run/deploy.lock/owner
+    ;;
+unlock)  # TOKEN: release the lock if this token holds it
+    [ "$(cut -d' ' -f1 run/deploy.lock/owner 2>/dev/null)" = "$1" ] && rm -rf run/deploy.lock
+    rmdir run 2>/dev/null  # a directory the deploy was refused for is left as it was
+    true
+    ;;
+prune)  # KEEP: keep the current release and the KEEP-1 most recently used others; delete the rest and leftover staging
+    # copies. Most recently used = latest line in history (installed, activated, rolled back to, failed); release
+    # ids are not ordered (fleet ids are hashes), releases history does not know count as the oldest.
     KEEP=$1
     CUR=$(current_id)
-    ls -1d releases/*/ 2>/dev/null | sed 's#releases/##; s#/$##' | sort -r | tail -n +"$((KEEP + 1))" | while read -r id; do
-        [ "$id" = "$CUR" ] || { rm -rf "releases/$id" "logs/$id.log"; echo "pruned=$id"; }
-    done
+    { [ -n "$CUR" ] && echo "$CUR"
+      [ -f history ] && awk '{ last[$2] = NR } END { for (id in last) print last[id], id }' history | sort -rn | cut -d' ' -f2
+      ls -1d releases/*/ 2>/dev/null | sed 's#releases/##; s#/$##'
+    } | awk '!seen[$0]++' | {
+        n=0
+        while read -r id; do
+            [ -n "$id" ] && [ -d "releases/$id" ] || continue
+            n=$((n + 1))
+            if [ "$n" -gt "$KEEP" ] && [ "$id" != "$CUR" ]; then
+                rm -rf "releases/$id" "logs/$id.log"; echo "pruned=$id"
+            fi
+        done
+    }
     rm -rf staging
     ;;
 *)

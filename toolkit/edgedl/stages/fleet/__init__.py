@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import secrets
 import re
 import tarfile
 import tempfile
@@ -137,7 +138,7 @@ def deploy(config: FleetConfig) -> dict:
     hosts = [h for h in inventory.hosts if h in targets]
     extra = {"edgedl_hosts": hosts, "edgedl_serial": config.serial, "edgedl_max_fail": config.max_fail,
              "edgedl_bundles": prepared, "edgedl_targets": targets, "edgedl_report_dir": str(reports),
-             "edgedl_ready_timeout": config.ready_timeout,
+             "edgedl_ready_timeout": config.ready_timeout, "edgedl_run_id": f"{run_dir.name}-{secrets.token_hex(4)}",
              **({"edgedl_keep": config.keep} if config.keep is not None else {}),
              **({"edgedl_service": config.service} if config.service is not None else {})}
     label = "fleet check" if config.check else "fleet rollout"
