@@ -148,6 +148,18 @@ def test_update_then_rollback_keep_the_unit(device, bundles, port, zoo):
     assert unit(device, "ActiveState", "UnitFileState") == {"ActiveState": "active", "UnitFileState": "enabled"}
 
 
+def test_a_second_directory_whose_unit_name_is_taken_is_refused_untouched(device, bundles, port):
+    """~/edgedl and ~/other/edgedl would both be edgedl.service: the second deploy is refused (the unit belongs to
+    the first directory) before anything there or in the running service changes."""
+    pid = unit(device, "MainPID")["MainPID"]
+    proc = run_edgedl("deploy", bundles["v1"], *device.cli_args("other/edgedl"), "--serve-host", "127.0.0.1",
+                      "--serve-port", str(systemd_device.free_port()), check=False, timeout=400, env=CACHE_ENV)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "edgedl.service already runs another directory" in proc.stderr and "the running release was not touched" in proc.stderr
+    assert unit(device, "MainPID", "WorkingDirectory") == {"MainPID": pid, "WorkingDirectory": "/home/pi/edgedl"}
+    assert wait_ready(port)
+
+
 def test_stop_stops_and_disables_the_unit(device, port):
     out = deploy(device, "stop").stdout
     assert "stopped release" in out

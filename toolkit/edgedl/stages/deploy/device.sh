@@ -113,20 +113,24 @@ disable_unit() {  # stop using systemd in this directory: the unit goes away
         sc daemon-reload
     fi
 }
-choose_service() {  # $1 = auto | systemd | process | keep; writes run/service
-    want=$1; old=$(service_mode)
-    if [ "$want" = keep ]; then [ -f run/service ] && return 0; want=auto; fi
-    new=process
+decide_service() {  # $1 = auto | systemd | process | keep -> NEW_MODE; refuses (exit 29/30) before anything changes
+    want=$1; NEW_MODE=process
+    if [ "$want" = keep ]; then
+        if [ -f run/service ]; then NEW_MODE=$(service_mode); return 0; fi
+        want=auto
+    fi
     if [ "$want" != process ]; then
         if why=$(systemd_access); then
             unit_is_ours || { echo "$UNIT_DIR/$UNIT already runs another directory; deploy to another --remote-dir or pass --service process" >&2; exit 29; }
-            new=systemd
+            NEW_MODE=systemd
         elif [ "$want" = systemd ]; then
             echo "--service systemd: $why; pass --service auto or process" >&2; exit 30
         fi
     fi
-    [ "$old" = systemd ] && [ "$new" != systemd ] && disable_unit
-    mkdir -p run && echo "$new" > run/service
+}
+apply_service() {  # after the old server stopped: leave systemd behind if NEW_MODE is not systemd
+    [ "$(service_mode)" = systemd ] && [ "$NEW_MODE" != systemd ] && disable_unit
+    mkdir -p run && echo "$NEW_MODE" > run/service
 }
 start_service() {  # $1 = release id; current must point at it
     mkdir -p run logs
@@ -212,6 +216,7 @@ activate)  # ID HOST PORT [KEYMODE [SERVICE]]: stop the running release, switch 
     [ -f "releases/$ID/.installed" ] || { echo "release $ID is not installed" >&2; exit 26; }
     KEYLINE=
     [ "$KEYMODE" = set ] && KEYLINE=$(cat)
+    decide_service "$SERVICE"
     [ -f service.env ] && cp -p service.env service.env.prev
     # new host/port (and key); every other setting is kept, mode 600
     ( umask 077  # the redirection is inside the subshell, so service.env.tmp is created with this umask
@@ -226,7 +231,7 @@ activate)  # ID HOST PORT [KEYMODE [SERVICE]]: stop the running release, switch 
       } > service.env.tmp
     ) && mv service.env.tmp service.env
     stop_service
-    choose_service "$SERVICE"
+    apply_service
     switch_current "$ID"
     rm -f "releases/$ID/.failed"
     start_service "$ID" || exit 31
