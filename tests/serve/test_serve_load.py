@@ -91,7 +91,9 @@ def test_32_clients_no_cross_talk(server, repository, reference):
 def test_queue_bound_answers_503(built, tmp_path):
     repo = tmp_path / "repo"
     place(repo, "slow", 1, built["slow"], "instance_group [ { count: 1 kind: KIND_CPU } ]\n")
-    x = np.random.default_rng(1).random((64, 512), dtype=np.float32)
+    # ~0.1 s of compute per request on one thread: 16 requests released together surely overrun a queue of 2 even
+    # when a loaded machine spreads their arrival (8 ms ones once all got through one by one)
+    x = np.random.default_rng(1).random((1024, 512), dtype=np.float32)
     statuses, messages = [], []
 
     with ServerProcess("--model-repository", repo, "--max-queue", "2", "--threads", "1") as proc:
