@@ -148,6 +148,31 @@ def test_update_then_rollback_keep_the_unit(device, bundles, port, zoo):
     assert unit(device, "ActiveState", "UnitFileState") == {"ActiveState": "active", "UnitFileState": "enabled"}
 
 
+def test_a_fleet_rollout_and_fleet_status_use_the_unit(device, bundles, port, tmp_path):
+    """The Ansible role runs the same device script: a rollout onto this device keeps the server a systemd unit,
+    passes the health gate and smoke inference, and `fleet status` reads the unit's state and uptime."""
+    if not (ROOT / ".venv/bin/ansible-playbook").is_file():
+        pytest.skip("ansible-core (the fleet extra) is not installed")
+    inv = tmp_path / "inventory.ini"
+    inv.write_text(
+        "[x86-server]\n"
+        f"pi ansible_host=127.0.0.1 ansible_port={device.port} ansible_user=pi "
+        f"ansible_ssh_private_key_file={device.identity} ansible_python_interpreter=/usr/bin/python3 "
+        f"ansible_ssh_transfer_method=piped ansible_ssh_common_args='-F /dev/null -o UserKnownHostsFile={device.known_hosts}' "
+        f"edgedl_remote_dir=edgedl edgedl_port={port} edgedl_bind=127.0.0.1 edgedl_python=/usr/bin/python3 "
+        "edgedl_ready_timeout=60\n")
+    before = unit(device, "MainPID")["MainPID"]
+    row = json.loads(run_edgedl("fleet", "deploy", bundles["v2"], "-i", inv, "--json", timeout=400,
+                                env=CACHE_ENV).stdout)["hosts"][0]
+    assert row["outcome"] == "updated" and row["device"]["service"] == "systemd" and row["smoke"]["code"] == 0, row
+    props = unit(device, "ActiveState", "UnitFileState", "MainPID", "WorkingDirectory")
+    assert props["ActiveState"] == "active" and props["UnitFileState"] == "enabled" and props["MainPID"] != before
+    assert row["release"] in device.run("cat", f"/etc/systemd/system/{UNIT}").stdout
+    status = json.loads(run_edgedl("fleet", "status", "-i", inv, "--json", timeout=200).stdout)["hosts"][0]
+    assert status["service"] == "systemd" and status["unit"] == UNIT and status["running"] and status["ready"], status
+    assert status["current"] == row["release"] and 0 <= status["uptime_s"] < 600
+
+
 def test_a_second_directory_whose_unit_name_is_taken_is_refused_untouched(device, bundles, port):
     """~/edgedl and ~/other/edgedl would both be edgedl.service: the second deploy is refused (the unit belongs to
     the first directory) before anything there or in the running service changes."""
