@@ -28,16 +28,10 @@ def main() -> None:
     work = Path("/tmp/edgedl-pi-demo")
     subprocess.run(["rm", "-rf", str(work)], check=True)
     work.mkdir()
-    enabled = arm64_rootfs.ensure_binfmt()
-    tarball = arm64_rootfs.rootfs_tarball(ROOT / "build" / "arm64")
-    for key in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)], check=True)
-    port = free_port()
-    pi = arm64_rootfs.start(tarball, work / "rootfs", port, (work / "user.pub").read_text(), work / "host")
-    kt, kb = (work / "host.pub").read_text().split()[:2]
-    (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {kt} {kb}\n")
-    conn = ["--host", f"root@127.0.0.1:{port}", "--identity", str(work / "user"), "--known-hosts",
-            str(work / "known_hosts"), "--ssh-config", "/dev/null"]
+    pi = arm64_rootfs.boot(work, ROOT / "build" / "arm64")
+    port = pi.port
+    conn = ["--host", f"root@127.0.0.1:{port}", "--identity", str(pi.identity), "--known-hosts",
+            str(pi.known_hosts), "--ssh-config", "/dev/null"]
     transcript: list[str] = []
 
     def cli(*args):
@@ -70,10 +64,8 @@ def main() -> None:
         print(line)
 
         from edgedl.stages.deploy.remote_bench import remote_bench
-        from edgedl.stages.deploy.ssh import SSHTarget
 
-        target = SSHTarget.parse(f"root@127.0.0.1:{port}", identity=work / "user", known_hosts=work / "known_hosts",
-                                 ssh_config=Path("/dev/null"))
+        target = pi.target()
         t0 = time.time()
         out = remote_bench(target, [bundle / "models/cnn/1/model.onnx"], {"threads": 1, "batch": 1, "warmup": 3,
                            "iterations": 30, "duration_s": None, "placement": False}, progress=False,
@@ -85,9 +77,7 @@ def main() -> None:
         transcript.append(line)
         print(line)
     finally:
-        arm64_rootfs.stop(pi)
-        if enabled:
-            subprocess.run(["update-binfmts", "--disable", "qemu-aarch64"], check=False, capture_output=True)
+        arm64_rootfs.shutdown(pi)
     out_md = ROOT / "benchmarks" / "results" / "deploy_emulated_pi.md"
     out_md.parent.mkdir(parents=True, exist_ok=True)
     out_md.write_text("# deploy to the emulated Raspberry Pi (qemu-user arm64 rootfs, loopback sshd)\n\n"

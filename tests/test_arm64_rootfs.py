@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,19 +34,9 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def pi(tmp_path_factory):
-    work = tmp_path_factory.mktemp("pi")
-    enabled = arm64_rootfs.ensure_binfmt()
-    tarball = arm64_rootfs.rootfs_tarball(ROOT / "build" / "arm64")
-    for key in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / key)], check=True)
-    port = free_port()
-    running = arm64_rootfs.start(tarball, work / "rootfs", port, (work / "user.pub").read_text(), work / "host")
-    key_type, key_b64 = (work / "host.pub").read_text().split()[:2]
-    (work / "known_hosts").write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
-    yield {"port": port, "identity": work / "user", "known_hosts": work / "known_hosts", "root": running.root}
-    arm64_rootfs.stop(running)
-    if enabled:
-        subprocess.run(["update-binfmts", "--disable", "qemu-aarch64"], check=False, capture_output=True)
+    pi = arm64_rootfs.boot(tmp_path_factory.mktemp("pi"), ROOT / "build" / "arm64")
+    yield {"port": pi.port, "identity": pi.identity, "known_hosts": pi.known_hosts, "root": pi.root}
+    arm64_rootfs.shutdown(pi)
 
 
 def test_deploy_to_emulated_pi_and_infer_from_the_host(pi, zoo, tmp_path):

@@ -17,6 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# tests/deploy is on sys.path wherever this module is imported
+from loopback_sshd import LoopbackLogin, free_port, throwaway_keys, wait_listening, write_known_hosts
+
 INCLUDE = ["python3", "python3-venv", "ca-certificates", "openssh-server", "rsync"]
 SUITE = "bookworm"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
@@ -140,21 +143,52 @@ def start(tarball: Path, root: Path, port: int, authorized_key: str, host_key: P
                                  "-o", "ListenAddress=127.0.0.1", "-o", "HostKey=/etc/ssh/ssh_host_ed25519_key",
                                  "-o", "PermitRootLogin=prohibit-password", "-o", "UsePAM=no"],
                                 stdout=open(root / "sshd.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
-        import socket
-
-        deadline = time.time() + 60
-        while time.time() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"arm64 sshd exited: {(root / 'sshd.log').read_text()[-500:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.3)
+        wait_listening(proc, port, root / "sshd.log", timeout=60, what="arm64 sshd", interval=0.3)
     except BaseException:
         unmount_under(root)  # never leave /dev bind-mounted under a tree someone may delete
         raise
     return RunningPi(root=root, port=port, sshd_pid=proc.pid, mounts=mounts)
+
+
+@dataclass
+class EmulatedPi(LoopbackLogin):
+    """A booted stand-in Pi and how to log in to it (root, a throwaway key, a known_hosts entry)."""
+    port: int
+    identity: Path
+    known_hosts: Path
+    running: RunningPi
+    binfmt_enabled: bool  # this boot registered qemu-aarch64; shutdown() unregisters it
+    user: str = "root"
+
+    @property
+    def root(self) -> Path:
+        return self.running.root
+
+
+def boot(work: Path, cache: Path) -> EmulatedPi:
+    """Register qemu if needed, restore the root filesystem (built once into ``cache``) under ``work/rootfs`` and
+    start its sshd on a free loopback port with fresh keys under ``work``. Undo with :func:`shutdown`."""
+    enabled = ensure_binfmt()
+    try:
+        tarball = rootfs_tarball(cache)
+        host_key, user_key = throwaway_keys(work)
+        port = free_port()
+        running = start(tarball, work / "rootfs", port, user_key.with_suffix(".pub").read_text(), host_key)
+    except BaseException:
+        _disable_binfmt(enabled)
+        raise
+    return EmulatedPi(port=port, identity=user_key, running=running, binfmt_enabled=enabled,
+                      known_hosts=write_known_hosts(work / "known_hosts", port, host_key.with_suffix(".pub")))
+
+
+def shutdown(pi: EmulatedPi) -> None:
+    stop(pi.running)
+    _disable_binfmt(pi.binfmt_enabled)
+
+
+def _disable_binfmt(enabled_here: bool) -> None:
+    if enabled_here:
+        subprocess.run(["update-binfmts", "--disable", "qemu-aarch64"], check=False, capture_output=True)
 
 
 def stop(pi: RunningPi) -> None:

@@ -51,6 +51,38 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def throwaway_keys(directory: Path) -> tuple[Path, Path]:
+    """``(host key, user key)``: ed25519 pairs without a passphrase in ``directory``, made once."""
+    host_key, user_key = directory / "host_ed25519", directory / "user_ed25519"
+    for key in (host_key, user_key):
+        if not key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    return host_key, user_key
+
+
+def write_known_hosts(path: Path, port: int, host_key_pub: Path) -> Path:
+    """A known_hosts file trusting exactly ``host_key_pub`` for 127.0.0.1:``port``."""
+    key_type, key_b64 = host_key_pub.read_text().split()[:2]
+    path.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    return path
+
+
+def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float, what: str = "sshd",
+                   interval: float = 0.1) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections; raise (and kill ``proc``) if it exits or times out."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text(errors='replace')[-500:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(interval)
+    proc.kill()
+    raise RuntimeError(f"{what} did not listen within {timeout:.0f} s: {log.read_text(errors='replace')[-500:]}")
+
+
 def available() -> str | None:
     """None when an sshd can be started here, else why not."""
     if not Path(SSHD).is_file():
@@ -65,10 +97,7 @@ def available() -> str | None:
 def start(workdir: Path) -> LoopbackSSHD:
     workdir.mkdir(parents=True, exist_ok=True)
     os.chmod(workdir, 0o700)
-    host_key, user_key = workdir / "host_ed25519", workdir / "user_ed25519"
-    for key in (host_key, user_key):
-        if not key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    host_key, user_key = throwaway_keys(workdir)
     (workdir / "authorized_keys").write_text((workdir / "user_ed25519.pub").read_text())
     port = free_port()
     config = workdir / "sshd_config"
@@ -80,21 +109,8 @@ def start(workdir: Path) -> LoopbackSSHD:
     log = open(workdir / "sshd.log", "ab")
     proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config), "-p", str(port), "-o", "ListenAddress=127.0.0.1"],
                             stdout=log, stderr=log)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sshd exited: {(workdir / 'sshd.log').read_text()[-500:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("sshd did not listen within 15 s")
-    known_hosts = workdir / "known_hosts"
-    key_type, key_b64 = (workdir / "host_ed25519.pub").read_text().split()[:2]
-    known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    wait_listening(proc, port, workdir / "sshd.log", timeout=15)
+    known_hosts = write_known_hosts(workdir / "known_hosts", port, workdir / "host_ed25519.pub")
     import pwd
 
     return LoopbackSSHD(port=port, user=pwd.getpwuid(os.geteuid()).pw_name, identity=user_key,

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 # tests/deploy is on sys.path wherever this module is imported; free_port is part of this module's API too
-from loopback_sshd import LoopbackLogin, free_port  # noqa: F401
+from loopback_sshd import LoopbackLogin, free_port, throwaway_keys, write_known_hosts  # noqa: F401
 
 SYSTEMD = "/lib/systemd/systemd"
 SSHD = "/usr/sbin/sshd"
@@ -348,10 +348,7 @@ def start(workdir: Path, user: str = "pi", timeout: float = 45) -> SystemdDevice
     os.chmod(workdir, 0o700)
     keys = workdir / "keys"
     keys.mkdir(exist_ok=True)
-    host_key, user_key = keys / "host_ed25519", keys / "user_ed25519"
-    for key in (host_key, user_key):
-        if not key.exists():
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    _, user_key = throwaway_keys(keys)
     for sub in ("upper", "work", "merged"):
         (workdir / sub).mkdir(exist_ok=True)
     port = free_port()
@@ -366,8 +363,7 @@ def start(workdir: Path, user: str = "pi", timeout: float = 45) -> SystemdDevice
     except BaseException:
         stop(device)
         raise
-    key_type, key_b64 = device.host_key_pub.read_text().split()[:2]
-    device.known_hosts.write_text(f"[127.0.0.1]:{port} {key_type} {key_b64}\n")
+    write_known_hosts(device.known_hosts, port, device.host_key_pub)
     return device
 
 

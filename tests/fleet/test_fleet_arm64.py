@@ -88,32 +88,18 @@ def write_fleet_inventory(path: Path, entries: list[Device]) -> Path:
 def pi(tmp_path_factory) -> Device:
     """The emulated Pi: an arm64 rootfs with sshd on a loopback port, login root, deploy dir /root/edgedl (on this
     machine: ROOTFS/root/edgedl, which is ``remote_dir``)."""
-    base = tmp_path_factory.mktemp("pi")
-    enabled = arm64_rootfs.ensure_binfmt()
-    tarball = arm64_rootfs.rootfs_tarball(ROOT / "build" / "arm64")
-    keys = base / "pi-keys"
-    keys.mkdir()
-    for key in ("host", "user"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keys / key)], check=True)
-    port = loopback_sshd.free_port()
-    running = None
+    pi = arm64_rootfs.boot(tmp_path_factory.mktemp("pi"), ROOT / "build" / "arm64")
     try:
-        running = arm64_rootfs.start(tarball, base / "rootfs", port, (keys / "user.pub").read_text(), keys / "host")
-        kt, kb = (keys / "host.pub").read_text().split()[:2]
-        (keys / "known_hosts").write_text(f"[127.0.0.1]:{port} {kt} {kb}\n")
         serve_port = loopback_sshd.free_port()
-        line = (f"pi ansible_host=127.0.0.1 ansible_port={port} ansible_user=root "
-                f"ansible_ssh_private_key_file={keys / 'user'} "
-                f"ansible_ssh_common_args='-F /dev/null -o UserKnownHostsFile={keys / 'known_hosts'}' "
+        line = (f"pi ansible_host=127.0.0.1 ansible_port={pi.port} ansible_user=root "
+                f"ansible_ssh_private_key_file={pi.identity} "
+                f"ansible_ssh_common_args='-F /dev/null -o UserKnownHostsFile={pi.known_hosts}' "
                 f"ansible_python_interpreter=/usr/bin/python3 ansible_ssh_transfer_method=piped "
                 f"edgedl_python=/usr/bin/python3 edgedl_port={serve_port} edgedl_bind=127.0.0.1")
-        yield Device(name="pi", sshd=None, remote_dir=running.root / "root" / "edgedl", port=serve_port, group="rpi5",
+        yield Device(name="pi", sshd=None, remote_dir=pi.root / "root" / "edgedl", port=serve_port, group="rpi5",
                      extra={"line": line})
     finally:
-        if running is not None:
-            arm64_rootfs.stop(running)
-        if enabled:
-            subprocess.run(["update-binfmts", "--disable", "qemu-aarch64"], check=False, capture_output=True)
+        arm64_rootfs.shutdown(pi)
 
 
 def _release(bundle: Path) -> str:
