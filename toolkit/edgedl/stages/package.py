@@ -32,13 +32,13 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import FORMAT, MANIFEST, hash_tree, sha256_file
 from edgedl.stages.files import atomic_output_dir
 from edgedl.stages.profiles import DeviceProfile, load_profile
+from edgedl.stages.triton import model_names
 from edgedl.stages.resources import deploy_dir
 
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = deploy_dir("templates")  # deploy/templates in a checkout, edgedl/_deploy/templates when installed
 # what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools)
 RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -229,19 +229,6 @@ def _ort_format(model: Path, name: str, staging: Path, arch: str) -> dict:
     return {"path": f"ort/{name}/model.ort", "max_abs_diff_vs_onnx": worst, "sha256": sha256_file(dest / "model.ort")}
 
 
-def _names(config: PackageConfig) -> list[str]:
-    names = list(config.names) or [p.stem for p in config.models]
-    if len(names) != len(config.models):
-        raise EdgeDLError(f"{len(config.names)} --name values for {len(config.models)} models; give one name per model")
-    for n in names:
-        if not _NAME_RE.match(n):
-            raise EdgeDLError(f"model name {n!r} is not usable in a model repository; use letters, digits, '_', '-', '.'")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise EdgeDLError(f"two models would both be named {dupes[0]!r}; rename one or pass --name for each model")
-    return names
-
-
 def _ort_version() -> str:
     import onnxruntime
 
@@ -256,7 +243,7 @@ def package(config: PackageConfig) -> dict:
         raise EdgeDLError("give at least one MODEL.onnx to package")
     profile = load_profile(config.target)
     python = profile.check_python(config.python or profile.python[0])
-    names = _names(config)
+    names = model_names(config.models, config.names)
     out = Path(config.output)
     tarball = out.parent / f"{out.name}.tar.gz"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

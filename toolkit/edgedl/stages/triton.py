@@ -221,7 +221,7 @@ def model_names(models: list[Path], names: list[str] | None) -> list[str]:
             raise EdgeDLError(f"model name {n!r} is not usable in a model repository; use letters, digits, '_', '-', '.'")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise EdgeDLError(f"two models would both be named {dupes[0]!r}; pass --name for each model")
+        raise EdgeDLError(f"two models would both be named {dupes[0]!r}; rename one or pass --name for each model")
     return names
 
 
