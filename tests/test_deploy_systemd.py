@@ -102,7 +102,7 @@ def test_deploy_installs_an_enabled_unit_that_runs_as_pi(device, bundles, port, 
     owner = device.run("ps", "-o", "user=", "-p", props["MainPID"]).stdout.strip()
     assert owner == "pi"
     np.testing.assert_allclose(infer_mlp(port), expected_mlp(zoo), rtol=0, atol=1e-5)
-    assert device.run("cat", "/home/pi/edgedl/run/service").stdout.strip() == "systemd"
+    assert device.run("cat", "/home/pi/edgedl/run/service").stdout.strip() == f"systemd {UNIT}"
     assert device.run("test", "-e", "/home/pi/edgedl/run/edgedl.pid", check=False).returncode != 0  # no supervisor
 
 

@@ -10,7 +10,7 @@
 #   releases/ID/       an installed release: the bundle + venv/ (+ .installed, or .failed after a failed start)
 #   current -> releases/ID      switched atomically: ln -sfn to a temporary name, then mv -T over `current`
 #   service.env        EDGEDL_HOST / EDGEDL_PORT (/ EDGEDL_API_KEY) of the service, mode 600
-#   run/service        how the server is kept running: "systemd" (a unit, see below) or "process"
+#   run/service        how the server is kept running: "systemd UNIT" (see below) or "process"
 #   run/edgedl.pid     the supervisor's pid (= its process group) when it runs as a supervised process
 #   logs/ID.log        each release's server log (both ways)
 #   history            one line per event: TIME ID EVENT
@@ -30,7 +30,7 @@ current_id() { basename "$(readlink current 2>/dev/null)" 2>/dev/null; }
 switch_current() {  # atomic: a reader sees the old link or the new one, never none
     ln -sfn "releases/$1" current.tmp && mv -T current.tmp current
 }
-service_mode() { cat run/service 2>/dev/null || echo process; }
+service_mode() { s=$(cat run/service 2>/dev/null) || s=process; echo "${s%% *}"; }  # run/service: process | systemd UNIT
 unit_name() {
     b=$(basename "$HERE_DIR" | tr -c 'A-Za-z0-9_.\n-' '_')
     if [ "$b" = edgedl ]; then echo edgedl.service; else echo "edgedl-$b.service"; fi
@@ -130,7 +130,8 @@ decide_service() {  # $1 = auto | systemd | process | keep -> NEW_MODE; refuses 
 }
 apply_service() {  # after the old server stopped: leave systemd behind if NEW_MODE is not systemd
     [ "$(service_mode)" = systemd ] && [ "$NEW_MODE" != systemd ] && disable_unit
-    mkdir -p run && echo "$NEW_MODE" > run/service
+    if [ "$NEW_MODE" = systemd ]; then m="systemd $UNIT"; else m=process; fi
+    mkdir -p run && echo "$m" > run/service
 }
 start_service() {  # $1 = release id; current must point at it
     mkdir -p run logs

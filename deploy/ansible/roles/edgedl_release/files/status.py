@@ -18,18 +18,15 @@ try:
 except OSError:
     pass
 pid_file = os.path.join(d, "run", "edgedl.pid")
-mode = "process"
-try:
-    mode = open(os.path.join(d, "run", "service")).read().strip() or "process"
+mode, unit = "process", None
+try:  # run/service: "process", or "systemd UNIT" as device.sh (edgedl-device.sh) chose them
+    mode, _, unit = (open(os.path.join(d, "run", "service")).read().strip() or "process").partition(" ")
 except OSError:
     pass
 out["service"] = mode
-if mode == "systemd":  # the unit device.sh wrote: edgedl.service, or edgedl-NAME.service for another directory
-    import re
+if mode == "systemd":
     import subprocess
 
-    base = re.sub(r"[^A-Za-z0-9_.-]", "_", os.path.basename(os.path.realpath(d)))
-    unit = "edgedl.service" if base == "edgedl" else "edgedl-%s.service" % base
     out["unit"] = unit
     try:
         show = subprocess.run(["systemctl", "show", "-p", "ActiveState", "-p", "ActiveEnterTimestampMonotonic", unit],
