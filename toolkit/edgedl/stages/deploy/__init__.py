@@ -97,6 +97,18 @@ class DeployResult:
     pruned: list[str] = field(default_factory=list)
 
 
+def _device(config: DeployConfig, command: str, *args: str, check: bool = True, timeout: float = 60,
+            input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Run one device.sh COMMAND in the deploy directory (see device.sh); exit 20, a directory that cannot be
+    created, is a user error here, any other failure with ``check`` a RemoteCommandError."""
+    proc = config.target.run(remote.DEVICE, config.remote_dir, command, *args, check=False, timeout=timeout, input=input)
+    if proc.returncode == 20:
+        raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
+    if check and proc.returncode != 0:
+        raise RemoteCommandError(config.target, proc)
+    return proc
+
+
 @contextlib.contextmanager
 def device_lock(config: DeployConfig, notes: list[str] | None = None):
     """Hold the deploy directory's lock on the device for the block: a second deploy, rollout or rollback to the
@@ -111,9 +123,7 @@ def device_lock(config: DeployConfig, notes: list[str] | None = None):
     who = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
 
     def take(*extra: str) -> None:
-        proc = config.target.run(remote.DEVICE, config.remote_dir, "lock", token, who, *extra, check=False, timeout=60)
-        if proc.returncode == 20:
-            raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
+        proc = _device(config, "lock", token, who, *extra, check=False)
         if proc.returncode == 32:
             raise EdgeDLError(f"{proc.stderr.strip().splitlines()[-1]} on {config.target.label}; wait for it to finish, "
                               "or pass --break-lock if it died; nothing was changed")
@@ -127,18 +137,13 @@ def device_lock(config: DeployConfig, notes: list[str] | None = None):
         yield take
     finally:
         try:
-            config.target.run(remote.DEVICE, config.remote_dir, "unlock", token, check=False, timeout=60)
+            _device(config, "unlock", token, check=False)
         except EdgeDLError:
             pass  # unreachable now: the lock goes stale after 15 minutes
 
 
 def probe(config: DeployConfig) -> DeviceFacts:
-    proc = config.target.run(remote.DEVICE, config.remote_dir, "facts", config.remote_python, check=False, timeout=60)
-    if proc.returncode == 20:
-        raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
-    if proc.returncode != 0:
-        raise RemoteCommandError(config.target, proc)
-    return DeviceFacts.parse(proc.stdout)
+    return DeviceFacts.parse(_device(config, "facts", config.remote_python).stdout)
 
 
 def check_device(facts: DeviceFacts, manifest: dict, bundle_bytes: int, config: DeployConfig) -> list[str]:
@@ -184,18 +189,17 @@ def _release_id(manifest_sha: str) -> str:
 
 
 def _log_tail(config: DeployConfig, release: str, lines: int = 15) -> str:
-    proc = config.target.run(remote.DEVICE, config.remote_dir, "logs", release, str(lines), check=False, timeout=60)
-    return proc.stdout.strip()
+    return _device(config, "logs", release, str(lines), check=False).stdout.strip()
 
 
 def _wait_ready(config: DeployConfig, release: str, timeout: float) -> "subprocess.CompletedProcess":
     """device_health.py on the device: 0 ready, 1 not ready in time, 2 the server kept crashing."""
-    return config.target.run(remote.DEVICE, config.remote_dir, "wait-ready", config.remote_python, str(timeout), release,
-                             remote.HEALTH, check=False, timeout=timeout + 60)
+    return _device(config, "wait-ready", config.remote_python, str(timeout), release, remote.HEALTH, check=False,
+                   timeout=timeout + 60)
 
 
 def _restore(config: DeployConfig, release: str, previous: str | None) -> None:
-    config.target.run(remote.DEVICE, config.remote_dir, "restore", release, previous or "", timeout=180)
+    _device(config, "restore", release, previous or "", timeout=180)
 
 
 def _unpack(tarball: Path, dest: Path) -> Path:
@@ -262,8 +266,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
 
         t = time.perf_counter()
         refresh_lock()
-        proc = config.target.run(remote.DEVICE, config.remote_dir, "install", release, config.remote_python,
-                                 check=False, timeout=900)
+        proc = _device(config, "install", release, config.remote_python, check=False, timeout=900)
         if proc.returncode == 22:
             raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
                               f"({proc.stderr.strip().splitlines()[-1]}); the running release was not touched - deploy again")
@@ -276,8 +279,8 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         t = time.perf_counter()
         refresh_lock()
         keymode, key_line = ("set", f"EDGEDL_API_KEY='{config.api_key}'\n".encode()) if config.api_key is not None else ("keep", None)
-        activated = config.target.run(remote.DEVICE, config.remote_dir, "activate", release, host, str(port), keymode,
-                                      config.service, input=key_line, check=False, timeout=180)
+        activated = _device(config, "activate", release, host, str(port), keymode, config.service, input=key_line,
+                            check=False, timeout=180)
         if activated.returncode != 0:
             why = " | ".join((activated.stderr.strip() or activated.stdout.strip()).splitlines()[-3:])
             if activated.returncode in (29, 30):  # refused before anything was stopped or switched
@@ -309,8 +312,8 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
                    f"did not become ready within {config.ready_timeout:.0f} s")
             raise EdgeDLError(f"release {release} {why} on {config.target.label}{restored}. Its log ends: {last}")
         advance(info="ready")
-        pruned = [line.split("=", 1)[1] for line in config.target.run(
-            remote.DEVICE, config.remote_dir, "prune", str(max(config.keep, 1)), timeout=120).stdout.splitlines() if line.startswith("pruned=")]
+        pruned = [line.split("=", 1)[1] for line in _device(config, "prune", str(max(config.keep, 1)), timeout=120)
+                  .stdout.splitlines() if line.startswith("pruned=")]
         advance(info="done")
     timings["total"] = time.perf_counter() - t0
     addr = "127.0.0.1" if host == "0.0.0.0" else host
@@ -322,7 +325,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
 
 
 def status(config: DeployConfig) -> dict:
-    proc = config.target.run(remote.DEVICE, config.remote_dir, "status", timeout=60)
+    proc = _device(config, "status")
     out: dict = {"host": config.target.label, "remote_dir": config.remote_dir, "current": None, "running": False,
                  "pid": None, "manager": "process", "unit": None, "enabled": None, "service": {}, "releases": [],
                  "staging": [], "history": []}
@@ -377,7 +380,7 @@ def _rollback(config: DeployConfig, to: str | None) -> dict:
     service = st["service"]
     host = service.get("EDGEDL_HOST", "0.0.0.0")
     port = service.get("EDGEDL_PORT", "8000")
-    config.target.run(remote.DEVICE, config.remote_dir, "activate", to, host, port, "keep", "keep", timeout=180)
+    _device(config, "activate", to, host, port, "keep", "keep", timeout=180)
     ok = _wait_ready(config, to, config.ready_timeout).returncode == 0
     if not ok:
         tail = _log_tail(config, to)
@@ -390,7 +393,7 @@ def _rollback(config: DeployConfig, to: str | None) -> dict:
 
 def stop(config: DeployConfig) -> dict:
     """Stop the server; a systemd unit is disabled too. `edgedl deploy rollback --to CURRENT` or a deploy starts it again."""
-    config.target.run(remote.DEVICE, config.remote_dir, "stop", timeout=120)
+    _device(config, "stop", timeout=120)
     st = status(config)
     if st["running"]:
         raise EdgeDLError(f"the server on {config.target.label} still runs after the stop; see `edgedl deploy logs`")
@@ -398,7 +401,7 @@ def stop(config: DeployConfig) -> dict:
 
 
 def logs(config: DeployConfig, release: str | None = None, lines: int = 50) -> str:
-    proc = config.target.run(remote.DEVICE, config.remote_dir, "logs", release or "", str(lines), check=False, timeout=60)
+    proc = _device(config, "logs", release or "", str(lines), check=False)
     if proc.returncode in (27, 28):
         raise EdgeDLError(f"{proc.stderr.strip()} on {config.target.label}; deploy a bundle first (or check --remote-dir)")
     if proc.returncode != 0:
