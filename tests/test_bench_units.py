@@ -12,10 +12,11 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime import Runner, RunnerConfig
 from edgedl.runtime.tensors import TensorInfo
 from edgedl.stages.bench.compare import compare_reports
-from edgedl.stages.bench.config import (BenchConfig, parse_int_list, parse_percent, parse_provider_option,
-                                        parse_shape)
+from edgedl.cli._shapes import parse_dim
+from edgedl.runtime.signature import ShapeOptions, Signature
+from edgedl.stages.bench.config import BenchConfig, parse_int_list, parse_percent, parse_provider_option
 from edgedl.stages.bench.environment import parse_cpuinfo
-from edgedl.stages.bench.inputs import load_npz_feeds, make_feeds, resolve_sizes
+from edgedl.stages.bench.inputs import feed_sizes, load_npz_feeds, make_feeds
 from edgedl.stages.bench.placement import foreign_nodes, parse_profile, profile_placement
 from edgedl.stages.bench.report import BenchReport, config_key
 from edgedl.stages.doctor import tiny_model_bytes
@@ -56,9 +57,9 @@ def test_option_parsers_accept_good_and_explain_bad_input():
     for bad in ("0", "a", "1,-2", ""):
         with pytest.raises(EdgeDLError, match="--threads"):
             parse_int_list(bad, "--threads")
-    assert parse_shape("seq=16") == ("seq", 16)
-    with pytest.raises(EdgeDLError, match="NAME=SIZE"):
-        parse_shape("seq:16")
+    assert parse_dim("seq=16") == ("seq", 16)
+    with pytest.raises(EdgeDLError, match="DIM=SIZE"):
+        parse_dim("seq:16")
     assert parse_provider_option("cuda:device_id=0") == ("CUDAExecutionProvider", "device_id", "0")
     assert parse_provider_option("TensorrtExecutionProvider:trt_fp16_enable=1")[0] == "TensorrtExecutionProvider"
     with pytest.raises(EdgeDLError, match="did you mean 'cuda'"):
@@ -95,30 +96,38 @@ def test_bench_config_validates_and_expands(tmp_path):
         BenchConfig([tmp_path / "missing.onnx"])
 
 
+def _sig(infos, meta=None, **options):
+    return Signature.of(infos, [], meta or {}, ShapeOptions(**options))
+
+
 def test_sizes_come_from_batch_shape_option_or_export_validation():
     infos = [TensorInfo("tokens", np.dtype(np.float32), ("batch", "seq", 8), "tensor(float)")]
     meta = {"validation": {"checked_sizes": [{"batch": 2, "seq": 8}, {"batch": 5, "seq": 8}]}}
-    assert resolve_sizes(infos, meta, 4, {}) == {"batch": 4, "seq": 8}
-    assert resolve_sizes(infos, meta, 4, {"seq": 3}) == {"batch": 4, "seq": 3}
-    with pytest.raises(EdgeDLError, match="pass --shape seq=N"):
-        resolve_sizes(infos, {}, 1, {})
+
+    def sizes(sig, batch):
+        return feed_sizes(sig, sig.feeds(batch))
+
+    assert sizes(_sig(infos, meta), 4) == {"batch": 4, "seq": 8}
+    assert sizes(_sig(infos, meta, dims={"seq": 3}), 4) == {"batch": 4, "seq": 3}
+    with pytest.raises(EdgeDLError, match="seq=N"):
+        _sig(infos).feeds(1)
     with pytest.raises(EdgeDLError, match="did you mean 'seq'"):
-        resolve_sizes(infos, meta, 1, {"sq": 3})
+        _sig(infos, meta, dims={"sq": 3})
     fixed = [TensorInfo("x", np.dtype(np.float32), (2, 4), "tensor(float)")]
-    with pytest.raises(EdgeDLError, match="--batch 2"):
-        resolve_sizes(fixed, {}, 1, {})
-    feeds = make_feeds(infos, meta, {"batch": 3, "seq": 5}, seed=0)
-    again = make_feeds(infos, meta, {"batch": 3, "seq": 5}, seed=0)
+    with pytest.raises(EdgeDLError, match="at batch 2"):
+        _sig(fixed).feeds(1)
+    feeds = make_feeds(_sig(infos, dims={"seq": 5}), 3, seed=0)
+    again = make_feeds(_sig(infos, dims={"seq": 5}), 3, seed=0)
     assert feeds["tokens"].shape == (3, 5, 8) and feeds["tokens"].dtype == np.float32
     assert np.array_equal(feeds["tokens"], again["tokens"])  # the same inputs for every engine
     ids = [TensorInfo("ids", np.dtype(np.int64), ("batch", 6), "tensor(int64)")]
     meta_ids = {"inputs": [{"name": "ids", "value_range": [100, 104]}]}
-    arr = make_feeds(ids, meta_ids, {"batch": 50}, seed=1)["ids"]
+    arr = make_feeds(_sig(ids, meta_ids), 50, seed=1)["ids"]
     assert arr.dtype == np.int64 and arr.min() >= 100 and arr.max() <= 104 and len(np.unique(arr)) == 5
 
 
 def test_npz_inputs_are_sliced_or_repeated_to_the_batch(tmp_path):
-    infos = [TensorInfo("x", np.dtype(np.float32), ("batch", 4), "tensor(float)")]
+    infos = _sig([TensorInfo("x", np.dtype(np.float32), ("batch", 4), "tensor(float)")])
     data = np.arange(12, dtype=np.float32).reshape(3, 4)
     np.savez(tmp_path / "in.npz", x=data)
     assert np.array_equal(load_npz_feeds(infos, tmp_path / "in.npz", 2)["x"], data[:2])
@@ -133,6 +142,26 @@ def test_npz_inputs_are_sliced_or_repeated_to_the_batch(tmp_path):
     (tmp_path / "junk.npz").write_text("not an archive")
     with pytest.raises(EdgeDLError, match="cannot read"):
         load_npz_feeds(infos, tmp_path / "junk.npz", 1)
+
+
+def test_npz_with_a_scalar_and_a_batch_on_axis_1(tmp_path):
+    f32, i64 = np.dtype(np.float32), np.dtype(np.int64)
+    infos = [TensorInfo("input", f32, ("dim0_0", "dim0_1"), "tensor(float)", frozenset({0, 1})),
+             TensorInfo("state", f32, (2, "dim1_1", 128), "tensor(float)", frozenset({1})),
+             TensorInfo("sr", i64, (), "tensor(int64)")]
+    sig = _sig(infos)
+    assert [s.batch_axis for s in sig.inputs] == [0, 1, None]
+    audio = np.random.default_rng(0).standard_normal((3, 512)).astype(np.float32)
+    state = np.zeros((2, 3, 128), np.float32)
+    np.savez(tmp_path / "vad.npz", input=audio, state=state, sr=np.array(16000, np.int64))
+    feeds = load_npz_feeds(sig, tmp_path / "vad.npz", 5)
+    assert feeds["input"].shape == (5, 512) and feeds["state"].shape == (2, 5, 128)
+    assert feeds["sr"].shape == () and int(feeds["sr"]) == 16000
+    assert np.array_equal(feeds["input"][3:], audio[:2])
+    assert feed_sizes(sig, feeds) == {"batch": 5, "input[1]": 512}
+    np.savez(tmp_path / "ragged.npz", input=audio, state=np.zeros((2, 4, 128), np.float32), sr=np.array(8000))
+    with pytest.raises(EdgeDLError, match="different numbers of samples"):
+        load_npz_feeds(sig, tmp_path / "ragged.npz", 2)
 
 
 def test_placement_from_a_real_onnxruntime_profile():

@@ -18,6 +18,7 @@ import numpy as np
 from edgedl.errors import EdgeDLError
 
 ZOO_DIR = Path(__file__).resolve().parents[2] / "models"
+AUTO = "auto"
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,27 @@ class TensorSpec:
     name: str
     shape: tuple[int | str, ...]
     dtype: str = "float32"
-    value_range: tuple[float, float] = (0.0, 1.0)  # for generated example inputs
+    value_range: tuple[float, float] = (0.0, 1.0)  # for generated example inputs (inclusive)
+    # which axis is the batch: AUTO = the dim named 'batch', else axis 0 (none for a scalar); None = not batched
+    batch_axis: int | None | str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.batch_axis != AUTO and self.batch_axis is not None and not (
+                isinstance(self.batch_axis, int) and 0 <= self.batch_axis < len(self.shape or ())):
+            raise EdgeDLError(f"TensorSpec '{self.name}': batch_axis must be 'auto', None or an axis of its shape "
+                              f"{list(self.shape or ())}, got {self.batch_axis!r}")
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
         return {i: d for i, d in enumerate(self.shape or ()) if isinstance(d, str)}
+
+    @property
+    def resolved_batch_axis(self) -> int | None:
+        if self.batch_axis != AUTO:
+            return self.batch_axis
+        if not self.shape:
+            return None
+        return next((i for i, d in enumerate(self.shape) if d == "batch"), 0)
 
     def concrete(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
         return tuple(sizes[d] if isinstance(d, str) else d for d in self.shape)

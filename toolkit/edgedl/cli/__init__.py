@@ -73,7 +73,9 @@ class EdgeDLCLI(LazyGroup):
                 import traceback
 
                 traceback.print_exc()
-            click.echo(f"error: {exc}", err=True)
+            from edgedl.cli._errors import describe
+
+            click.echo(f"error: {describe(exc)}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
+from edgedl.cli._shapes import shape_options
 
 
 class BenchCommand(click.Command):
@@ -32,8 +33,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
                    "cuda:enable_cuda_graph=1 (with --io-binding).")
 @click.option("-t", "--threads", default="1", show_default=True, metavar="N[,N...]", help="Intra-op thread counts.")
 @click.option("-b", "--batch", default="1", show_default=True, metavar="N[,N...]", help="Batch sizes.")
-@click.option("--shape", "shapes", multiple=True, metavar="NAME=SIZE",
-              help="Size of another dynamic dim (default: the size `edgedl export` validated).")
+@shape_options
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before measuring.")
 @click.option("-n", "--iterations", type=int, help="Timed queries (default: as many as fit in --duration).")
 @click.option("-d", "--duration", type=float, help="Seconds to measure each configuration.  [default: 1]")
@@ -65,7 +65,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of latency distributions and throughput.")
 @json_option
 @debug_option
-def bench(models, providers, provider_options, threads, batch, shapes, warmup, iterations, duration, input_data, seed,
+def bench(models, providers, provider_options, threads, batch, shape_options, warmup, iterations, duration, input_data, seed,
           io_binding, spinning, scenario, target_qps, latency_bound, streams, allow_fallback, baseline, torch_model,
           torch_checkpoint, no_placement, remote, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir,
           quiet, markdown, save, plot, as_json, debug):
@@ -75,7 +75,7 @@ def bench(models, providers, provider_options, threads, batch, shapes, warmup, i
     requested provider that is missing or fell back to the CPU fails the run unless --allow-fallback.
     """
     from edgedl.stages.bench import BenchConfig, run_bench
-    from edgedl.stages.bench.config import parse_int_list, parse_provider_option, parse_shape
+    from edgedl.stages.bench.config import parse_int_list, parse_provider_option
 
     options: dict[str, dict[str, str]] = {}
     for text in provider_options:
@@ -84,7 +84,7 @@ def bench(models, providers, provider_options, threads, batch, shapes, warmup, i
     config = BenchConfig(
         models=list(models), providers=tuple(_split(providers)) or ("cpu",), provider_options=options,
         threads=parse_int_list(threads, "--threads"), batches=parse_int_list(batch, "--batch"),
-        shapes=dict(parse_shape(s) for s in shapes), warmup=warmup, iterations=iterations,
+        shape_options=shape_options, warmup=warmup, iterations=iterations,
         duration_s=duration if duration is not None else (None if iterations else 1.0), input_data=input_data,
         seed=seed, io_binding=io_binding, spinning=spinning, scenario=scenario, target_qps=target_qps,
         latency_bound_ms=latency_bound, streams=streams, allow_fallback=allow_fallback, baseline=baseline,

@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option
+from edgedl.cli._shapes import shape_options
 
 
 @click.command()
@@ -39,10 +40,11 @@ from edgedl.cli import debug_option
 @click.option("--drain-timeout", default=30.0, show_default=True, type=float,
               help="Seconds to finish in-flight requests after SIGTERM/SIGINT.")
 @click.option("--allow-nan", is_flag=True, help="Accept NaN/Inf in float inputs (refused with 400 by default).")
+@shape_options
 @debug_option
 def serve(model, model_repository, model_name, host, port, api_key, max_batch_size, max_queue_delay_us, max_queue,
           instances, threads, providers, allow_fallback, max_body_bytes, access_log, access_log_file, drain_timeout,
-          allow_nan, debug) -> None:
+          allow_nan, shape_options, debug) -> None:
     """Serve MODEL.onnx (or --model-repository DIR) over the Open Inference Protocol v2 - the HTTP/REST API of
     Triton and KServe, with binary tensors - so tritonclient, curl or any KServe v2 client can call it.
 
@@ -59,6 +61,7 @@ def serve(model, model_repository, model_name, host, port, api_key, max_batch_si
         batching=BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue=max_queue, instances=instances),
         providers=tuple(providers), allow_fallback=allow_fallback, access_log=access_log,
-        access_log_path=access_log_file, drain_timeout_s=drain_timeout, allow_nonfinite=allow_nan, **options,
+        access_log_path=access_log_file, drain_timeout_s=drain_timeout, allow_nonfinite=allow_nan,
+        shape_options=shape_options, **options,
     )
     run_server(config)

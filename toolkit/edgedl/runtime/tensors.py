@@ -33,6 +33,7 @@ class TensorInfo:
     dtype: np.dtype
     shape: tuple[int | str, ...]
     onnx_type: str
+    anonymous: frozenset[int] = frozenset()  # axes the model leaves unnamed (their names here are made up)
 
     @property
     def dynamic_axes(self) -> dict[int, str]:
@@ -47,11 +48,19 @@ class TensorInfo:
 
     @classmethod
     def from_ort(cls, node_arg, index: int = 0) -> "TensorInfo":
-        shape = tuple(
-            d if isinstance(d, int) and d >= 0 else (d if isinstance(d, str) and d else f"dim{index}_{i}")
-            for i, d in enumerate(node_arg.shape or ())
-        )
-        return cls(node_arg.name, ORT_TO_NUMPY.get(node_arg.type, np.dtype(object)), shape, node_arg.type)
+        # an unnamed dynamic dim (None, -1, '' or '?') gets a name of its own, so that two unnamed dims are
+        # never taken for one
+        shape, anonymous = [], set()
+        for i, d in enumerate(node_arg.shape or ()):
+            if isinstance(d, int) and d >= 0:
+                shape.append(d)
+            elif isinstance(d, str) and d and d != "?":
+                shape.append(d)
+            else:
+                shape.append(f"dim{index}_{i}")
+                anonymous.add(i)
+        return cls(node_arg.name, ORT_TO_NUMPY.get(node_arg.type, np.dtype(object)), tuple(shape), node_arg.type,
+                   frozenset(anonymous))
 
 
 def concrete_shape(info: TensorInfo, sizes: Mapping[str, int] | None = None, default: int = 1) -> tuple[int, ...]:

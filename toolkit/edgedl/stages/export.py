@@ -307,8 +307,11 @@ def export(recipe: Recipe, config: ExportConfig) -> ExportResult:
         "recipe": recipe.name,
         "recipe_source": recipe.source,
         "task": recipe.task if recipe.data is not None else None,
-        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in recipe.inputs],
-        "outputs": [{"name": o.name, "dynamic_axes": o.dynamic_axes if o.shape else {}} for o in recipe.outputs],
+        # batch axes and value ranges: read back by every later stage through edgedl.runtime.signature
+        "inputs": [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype, "batch_axis": s.resolved_batch_axis,
+                    "value_range": list(s.value_range)} for s in recipe.inputs],
+        "outputs": [{"name": o.name, "dynamic_axes": o.dynamic_axes if o.shape else {},
+                     **({"batch_axis": o.resolved_batch_axis} if o.shape else {})} for o in recipe.outputs],
         "labels": recipe.labels,
         "preprocessing": recipe.preprocessing,
         "metrics": metrics,

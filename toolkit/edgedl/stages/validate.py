@@ -34,8 +34,11 @@ class ValidationReport:
         return self
 
     def summary(self) -> dict[str, Any]:
+        """What later stages read from the model's metadata: the sizes validated at, the first as whole shapes
+        (the default sizes of bench, quantize and the server's warm-up)."""
         return {"passed": self.passed, "max_abs_diff": self.max_abs_diff,
-                "checked_sizes": [c["sizes"] for c in self.checks]}
+                "checked_sizes": [c["sizes"] for c in self.checks],
+                "example_shapes": self.checks[0]["input_shapes"] if self.checks else {}}
 
     def to_json(self) -> dict[str, Any]:
         return {"passed": self.passed, "failure": self.failure, "stage": self.stage,
@@ -85,7 +88,8 @@ def validate(model, recipe: Recipe, onnx_path: Path) -> ValidationReport:
             for (name, value), ref in zip(actual.items(), reference):
                 tol = recipe.tolerance_for(name)
                 outputs[name] = compare_arrays(name, value, ref, tol.atol, tol.rtol)
-            report.checks.append({"sizes": sizes, "outputs": {k: v.to_json() for k, v in outputs.items()}})
+            report.checks.append({"sizes": sizes, "input_shapes": {k: list(v.shape) for k, v in feeds.items()},
+                                  "outputs": {k: v.to_json() for k, v in outputs.items()}})
             for cmp in outputs.values():
                 if cmp.shape != cmp.reference_shape:
                     return report.fail("shapes", f"output '{cmp.name}' at sizes {sizes}: shape {cmp.shape}, "

@@ -348,5 +348,6 @@ class InferenceApp:
         if repo is not None and repo.is_dir():  # models on disk but not loaded (unloaded, or added since start)
             for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
                 if folder.name not in self.registry.models:
-                    out.append({"name": folder.name, "state": "UNAVAILABLE", "reason": "not loaded"})
+                    reason = self.registry.failed.get(folder.name, "not loaded")
+                    out.append({"name": folder.name, "state": "UNAVAILABLE", "reason": reason})
         return out

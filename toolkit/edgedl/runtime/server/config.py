@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server.repository import BatchPolicy
+from edgedl.runtime.signature import ShapeOptions
 
 ACCESS_LOG_FORMATS = ("off", "text", "json")
 API_KEY_ENV = "EDGEDL_API_KEY"
@@ -41,6 +42,7 @@ class ServerConfig:
     allow_nonfinite: bool = False  # NaN/Inf inputs are refused unless the model expects them
     warmup_iterations: int = 5
     inline_below_ms: float = 1.0  # models faster than this run on the event loop (a thread hop costs more)
+    shape_options: ShapeOptions = field(default_factory=ShapeOptions)  # warm-up sizes, batch axes, value ranges
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.model_repository is None):

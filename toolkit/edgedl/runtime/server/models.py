@@ -12,11 +12,13 @@ from time import perf_counter
 
 import numpy as np
 
+from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
 from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.protocol import HTTPError
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover
+from edgedl.runtime.signature import Signature
 from edgedl.runtime.timing import measure
 
 log = logging.getLogger("edgedl.serve")
@@ -60,20 +62,29 @@ class ServedModel:
                         ", ".join(self.runner.fallbacks), ", ".join(self.runner.providers))
         self.inputs = {i.name: i for i in self.runner.inputs}
         self.output_names = list(self.runner.output_names)
-        self.batchable = all(i.shape and isinstance(i.shape[0], str) for i in self.runner.inputs) and all(
-            o.shape and isinstance(o.shape[0], str) for o in self.runner.outputs)
+        # batch axes and warm-up sizes: options, the model's metadata, then the repository config's hints
+        self.signature = Signature.of_runner(self.runner, config.shape_options, hints=source.shape_hints)
+        self.batchable = self.signature.batchable
         wants_batching = self.policy.dynamic_batching and self.policy.max_batch_size > 1
         self.batching = wants_batching and self.batchable
         if wants_batching and not self.batchable:
-            log.warning("model %s: dynamic batching is OFF - not every input and output has a dynamic axis 0",
-                        self.name)
-        # warm-up doubles as the timing that picks the execution mode (no extra runs for big models)
-        example = self.runner.example_inputs()
-        self.single_ms = measure(lambda: self.runner.run(example), warmup=1,
-                                 iterations=max(config.warmup_iterations, 1)).p50_ms
-        if self.batching:
-            self.runner.warmup(1, sizes={"batch": self.policy.max_batch_size})
-        self.inline = not self.batching and self.policy.instances == 1 and self.single_ms < config.inline_below_ms
+            log.warning("model %s: dynamic batching is OFF - its inputs cannot be stacked safely (%s)", self.name,
+                        "; ".join(self.signature.describe() + [o.describe() for o in self.signature.outputs]))
+        # warm-up doubles as the timing that picks the execution mode (no extra runs for big models); a model
+        # that rejects synthetic inputs is served without warm-up: its own requests are what count
+        self.single_ms, self.warmup_error = None, None
+        try:
+            example = self.signature.feeds()
+            self.single_ms = measure(lambda: self.runner.run(example), warmup=1,
+                                     iterations=max(config.warmup_iterations, 1)).p50_ms
+            if self.batching:
+                self.runner.run(self.signature.feeds(self.policy.max_batch_size))
+        except EdgeDLError as exc:
+            self.warmup_error = str(exc)
+            log.warning("model %s: served without warm-up (%s); give sizes or value ranges for its inputs "
+                        "(or a model_warmup in config.pbtxt) to warm it up", self.name, exc)
+        self.inline = (not self.batching and self.policy.instances == 1 and self.single_ms is not None
+                       and self.single_ms < config.inline_below_ms)
         self.executor = None if self.inline else ThreadPoolExecutor(
             self.policy.instances, thread_name_prefix=f"edgedl-{self.name}")
         self.delay_s = self.policy.max_queue_delay_us / 1e6
@@ -128,8 +139,19 @@ class ServedModel:
         if not self._workers:
             self._wake, self._full = asyncio.Event(), asyncio.Event()
             self._workers = [loop.create_task(self._worker()) for _ in range(self.policy.instances)]
-        signature = tuple((k, v.shape[1:]) for k, v in feeds.items())
-        item = _Pending(feeds, rows, signature, loop.create_future(), perf_counter())
+        rows = self.signature.batch_rows(feeds)
+        if rows is None:
+            raise HTTPError(400, "the batched inputs of model '" + self.name + "' disagree on the batch size ("
+                            + ", ".join(f"{s.name} axis {s.batch_axis}" for s in self.signature.inputs if s.batched)
+                            + "); send the same number of rows in each")
+        key = []
+        for s in self.signature.inputs:
+            value = feeds[s.name]
+            if s.batched:
+                key.append((s.name, value.shape[:s.batch_axis] + value.shape[s.batch_axis + 1:]))
+            else:  # unbatched inputs are shared by the whole batch: only equal values may run together
+                key.append((s.name, value.shape, value.dtype.str, value.tobytes() if value.nbytes <= 4096 else id(value)))
+        item = _Pending(feeds, rows, tuple(key), loop.create_future(), perf_counter())
         self.pending.append(item)
         self.pending_rows += rows
         if self.pending_rows >= self.max_rows:
@@ -162,10 +184,7 @@ class ServedModel:
 
     def _run_batch(self, batch: list[_Pending]):
         t0 = perf_counter()
-        if len(batch) == 1:
-            feeds = batch[0].feeds
-        else:
-            feeds = {name: np.concatenate([b.feeds[name] for b in batch]) for name in batch[0].feeds}
+        feeds = batch[0].feeds if len(batch) == 1 else self.signature.concat([b.feeds for b in batch])
         out = self.runner.run(feeds)
         return out, t0, perf_counter()
 
@@ -198,13 +217,7 @@ class ServedModel:
                         item.future.set_exception(exc)
                 continue
             total = sum(b.rows for b in batch)
-            if len(batch) == 1:
-                parts = [out]
-            else:
-                parts, start = [], 0
-                for b in batch:
-                    parts.append({k: v[start:start + b.rows] for k, v in out.items()})
-                    start += b.rows
+            parts = [out] if len(batch) == 1 else self.signature.split_outputs(out, [b.rows for b in batch])
             for item, part in zip(batch, parts):
                 if not item.future.done():
                     item.future.set_result((part, t0 - item.enqueued, t1 - t0, total))
@@ -237,16 +250,25 @@ class Registry:
     def __init__(self, config: ServerConfig, metrics: ServerMetrics):
         self.config, self.metrics = config, metrics
         self.models: dict[str, ModelVersions] = {}
+        self.failed: dict[str, str] = {}  # repository models that could not be loaded -> why (UNAVAILABLE)
         self._lock: asyncio.Lock | None = None
 
-    def _discover(self, only: str | None = None) -> list[ModelSource]:
+    def _discover(self, only: str | None = None, failures: dict[str, str] | None = None) -> list[ModelSource]:
         c = self.config
-        return discover(c.model, c.model_repository, c.batching, c.model_name, only)
+        return discover(c.model, c.model_repository, c.batching, c.model_name, only, failures)
 
-    def _load(self, sources: list[ModelSource]) -> dict[str, ModelVersions]:
+    def _load(self, sources: list[ModelSource], failures: dict[str, str] | None = None) -> dict[str, ModelVersions]:
+        """Load every version of each source; with ``failures``, a model that fails is recorded there and the
+        others still load (without it, the first failure raises)."""
         loaded = {}
         for source in sources:
-            versions = {str(v): ServedModel(source, v, self.config) for v in sorted(source.versions)}
+            try:
+                versions = {str(v): ServedModel(source, v, self.config) for v in sorted(source.versions)}
+            except EdgeDLError as exc:
+                if failures is None:
+                    raise
+                failures[source.name] = str(exc)
+                continue
             loaded[source.name] = ModelVersions(source, versions)
         return loaded
 
@@ -266,9 +288,20 @@ class Registry:
         return old
 
     def load_all(self) -> None:
-        """Startup: discover, load and warm up every model (errors are the user's to fix: raise)."""
-        for name, entry in self._load(self._discover()).items():
+        """Startup: discover, load and warm up every model. One model file: its errors are the user's to fix
+        (raise). A repository: a model that fails is UNAVAILABLE with its reason and the others serve; if none
+        loads, raise with every reason."""
+        failures: dict[str, str] | None = {} if self.config.model_repository is not None else None
+        for name, entry in self._load(self._discover(failures=failures), failures).items():
             self._publish(name, entry)
+        self.failed = dict(failures or {})
+        if not self.models and self.failed:
+            if len(self.failed) == 1:
+                raise EdgeDLError(next(iter(self.failed.values())))
+            raise EdgeDLError("no model of the repository could be loaded: " + "; ".join(
+                f"{n}: {r}" for n, r in self.failed.items()))
+        for name, reason in self.failed.items():
+            log.error("model %s: UNAVAILABLE - %s", name, reason)
 
     def get(self, name: str, version: str | None) -> ServedModel:
         entry = self.models.get(name)
@@ -296,6 +329,7 @@ class Registry:
                     retired.append(self._publish(gone, None))
             for n, entry in fresh.items():
                 retired.append(self._publish(n, entry))
+                self.failed.pop(n, None)
             for old in retired:
                 if old is not None:
                     for model in old.versions.values():

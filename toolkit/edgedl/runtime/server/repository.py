@@ -37,6 +37,25 @@ class ModelSource:
     def latest(self) -> int:
         return max(self.versions)
 
+    @property
+    def shape_hints(self) -> dict[str, tuple[int, ...]]:
+        """Whole input shapes the config gives: Triton's model_warmup first, else inputs whose dims are all
+        fixed (with a batch of 1 in front when max_batch_size > 0, as Triton's dims exclude the batch)."""
+        batched = int(first(self.config, "max_batch_size", 0) or 0) > 0
+        hints: dict[str, tuple[int, ...]] = {}
+        for warm in self.config.get("model_warmup", []):
+            size = int(first(warm, "batch_size", 1) or 1)
+            for item in warm.get("inputs", []):
+                name, value = first(item, "key"), first(item, "value") or {}
+                dims = [int(d) for d in value.get("dims", [])]
+                if name and all(d > 0 for d in dims):
+                    hints.setdefault(name, ((size,) if batched else ()) + tuple(dims))
+        for spec in self.config.get("input", []):
+            name, dims = first(spec, "name"), [int(d) for d in spec.get("dims", [])]
+            if name and dims and all(d > 0 for d in dims):
+                hints.setdefault(name, ((1,) if batched else ()) + tuple(dims))
+        return hints
+
 
 def read_config(path: Path, defaults: BatchPolicy) -> tuple[dict, BatchPolicy]:
     """Parse the fields of a Triton config.pbtxt that edgedl honours into a BatchPolicy."""
@@ -77,8 +96,12 @@ def _verify_bundle(directory: Path) -> None:
 
 
 def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
-             model_name: str | None = None, only: str | None = None) -> list[ModelSource]:
-    """The models to serve, checked before anything is loaded (``only``: rediscover just that model)."""
+             model_name: str | None = None, only: str | None = None,
+             failures: dict[str, str] | None = None) -> list[ModelSource]:
+    """The models to serve, checked before anything is loaded (``only``: rediscover just that model).
+
+    With ``failures`` (a dict), a repository model that cannot be read is recorded there (name -> reason) and
+    the others are still returned; without it the first such model raises."""
     if (model is None) == (repository is None):
         raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (not both)")
     if model is not None:
@@ -100,19 +123,28 @@ def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
     for entry in sorted(repository.iterdir()):
         if not entry.is_dir() or entry.name.startswith(".") or (only is not None and entry.name != only):
             continue
-        config_path = entry / "config.pbtxt"
-        cfg, policy = read_config(config_path, defaults) if config_path.is_file() else ({}, defaults)
-        filename = first(cfg, "default_model_filename", "model.onnx")
-        versions = {int(v.name): v / filename for v in entry.iterdir()
-                    if v.is_dir() and v.name.isdigit() and (v / filename).is_file()}
-        if not versions:
-            raise EdgeDLError(f"model '{entry.name}' in {repository} has no version folder with {filename}; "
-                              f"put it at {entry / '1' / filename}")
-        if cfg and first(cfg, "name", entry.name) != entry.name:
-            raise EdgeDLError(f"{config_path}: name '{first(cfg, 'name')}' differs from its folder '{entry.name}'; "
-                              "make them equal (Triton requires it)")
-        sources.append(ModelSource(entry.name, versions, policy, config_path if cfg else None, cfg))
-    if not sources:
+        try:
+            sources.append(_model_source(repository, entry, defaults))
+        except EdgeDLError as exc:
+            if failures is None:
+                raise
+            failures[entry.name] = str(exc)
+    if not sources and not failures:
         what = f"model '{only}' not found" if only else "no model found"
         raise EdgeDLError(f"{what} in {repository}; lay models out as {repository}/NAME/1/model.onnx")
     return sources
+
+
+def _model_source(repository: Path, entry: Path, defaults: BatchPolicy) -> ModelSource:
+    config_path = entry / "config.pbtxt"
+    cfg, policy = read_config(config_path, defaults) if config_path.is_file() else ({}, defaults)
+    filename = first(cfg, "default_model_filename", "model.onnx")
+    versions = {int(v.name): v / filename for v in entry.iterdir()
+                if v.is_dir() and v.name.isdigit() and (v / filename).is_file()}
+    if not versions:
+        raise EdgeDLError(f"model '{entry.name}' in {repository} has no version folder with {filename}; "
+                          f"put it at {entry / '1' / filename}")
+    if cfg and first(cfg, "name", entry.name) != entry.name:
+        raise EdgeDLError(f"{config_path}: name '{first(cfg, 'name')}' differs from its folder '{entry.name}'; "
+                          "make them equal (Triton requires it)")
+    return ModelSource(entry.name, versions, policy, config_path if cfg else None, cfg)

@@ -10,6 +10,7 @@ from typing import Any
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.providers import resolve_provider
+from edgedl.runtime.signature import ShapeOptions
 
 # scenario -> what it reports first (after MLPerf LoadGen)
 SCENARIOS: dict[str, str] = {
@@ -44,14 +45,6 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return tuple(dict.fromkeys(values))
 
 
-def parse_shape(text: str) -> tuple[str, int]:
-    """'seq=16' -> ('seq', 16): the size of a named dynamic dimension."""
-    name, sep, value = text.partition("=")
-    if not sep or not name.strip() or not value.strip().isdigit() or int(value) < 1:
-        raise EdgeDLError(f"--shape takes NAME=SIZE for a dynamic dimension (e.g. seq=16), got '{text}'")
-    return name.strip(), int(value)
-
-
 def parse_provider_option(text: str) -> tuple[str, str, str]:
     """'cuda:device_id=0' -> ('CUDAExecutionProvider', 'device_id', '0')."""
     m = re.fullmatch(r"\s*([^:=\s]+)\s*:\s*([^=\s]+)\s*=\s*(.*?)\s*", text)
@@ -83,7 +76,7 @@ class BenchConfig:
     provider_options: dict[str, dict[str, str]] = field(default_factory=dict)
     threads: tuple[int, ...] = (1,)
     batches: tuple[int, ...] = (1,)
-    shapes: dict[str, int] = field(default_factory=dict)
+    shape_options: ShapeOptions = field(default_factory=ShapeOptions)
     warmup: int = 10
     iterations: int | None = None
     duration_s: float | None = 1.0
@@ -161,7 +154,8 @@ class BenchConfig:
                         out.append(WorkerConfig(
                             model=str(model.resolve()), engine=engine,
                             provider=provider, provider_options=self.provider_options.get(provider or "", {}),
-                            threads=threads, batch=batch, shapes=dict(self.shapes), warmup=self.warmup,
+                            threads=threads, batch=batch, shape_options=self.shape_options.to_json(),
+                            warmup=self.warmup,
                             iterations=self.iterations, duration_s=self.duration_s,
                             input_data=str(self.input_data) if self.input_data else None, seed=self.seed,
                             io_binding=self.io_binding and engine == "onnxruntime", spinning=self.spinning,
@@ -181,6 +175,7 @@ class BenchConfig:
         d["providers"] = list(self.providers)
         d["threads"] = list(self.threads)
         d["batches"] = list(self.batches)
+        d["shape_options"] = self.shape_options.to_json()
         return d
 
 
@@ -194,7 +189,7 @@ class WorkerConfig:
     provider_options: dict[str, str] = field(default_factory=dict)
     threads: int = 1
     batch: int = 1
-    shapes: dict[str, int] = field(default_factory=dict)
+    shape_options: dict[str, Any] = field(default_factory=dict)  # ShapeOptions.to_json()
     warmup: int = 10
     iterations: int | None = None
     duration_s: float | None = 1.0

@@ -13,6 +13,7 @@ from typing import Any, Callable
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.providers import short_name
+from edgedl.runtime.signature import ShapeOptions
 from edgedl.stages.bench.config import BenchConfig, WorkerConfig
 from edgedl.stages.bench.report import BenchReport
 
@@ -24,7 +25,8 @@ def _torch_context(model: str) -> dict[str, Any]:
     from edgedl.runtime import Runner
 
     with Runner(model) as runner:
-        return {"torch_inputs": [{**i.to_json(), "onnx_type": i.onnx_type} for i in runner.inputs],
+        return {"torch_inputs": [{**i.to_json(), "onnx_type": i.onnx_type, "anonymous": sorted(i.anonymous)}
+                                 for i in runner.inputs],
                 "torch_metadata": runner.metadata}
 
 
@@ -52,6 +54,10 @@ def run_worker(cfg: WorkerConfig, extra: dict[str, Any] | None = None, timeout_s
             result = None
     if proc.returncode != 0 or result is None or "error" in result:
         if result and "error" in result and not result.get("bug"):
+            if result.get("error_message"):
+                option = result.get("error_option")
+                raise EdgeDLError(f"{_label(cfg)}: {result['error_message']}", hint=result.get("error_hint"),
+                                  option=tuple(option) if option else None)
             raise EdgeDLError(f"{_label(cfg)}: {result['error']}")
         if proc.returncode < 0:
             sig = signal.Signals(-proc.returncode).name
@@ -62,29 +68,43 @@ def run_worker(cfg: WorkerConfig, extra: dict[str, Any] | None = None, timeout_s
     return result
 
 
-def _dynamic_dims(model: str) -> set[str]:
+def _apply_shapes(config: BenchConfig, configs: list[WorkerConfig]) -> None:
+    """Sizes, batch axes and ranges apply to the models that have that dim, input or output; a name that no
+    model has is a typo."""
+    options = config.shape_options
+    if not options:
+        return
     from edgedl.runtime import Runner
 
-    with Runner(model) as runner:
-        return {d for i in runner.inputs for d in i.dynamic_axes.values()}
+    names: dict[str, tuple[set[str], set[str]]] = {}
+    for model in {c.model for c in configs}:
+        with Runner(model) as runner:
+            dims = {d for i in runner.inputs for a, d in i.dynamic_axes.items() if a not in i.anonymous}
+            tensors = {i.name for i in runner.inputs} | {o.name for o in runner.outputs}
+        names[model] = (dims, tensors)
+    all_dims = set().union(*(d for d, _ in names.values()))
+    all_tensors = set().union(*(t for _, t in names.values()))
+    import difflib
 
+    def typo(kind: str, name: str, known: set[str]) -> EdgeDLError:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return EdgeDLError(f"no model has a {kind} named '{name}'; {hint}their {kind}s: {', '.join(sorted(known)) or 'none'}")
 
-def _apply_shapes(config: BenchConfig, configs: list[WorkerConfig]) -> None:
-    """--shape applies to the models that have that dim; a name no model has is a typo."""
-    if not config.shapes:
-        return
-    dims = {m: _dynamic_dims(m) for m in {c.model for c in configs}}
-    known = set().union(*dims.values())
-    for name in config.shapes:
-        if name not in known:
-            import difflib
-
-            close = difflib.get_close_matches(name, sorted(known), n=1)
-            hint = f"did you mean '{close[0]}'? " if close else ""
-            raise EdgeDLError(f"--shape {name}: no model has a dynamic dim of that name; {hint}"
-                              f"their dynamic dims: {', '.join(sorted(known)) or 'none'}")
+    for name in options.dims:
+        if name not in all_dims:
+            raise typo("dynamic dim", name, all_dims)
+    for group in (options.input_shapes, options.batch_axes, options.value_ranges):
+        for name in group:
+            if name not in all_tensors:
+                raise typo("input or output", name, all_tensors)
     for c in configs:
-        c.shapes = {k: v for k, v in config.shapes.items() if k in dims[c.model]}
+        dims, tensors = names[c.model]
+        c.shape_options = ShapeOptions(
+            dims={k: v for k, v in options.dims.items() if k in dims},
+            input_shapes={k: v for k, v in options.input_shapes.items() if k in tensors},
+            batch_axes={k: v for k, v in options.batch_axes.items() if k in tensors},
+            value_ranges={k: v for k, v in options.value_ranges.items() if k in tensors}).to_json()
 
 
 def run_bench(config: BenchConfig, show_progress: bool = True,

@@ -26,7 +26,8 @@ from edgedl.runtime.timing import measure
 from edgedl.stages.bench import scenarios
 from edgedl.stages.bench.config import WorkerConfig
 from edgedl.stages.bench.environment import environment
-from edgedl.stages.bench.inputs import inputs_from_json, make_feeds, resolve_sizes
+from edgedl.runtime.signature import ShapeOptions, Signature
+from edgedl.stages.bench.inputs import feed_sizes, make_feeds
 from edgedl.stages.bench.placement import foreign_nodes, profile_placement
 
 QUANTILES = np.linspace(0, 100, 101)
@@ -121,8 +122,10 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
 
     startup_rss = peak_rss_mib()
     runner, create_ms = once(lambda: Runner(cfg.model, runner_config()))
-    sizes = resolve_sizes(runner.inputs, runner.metadata, cfg.batch, cfg.shapes)
-    feeds = runner.check_inputs(make_feeds(runner.inputs, runner.metadata, sizes, cfg.seed, cfg.input_data))
+    signature = Signature.of_runner(runner, ShapeOptions.from_json(cfg.shape_options))
+    feeds = runner.check_inputs(make_feeds(signature, cfg.batch, cfg.seed, cfg.input_data))
+    sizes = feed_sizes(signature, feeds)
+    _first_run(runner, feeds, signature, cfg)
     run_query = _ort_run_query(runner, feeds, cfg.io_binding, provider, cfg.provider_options)
     _, first_ms = once(run_query)
     result = run_scenario(cfg, run_query)
@@ -155,6 +158,21 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
     })
 
 
+def _first_run(runner, feeds: dict[str, np.ndarray], signature: Signature, cfg: WorkerConfig) -> None:
+    """One checked run before timing: a model that rejects the inputs fails with a one-line reason (which
+    inputs, and for synthetic ones, which value ranges) instead of a traceback from the timed loop."""
+    try:
+        runner.run(feeds)
+    except EdgeDLError as exc:
+        shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
+        if cfg.input_data:
+            raise EdgeDLError(f"{exc.message} on the inputs of {cfg.input_data} ({shapes})") from exc
+        ranges = ", ".join(f"{s.name} {s.value_range[0]:g}..{s.value_range[1]:g}" for s in signature.inputs)
+        raise EdgeDLError(f"{exc.message} on synthetic inputs ({shapes}; values {ranges})",
+                          hint="give real data (an .npz) or the sizes and value ranges the model accepts",
+                          option=("value_range", "INPUT=LO..HI, or --input-data FILE.npz")) from exc
+
+
 def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict[str, Any]) -> dict[str, Any]:
     from edgedl._lazy import require
 
@@ -171,9 +189,9 @@ def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict
     torch.set_num_threads(cfg.threads)
     recipe = load_recipe(recipe_spec)
     (model, _), create_ms = once(lambda: load_weights(recipe, Path(checkpoint)))
-    infos = inputs_from_json(specs)
-    sizes = resolve_sizes(infos, metadata, cfg.batch, cfg.shapes)
-    feeds = make_feeds(infos, metadata, sizes, cfg.seed, cfg.input_data)
+    signature = Signature.of(_infos_from_json(specs), [], metadata, ShapeOptions.from_json(cfg.shape_options))
+    feeds = make_feeds(signature, cfg.batch, cfg.seed, cfg.input_data)
+    sizes = feed_sizes(signature, feeds)
     order = recipe.input_names
     missing = [n for n in order if n not in feeds]
     if missing:
@@ -196,6 +214,13 @@ def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict
         "model_metadata": {k: metadata[k] for k in ("recipe",) if metadata.get(k)},
         "torch_model": {"recipe": recipe_spec, "checkpoint": str(checkpoint), "threads": torch.get_num_threads()},
     })
+
+
+def _infos_from_json(specs: list[dict[str, Any]]):
+    from edgedl.runtime.tensors import TensorInfo
+
+    return [TensorInfo(s["name"], np.dtype(s["dtype"]), tuple(s["shape"]), s.get("onnx_type", ""),
+                       frozenset(s.get("anonymous", ()))) for s in specs]
 
 
 def _result(cfg: WorkerConfig, result: scenarios.ScenarioResult, sizes: dict[str, int], create_ms: float,
@@ -253,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         torch_metadata = data.pop("torch_metadata", None)
         out = run_config(WorkerConfig.from_json(data), torch_inputs, torch_metadata)
     except EdgeDLError as exc:
-        print(json.dumps({"error": str(exc)}))
+        print(json.dumps({"error": str(exc), "error_message": exc.message, "error_hint": exc.hint,
+                          "error_option": exc.option}))
         return 1
     except Exception as exc:  # a bug: keep the traceback for the report
         traceback.print_exc()

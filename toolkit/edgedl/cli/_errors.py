@@ -1,0 +1,21 @@
+"""How the CLI words a library error: the setting an ``EdgeDLError`` names becomes the flag that sets it."""
+
+from __future__ import annotations
+
+from edgedl.errors import EdgeDLError
+
+# setting key (used by library code) -> the command-line flag that sets it
+OPTION_FLAGS = {
+    "input_shape": "--input-shape",
+    "dim": "--shape",
+    "batch_axis": "--batch-axis",
+    "value_range": "--input-range",
+    "batch": "--batch",
+}
+
+
+def describe(exc: EdgeDLError) -> str:
+    option = getattr(exc, "option", None)
+    if option and option[0] in OPTION_FLAGS:
+        return f"{exc.message}; pass {OPTION_FLAGS[option[0]]} {option[1]}"
+    return str(exc)
