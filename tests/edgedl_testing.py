@@ -107,3 +107,37 @@ def rehashed_bundle(bundle: Path, dest: Path, name: str, data: str | bytes) -> P
         manifest["files"] = hash_tree(root)
         manifest_path.write_text(json.dumps(manifest))
     return dest
+
+
+def stateful_model(path: Path, named: bool = True) -> Path:
+    """A voice-activity-detector-shaped model: audio [B, N], state [2, B, 4], sr scalar int64 ->
+    prob [B, 1] = mean(audio) * sr / 1000 + state[0, :, 0], new_state [2, B, 4] = state + mean(audio)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    b, n = ("batch", "samples") if named else (None, None)
+    nodes = [
+        helper.make_node("ReduceMean", ["audio"], ["mean"], axes=[1], keepdims=1),  # [B, 1]
+        helper.make_node("Cast", ["sr"], ["sr_f"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["mean", "sr_f"], ["scaled"]),
+        helper.make_node("Constant", [], ["k"], value=helper.make_tensor("k", TensorProto.FLOAT, [], [1000.0])),
+        helper.make_node("Div", ["scaled", "k"], ["scaled_k"]),
+        helper.make_node("Constant", [], ["zero"], value=helper.make_tensor("zero", TensorProto.INT64, [1], [0])),
+        helper.make_node("Constant", [], ["one"], value=helper.make_tensor("one", TensorProto.INT64, [1], [1])),
+        helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", TensorProto.INT64, [1], [2])),
+        helper.make_node("Slice", ["state", "zero", "one", "zero"], ["s0"]),  # [1, B, 4]
+        helper.make_node("Slice", ["s0", "zero", "one", "two"], ["s00"]),  # [1, B, 1]
+        helper.make_node("Squeeze", ["s00", "zero"], ["s00_sq"]),  # [B, 1]
+        helper.make_node("Add", ["scaled_k", "s00_sq"], ["prob"]),
+        helper.make_node("Unsqueeze", ["mean", "zero"], ["mean3"]),  # [1, B, 1]
+        helper.make_node("Add", ["state", "mean3"], ["new_state"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "stateful",
+        [helper.make_tensor_value_info("audio", TensorProto.FLOAT, [b, n]),
+         helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, b, 4]),
+         helper.make_tensor_value_info("sr", TensorProto.INT64, [])],
+        [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [b, 1]),
+         helper.make_tensor_value_info("new_state", TensorProto.FLOAT, [2, b, 4])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), path)
+    return path

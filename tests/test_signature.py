@@ -4,6 +4,8 @@ option parsers for the same facts."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -107,3 +109,23 @@ def test_cli_parsers_give_one_line_errors():
         shape_options_from(shapes=("seq=4", "seq=5"))
     options = shape_options_from(("seq=4",), ("x=1x2",), ("sr=none",), ("sr=8000..8000",))
     assert ShapeOptions.from_json(options.to_json()) == options
+
+
+def test_inspect_shows_batch_axes_and_the_shapes_a_model_runs_at(tmp_path):
+    from edgedl_testing import run_edgedl_inprocess, stateful_model
+
+    model = stateful_model(tmp_path / "vad.onnx", named=False)
+    result = run_edgedl_inprocess("inspect", model, "--json")
+    sig = json.loads(result.stdout)["signature"]
+    assert [(i["name"], i["batch_axis"], i["runs_at"]) for i in sig["inputs"]] == [
+        ("audio", 0, None), ("state", 1, None), ("sr", None, None)]
+    assert sig["batchable"] is False and sig["missing"]["option"][0] == "input_shape"
+    result = run_edgedl_inprocess("inspect", model, "--input-shape", "audio=1x512", "--batch-axis", "prob=0",
+                                  "--batch-axis", "new_state=1", "--json")
+    sig = json.loads(result.stdout)["signature"]
+    assert [i["runs_at"] for i in sig["inputs"]] == [[1, 512], [2, 1, 4], []]
+    assert sig["batchable"] is True and sig["sizes_from"] == ["options"] and sig["missing"] is None
+    table = run_edgedl_inprocess("inspect", model)
+    assert table.returncode == 0 and "--input-shape audio=BxN" in table.stdout
+    bad = run_edgedl_inprocess("inspect", model, "--batch-axis", "stat=1")
+    assert bad.returncode == 1 and "not an input or output" in bad.stderr

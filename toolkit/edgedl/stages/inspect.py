@@ -51,7 +51,34 @@ def _count_ops(graph, counter: Counter) -> None:
                 _count_ops(g, counter)
 
 
-def inspect_model(path: Path) -> dict[str, Any]:
+def signature_summary(path: Path, options=None) -> dict[str, Any]:
+    """How later stages will run the model: each input's batch axis and the shape it runs at (default batch),
+    whether the server may batch it, and where the sizes come from; or why onnxruntime cannot load it."""
+    from edgedl.runtime import Runner
+    from edgedl.runtime.signature import Signature
+
+    try:
+        runner = Runner(str(path))
+    except EdgeDLError as exc:  # inspect still describes a model onnxruntime cannot load
+        return {"error": str(exc)}
+    with runner:
+        sig = Signature.of_runner(runner, options)  # a wrong option is the user's error: raise
+    try:
+        shapes, missing = sig.shapes(), None
+    except EdgeDLError as exc:
+        shapes, missing = {}, exc
+    return {
+        "inputs": [{"name": s.name, "batch_axis": s.batch_axis, "value_range": list(s.value_range),
+                    "runs_at": list(shapes[s.name]) if s.name in shapes else None} for s in sig.inputs],
+        "outputs": [{"name": o.name, "batch_axis": o.batch_axis} for o in sig.outputs],
+        "batchable": sig.batchable,
+        "sizes_from": list(sig.sources),
+        "missing": None if missing is None else {"message": missing.message, "hint": missing.hint,
+                                                 "option": list(missing.option) if missing.option else None},
+    }
+
+
+def inspect_model(path: Path, shape_options=None) -> dict[str, Any]:
     import numpy as np
 
     model = load_onnx(path)
@@ -84,5 +111,6 @@ def inspect_model(path: Path) -> dict[str, Any]:
         "parameters": params,
         "external_data": external,
         "edgedl": meta_codec.decode(props),
+        "signature": signature_summary(path, shape_options),
         "metadata_props": {k: v for k, v in props.items() if not k.startswith(meta_codec.PREFIX)},
     }
