@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgedl.errors import EdgeDLError
-from edgedl.stages.bench.environment import cpu_info, ort_flavours
+from edgedl.stages.bench.environment import X86_MACHINES, cpu_info, int8_support, ort_flavours
 
 # y = relu(x @ W + B), x: float32[2, 4] - built with onnx.helper when onnx is installed (tiny_model_with_onnx),
 # otherwise these exact bytes (a test proves the two are identical), so doctor works on a device without onnx.
@@ -170,21 +170,12 @@ def cpu_checks(cpu: dict[str, Any], machine: str) -> list[Check]:
     flags = set(cpu.get("flags", []))
     checks = [Check("cpu", "info", f"{cpu.get('model') or '?'}" + (f" ({cpu['board']})" if cpu.get("board") else "") +
                     f", {machine}", {"flags": sorted(flags), "arm_core": cpu.get("arm_core")})]
-    if machine in ("x86_64", "AMD64", "i686"):
-        if "avx512_vnni" in flags or "avx_vnni" in flags:
-            checks.append(Check("int8", "ok", "VNNI present (avx512_vnni/avx_vnni): onnxruntime has fast int8 kernels"))
-        elif "avx2" in flags:
-            checks.append(Check("int8", "info", "AVX2 without VNNI: int8 works, gains are smaller; measure with edgedl bench"))
-        else:
-            checks.append(Check("simd", "warn", "no AVX2: onnxruntime runs its slowest x86 kernels here"))
-    elif machine in ("aarch64", "arm64") or "neon" in flags:
-        if "neon" not in flags and "asimd" not in flags:
+    int8 = int8_support(flags, machine)
+    if int8 is not None:
+        if machine not in X86_MACHINES and "neon" not in flags and "asimd" not in flags:
             checks.append(Check("simd", "warn", "no NEON/ASIMD flag reported"))
-        if "dotprod" in flags or "asimddp" in flags:
-            checks.append(Check("int8", "ok", "dot-product instructions (asimddp): int8 models can run faster than fp32"))
-        else:
-            checks.append(Check("int8", "info", "no dot-product instructions (asimddp; e.g. Cortex-A72 / Pi 4): "
-                                                "int8 mostly saves size, not time; measure with edgedl bench"))
+        checks.append(Check("simd", "warn", int8.detail) if int8.level == "slow" else
+                      Check("int8", "ok" if int8.level == "fast" else "info", int8.detail))
     elif machine.startswith("armv7") or machine.startswith("armv6"):
         checks.append(Check("platform", "fail", f"{machine}: there are no onnxruntime wheels for 32-bit Arm; "
                                                 "install a 64-bit OS (e.g. Raspberry Pi OS 64-bit)"))

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import platform
+import struct
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +73,66 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
         "physical_cores": len(physical) or None,
         "board": fields.get("model") if not fields.get("model name") else None,  # Raspberry Pi kernels set "Model"
     }
+
+
+# AArch64 AT_HWCAP / AT_HWCAP2 bits (Linux arch/arm64/include/uapi/asm/hwcap.h) -> the /proc/cpuinfo name
+_AT_HWCAP, _AT_HWCAP2 = 16, 26
+ARM_HWCAP = {0: "fp", 1: "asimd", 9: "fphp", 10: "asimdhp", 20: "asimddp", 22: "sve"}
+ARM_HWCAP2 = {1: "sve2", 13: "i8mm", 14: "bf16"}
+X86_MACHINES = ("x86_64", "AMD64", "amd64", "i686", "i386")
+ARM64_MACHINES = ("aarch64", "arm64")
+
+
+def parse_auxv(data: bytes) -> dict[int, int]:
+    """The process's auxiliary vector (/proc/self/auxv: native-word (type, value) pairs) -> {type: value}."""
+    word = struct.calcsize("L")
+    usable = len(data) - len(data) % (2 * word)
+    out: dict[int, int] = {}
+    for key, value in struct.iter_unpack(f"{'L' * 2}", data[:usable]):
+        if key == 0:  # AT_NULL ends the vector
+            break
+        out[key] = value
+    return out
+
+
+def arm_hwcap_flags(auxv: dict[int, int]) -> set[str]:
+    """AArch64 hardware capabilities from the auxiliary vector, named as /proc/cpuinfo names them.
+
+    The kernel (or qemu-user, for its ``-cpu`` model) puts there what this process may execute, and onnxruntime's
+    kernels dispatch on it; /proc/cpuinfo can disagree (under qemu-user it is the host's, or a file)."""
+    hwcap, hwcap2 = auxv.get(_AT_HWCAP, 0), auxv.get(_AT_HWCAP2, 0)
+    return ({name for bit, name in ARM_HWCAP.items() if hwcap >> bit & 1}
+            | {name for bit, name in ARM_HWCAP2.items() if hwcap2 >> bit & 1})
+
+
+@dataclass(frozen=True)
+class Int8Support:
+    """What this CPU offers onnxruntime's int8 kernels: ``level`` fast (int8 dot-product instructions), basic
+    (int8 works, smaller gains) or slow (the slowest SIMD paths); ``instructions`` the flags that decide it."""
+
+    level: str
+    instructions: tuple[str, ...]
+    detail: str
+
+
+def int8_support(flags: set[str] | list[str], machine: str) -> Int8Support | None:
+    """Classify a CPU for int8 inference from its feature flags; None for an architecture this does not know."""
+    flags = set(flags)
+    if machine in X86_MACHINES:
+        vnni = tuple(f for f in ("avx512_vnni", "avx_vnni") if f in flags)
+        if vnni:
+            return Int8Support("fast", vnni, "VNNI present (avx512_vnni/avx_vnni): onnxruntime has fast int8 kernels")
+        if "avx2" in flags:
+            return Int8Support("basic", ("avx2",), "AVX2 without VNNI: int8 works, gains are smaller; measure with "
+                                                   "edgedl bench")
+        return Int8Support("slow", (), "no AVX2: onnxruntime runs its slowest x86 kernels here")
+    if machine in ARM64_MACHINES or "neon" in flags:
+        dot = tuple(f for f in ("asimddp", "i8mm") if f in flags) or (("dotprod",) if "dotprod" in flags else ())
+        if dot:
+            return Int8Support("fast", dot, "dot-product instructions (asimddp): int8 models can run faster than fp32")
+        return Int8Support("basic", (), "no dot-product instructions (asimddp; e.g. Cortex-A72 / Pi 4): int8 mostly "
+                                        "saves size, not time; measure with edgedl bench")
+    return None
 
 
 def cpu_info(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:

@@ -1,45 +1,107 @@
-"""Which execution provider actually ran each node, read from onnxruntime's profiling trace.
+"""onnxruntime's profiling trace, read once: the kernels that ran (node, op, provider, types, duration) and the
+runs they belong to; and, built on that, which execution provider actually ran each node.
 
 Session providers only say what was *registered*; the trace's per-node ``args.provider`` says what executed.
+``edgedl debug speed`` reads the same events for per-operator times (``edgedl.stages.debug.profile``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from edgedl.runtime.providers import short_name
 
-
 _SHAPE_TYPES = {"int64", "int32"}
+_KERNEL_SUFFIX = "_kernel_time"
 
 
-def _is_shape_computation(args: dict[str, Any]) -> bool:
-    """A node whose outputs are all small integer tensors computes shapes (onnxruntime deliberately keeps those
-    on the CPU even under CUDA); anything producing floats is model compute."""
-    outputs = args.get("output_type_shape") or []
-    types = {t for out in outputs if isinstance(out, dict) for t in out}
-    return bool(types) and types <= _SHAPE_TYPES and all(
-        len(shape) <= 1 for out in outputs for shape in out.values() if isinstance(shape, list))
+@dataclass(frozen=True)
+class KernelEvent:
+    """One kernel execution in the trace. Times are whole microseconds, as onnxruntime records them (truncated).
+
+    ``inputs``/``outputs`` are (element type, shape) pairs in the order onnxruntime lists them: inputs it no longer
+    holds (an absent optional input, a weight it pre-packed) are left out, so positions are not the op's own."""
+
+    node: str
+    op_type: str
+    provider: str  # short name: cpu, cuda, ...
+    start_us: int
+    dur_us: int
+    inputs: tuple[tuple[str, tuple[int, ...]], ...]
+    outputs: tuple[tuple[str, tuple[int, ...]], ...]
+
+    @property
+    def shape_computation(self) -> bool:
+        """A node whose outputs are all small integer tensors computes shapes (onnxruntime deliberately keeps those
+        on the CPU even under CUDA); anything producing floats is model compute."""
+        types = {t for t, _ in self.outputs}
+        return bool(types) and types <= _SHAPE_TYPES and all(len(shape) <= 1 for _, shape in self.outputs)
+
+
+def _typed(entries: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    out = []
+    for entry in entries or []:
+        if isinstance(entry, dict):
+            for dtype, shape in entry.items():
+                out.append((str(dtype), tuple(int(d) for d in shape) if isinstance(shape, list) else ()))
+    return tuple(out)
+
+
+def kernel_events(events: list[dict[str, Any]]) -> list[KernelEvent]:
+    """The trace's kernel executions (``cat == "Node"``, ``*_kernel_time``) that name a provider, in trace order."""
+    out = []
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith(_KERNEL_SUFFIX):
+            continue
+        args = event.get("args") or {}
+        provider = args.get("provider")
+        if not provider:
+            continue
+        out.append(KernelEvent(node=name[: -len(_KERNEL_SUFFIX)], op_type=str(args.get("op_name", "?")),
+                               provider=short_name(provider), start_us=int(event.get("ts", 0)),
+                               dur_us=int(event.get("dur", 0)), inputs=_typed(args.get("input_type_shape")),
+                               outputs=_typed(args.get("output_type_shape"))))
+    return out
+
+
+def run_spans(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """(start, duration) in microseconds of every ``session.run`` in the trace (its ``model_run`` events), in order."""
+    spans = [(int(e.get("ts", 0)), int(e.get("dur", 0))) for e in events
+             if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    return sorted(spans)
+
+
+def read_trace(path: str | os.PathLike | None) -> list[dict[str, Any]]:
+    return json.loads(Path(path).read_text()) if path else []
+
+
+@contextlib.contextmanager
+def profiling_dir() -> Iterator[Path]:
+    """Run the block in a private temp dir: onnxruntime writes its trace into the working directory when profiling
+    ends, so sessions that profile must be created *and* ended inside this block."""
+    old = os.getcwd()
+    with tempfile.TemporaryDirectory(prefix="edgedl-profile-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(old)
 
 
 def parse_profile(events: list[dict[str, Any]]) -> dict[str, Any]:
     """Profile events -> {'nodes': n, 'by_provider': {short: count}, 'ops_by_provider': {short: {op: count}},
     'shape_nodes_by_provider': {short: count}}."""
     seen: dict[str, tuple[str, str, bool]] = {}
-    for event in events:
-        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
-            continue
-        args = event.get("args") or {}
-        provider = args.get("provider")
-        if not provider:
-            continue
-        node = str(event["name"])[: -len("_kernel_time")]
-        seen.setdefault(node, (short_name(provider), str(args.get("op_name", "?")), _is_shape_computation(args)))
+    for k in kernel_events(events):
+        seen.setdefault(k.node, (k.provider, k.op_type, k.shape_computation))
     by_provider = Counter(p for p, _, _ in seen.values())
     shape_nodes = Counter(p for p, _, shape in seen.values() if shape)
     ops: dict[str, Counter] = {}
@@ -54,24 +116,16 @@ def parse_profile(events: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def profile_placement(make_runner: Callable[[], Any], run: Callable[[Any], object], runs: int = 3) -> dict[str, Any]:
-    """Build a profiling runner (``make_runner``), run it ``runs`` times, parse and delete its trace.
-
-    onnxruntime writes the trace into the working directory, so this happens inside a private temp dir.
-    """
-    old = os.getcwd()
-    with tempfile.TemporaryDirectory(prefix="edgedl-profile-") as tmp:
-        os.chdir(tmp)
+    """Build a profiling runner (``make_runner``), run it ``runs`` times, parse and delete its trace."""
+    with profiling_dir():
+        runner = make_runner()
         try:
-            runner = make_runner()
-            try:
-                for _ in range(runs):
-                    run(runner)
-                path = runner.end_profiling()
-            finally:
-                runner.close()
-            events = json.loads(Path(path).read_text()) if path else []
+            for _ in range(runs):
+                run(runner)
+            path = runner.end_profiling()
         finally:
-            os.chdir(old)
+            runner.close()
+        events = read_trace(path)
     return parse_profile(events)
 
 
