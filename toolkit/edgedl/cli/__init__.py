@@ -24,23 +24,28 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "package": ("edgedl.cli.package", "package", "Bundle models for a device profile."),
     "deploy": ("edgedl.cli.deploy", "deploy", "Deploy a bundle to a device over SSH."),
     "fleet": ("edgedl.cli.fleet", "fleet", "Roll a bundle out to a fleet of devices with Ansible."),
+    "debug": ("edgedl.cli.debug", "debug", "Find why a model is slow (or wrong): per operator, with advice."),
 }
 
 
-def _available() -> list[str]:
+def _available(table: dict[str, tuple[str, str, str]]) -> list[str]:
     import importlib.util
 
-    return [name for name, (module, _, _) in COMMANDS.items() if importlib.util.find_spec(module) is not None]
+    return [name for name, (module, _, _) in table.items() if importlib.util.find_spec(module) is not None]
 
 
 class LazyGroup(click.Group):
+    """A group whose commands come from a table of (module, attribute, help), imported only when invoked."""
+
+    table: dict[str, tuple[str, str, str]] = COMMANDS
+
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return _available()
+        return _available(self.table)
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        if name not in COMMANDS or name not in _available():
+        if name not in self.table or name not in _available(self.table):
             return None
-        module, attr, _ = COMMANDS[name]
+        module, attr, _ = self.table[name]
         return getattr(importlib.import_module(module), attr)
 
     def resolve_command(self, ctx, args):
@@ -48,13 +53,13 @@ class LazyGroup(click.Group):
         if name and not name.startswith("-") and self.get_command(ctx, name) is None:
             import difflib
 
-            close = difflib.get_close_matches(name, _available(), n=1)
+            close = difflib.get_close_matches(name, _available(self.table), n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             ctx.fail(f"No such command '{name}'.{hint}")
         return super().resolve_command(ctx, args)
 
     def format_commands(self, ctx, formatter):
-        rows = [(name, COMMANDS[name][2]) for name in self.list_commands(ctx)]
+        rows = [(name, self.table[name][2]) for name in self.list_commands(ctx)]
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)

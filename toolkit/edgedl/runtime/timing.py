@@ -21,6 +21,15 @@ class LatencyStats:
 
     samples_ns: np.ndarray
     wall_s: float
+    # per call, the CPU time this process spent (all threads), when asked for: tells runs that kept the CPU from
+    # runs that other work on a busy machine pushed off it for a while
+    cpu_ns: np.ndarray | None = None
+
+    def on_cpu(self, share: float = 0.9) -> np.ndarray:
+        """Mask of the calls that ran on a CPU for at least ``share`` of their wall time (all, without cpu_ns)."""
+        if self.cpu_ns is None:
+            return np.ones(self.samples_ns.size, dtype=bool)
+        return self.cpu_ns >= share * self.samples_ns
 
     @property
     def count(self) -> int:
@@ -65,9 +74,11 @@ def measure(
     iterations: int | None = 200,
     duration_s: float | None = None,
     max_iterations: int = 1_000_000,
+    cpu_time: bool = False,
 ) -> LatencyStats:
     """Call ``fn`` ``warmup`` times untimed, then time each call until ``iterations`` calls or ``duration_s``
-    seconds (whichever is given; with both, whichever ends first) have passed."""
+    seconds (whichever is given; with both, whichever ends first) have passed. ``cpu_time`` also records the
+    process's CPU time per call, read outside the wall-clock interval so that it does not lengthen it."""
     if iterations is None and duration_s is None:
         raise ValueError("give iterations or duration_s")
     for _ in range(warmup):
@@ -75,18 +86,23 @@ def measure(
     limit = iterations if iterations is not None else max_iterations
     deadline = time.perf_counter_ns() + int(duration_s * 1e9) if duration_s is not None else None
     samples = np.empty(limit, dtype=np.int64)
-    clock = time.perf_counter_ns
+    cpu = np.empty(limit, dtype=np.int64) if cpu_time else None
+    clock, cpu_clock = time.perf_counter_ns, time.process_time_ns
     start = clock()
     n = 0
     while n < limit:
+        if cpu is not None:
+            c0 = cpu_clock()
         t0 = clock()
         fn()
         t1 = clock()
+        if cpu is not None:
+            cpu[n] = cpu_clock() - c0
         samples[n] = t1 - t0
         n += 1
         if deadline is not None and t1 >= deadline:
             break
-    return LatencyStats(samples[:n].copy(), (clock() - start) / 1e9)
+    return LatencyStats(samples[:n].copy(), (clock() - start) / 1e9, None if cpu is None else cpu[:n].copy())
 
 
 def measure_schedule(

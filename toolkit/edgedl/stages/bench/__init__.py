@@ -3,12 +3,14 @@
 Library entry points: ``run_bench(BenchConfig(...)) -> BenchReport`` and ``compare_reports(old, new, threshold)``.
 """
 
-from edgedl.stages.bench.config import BenchConfig, WorkerConfig
-
 __all__ = ["BenchConfig", "WorkerConfig", "run_bench", "compare_reports", "BenchReport"]
 
 
-def __getattr__(name):  # keep `python -m edgedl.stages.bench.worker` free of the orchestrator's imports
+def __getattr__(name):  # keep the worker free of the orchestrator's imports, and `environment` free of numpy
+    if name in ("BenchConfig", "WorkerConfig"):
+        import edgedl.stages.bench.config as config
+
+        return getattr(config, name)
     if name == "run_bench":
         from edgedl.stages.bench.orchestrate import run_bench
 

@@ -35,8 +35,10 @@ ORT_FLAVOURS = (
 )
 
 
-def parse_cpuinfo(text: str) -> dict[str, Any]:
-    """/proc/cpuinfo text -> {'model': ..., 'flags': [...interesting...], 'all_flags': set, 'arm_part': ...}."""
+def parse_cpuinfo(text: str, hwcaps: set[str] | None = None) -> dict[str, Any]:
+    """/proc/cpuinfo text -> {'model': ..., 'flags': [...interesting...], 'all_flags': set, 'arm_part': ...}.
+
+    ``hwcaps`` (``arm_hwcap_flags``), when given, replace the text's flags: they are what the process may execute."""
     fields: dict[str, str] = {}
     flags: set[str] = set()
     physical: set[tuple[str, str]] = set()
@@ -55,6 +57,8 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
             physical.add((phys_id or "0", core_id))
         elif key not in fields:
             fields[key] = value
+    if hwcaps is not None:
+        flags = set(hwcaps)
     model = fields.get("model name") or fields.get("hardware") or fields.get("cpu model") or ""
     part = fields.get("cpu part", "").lower() or None
     if part and not fields.get("model name"):

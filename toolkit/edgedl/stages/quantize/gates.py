@@ -16,10 +16,14 @@ from edgedl.runtime.tensors import random_inputs
 EVAL_BATCH = 64
 
 
-def runner(path: Path, threads: int, provider: str = "cpu") -> Runner:
+def runner_config(threads: int, provider: str = "cpu", **extra) -> RunnerConfig:
+    """How the gates build sessions (``edgedl debug speed`` profiles with the same settings)."""
     # spinning off: with both models alive in one process, a spinning idle pool would steal the timed core
-    return Runner(str(path), RunnerConfig(providers=(provider,), intra_op_threads=threads, inter_op_threads=1,
-                                          spinning=False))
+    return RunnerConfig(providers=(provider,), intra_op_threads=threads, inter_op_threads=1, spinning=False, **extra)
+
+
+def runner(path: Path, threads: int, provider: str = "cpu") -> Runner:
+    return Runner(str(path), runner_config(threads, provider))
 
 
 def adapt(model: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
