@@ -7,6 +7,7 @@ and shape there, more for more inputs) and ~3 µs between kernels, where an unpr
 node. Raw profile times therefore overstate short kernels badly (the zoo MLP at batch 32: 15 µs measured, 35 µs
 profiled). So every measurement runs a calibration beside the model, interleaved with it: chains of nodes that do
 nothing, profiled (the in-kernel cost, by input count) and unprofiled (the executor's cost per run and per node).
+Each model is profiled in one session, then timed plain in the same session once profiling has ended.
 
     node time      = grouped median of its recorded durations - the profiler's in-kernel cost for its inputs
     predicted      = sum of node times + executor cost (per run + per node)
@@ -127,48 +128,53 @@ class ModelTimes:
 
 
 class Profiled:
-    """One model as two sessions with the same settings: profiled (node times) and plain (the latency users get).
+    """One model in one session: profiled first (node times), then, once profiling has ended, timed plain (the
+    latency users get). One session for both on purpose: two sessions of the same model can differ by ~20 % here
+    (where onnxruntime happened to place pre-packed weights), which would be blamed on the operators otherwise.
 
     Create, ``trace`` and ``close`` inside ``placement.profiling_dir()``: onnxruntime writes the trace into the
-    working directory when profiling ends, and a profiling session that is closed first writes it then.
+    working directory when profiling ends (and when a session that still profiles is closed).
     """
 
     def __init__(self, model, config: RunnerConfig, warmup: int = 10, profile: bool = True,
                  optimized_path: str | None = None):
         from dataclasses import replace
 
-        self.plain = Runner(model, replace(config, profile=False))
-        self.profiled = Runner(model, replace(config, profile=True, optimized_model_path=optimized_path)
-                               ) if profile else None
+        self.runner = Runner(model, replace(config, profile=profile, optimized_model_path=optimized_path))
+        self.profiling = profile
         self.feeds: dict[str, np.ndarray] = {}
         self.warmup = warmup
         self._warm = False
         self._timed: list[LatencyStats] = []
         self._profiled: list[LatencyStats] = []
+        self.trace_runs: tuple[list[list[KernelEvent]], list[int]] = ([], [])
 
     def feed(self, feeds: Mapping[str, np.ndarray]) -> None:
         """The inputs every run gets (checked against the model once, here)."""
-        self.feeds = dict(self.plain.check_inputs(dict(feeds)))
+        self.feeds = dict(self.runner.check_inputs(dict(feeds)))
+
+    def _run(self) -> None:
+        self.runner.run_unchecked(self.feeds)
 
     def _warm_up(self) -> None:
         if not self._warm:
             for _ in range(self.warmup):
-                if self.profiled is not None:
-                    self.profiled.run_unchecked(self.feeds)
-                self.plain.run_unchecked(self.feeds)
+                self._run()
             self._warm = True
 
     def profile(self, runs: int) -> None:
+        if not self.profiling:
+            raise RuntimeError("profiling has ended (or was never on) for this session")
         self._warm_up()
-        fn = lambda: self.profiled.run_unchecked(self.feeds)  # noqa: E731
-        self._profiled.append(measure(fn, warmup=0, iterations=runs, cpu_time=True))
+        self._profiled.append(measure(self._run, warmup=0, iterations=runs, cpu_time=True))
 
     def time(self, seconds: float, at_least: int = 5) -> None:
+        if self.profiling:
+            raise RuntimeError("time plain runs after trace(): this session still profiles")
         self._warm_up()
-        fn = lambda: self.plain.run_unchecked(self.feeds)  # noqa: E731
-        stats = measure(fn, warmup=1, iterations=None, duration_s=seconds, cpu_time=True)
+        stats = measure(self._run, warmup=1, iterations=None, duration_s=seconds, cpu_time=True)
         if stats.count < at_least:
-            stats = measure(fn, warmup=0, iterations=at_least - stats.count, cpu_time=True)
+            stats = measure(self._run, warmup=0, iterations=at_least - stats.count, cpu_time=True)
         self._timed.append(stats)
 
     @staticmethod
@@ -182,7 +188,7 @@ class Profiled:
 
     @property
     def measured_us(self) -> float:
-        """Median latency of the plain session's runs that kept the CPU."""
+        """Median latency of the plain runs that kept the CPU."""
         if not self._timed:
             return 0.0
         samples = np.concatenate([s.samples_ns for s in self._timed])
@@ -190,7 +196,7 @@ class Profiled:
 
     @property
     def measured_all_us(self) -> float:
-        """Median latency of all the plain session's runs (what the speed gate sees, busy machine or not)."""
+        """Median latency of all plain runs (what the speed gate sees, busy machine or not)."""
         return float(np.median(np.concatenate([s.samples_ns for s in self._timed]))) / 1e3 if self._timed else 0.0
 
     @property
@@ -205,10 +211,10 @@ class Profiled:
         return 1.0 - sum(int(m.sum()) for m in masks) / total if total else 0.0
 
     def trace(self) -> tuple[list[list[KernelEvent]], list[int]]:
-        """End profiling; the kernels of each profiled run that kept the CPU (warm-up runs dropped) and each such
-        run's model_run time."""
-        events = read_trace(self.profiled.end_profiling())
-        self.profiled.close()
+        """End profiling (the session runs on, unprofiled); the kernels of each profiled run that kept the CPU
+        (warm-up runs dropped) and each such run's model_run time."""
+        events = read_trace(self.runner.end_profiling())
+        self.profiling = False
         spans = run_spans(events)[self.warmup:]
         starts = [s for s, _ in spans]
         per_run: list[list[KernelEvent]] = [[] for _ in spans]
@@ -219,12 +225,11 @@ class Profiled:
         kept = self._kept(self._profiled)
         if kept.size != len(spans):  # the trace and our count disagree: keep every run rather than guess
             kept = np.ones(len(spans), dtype=bool)
-        return [r for r, k in zip(per_run, kept) if k], [d for (_, d), k in zip(spans, kept) if k]
+        self.trace_runs = ([r for r, k in zip(per_run, kept) if k], [d for (_, d), k in zip(spans, kept) if k])
+        return self.trace_runs
 
     def close(self) -> None:
-        self.plain.close()
-        if self.profiled is not None and not self.profiled.closed:
-            self.profiled.close()
+        self.runner.close()
 
 
 def node_times(per_run: list[list[KernelEvent]], cost: ProfilerCost | None) -> tuple[NodeTime, ...]:
@@ -249,7 +254,8 @@ def node_times(per_run: list[list[KernelEvent]], cost: ProfilerCost | None) -> t
 
 
 def finish(model: Profiled, cost: ProfilerCost) -> ModelTimes:
-    per_run, durations = model.trace()
+    """A model's times, once it has been traced and timed."""
+    per_run, durations = model.trace_runs
     nodes = node_times(per_run, cost)
     return ModelTimes(nodes=nodes, measured_us=model.measured_us, measured_all_us=model.measured_all_us,
                       profiled_us=float(np.median(durations)) if durations else 0.0,
@@ -291,18 +297,24 @@ class Calibration:
         self.narrow = Profiled(_chain(CALIBRATION_NODES, 1), config)
         self.wide = Profiled(_chain(CALIBRATION_NODES, CALIBRATION_WIDE_INPUTS), config)
         self.single = Profiled(_chain(1, 1), config, profile=False)
-        for p in (self.narrow, self.wide, self.single):
-            p.feed({"x": np.ones(1, np.float32)})
+        for chain in (self.narrow, self.wide, self.single):
+            chain.feed({"x": np.ones(1, np.float32)})
 
-    def round(self, runs: int, seconds: float) -> None:
+    def profile(self, runs: int) -> None:
         for chain in (self.narrow, self.wide):
             chain.profile(runs)
+
+    def trace(self) -> None:
+        for chain in (self.narrow, self.wide):
+            chain.trace()
+
+    def time(self, seconds: float) -> None:
         for chain in (self.single, self.narrow, self.wide):
             chain.time(seconds)
 
     def finish(self) -> ProfilerCost:
-        narrow = float(np.median([n.raw_us for n in node_times(self.narrow.trace()[0], None)]))
-        wide = float(np.median([n.raw_us for n in node_times(self.wide.trace()[0], None)]))
+        narrow = float(np.median([n.raw_us for n in node_times(self.narrow.trace_runs[0], None)]))
+        wide = float(np.median([n.raw_us for n in node_times(self.wide.trace_runs[0], None)]))
         per_node = max(self.narrow.measured_us - self.single.measured_us, 0.0) / (CALIBRATION_NODES - 1)
         # a wide Sum also computes more; what it costs unprofiled is not the profiler's
         compute = max(self.wide.measured_us - self.narrow.measured_us, 0.0) / CALIBRATION_NODES

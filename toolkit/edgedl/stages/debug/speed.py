@@ -1,8 +1,8 @@
 """``edgedl debug speed FLOAT.onnx QUANT.onnx``: why an int8 model is slower (or faster) than its float original,
 operator by operator, and what to change on this CPU.
 
-Flow: both models and the profiler's calibration run interleaved in rounds on the same feeds, each as a profiled
-and a plain session with the speed gate's settings (``profile``) -> time per kernel that ran -> each kernel
+Flow: both models and the profiler's calibration run in turns on the same feeds, with the speed gate's session
+settings, first profiled, then plain (``profile``) -> time per kernel that ran -> each kernel
 attributed to the float-model node it implements (onnxruntime and the quantizer name what they create after the
 node or tensor it came from) -> one row per float-model operator, float vs int8 -> findings -> ``advice``.
 """
@@ -392,26 +392,32 @@ def speed(config: SpeedConfig, show_progress: bool = True) -> SpeedReport:
             opened.append(fm)
             qm = Profiled(quant_abs, session, optimized_path=str(tmp / "int8.optimized.onnx"))
             opened.append(qm)
-            _same_inputs(fm.plain, qm.plain, float_path, quant_path)
-            feeds = Signature.of_runner(fm.plain, config.shape_options).feeds(config.batch, config.seed)
-            fm.feed(adapt(fm.plain, feeds))
-            qm.feed(adapt(qm.plain, feeds))
+            _same_inputs(fm.runner, qm.runner, float_path, quant_path)
+            feeds = Signature.of_runner(fm.runner, config.shape_options).feeds(config.batch, config.seed)
+            fm.feed(adapt(fm.runner, feeds))
+            qm.feed(adapt(qm.runner, feeds))
             calibration = Calibration(session)
             opened.append(calibration)
-            with progress(f"profiling {float_path.name} vs {quant_path.name}", config.rounds,
+            # profiled rounds, then plain rounds in the same sessions (profiling cannot be switched back on);
+            # within each, the models and the calibration take turns, neither model always first
+            with progress(f"profiling {float_path.name} vs {quant_path.name}", 2 * config.rounds,
                           enabled=show_progress) as advance:
                 for r in range(config.rounds):
-                    pair = (fm, qm) if r % 2 == 0 else (qm, fm)  # neither model always goes first
-                    for m in pair:
+                    for m in ((fm, qm) if r % 2 == 0 else (qm, fm)):
                         m.profile(per_round)
-                    calibration.round(max(10, per_round // 2), seconds / 10)
-                    for m in pair:
+                    calibration.profile(max(10, per_round // 2))
+                    advance(info=f"profiled round {r + 1}")
+                for m in (fm, qm, calibration):
+                    m.trace()
+                for r in range(config.rounds):
+                    for m in ((fm, qm) if r % 2 == 0 else (qm, fm)):
                         m.time(seconds)
-                    advance(info=f"round {r + 1}")
+                    calibration.time(seconds / 10)
+                    advance(info=f"timed round {r + 1}")
             cost = calibration.finish()
             times = {"float": finish(fm, cost), "int8": finish(qm, cost)}
             weights = {name: weight_types(onnx.load(str(tmp / f"{name}.optimized.onnx"))) for name in times}
-            has_data = "recipe" in fm.plain.metadata
+            has_data = "recipe" in fm.runner.metadata
         finally:
             for item in opened:
                 item.close()
