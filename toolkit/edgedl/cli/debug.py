@@ -61,7 +61,7 @@ def _check_report(path: Path | None) -> None:
 @debug_option
 def speed(float_model, quant_model, batch, threads, shape_options, runs, seconds, seed, report, quiet, as_json,
           debug):
-    """Profile FLOAT.onnx and QUANT.onnx (an int8 model made from it) interleaved on the same inputs: time per
+    """Profile FLOAT.onnx and QUANT.onnx (an int8 model made from it) in turns on the same inputs: time per
     operator and the kernel that ran, quantize/dequantize overhead, where int8 loses, and advice for this CPU.
 
     Per-operator times are corrected for the profiler's own cost and checked against each model's measured

@@ -25,11 +25,15 @@ class LatencyStats:
     # runs that other work on a busy machine pushed off it for a while
     cpu_ns: np.ndarray | None = None
 
+    def cpu_share(self) -> np.ndarray:
+        """Per call, CPU time / wall time (1 for every call without cpu_ns)."""
+        if self.cpu_ns is None:
+            return np.ones(self.samples_ns.size)
+        return self.cpu_ns / np.maximum(self.samples_ns, 1)
+
     def on_cpu(self, share: float = 0.9) -> np.ndarray:
         """Mask of the calls that ran on a CPU for at least ``share`` of their wall time (all, without cpu_ns)."""
-        if self.cpu_ns is None:
-            return np.ones(self.samples_ns.size, dtype=bool)
-        return self.cpu_ns >= share * self.samples_ns
+        return self.cpu_share() >= share
 
     @property
     def count(self) -> int:
