@@ -158,7 +158,7 @@ def test_terminal_table_html_and_png_reports(zoo, int8, tmp_path):
     assert page.startswith("<!doctype html>") and "<svg" in page and "DynamicQuantizeMatMul" in page
     assert "<script" not in page.lower() and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     result = run_edgedl_inprocess("debug", "speed", zoo["mlp"].onnx, int8["mlp"], *FAST, "--runs", "40", "--seconds",
-                                  "0.1", "--report", png, "--json")  # a chart of a shorter run: only the file is checked
+                                  "0.1", "--report", png, "--json")  # a shorter run: only the file is checked
     assert result.returncode == 0, result.stderr
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and json.loads(result.stdout)["batch"] == 32
 

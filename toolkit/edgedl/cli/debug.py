@@ -107,8 +107,9 @@ def print_speed(report) -> None:
     console.print(f"[{color}]{escape(first)}[/]", soft_wrap=True)
     losers = {r.node for r in report.losers[:3]}
     table = Table(show_edge=False, pad_edge=False)
+    numbers = ("float µs", "int8 µs", "of it Q/DQ", "int8 − float")
     for col in ("operator", "op", "float kernel", "float µs", "int8 kernel", "int8 µs", "of it Q/DQ", "int8 − float"):
-        table.add_column(col, justify="right" if "µs" in col or col in ("of it Q/DQ", "int8 − float") else "left")
+        table.add_column(col, justify="right" if col in numbers else "left")
     for r in report.rows:
         style = "red" if r.node in losers and r.delta_us > 0 and report.verdict != "faster" else None
         table.add_row(escape(r.node or "(added by onnxruntime)"), r.op_type, r.describe(r.float_kernels),

@@ -10,7 +10,7 @@ node or tensor it came from) -> one row per float-model operator, float vs int8 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedl._lazy import require
@@ -32,8 +32,8 @@ INTEGER_KERNELS = {
     "QGemm": (3, False), "MatMulIntegerToFloat": (1, False), "QAttention": (1, False),
     "DynamicQuantizeMatMul": (1, True), "DynamicQuantizeLSTM": (1, True),
 }
-LAYOUT_OPS = ("ReorderInput", "ReorderOutput")
-RESOLUTION_US = 0.5  # differences below this are the profile's noise (its calibrated correction varies this much)  # onnxruntime's NCHWc layout changes
+LAYOUT_OPS = ("ReorderInput", "ReorderOutput")  # onnxruntime's NCHWc layout changes
+RESOLUTION_US = 0.5  # differences below this are the profile's noise (its calibrated correction varies this much)
 _SHORT_TYPES = {"float": "f32", "float16": "f16", "double": "f64", "bfloat16": "bf16", "uint8": "u8", "int8": "s8",
                 "uint16": "u16", "int16": "s16", "int32": "i32", "int64": "i64", "bool": "b8"}
 _ANCHORS = ("Conv", "ConvTranspose", "Gemm", "MatMul")  # onnxruntime fuses activations into these
@@ -292,7 +292,7 @@ class SpeedReport:
     def explanation(self) -> tuple[str, ...]:
         f, q = self.float.times, self.int8.times
         ratio = self.speedup
-        how = f"{ratio:.2f}x as fast as" if ratio >= 1 else f"{1 / ratio:.2f}x slower than"
+        how = f"{ratio:.2f}x as fast as" if ratio >= 1 or ratio == 0 else f"{1 / ratio:.2f}x slower than"
         lines = [f"int8 is {how} float at batch {self.batch} ({q.measured_us / 1e3:.3f} ms vs "
                  f"{f.measured_us / 1e3:.3f} ms, medians of interleaved runs, {self.threads} thread(s))"]
         loss = sum(r.delta_us for r in self.losers)
@@ -331,20 +331,15 @@ class SpeedReport:
             "operators": [r.to_json() for r in self.rows],
             "check": self.checks(),
             "advice": [a.to_json() for a in self.advice],
-            "findings": _findings_json(self.findings),
+            "findings": asdict(self.findings),
             "cpu": self.cpu.to_json(), "profiler_cost": self.profiler.to_json(),
             "float": self.float.to_json(), "int8": self.int8.to_json(),
         }
 
 
-def _findings_json(f: Findings) -> dict:
-    from dataclasses import asdict
-
-    return asdict(f)
-
-
-def findings(report_rows: tuple[OperatorRow, ...], float_speed: ModelSpeed, int8_speed: ModelSpeed, config: SpeedConfig,
-             has_data: bool) -> Findings:
+def findings(report_rows: tuple[OperatorRow, ...], float_speed: ModelSpeed, int8_speed: ModelSpeed,
+             config: SpeedConfig, has_data: bool) -> Findings:
+    """What ``advice`` needs: losers (worst first), heavy ops still in float, the Q/DQ share, the kernels."""
     int8_total = max(int8_speed.times.ops_us, 1e-9)
     losers = []
     for r in sorted(report_rows, key=lambda r: -r.delta_us):
@@ -359,8 +354,9 @@ def findings(report_rows: tuple[OperatorRow, ...], float_speed: ModelSpeed, int8
                 and r.int8_us >= advice_rules.HEAVY_SHARE * int8_total):
             still_float.append((r.node, r.op_type, round(r.int8_us, 3)))
     speedup = float_speed.times.measured_us / int8_speed.times.measured_us if int8_speed.times.measured_us else 0.0
-    return Findings(model=str(config.float_model), int8_model=str(config.quant_model), speedup=round(speedup, 4), min_speedup=config.min_speedup,
-                    batch=config.batch, threads=config.threads, losers=tuple(losers), still_float=tuple(still_float),
+    return Findings(model=str(config.float_model), int8_model=str(config.quant_model), speedup=round(speedup, 4),
+                    min_speedup=config.min_speedup, batch=config.batch, threads=config.threads, losers=tuple(losers),
+                    still_float=tuple(still_float),
                     qdq_share=round(int8_speed.qdq_us / int8_total, 4),
                     int8_kernels=tuple(sorted({k.op_type for k in int8_speed.kernels})), has_data=has_data)
 
