@@ -25,13 +25,13 @@ code{background:#f4f4f4;padding:2px 5px;border-radius:3px;font-size:12.5px;word-
 
 
 def _label(row: OperatorRow) -> str:
-    return row.node or "added by onnxruntime"
+    return row.node or "(added by onnxruntime)"
 
 
 def _svg(report: SpeedReport) -> str:
     """Two bars per operator, float and int8 (its Q/DQ part in red), on one linear scale."""
     rows = [r for r in report.rows if r.float_us > 0 or r.int8_us > 0]
-    label_w, bar_w, row_h, top = 230, 620, 34, 28
+    label_w, bar_w, row_h, top = 260, 600, 34, 28
     peak = max([max(r.float_us, r.int8_us) for r in rows] + [1e-9])
     height = top + row_h * len(rows) + 10
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 110}" height="{height}" '
@@ -48,9 +48,13 @@ def _svg(report: SpeedReport) -> str:
         short = name if len(name) <= 32 else name[:30] + "…"
         out.append(f'<text x="{label_w - 8}" y="{y + 15}" text-anchor="end"><title>{escape(name)}</title>'
                    f'{escape(short)} <tspan fill="#888">{escape(r.op_type)}</tspan></text>')
-        for j, (us, color) in enumerate(((r.float_us, FLOAT_COLOR), (r.int8_us, INT8_COLOR))):
+        for j, (us, color, kernels) in enumerate(((r.float_us, FLOAT_COLOR, r.float_kernels),
+                                                   (r.int8_us, INT8_COLOR, r.int8_kernels))):
             w = bar_w * us / peak
             yy = y + 2 + j * 14
+            if not kernels:  # fused into another operator's kernel, or not in this model
+                out.append(f'<text x="{label_w + 5}" y="{yy + 10}" fill="#888">no kernel</text>')
+                continue
             out.append(f'<rect x="{label_w}" y="{yy}" width="{w:.1f}" height="12" fill="{color}"/>')
             if j == 1 and r.qdq_us > 0:
                 out.append(f'<rect x="{label_w + bar_w * (us - r.qdq_us) / peak:.1f}" y="{yy}" '
