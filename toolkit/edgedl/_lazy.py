@@ -17,6 +17,7 @@ _EXTRA_OF = {
     "safetensors": "train",
     "onnxruntime.quantization": "quantize",
     "onnxruntime.transformers.float16": "quantize",
+    "PIL": "quantize",
     "matplotlib": "plot",
     "rich": "cli",
 }

@@ -11,6 +11,8 @@ OPTION_FLAGS = {
     "batch_axis": "--batch-axis",
     "value_range": "--input-range",
     "batch": "--batch",
+    "data": "--data",
+    "max_samples": "--max-samples",
 }
 
 
