@@ -5,6 +5,8 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
+from edgedl.cli._data import data_options
+from edgedl.cli._shapes import shape_options
 
 
 def _split_names(values) -> tuple[str, ...]:
@@ -18,12 +20,8 @@ def _split_names(values) -> tuple[str, ...]:
               help="int8 with runtime activation scales, int8 with calibrated scales, fp16 (GPU targets), or "
                    "auto: the fastest candidate that passes the accuracy gate, else fp32.")
 @click.option("--preset", metavar="x86-vnni|x86-avx2|arm64|jetson", help="Static int8 settings for a hardware family.")
-@click.option("--data", metavar="RECIPE", help="Recipe (file or zoo name) for calibration and evaluation data "
-              "[default: the recipe named in the model's metadata].")
-@click.option("--calibration", "calibration_npz", type=click.Path(path_type=Path),
-              help=".npz with one array per model input (first axis = samples).")
-@click.option("--eval", "eval_npz", type=click.Path(path_type=Path),
-              help=".npz with one array per model input plus integer 'labels'.")
+@data_options
+@shape_options
 @click.option("--format", "fmt", metavar="qdq|qoperator", help="Static int8 graph format [default: qdq].")
 @click.option("--per-channel/--per-tensor", default=None, help="Weight scales per output channel [default: per-channel].")
 @click.option("--calibration-method", metavar="minmax|percentile|entropy", help="[default: minmax]")
@@ -34,8 +32,19 @@ def _split_names(values) -> tuple[str, ...]:
 @click.option("--exclude-op-types", multiple=True, metavar="OP[,OP]", help="Keep these op types in float.")
 @click.option("--fp16-io", is_flag=True, help="fp16 mode: make model inputs/outputs fp16 too [default: keep fp32].")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, metavar="POINTS",
-              help="Reject when top-1 accuracy drops by more than this many percentage points.")
-@click.option("--accuracy-gate/--no-accuracy-gate", default=True, show_default=True)
+              help="Labelled data: reject when top-1 accuracy drops by more than this many points.")
+@click.option("--metric", metavar="FILE.py:FUNCTION",
+              help="Task metric fn(outputs, reference, labels) -> float (higher is better), per batch.")
+@click.option("--max-metric-drop", type=float, default=1.0, show_default=True,
+              help="Reject when --metric drops by more than this (its own units).")
+@click.option("--min-agreement", type=float, metavar="PCT", help="Reject below this top-1 agreement with fp32.")
+@click.option("--min-top-k-agreement", type=float, metavar="PCT",
+              help="Reject below this top-k agreement (fp32's top-1 among the candidate's top k).")
+@click.option("--top-k", type=int, default=5, show_default=True, help="k of the top-k agreement.")
+@click.option("--min-sqnr", type=float, metavar="DB", help="Reject when an output's SQNR vs fp32 is below this.")
+@click.option("--min-cosine", type=float, metavar="C", help="Reject when an output's cosine vs fp32 is below this.")
+@click.option("--accuracy-gate/--no-accuracy-gate", default=True, show_default=True,
+              help="--no-accuracy-gate: measure accuracy if there is data, never enforce it.")
 @click.option("--speed-batch", type=int, default=32, show_default=True,
               help="Batch size timed besides 1; auto and --require-speedup judge speed at this size.")
 @click.option("--speed-seconds", type=float, default=0.6, show_default=True,
@@ -52,27 +61,31 @@ def _split_names(values) -> tuple[str, ...]:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @json_option
 @debug_option
-def quantize(model, output, mode, preset, data, calibration_npz, eval_npz, fmt, per_channel, calibration_method,
+def quantize(model, output, mode, preset, data_options, shape_options, fmt, per_channel, calibration_method,
              calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, fp16_io,
-             max_accuracy_drop, accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup,
+             max_accuracy_drop, metric, max_metric_drop, min_agreement, min_top_k_agreement, top_k, min_sqnr,
+             min_cosine, accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup,
              target_provider, debug_layers, fallback_worst, no_progress, as_json, debug):
     """Quantize MODEL (an fp32 .onnx) to int8 or fp16 behind an accuracy gate and a speed gate.
 
-    Evaluation/calibration data default to the recipe recorded in MODEL's metadata (exported zoo models carry it).
-    Nothing is written at OUTPUT unless the result passes its gates.
+    Data defaults to the recipe recorded in MODEL's metadata (exported zoo models carry it), else synthetic inputs
+    from the declared value ranges (a weaker check, said in the report). Nothing is written at OUTPUT unless the
+    result passes its gates, and never without an accuracy check unless --no-accuracy-gate is given.
     """
     from dataclasses import replace
 
     from edgedl.errors import EdgeDLError
     from edgedl.stages.quantize import GateConfig, QuantizeConfig, StaticConfig, preset as make_preset, quantize as run
 
-    gates = GateConfig(max_accuracy_drop=max_accuracy_drop, accuracy_gate=accuracy_gate, speed_batch=speed_batch,
-                       speed_seconds=speed_seconds, threads=threads, require_speedup=require_speedup,
-                       min_speedup=min_speedup, target_provider=target_provider)
+    gates = GateConfig(max_accuracy_drop=max_accuracy_drop, accuracy_gate=accuracy_gate, metric=metric,
+                       max_metric_drop=max_metric_drop, min_agreement=min_agreement,
+                       min_top_k_agreement=min_top_k_agreement, top_k=top_k, min_sqnr=min_sqnr, min_cosine=min_cosine,
+                       speed_batch=speed_batch, speed_seconds=speed_seconds, threads=threads,
+                       require_speedup=require_speedup, min_speedup=min_speedup, target_provider=target_provider)
     given = {k: v for k, v in dict(format=fmt, per_channel=per_channel, calibration_method=calibration_method,
                                    calibration_samples=calibration_samples, activation_type=activation_type,
                                    weight_type=weight_type).items() if v is not None}
-    common = dict(mode=mode, gates=gates, data=data, calibration_npz=calibration_npz, eval_npz=eval_npz,
+    common = dict(mode=mode, gates=gates, data=data_options, shape_options=shape_options,
                   exclude_nodes=_split_names(exclude_nodes), exclude_op_types=_split_names(exclude_op_types),
                   fp16_keep_io_types=not fp16_io, debug_layers=debug_layers, fallback_worst=fallback_worst,
                   progress=not no_progress and not as_json)
@@ -106,35 +119,56 @@ def print_report(report) -> None:
 
     console = out_console()
     if not console.is_terminal:  # files and pipes: no wrapping of the wide table
-        console.width = max(console.width, 130)
+        console.width = max(console.width, 170)
     data = report.to_json()
     verdict = "[green]accepted[/]" if report.accepted else "[red]REJECTED[/]"
     where = escape(str(report.output_path)) if report.output_path else "nothing written"
     console.print(f"[bold]{escape(report.input_path.name)}[/]: mode {report.requested_mode} -> "
                   f"[bold]{report.mode}[/], {verdict} ({where})")
     batches = data["speed"]["batch_sizes"]
+    evals = [c.evaluation for c in [report.fp32, *report.candidates] if c.evaluation is not None]
+    has = {key: any(getattr(e, key) is not None for e in evals) for key in ("accuracy", "metric", "agreement_top_k")}
+    k = next((e.top_k for e in evals if e.top_k), None)
+    columns = ["model", "size KiB", *(["top-1 %"] if has["accuracy"] else []), *(["metric"] if has["metric"] else []),
+               "agree %", *([f"top-{k} %"] if has["agreement_top_k"] else []), "SQNR dB", "cosine",
+               *[f"ms b{b}" for b in batches], *[f"speed-up b{b}" for b in batches], "gate"]
     table = Table(show_edge=False, pad_edge=False)
-    for col in ["model", "size KiB", "top-1 %", "agree %", "SQNR dB", *[f"ms b{b}" for b in batches],
-                *[f"speed-up b{b}" for b in batches], "gate"]:
+    for col in columns:
         table.add_column(col, justify="left" if col in ("model", "gate") else "right")
     fp32 = report.fp32
-    rows = [(fp32, None)] + [(c, c) for c in report.candidates]
-    for cand, _ in rows:
+    for cand in [fp32, *report.candidates]:
         ev = cand.evaluation
-        sqnr = min((o["sqnr_db"] for o in ev.outputs.values()), default=None) if ev and ev.outputs else None
+        vs = ev if ev is not None and cand is not fp32 else None  # comparisons with fp32
+        worst = {m: min((o[m] for o in vs.outputs.values()), default=None) if vs else None for m in ("sqnr_db", "cosine")}
         gate = "" if cand is fp32 else " ".join(filter(None, [
             {True: "acc ok", False: "acc FAIL", None: ""}[cand.accuracy_ok],
             {True: "faster", False: "not faster", None: ""}[cand.faster]]))
         mark = " *" if report.chosen is cand or (cand is fp32 and report.chosen and report.chosen.mode == "fp32") else ""
-        table.add_row(cand.mode + mark, f"{cand.size_bytes / 1024:.1f}", _fmt(ev.accuracy if ev else None),
-                      _fmt(ev.agreement if ev and cand is not fp32 else None, ".1f"),
-                      _fmt(sqnr if cand is not fp32 else None, ".1f"),
+        table.add_row(cand.mode + mark, f"{cand.size_bytes / 1024:.1f}",
+                      *([_fmt(ev.accuracy if ev else None)] if has["accuracy"] else []),
+                      *([_fmt(ev.metric if ev else None, ".4g")] if has["metric"] else []),
+                      _fmt(vs.agreement if vs else None, ".1f"),
+                      *([_fmt(vs.agreement_top_k if vs else None, ".1f")] if has["agreement_top_k"] else []),
+                      _fmt(worst["sqnr_db"], ".1f"), _fmt(worst["cosine"], ".5f"),
                       *[_fmt(cand.latency_ms.get(b), ".4f") for b in batches],
                       *[_fmt(1.0 if cand is fp32 and cand.latency_ms else cand.speedup.get(b), ".2f") for b in batches],
                       gate)
     console.print(table)
+    shapes = data["speed"]["shapes"].get(str(report.speed_batch), {})
+    at = ", ".join(f"{k} {'x'.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())
     console.print(f"timed: median of interleaved runs, {report.threads} thread(s), provider {report.provider}; "
-                  f"auto/--require-speedup judge batch {report.speed_batch}" if batches else "speed gate skipped")
+                  f"auto/--require-speedup judge batch {report.speed_batch} ({escape(at)})" if batches
+                  else "speed gate skipped")
+    for role in ("evaluation", "calibration"):
+        used = data["data"].get(role)
+        if used:
+            weak = " - synthetic: a weaker check" if used["kind"] == "synthetic" else ""
+            console.print(f"{role}: {escape(used['source'])}{' (labelled)' if used['labelled'] else ''}{weak}")
+    shown = report.chosen if report.chosen is not None and report.chosen.checks else (
+        report.candidates[0] if len(report.candidates) == 1 else None)
+    if shown is not None and shown.checks:
+        console.print(f"gate ({shown.mode}): " + "; ".join(
+            f"{escape(c.describe())} {'ok' if c.ok else 'FAIL'}" for c in shown.checks))
     console.print("ops before: " + ", ".join(f"{k}×{v}" for k, v in data["op_types"]["before"].items()))
     if data["op_types"]["after"]:
         console.print("ops after:  " + ", ".join(f"{k}×{v}" for k, v in data["op_types"]["after"].items()))

@@ -117,8 +117,9 @@ class Dataset:
             for part, index in ((first, np.sort(order[:half])), (second, np.sort(order[half:]))):
                 part.append(Chunk(self.signature.take(chunk.inputs, index), _take_labels(chunk.labels, index),
                                   len(index)))
-        return (Dataset(self.signature, tuple(first), self.kind, self.source, self.details),
-                Dataset(self.signature, tuple(second), self.kind, self.source, self.details))
+        return tuple(Dataset(self.signature, tuple(part), self.kind,
+                             f"{sum(c.samples for c in part)} of {self.source}", self.details)
+                     for part in (first, second))
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": self.source, "samples": len(self), "labelled": self.labelled,

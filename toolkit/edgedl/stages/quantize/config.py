@@ -7,12 +7,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
+from edgedl.runtime.signature import ShapeOptions
+from edgedl.stages.data import DataOptions
 
 MODES = ("dynamic", "static", "fp16", "auto")
 FORMATS = ("qdq", "qoperator")
 CALIBRATION_METHODS = ("minmax", "percentile", "entropy")
 INT8_TYPES = ("int8", "uint8")
 # providers whose hardware runs fp16 natively; fp16 is a candidate in auto mode only for these
+# the gate without labels or a metric (measured on the zoo and the shipped real models: see README)
+DEFAULT_MIN_AGREEMENT = 98.0
+DEFAULT_MIN_SQNR = 20.0
 GPU_PROVIDERS = {"cuda", "tensorrt", "rocm", "migraphx", "dml", "webgpu", "CUDAExecutionProvider",
                  "TensorrtExecutionProvider", "ROCMExecutionProvider", "MIGraphXExecutionProvider",
                  "DmlExecutionProvider", "WebGpuExecutionProvider"}
@@ -62,10 +67,24 @@ class StaticConfig:
 
 @dataclass
 class GateConfig:
-    """Accuracy and speed gates."""
+    """Accuracy and speed gates.
+
+    With class-id labels the gate judges the top-1 accuracy drop, with a user metric the metric's drop; every
+    floor given (agreement with fp32, SQNR, cosine) is judged too. With none of these, one default floor applies:
+    top-1 agreement with fp32 for a classifier, else the worst output's SQNR.
+    """
 
     max_accuracy_drop: float = 1.0  # percentage points of top-1 accuracy
     accuracy_gate: bool = True
+    metric: str | None = None  # path/to/file.py:function(outputs, reference, labels) -> float, higher is better
+    max_metric_drop: float = 1.0  # in the metric's own units
+    min_agreement: float | None = None  # % top-1 agreement with the fp32 model
+    min_top_k_agreement: float | None = None  # % where fp32's top-1 is among the candidate's top k
+    top_k: int = 5
+    min_sqnr: float | None = None  # dB, worst output
+    min_cosine: float | None = None  # worst output
+    default_min_agreement: float = DEFAULT_MIN_AGREEMENT
+    default_min_sqnr: float = DEFAULT_MIN_SQNR
     speed_batch: int = 32
     speed_seconds: float = 0.6  # per model and batch size, split into interleaved rounds
     threads: int = 1  # the same intra-op thread count for both models
@@ -76,6 +95,16 @@ class GateConfig:
     def __post_init__(self) -> None:
         if self.max_accuracy_drop < 0:
             raise EdgeDLError(f"--max-accuracy-drop must be >= 0 points, got {self.max_accuracy_drop}")
+        if self.max_metric_drop < 0:
+            raise EdgeDLError(f"--max-metric-drop must be >= 0, got {self.max_metric_drop}")
+        for name in ("min_agreement", "min_top_k_agreement", "default_min_agreement"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                raise EdgeDLError(f"--{name.replace('_', '-')} is a percentage (0..100), got {value}")
+        if self.min_cosine is not None and not -1 <= self.min_cosine <= 1:
+            raise EdgeDLError(f"--min-cosine must be in -1..1, got {self.min_cosine}")
+        if self.top_k < 2:
+            raise EdgeDLError(f"--top-k must be >= 2, got {self.top_k}")
         if self.speed_batch < 1:
             raise EdgeDLError(f"--speed-batch must be >= 1, got {self.speed_batch}")
         if self.threads < 0:
@@ -96,9 +125,8 @@ class QuantizeConfig:
     mode: str = "auto"
     static: StaticConfig = field(default_factory=StaticConfig)
     gates: GateConfig = field(default_factory=GateConfig)
-    data: str | None = None  # a recipe file or zoo name; default: the recipe named in the model's metadata
-    calibration_npz: Path | None = None
-    eval_npz: Path | None = None
+    data: DataOptions = field(default_factory=DataOptions)  # default: the model's recipe, else synthetic
+    shape_options: ShapeOptions = field(default_factory=ShapeOptions)
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     fp16_keep_io_types: bool = True
@@ -123,8 +151,7 @@ class QuantizeConfig:
 
     def to_json(self) -> dict:
         data = asdict(self)
-        for key in ("output", "calibration_npz", "eval_npz"):
-            data[key] = None if data[key] is None else str(data[key])
+        data.update(output=str(self.output), data=self.data.to_json(), shape_options=self.shape_options.to_json())
         return data
 
     # --- hardware presets ------------------------------------------------------------------------------------

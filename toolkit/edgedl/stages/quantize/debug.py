@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from edgedl._lazy import require
-from edgedl.recipe import Split
+from edgedl.stages.data import Dataset
 from edgedl.stages.quantize.data import calibration_reader
 from edgedl.stages.quantize.preprocess import quiet
 
@@ -18,7 +18,7 @@ def _finite(x: float) -> float | None:
     return None if x is None or not math.isfinite(x) else round(float(x), 2)
 
 
-def layer_errors(float_path: Path, qdq_path: Path, split: Split, workdir: Path, debug: bool = False) -> dict:
+def layer_errors(float_path: Path, qdq_path: Path, data: Dataset, workdir: Path, debug: bool = False) -> dict:
     """Per activation tensor: ``model_sqnr_db`` (the float model's tensor vs the QDQ model's, the error that reaches
     this point) and ``qdq_sqnr_db`` (the QDQ model's tensor before vs after its own Q/DQ pair; misleading where a
     Relu was folded into the quantization range, as the pre-Q/DQ tensor then still holds negatives); per weight:
@@ -26,7 +26,7 @@ def layer_errors(float_path: Path, qdq_path: Path, split: Split, workdir: Path, 
     dbg = require("onnxruntime.quantization.qdq_loss_debug")
     onnx = require("onnx")
     aug_float, aug_qdq = workdir / "debug-float.onnx", workdir / "debug-qdq.onnx"
-    sample = split.head(min(DEBUG_SAMPLES, len(split)))
+    sample = data.head(DEBUG_SAMPLES)
     with quiet(not debug):
         dbg.modify_model_output_intermediate_tensors(str(float_path), str(aug_float))
         dbg.modify_model_output_intermediate_tensors(str(qdq_path), str(aug_qdq))

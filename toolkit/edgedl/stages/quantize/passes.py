@@ -13,7 +13,7 @@ from typing import Callable
 
 from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
-from edgedl.recipe import Split
+from edgedl.stages.data import Dataset
 from edgedl.stages.quantize.config import QuantizeConfig, StaticConfig
 from edgedl.stages.quantize.data import calibration_reader
 from edgedl.stages.quantize.preprocess import quiet
@@ -24,7 +24,7 @@ class PassContext:
     """What a pass needs besides its config: the preprocessed model, calibration data, a scratch directory."""
 
     model: object  # the preprocessed onnx.ModelProto
-    calibration: Split | None
+    calibration: Dataset | None
     workdir: Path
     debug: bool = False
     exclude_nodes: list[str] = field(default_factory=list)  # grows during --fallback-worst
@@ -75,8 +75,7 @@ def calibration_cache(source: Path, op_types: list[str], static: StaticConfig, c
     saved in onnxruntime's calibration cache format and reused when re-quantizing (``--fallback-worst``).
     """
     if ctx.calibration is None:
-        raise EdgeDLError("static quantization needs calibration data: the model names no recipe; pass "
-                          "--data RECIPE or --calibration FILE.npz (one array per input)")
+        raise EdgeDLError("static quantization needs calibration data; pass --data or --calibration")
     key = (static.calibration_method, static.activation_symmetric, static.num_bins, static.num_quantized_bins,
            static.percentile, tuple(op_types))
     if key in ctx._ranges:
@@ -102,11 +101,53 @@ def calibration_cache(source: Path, op_types: list[str], static: StaticConfig, c
     return cache
 
 
+# QuantizeLinear/DequantizeLinear carry the ``axis`` of per-channel scales from opset 13 on
+PER_CHANNEL_QDQ_OPSET = 13
+
+
+def default_opset(model) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def per_channel_source(source: Path, static: StaticConfig, ctx: PassContext, notes: list[str]) -> Path:
+    """The model that per-channel QDQ quantizes: ``source`` itself from opset 13, else a copy upgraded to 13.
+
+    onnxruntime's QDQ quantizer writes per-channel DequantizeLinear nodes with an ``axis`` attribute whatever the
+    model's opset; below 13 the result does not load ("Unrecognized attribute: axis"). A model whose weights are
+    Constant nodes (Paddle exports) escapes this in a plain ``quantize_static`` only because per-channel then
+    silently falls back to per-tensor; preprocessing folds those constants into initializers, so per-channel
+    really happens, and the opset has to allow it.
+    """
+    opset = default_opset(ctx.model)
+    if static.format != "qdq" or not static.per_channel or opset >= PER_CHANNEL_QDQ_OPSET:
+        return source
+    upgraded = ctx.workdir / f"preprocessed-opset{PER_CHANNEL_QDQ_OPSET}.onnx"
+    if not upgraded.is_file():
+        onnx = require("onnx")
+        try:
+            with quiet(not ctx.debug):
+                model = onnx.version_converter.convert_version(onnx.load(str(source)), PER_CHANNEL_QDQ_OPSET)
+            onnx.save(model, str(upgraded))
+            ort = require("onnxruntime")
+            ort.InferenceSession(str(upgraded), providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            upgraded.unlink(missing_ok=True)
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise EdgeDLError(f"per-channel QDQ needs opset >= {PER_CHANNEL_QDQ_OPSET} (the axis of DequantizeLinear) "
+                              f"and this model is opset {opset}; upgrading it failed ({type(exc).__name__}: {first})",
+                              hint="quantize weights per tensor (--per-tensor), or per channel in QOperator form "
+                                   "(--format qoperator)") from exc
+    notes.append(f"per-channel QDQ: upgraded the model from opset {opset} to {PER_CHANNEL_QDQ_OPSET} first "
+                 "(DequantizeLinear takes a per-channel axis from opset 13)")
+    return upgraded
+
+
 def static_pass(source: Path, target: Path, config: QuantizeConfig, ctx: PassContext) -> list[str]:
     q = require("onnxruntime.quantization")
     registry = require("onnxruntime.quantization.registry")
     static = config.static
     notes: list[str] = []
+    source = per_channel_source(source, static, ctx, notes)
     keys = registry.QDQRegistry if static.format == "qdq" else registry.QLinearOpsRegistry
     ops = _op_types(keys, config, ctx, notes)
     cache = calibration_cache(source, ops, static, ctx)

@@ -1,21 +1,33 @@
-"""``quantize(model, config)``: preprocess -> convert -> accuracy gate -> speed gate -> (auto: choose) ->
-atomic write. Nothing is written at the output path unless the result passed its gates."""
+"""``quantize(model, config)``: preprocess -> data -> convert -> accuracy gate -> speed gate -> (auto: choose) ->
+atomic write. Nothing is written at the output path unless the result passed its gates, and nothing is written
+without an accuracy check unless the gate is turned off.
+
+Data: ``edgedl.stages.data`` (the user's sources, else the model's recipe, else synthetic inputs, reported as a
+weaker check). Sizes and batch axes: the model's ``Signature`` (options over the model's metadata), so that the
+speed gate times real sizes and fixed-batch or stateful models run as they must.
+"""
 
 from __future__ import annotations
 
 import difflib
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from edgedl._lazy import require
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.runtime import metadata as meta_codec
+from edgedl.runtime.signature import Signature
+from edgedl.stages.data import DataPlan, plan_data
+from edgedl.stages.data.plan import model_recipe
 from edgedl.stages.files import atomic_output
 from edgedl.stages.quantize import debug as layer_debug
 from edgedl.stages.quantize.config import QuantizeConfig
-from edgedl.stages.quantize.data import plan_data
-from edgedl.stages.quantize.gates import compare_speed, evaluate, runner, timing_feeds
+from edgedl.stages.quantize.gates import (Evaluation, Metric, checks, compare_speed, eval_batches, evaluate,
+                                          load_metric, runner, timing_batches, timing_feeds)
 from edgedl.stages.quantize.ops import analyze
 from edgedl.stages.quantize.passes import PASSES, PassContext
 from edgedl.stages.quantize.preprocess import check_input, op_histogram, preprocess
@@ -38,6 +50,26 @@ def _check_nodes(names, model) -> None:
                               "list node names with: edgedl inspect MODEL --json")
 
 
+# what to try when a converter writes a model that onnxruntime refuses
+_LOAD_HINTS = {
+    "static": "try --per-tensor, --format qoperator, or --exclude-op-types for the op named",
+    "dynamic": "try --exclude-op-types for the op named, or --mode static",
+    "fp16": "try --exclude-op-types for the op named",
+    "fp32": "check that onnxruntime loads the input model (edgedl inspect)",
+}
+
+
+def _check_loads(path: Path, mode: str) -> None:
+    """Never hand on a converted model that onnxruntime cannot load: say why, and what to try."""
+    ort = require("onnxruntime")
+    try:
+        ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()] or [type(exc).__name__]
+        raise EdgeDLError(f"{mode} conversion wrote a model onnxruntime cannot load ({lines[0][:300]}); "
+                          f"{_LOAD_HINTS[mode]}") from exc
+
+
 def _convert(mode: str, source: Path, config: QuantizeConfig, ctx: PassContext, tag: str = "") -> Candidate:
     onnx = require("onnx")
     target = ctx.workdir / f"{mode}{tag}.onnx"
@@ -49,6 +81,7 @@ def _convert(mode: str, source: Path, config: QuantizeConfig, ctx: PassContext, 
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise EdgeDLError(f"{mode} conversion failed: {type(exc).__name__}: {first}; try --exclude-op-types "
                           "for the op named, or another --mode") from exc
+    _check_loads(target, mode)
     cand = Candidate(mode, target, size_bytes=target.stat().st_size, notes=notes,
                      excluded_nodes=list(ctx.exclude_nodes))
     if mode != "fp32":
@@ -58,13 +91,58 @@ def _convert(mode: str, source: Path, config: QuantizeConfig, ctx: PassContext, 
     return cand
 
 
-def _evaluate(cand: Candidate, plan, reference, config: QuantizeConfig, fp32_acc: float | None) -> None:
-    if plan.evaluation is None:
-        return
-    with runner(cand.path, config.gates.threads, config.gates.target_provider) as model:
-        cand.evaluation, _ = evaluate(model, plan.evaluation, reference)
-    if config.gates.accuracy_gate and fp32_acc is not None:
-        cand.accuracy_ok = fp32_acc - cand.evaluation.accuracy <= config.gates.max_accuracy_drop + 1e-9
+@dataclass
+class _Judge:
+    """Everything the accuracy gate compares a candidate with: the data, the fp32 model's outputs on it."""
+
+    plan: DataPlan
+    signature: Signature
+    config: QuantizeConfig
+    metric: Metric | None
+    fp32: Evaluation | None = None
+    reference: list[dict] | None = None
+    class_scores: bool = False  # first output is [batch, classes]: the default gate is top-1 agreement
+
+    @property
+    def agreement(self) -> bool:
+        """Top-1/top-k agreement over the first output's last axis: for classifiers, or when a floor asks."""
+        gates = self.config.gates
+        return self.class_scores or gates.min_agreement is not None or gates.min_top_k_agreement is not None
+
+    def measure_fp32(self, model) -> None:
+        if self.plan.evaluation is None:
+            return
+        out = model.outputs[0]
+        self.class_scores = len(out.shape) == 2 and (not isinstance(out.shape[1], int) or out.shape[1] >= 2)
+        self.fp32, self.reference = evaluate(model, self.plan.evaluation, self.signature, None, self.metric,
+                                             self.config.gates.top_k)
+
+    def same_as_fp32(self, path: Path) -> str | None:
+        """Whether a rewritten fp32 model (preprocessing) still computes what the input model computes, on the
+        first evaluation batch; None when it does, else what differs."""
+        if self.reference is None:
+            return None
+        batch = next(eval_batches(self.plan.evaluation, self.signature))
+        with runner(path, self.config.gates.threads, self.config.gates.target_provider) as model:
+            outs = model.run(dict(batch.inputs))
+        for name, want in self.reference[0].items():
+            got = outs[name]
+            scale = float(np.abs(want).max()) if want.size else 0.0
+            diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
+            if got.shape != want.shape or diff > 1e-3 * scale + 1e-5:
+                return f"output '{name}' differs from the input model's by {diff:.3g} (of {scale:.3g})"
+        return None
+
+    def judge(self, cand: Candidate) -> None:
+        if self.fp32 is None:
+            return
+        gates = self.config.gates
+        with runner(cand.path, gates.threads, gates.target_provider) as model:
+            cand.evaluation, _ = evaluate(model, self.plan.evaluation, self.signature, self.reference, self.metric,
+                                          gates.top_k, self.agreement)
+        cand.checks = checks(cand.evaluation, self.fp32, gates, self.class_scores, self.plan.weak)
+        if gates.accuracy_gate:
+            cand.accuracy_ok = all(c.ok for c in cand.checks)
 
 
 def _write(cand: Candidate, original, output: Path, record: dict) -> None:
@@ -80,18 +158,18 @@ def _write(cand: Candidate, original, output: Path, record: dict) -> None:
         onnx.save(model, str(tmp))
 
 
-def _fallback(report_steps: list, cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext, plan,
-              reference, fp32_acc, advance) -> tuple[Candidate, dict]:
+def _fallback(report_steps: list, cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext,
+              judge: _Judge, advance) -> tuple[Candidate, dict]:
     """--debug-layers / --fallback-worst: rank tensors by SQNR, keep the K worst nodes in float one at a time."""
     # ranked on calibration data: choosing what to keep float on the test split would tune on the gate's data
-    errors = layer_debug.layer_errors(pre, cand.path, plan.calibration, ctx.workdir, ctx.debug)
+    errors = layer_debug.layer_errors(pre, cand.path, judge.plan.calibration, ctx.workdir, ctx.debug)
     advance(info="layer SQNR")
     order = layer_debug.worst_nodes(errors, config.fallback_worst, list(ctx.exclude_nodes))
     best = cand
     for step, node in enumerate(order, 1):
         ctx.exclude_nodes.append(node)
         nxt = _convert("static", pre, config, ctx, tag=f"-fallback{step}")
-        _evaluate(nxt, plan, reference, config, fp32_acc)
+        judge.judge(nxt)
         report_steps.append({"step": step, "kept_float": node, "excluded_nodes": list(ctx.exclude_nodes),
                              "accuracy": nxt.evaluation.accuracy if nxt.evaluation else None,
                              "agreement": nxt.evaluation.agreement if nxt.evaluation else None,
@@ -103,6 +181,25 @@ def _fallback(report_steps: list, cand: Candidate, pre: Path, config: QuantizeCo
     return best, errors
 
 
+def _plan(config: QuantizeConfig, signature: Signature, metadata: dict, modes: list[str]) -> DataPlan:
+    """The data: calibration when a static candidate is built, evaluation unless the gate is off and no data was
+    given; synthetic inputs only when nothing better exists and the gate is on."""
+    gates = config.gates
+    has_real = config.data.given or model_recipe(metadata) is not None
+    if gates.accuracy_gate and not has_real:
+        problems = signature.missing()
+        if problems:
+            raise EdgeDLError("nothing to check accuracy on: no data given, and synthetic inputs need sizes ("
+                              f"{problems[0]}); pass --data (a folder of images, FILE.npz, file.py:function), or "
+                              "--input-shape/--shape for synthetic inputs, or --no-accuracy-gate to write the model "
+                              "unchecked")
+    plan = plan_data(config.data, signature, metadata, calibration="static" in modes,
+                     synthetic_fallback=gates.accuracy_gate or "static" in modes)
+    if plan.calibration is not None and config.static.calibration_samples is not None:
+        plan = DataPlan(plan.calibration.head(config.static.calibration_samples), plan.evaluation, plan.notes)
+    return plan
+
+
 def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False) -> QuantizeReport:
     onnx = require("onnx")
     model_path = Path(model_path)
@@ -112,28 +209,25 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
         raise EdgeDLError(f"output {output} is a directory; pass -o path/to/model.int8.onnx")
     gates = config.gates
     modes = _candidate_modes(config)
+    metric = load_metric(gates.metric) if gates.metric else None
     with tempfile.TemporaryDirectory(prefix="edgedl-quantize-") as tmp:
         work = Path(tmp)
         pre = work / "preprocessed.onnx"
-        steps = 2 + 2 * len(modes) + (1 if gates.speed_seconds > 0 else 0) + (
+        steps = 3 + 2 * len(modes) + (1 if gates.speed_seconds > 0 else 0) + (
             1 + config.fallback_worst if config.debug_layers or config.fallback_worst else 0)
         with progress(f"quantize {model_path.name}", steps, enabled=config.progress) as advance:
-            notes = preprocess(model_path, pre, debug)
+            with runner(model_path, gates.threads, gates.target_provider) as fp32_runner:
+                signature = Signature.of_runner(fp32_runner, config.shape_options)
+                plan = _plan(config, signature, fp32_runner.metadata, modes)
+                advance(info="data loaded")
+                judge = _Judge(plan, signature, config, metric)
+                judge.measure_fp32(fp32_runner)
+            fp32 = Candidate("fp32", model_path, size_bytes=model_path.stat().st_size, evaluation=judge.fp32)
+            advance(info="fp32 evaluated")
+            notes = preprocess(model_path, pre, debug, verify=judge.same_as_fp32)
             pre_model = onnx.load(str(pre))
             _check_nodes(config.exclude_nodes, pre_model)
             advance(info="preprocessed")
-            with runner(model_path, gates.threads, gates.target_provider) as fp32_runner:
-                plan = plan_data(fp32_runner.metadata, fp32_runner.inputs, config.data, config.calibration_npz,
-                                 config.eval_npz, config.static.calibration_samples)
-                if config.mode == "auto" and plan.evaluation is None:
-                    raise EdgeDLError("--mode auto chooses by accuracy, but there is no labelled evaluation data: "
-                                      "pass --data RECIPE or --eval FILE.npz (input arrays + labels)")
-                fp32 = Candidate("fp32", model_path, size_bytes=model_path.stat().st_size)
-                reference = None
-                if plan.evaluation is not None:
-                    fp32.evaluation, reference = evaluate(fp32_runner, plan.evaluation, None)
-            fp32_acc = fp32.evaluation.accuracy if fp32.evaluation else None
-            advance(info="fp32 evaluated")
             ctx = PassContext(pre_model, plan.calibration, work, debug, list(config.exclude_nodes))
             candidates: list[Candidate] = []
             layers, fallback_steps = None, []
@@ -141,17 +235,18 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
                 ctx.exclude_nodes = list(config.exclude_nodes)
                 cand = _convert(mode, pre, config, ctx)
                 advance(info=f"{mode} converted")
-                _evaluate(cand, plan, reference, config, fp32_acc)
+                judge.judge(cand)
                 advance(info=f"{mode} evaluated")
                 if mode == "static" and (config.debug_layers or config.fallback_worst):
-                    cand, layers = _fallback(fallback_steps, cand, pre, config, ctx, plan, reference, fp32_acc,
-                                             advance)
+                    cand, layers = _fallback(fallback_steps, cand, pre, config, ctx, judge, advance)
                 candidates.append(cand)
+            speed_batch, timed_shapes = gates.speed_batch, {}
             if gates.speed_seconds > 0:
-                _speed(fp32, candidates, plan, gates)
+                speed_batch, timed_shapes = _speed(fp32, candidates, plan, signature, gates)
                 advance(info="timed")
         report = _decide(model_path, config, fp32, candidates, original, notes, plan, layers, fallback_steps,
-                         pre_model)
+                         speed_batch)
+        report.timed_shapes = timed_shapes
         if report.accepted and report.chosen is not None:
             record = {"mode": report.chosen.mode, "source": str(model_path), "source_size_bytes": fp32.size_bytes,
                       "accuracy": report.to_json()["accuracy"], "config": config.to_json()}
@@ -163,16 +258,19 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
     return report
 
 
-def _speed(fp32: Candidate, candidates: list[Candidate], plan, gates) -> None:
-    batches = sorted({1, gates.speed_batch})
+def _speed(fp32: Candidate, candidates: list[Candidate], plan: DataPlan, signature: Signature,
+           gates) -> tuple[int, dict]:
+    """Time every model at the data's real sizes; returns the batch size that decides and the shapes timed."""
+    batches = timing_batches(signature, gates.speed_batch)
+    decisive = gates.speed_batch if gates.speed_batch in batches else max(batches)
     data = plan.evaluation or plan.calibration
+    feeds = {batch: timing_feeds(signature, data, batch) for batch in batches}  # fails before anything is timed
     runners = {"fp32": runner(fp32.path, gates.threads, gates.target_provider)}
     try:
         for c in candidates:
             runners[c.mode] = runner(c.path, gates.threads, gates.target_provider)
         for batch in batches:
-            feeds = timing_feeds(runners["fp32"], data, batch)
-            medians = compare_speed(runners, feeds, gates.speed_seconds)
+            medians = compare_speed(runners, feeds[batch], gates.speed_seconds)
             fp32.latency_ms[batch] = medians["fp32"]
             for c in candidates:
                 c.latency_ms[batch] = medians[c.mode]
@@ -181,54 +279,64 @@ def _speed(fp32: Candidate, candidates: list[Candidate], plan, gates) -> None:
         for r in runners.values():
             r.close()
     for c in candidates:
-        c.faster = c.speedup[gates.speed_batch] >= gates.min_speedup
+        c.faster = c.speedup[decisive] >= gates.min_speedup
+    return decisive, {b: {k: list(v.shape) for k, v in f.items()} for b, f in feeds.items()}
 
 
-def _decide(model_path, config, fp32, candidates, original, notes, plan, layers, fallback_steps, pre_model):
+_CONTROL_FLOW = {"If", "Loop", "Scan"}
+_REJECT_HINTS = {
+    "static": "try --calibration-method percentile or entropy, --per-channel, more --calibration-samples, "
+              "--debug-layers --fallback-worst K, or --mode dynamic",
+    "dynamic": "try --exclude-op-types/--exclude-nodes for sensitive layers, or --mode static",
+    "fp16": "try --exclude-op-types for ops that overflow in fp16",
+}
+
+
+def _decide(model_path, config, fp32, candidates, original, notes, plan, layers, fallback_steps, speed_batch):
     gates = config.gates
     reasons: list[str] = []
     provider = gates.target_provider
     if config.mode == "auto":
-        usable = [c for c in candidates if c.accuracy_ok and (c.faster or gates.speed_seconds == 0)]
+        usable = [c for c in candidates if (c.accuracy_ok or not gates.accuracy_gate)
+                  and (c.faster or gates.speed_seconds == 0)]
         if usable:
-            chosen = max(usable, key=lambda c: c.speedup.get(gates.speed_batch, 0.0))
+            chosen = max(usable, key=lambda c: c.speedup.get(speed_batch, 0.0))
         else:
             chosen = Candidate("fp32", model_path, size_bytes=fp32.size_bytes, evaluation=fp32.evaluation,
                                latency_ms=dict(fp32.latency_ms), speedup={b: 1.0 for b in fp32.latency_ms})
             chosen.notes.append(
                 f"no candidate passed the accuracy gate and ran >= {gates.min_speedup:g}x faster than fp32 at batch "
-                f"{gates.speed_batch} on {provider}: keeping fp32")
+                f"{speed_batch} on {provider}: keeping fp32")
         accepted = True
         if chosen.mode == "fp32" and gates.require_speedup:
             accepted = False
-            reasons.append(f"--require-speedup: no candidate is faster than fp32 at batch {gates.speed_batch}; "
+            reasons.append(f"--require-speedup: no candidate is faster than fp32 at batch {speed_batch}; "
                            "try another --speed-batch or target")
     else:
         chosen = candidates[0]
         accepted = True
+        if chosen.mode != "fp16" and not chosen.ops.get("ops_quantized"):
+            accepted = False
+            inside = sorted(set(chosen.ops.get("ops_left_float", {})) & _CONTROL_FLOW)
+            why = (f"its compute sits inside {'/'.join(inside)} subgraphs, which onnxruntime's quantizer leaves in "
+                   "float" if inside else f"it has no op {chosen.mode} mode quantizes")
+            reasons.append(f"{chosen.mode} quantized nothing: {why}; the fp32 model is as good as it gets here")
         if chosen.accuracy_ok is False:
             accepted = False
-            drop = fp32.evaluation.accuracy - chosen.evaluation.accuracy
-            hint = {"static": "try --calibration-method percentile or entropy, --per-channel, more "
-                              "--calibration-samples, --debug-layers --fallback-worst K, or --mode dynamic",
-                    "dynamic": "try --exclude-op-types/--exclude-nodes for sensitive layers, or --mode static",
-                    "fp16": "try --exclude-op-types for ops that overflow in fp16"}[chosen.mode]
-            reasons.append(f"accuracy gate: top-1 dropped {drop:.2f} points (> {gates.max_accuracy_drop:g} allowed); "
-                           f"{hint}")
+            failed = "; ".join(c.describe() for c in chosen.checks if not c.ok)
+            reasons.append(f"accuracy gate: {failed}; {_REJECT_HINTS[chosen.mode]}")
         if gates.require_speedup and chosen.faster is not True:
             accepted = False
-            got = chosen.speedup.get(gates.speed_batch)
-            reasons.append(f"--require-speedup: {chosen.mode} is not faster than fp32 at batch {gates.speed_batch} "
+            got = chosen.speedup.get(speed_batch)
+            reasons.append(f"--require-speedup: {chosen.mode} is not faster than fp32 at batch {speed_batch} "
                            f"({'not measured' if got is None else f'{got:.2f}x'}, need >= {gates.min_speedup:g}x)")
+    notes = list(notes) + list(plan.notes)
     if fp32.evaluation is None:
-        notes = notes + ["accuracy gate skipped: no labelled evaluation data (pass --data RECIPE or --eval FILE.npz)"]
+        notes.append("accuracy not checked (--no-accuracy-gate and no data)")
     elif not gates.accuracy_gate:
-        notes = notes + ["accuracy gate disabled (--no-accuracy-gate): accuracy measured, not enforced"]
+        notes.append("accuracy gate disabled (--no-accuracy-gate): accuracy measured, not enforced")
     return QuantizeReport(
         input_path=model_path, requested_mode=config.mode, fp32=fp32, chosen=chosen, candidates=candidates,
-        accepted=accepted, output_path=None, speed_batch=gates.speed_batch, threads=gates.threads,
+        accepted=accepted, output_path=None, speed_batch=speed_batch, threads=gates.threads,
         provider=provider, op_types_before=op_histogram(original), reasons=reasons, notes=notes,
-        data={"calibration": plan.calibration_source, "evaluation": plan.evaluation_source,
-              "calibration_samples": len(plan.calibration) if plan.calibration is not None else 0,
-              "evaluation_samples": len(plan.evaluation) if plan.evaluation is not None else 0},
-        layers=layers, fallback_steps=fallback_steps, config=config.to_json())
+        data=plan.to_json(), layers=layers, fallback_steps=fallback_steps, config=config.to_json())

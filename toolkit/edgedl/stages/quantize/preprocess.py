@@ -10,8 +10,10 @@ import contextlib
 import io
 import logging
 import os
+import shutil
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
@@ -90,29 +92,72 @@ def inside(directory: Path):
         os.chdir(previous)
 
 
-def preprocess(source: Path, target: Path, debug: bool = False) -> list[str]:
-    """Run onnxruntime's quant_pre_process (symbolic shape inference, optimization, ONNX shape inference).
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
-    Returns notes for the report. onnxruntime's symbolic shape inference does not know every opset-23 op (the
-    ONNX-domain ``Attention`` of the exported transformer stops it); then the graph optimization and ONNX shape
-    inference still run, without the symbolic pass, and the report says so.
+
+def required_inputs(model) -> list[str]:
+    """Graph inputs a caller must feed (an initializer listed as an input, as IR-3 models do, is not one)."""
+    inits = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in inits]
+
+
+def interface_change(source, result) -> str | None:
+    """What preprocessing changed in a model's interface (inputs to feed, outputs), or None."""
+    before, after = required_inputs(source), required_inputs(result)
+    if after != before:
+        added = [n for n in after if n not in before]
+        return (f"it now requires inputs {', '.join(added[:3])}{' ...' if len(added) > 3 else ''}" if added
+                else f"its inputs changed from {before} to {after}")
+    outs_before, outs_after = [o.name for o in source.graph.output], [o.name for o in result.graph.output]
+    if outs_after != outs_before:
+        return f"its outputs changed from {outs_before} to {outs_after}"
+    return None
+
+
+# quant_pre_process runs symbolic shape inference, graph optimization and ONNX shape inference; each level drops a
+# step that can fail or break a model, the last one quantizes the model as it is
+_LEVELS = (
+    ({}, None),
+    ({"skip_symbolic_shape": True}, "without onnxruntime's symbolic shape inference"),
+    ({"skip_symbolic_shape": True, "skip_optimization": True}, "without symbolic shape inference and graph "
+                                                                "optimization"),
+)
+
+
+def preprocess(source: Path, target: Path, debug: bool = False,
+               verify: Callable[[Path], str | None] | None = None) -> list[str]:
+    """Run onnxruntime's quant_pre_process (symbolic shape inference, optimization, ONNX shape inference) and check
+    that the result is still the same model: the same inputs to feed and outputs, and (``verify``, e.g. the fp32
+    outputs on real data) the same results. A step that fails or changes the model is dropped and the rest rerun;
+    when nothing is left the model is quantized as it is. Returns notes for the report.
+
+    onnxruntime's symbolic shape inference does not know every op (the opset-23 ``Attention`` of the exported
+    transformer, Paddle's Concat); its graph optimization gives IR-3 models (initializers listed as inputs) new
+    ``*__SHAPE`` inputs that nothing feeds.
     """
+    onnx = require("onnx")
     shape_inference = require("onnxruntime.quantization.shape_inference")
-    notes = []
+    ort = require("onnxruntime")
     source, target = Path(source).resolve(), Path(target).resolve()
     scratch = target.parent / "preprocess"
     scratch.mkdir(exist_ok=True)
-    try:
-        with quiet(not debug), inside(scratch):
-            shape_inference.quant_pre_process(str(source), str(target))
-    except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    original = onnx.load(str(source))
+    problems: list[str] = []
+    for options, how in _LEVELS:
         try:
             with quiet(not debug), inside(scratch):
-                shape_inference.quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
-        except Exception as exc2:
-            raise EdgeDLError(f"quantization preprocessing failed on {source.name}: {exc2}; "
-                              "check that onnxruntime can load the model (edgedl inspect)") from exc2
-        notes.append(f"preprocessing: onnxruntime's symbolic shape inference failed ({first}); ran graph "
-                     "optimization and ONNX shape inference without it")
-    return notes
+                shape_inference.quant_pre_process(str(source), str(target), **options)
+            problem = interface_change(original, onnx.load(str(target)))
+            if problem is None:
+                ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+                problem = verify(target) if verify is not None else None
+        except Exception as exc:
+            problem = f"{type(exc).__name__}: {_first_line(exc)}"
+        if problem is None:
+            return [f"preprocessing ran {how}: with all steps, {'; then '.join(problems)}"] if how else []
+        if problem not in problems:
+            problems.append(problem)
+    shutil.copyfile(source, target)
+    return [f"preprocessing left out: it failed or changed the model ({'; then '.join(problems)}); quantizing the "
+            "model as it is (onnxruntime may quantize fewer ops)"]

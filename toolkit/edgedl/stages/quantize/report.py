@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgedl.stages.quantize.gates import Evaluation
+from edgedl.stages.quantize.gates import Check, Evaluation
 
 
 def _num(x):
@@ -28,20 +28,17 @@ class Candidate:
     speedup: dict[int, float] = field(default_factory=dict)
     ops: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
-    accuracy_ok: bool | None = None  # None: no evaluation data
+    checks: list[Check] = field(default_factory=list)  # the accuracy gate's verdicts
+    accuracy_ok: bool | None = None  # None: not judged (no evaluation data, or the gate is off)
     faster: bool | None = None  # None: speed not measured
     excluded_nodes: list[str] = field(default_factory=list)
 
-    def to_json(self, fp32_accuracy: float | None) -> dict:
-        acc = self.evaluation.accuracy if self.evaluation else None
+    def to_json(self, fp32: Evaluation | None) -> dict:
         return {
             "mode": self.mode,
             "size_bytes": self.size_bytes,
-            "accuracy": acc,
-            "drop_points": None if acc is None or fp32_accuracy is None else fp32_accuracy - acc,
-            "agreement": self.evaluation.agreement if self.evaluation else None,
-            "outputs": {k: {m: _num(v) for m, v in o.items()} for k, o in self.evaluation.outputs.items()}
-            if self.evaluation else {},
+            **accuracy_json(fp32, self.evaluation),
+            "checks": [c.to_json() for c in self.checks],
             "latency_ms": {str(b): v for b, v in self.latency_ms.items()},
             "speedup": {str(b): v for b, v in self.speedup.items()},
             "accuracy_ok": self.accuracy_ok,
@@ -50,6 +47,24 @@ class Candidate:
             "notes": self.notes,
             **{k: v for k, v in self.ops.items() if k in ("ops_quantized", "ops_left_float")},
         }
+
+
+def _drop(before: float | None, after: float | None) -> float | None:
+    return None if before is None or after is None else before - after
+
+
+def accuracy_json(fp32: Evaluation | None, ev: Evaluation | None) -> dict:
+    """A candidate's accuracy against labels, the user metric and the fp32 model, with the drops."""
+    return {
+        "accuracy": ev.accuracy if ev else None,
+        "drop_points": _drop(fp32.accuracy if fp32 else None, ev.accuracy if ev else None),
+        "metric": ev.metric if ev else None,
+        "metric_drop": _drop(fp32.metric if fp32 else None, ev.metric if ev else None),
+        "agreement": ev.agreement if ev else None,
+        "agreement_top_k": ev.agreement_top_k if ev else None,
+        "top_k": ev.top_k if ev else None,
+        "outputs": {k: {m: _num(v) for m, v in o.items()} for k, o in ev.outputs.items()} if ev else {},
+    }
 
 
 @dataclass
@@ -71,6 +86,7 @@ class QuantizeReport:
     layers: dict | None = None
     fallback_steps: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
+    timed_shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # batch -> input -> shape
 
     @property
     def mode(self) -> str:
@@ -78,8 +94,9 @@ class QuantizeReport:
 
     def to_json(self) -> dict:
         q = self.chosen
-        fp32_acc = self.fp32.evaluation.accuracy if self.fp32.evaluation else None
-        q_acc = q.evaluation.accuracy if q and q.evaluation else None
+        fp32 = self.fp32.evaluation
+        q_ev = q.evaluation if q else None
+        accuracy = accuracy_json(fp32, q_ev)
         return {
             "input_path": str(self.input_path),
             "requested_mode": self.requested_mode,
@@ -90,11 +107,11 @@ class QuantizeReport:
             "size_bytes": {"fp32": self.fp32.size_bytes, "quantized": q.size_bytes if q else None},
             "size_ratio": q.size_bytes / self.fp32.size_bytes if q else None,
             "accuracy": {
-                "fp32": fp32_acc, "quantized": q_acc,
-                "drop_points": None if fp32_acc is None or q_acc is None else fp32_acc - q_acc,
-                "agreement": q.evaluation.agreement if q and q.evaluation else None,
-                "outputs": {k: {m: _num(v) for m, v in o.items()} for k, o in q.evaluation.outputs.items()}
-                if q and q.evaluation else {},
+                "fp32": fp32.accuracy if fp32 else None, "quantized": accuracy.pop("accuracy"),
+                "fp32_metric": fp32.metric if fp32 else None, "samples": fp32.samples if fp32 else 0,
+                "checked": fp32 is not None, "weak": bool(self.data.get("weak")),
+                **accuracy,
+                "checks": [c.to_json() for c in q.checks] if q else [],
             },
             "latency_ms": {
                 "fp32": {str(b): v for b, v in self.fp32.latency_ms.items()},
@@ -102,11 +119,12 @@ class QuantizeReport:
             },
             "speedup": {str(b): v for b, v in q.speedup.items()} if q else {},
             "speed": {"batch_sizes": sorted(self.fp32.latency_ms), "decision_batch": self.speed_batch,
-                      "threads": self.threads, "provider": self.provider},
+                      "threads": self.threads, "provider": self.provider,
+                      "shapes": {str(b): s for b, s in self.timed_shapes.items()}},
             "op_types": {"before": self.op_types_before, "after": q.ops.get("op_types_after", {}) if q else {}},
             "ops_quantized": q.ops.get("ops_quantized", {}) if q else {},
             "ops_left_float": q.ops.get("ops_left_float", {}) if q else {},
-            "candidates": [c.to_json(fp32_acc) for c in self.candidates],
+            "candidates": [c.to_json(fp32) for c in self.candidates],
             "data": self.data,
             "notes": self.notes + (q.notes if q else []),
             "layers": self.layers,
