@@ -52,14 +52,8 @@ def eval_batches(dataset: Dataset, signature: Signature):
     return dataset.batches(fixed or EVAL_BATCH, exact=fixed is not None)
 
 
-def sqnr_db(reference: np.ndarray, actual: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio: 10 log10(sum ref^2 / sum (ref - actual)^2); inf when identical."""
-    ref = reference.astype(np.float64).ravel()
-    noise = float(np.sum((ref - actual.astype(np.float64).ravel()) ** 2))
-    return _sqnr(float(np.sum(ref ** 2)), noise)
-
-
 def _sqnr(signal: float, noise: float) -> float:
+    """Signal-to-quantization-noise ratio from sums: 10 log10(sum ref^2 / sum (ref - actual)^2); inf when equal."""
     if noise == 0.0:
         return math.inf
     return 10.0 * math.log10(max(signal, 1e-30) / noise)
@@ -97,7 +91,6 @@ def load_metric(target: str) -> Metric:
             raise EdgeDLError(f"metric {target} returned {value}; return a finite number")
         return value
 
-    metric.name = target  # type: ignore[attr-defined]
     return metric
 
 

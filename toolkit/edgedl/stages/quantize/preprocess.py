@@ -92,8 +92,9 @@ def inside(directory: Path):
         os.chdir(previous)
 
 
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def required_inputs(model) -> list[str]:
@@ -153,7 +154,7 @@ def preprocess(source: Path, target: Path, debug: bool = False,
                 ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
                 problem = verify(target) if verify is not None else None
         except Exception as exc:
-            problem = f"{type(exc).__name__}: {_first_line(exc)}"
+            problem = _describe(exc)
         if problem is None:
             return [f"preprocessing ran {how}: with all steps, {'; then '.join(problems)}"] if how else []
         if problem not in problems:
