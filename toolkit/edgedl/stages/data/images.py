@@ -172,7 +172,7 @@ class _Plan:
 
 def _plan(spec: TensorSignature, signature: Signature, settings: ImagePreprocessing) -> _Plan:
     layout = settings.layout or _infer_layout(spec)
-    if layout == "nhw" and len(spec.shape) != 3 or layout != "nhw" and len(spec.shape) != 4:
+    if len(spec.shape) != (3 if layout == "nhw" else 4):
         raise EdgeDLError(f"layout {layout.upper()} does not fit input '{spec.name}' of rank {len(spec.shape)} "
                           f"{list(spec.shape)}")
     c_axis, h_axis, w_axis = _axes(layout)
