@@ -307,12 +307,13 @@ class Registry:
         entry = self.models.get(name)
         if entry is None:
             known = ", ".join(self.models) or "none"
-            raise HTTPError(404, f"unknown model '{name}'; loaded models: {known}")
+            raise HTTPError(404, f"Request for unknown model '{name}'; loaded models: {known}")
         if version is None:
             return entry.latest
         model = entry.versions.get(version)
         if model is None:
-            raise HTTPError(404, f"model '{name}' has no version '{version}'; versions: {', '.join(entry.versions)}")
+            raise HTTPError(404, f"Request for unknown model '{name}': no version '{version}'; versions: "
+                                 f"{', '.join(entry.versions)}")
         return model
 
     async def reload(self, name: str | None = None) -> list[str]:
