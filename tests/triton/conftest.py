@@ -28,3 +28,12 @@ def triton_install():
         return install()
     except TritonUnavailable as exc:
         pytest.skip(f"the real Triton cannot be installed here ({exc}); it needs PyPI to download nvidia-pytriton")
+
+
+@pytest.fixture(scope="session")
+def triton_reaper():
+    """Triton servers stopped without waiting (``stop(wait=False)``); waited for when the session ends."""
+    stopping = []
+    yield stopping
+    for server in stopping:
+        server.stop()
