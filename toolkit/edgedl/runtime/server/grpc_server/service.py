@@ -36,6 +36,7 @@ _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_cont
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
              "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
              "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_FIELDS = sorted(set(_CONTENTS.values()))
 STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once; the next waits (backpressure)
 
 InferResponse = message("ModelInferResponse")
@@ -57,9 +58,9 @@ def http_form(request) -> tuple[bytes, int]:
     inputs, blobs = [], []
     for i, tensor in enumerate(request.inputs):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
-        params = {k: _param(v) for k, v in tensor.parameters.items()}
+        params = {k: _param(v) for k, v in tensor.parameters.items()} if tensor.parameters else {}
         field = _CONTENTS.get(tensor.datatype)
-        typed = [f for f in set(_CONTENTS.values()) if len(getattr(tensor.contents, f))]
+        typed = [f for f in _FIELDS if len(getattr(tensor.contents, f))] if tensor.HasField("contents") else []
         if raw:
             if typed:
                 raise HTTPError(400, f"input '{tensor.name}' has both contents and raw_input_contents; send one")
@@ -68,7 +69,7 @@ def http_form(request) -> tuple[bytes, int]:
         elif typed:
             if typed != [field]:
                 raise HTTPError(400, f"input '{tensor.name}' is {tensor.datatype} but its data is in "
-                                     f"{', '.join(sorted(typed))}; use {field or 'raw_input_contents'}")
+                                     f"{', '.join(typed)}; use {field or 'raw_input_contents'}")
             values = list(getattr(tensor.contents, field))
             if field == "bytes_contents":
                 try:
