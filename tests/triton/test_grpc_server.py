@@ -201,6 +201,10 @@ def test_aio_concurrent_requests_batch_and_count_once(server):
         np.testing.assert_array_equal(got, row)
     after = h.get_inference_statistics("batched")["model_stats"][0]["inference_count"]
     assert after - before == 32
+    metrics = requests.get(f"http://{server.url}/metrics", timeout=10).text  # the same Prometheus counters as HTTP
+    line = next(x for x in metrics.splitlines()
+                if x.startswith('edgedl_inference_requests_total{model="batched",version="1",status="200"}'))
+    assert int(float(line.split()[-1])) >= 32
 
 
 def test_stream_answers_every_request_and_survives_a_bad_one(server):

@@ -165,20 +165,43 @@ class InferenceService:
 
     # --- inference -----------------------------------------------------------------------------------------
     async def ModelInfer(self, request):
-        model = self.registry.get(request.model_name, request.model_version or None)
         started = perf_counter()
+        model, status = None, 500
         try:
-            body, header_length = http_form(request)
-            decoded = parse_infer_request(body, header_length, model.inputs, model.output_names,
-                                          allow_nonfinite=model.allow_nonfinite)
-            out = await model.serve(decoded, self.metrics, started)
-        except BaseException:
-            model.count_failure(started)
+            model = self.registry.get(request.model_name, request.model_version or None)
+            try:
+                body, header_length = http_form(request)
+                decoded = parse_infer_request(body, header_length, model.inputs, model.output_names,
+                                              allow_nonfinite=model.allow_nonfinite)
+                out = await model.serve(decoded, self.metrics, started)
+            except BaseException:
+                model.count_failure(started)
+                raise
+            names = [n for n, _ in decoded.outputs] if decoded.outputs else model.output_names
+            body, json_length = encode_response(model.name, model.version, decoded.id,
+                                                [(n, out[n], True) for n in names])
+            status = 200
+            return grpc_response(body, json_length)
+        except HTTPError as exc:
+            status = exc.status
             raise
-        names = [n for n, _ in decoded.outputs] if decoded.outputs else model.output_names
-        body, json_length = encode_response(model.name, model.version, decoded.id,
-                                            [(n, out[n], True) for n in names])
-        return grpc_response(body, json_length)
+        except EdgeDLError:
+            status = 400
+            raise
+        finally:
+            self._count(model, status, perf_counter() - started)
+
+    def _count(self, model, status: int, seconds: float) -> None:
+        """The request metrics HTTP keeps per infer call, with the status HTTP would have answered."""
+        from edgedl.runtime.server.app import _REASON
+
+        m = self.metrics
+        name, version = (model.name, model.version) if model is not None else ("", "")
+        m.requests.inc((name, version, status))
+        if status != 200:
+            m.failures.inc((name, _REASON.get(status, "internal")))
+        else:
+            m.total.observe((name, version), seconds)
 
     async def ModelStreamInfer(self, requests, context):
         """Each request is answered as soon as it is done (not in order, as Triton does), up to STREAM_WINDOW at
