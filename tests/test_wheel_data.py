@@ -40,7 +40,7 @@ def _wheel(src: Path, dist: Path) -> Path:
 
 
 def _shipped(src: Path) -> set[str]:
-    """What the wheel must carry from a source tree: deploy/ as edgedl/_deploy, and every *.sh in the package."""
+    """What the wheel must carry from a source tree: deploy/ as edgedl/_deploy, every *.sh and *.pb in the package."""
     deploy = src / "deploy"
     files = [*deploy.glob("profiles/*.toml"), *deploy.glob("templates/*"), *deploy.glob("ansible/**/*")]
     want = {f"edgedl/_deploy/{p.relative_to(deploy).as_posix()}" for p in files
@@ -48,6 +48,8 @@ def _shipped(src: Path) -> set[str]:
     package = src / "toolkit" / "edgedl"
     # rglob does not descend into the _deploy symlink: these are the package's own scripts (stages/deploy/device.sh)
     want |= {f"edgedl/{p.relative_to(package).as_posix()}" for p in package.rglob("*.sh") if "_deploy" not in p.parts}
+    # and the gRPC endpoint's message descriptors (runtime/server/grpc_server/inference.pb)
+    want |= {f"edgedl/{p.relative_to(package).as_posix()}" for p in package.rglob("*.pb")}
     return want
 
 

@@ -16,6 +16,9 @@ from edgedl.cli._shapes import shape_options
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Interface to bind; pass 0.0.0.0 explicitly to accept connections from other machines.")
 @click.option("--port", default=8000, show_default=True, type=int, help="TCP port (0 picks a free one).")
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve the KServe v2 / Triton gRPC API on this port (same host and API key; needs "
+                   "edgedl[grpc]). 0 picks a free one.")
 @click.option("--api-key", envvar="EDGEDL_API_KEY", show_envvar=True,
               help="Require 'Authorization: Bearer KEY' on every endpoint except /v2/health/live.")
 @click.option("--max-batch-size", default=0, show_default=True, type=int,
@@ -44,7 +47,7 @@ from edgedl.cli._shapes import shape_options
 @debug_option
 def serve(model, model_repository, model_name, host, port, api_key, max_batch_size, max_queue_delay_us, max_queue,
           instances, threads, providers, allow_fallback, max_body_bytes, access_log, access_log_file, drain_timeout,
-          allow_nan, shape_options, debug) -> None:
+          allow_nan, shape_options, debug, grpc_port) -> None:
     """Serve MODEL.onnx (or --model-repository DIR) over the Open Inference Protocol v2 - the HTTP/REST API of
     Triton and KServe, with binary tensors - so tritonclient, curl or any KServe v2 client can call it.
 
@@ -57,7 +60,7 @@ def serve(model, model_repository, model_name, host, port, api_key, max_batch_si
         options["intra_op_threads"] = threads
     config = ServerConfig(
         model=model, model_repository=model_repository, model_name=model_name, host=host, port=port,
-        api_key=api_key, max_body_bytes=max_body_bytes,
+        grpc_port=grpc_port, api_key=api_key, max_body_bytes=max_body_bytes,
         batching=BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue=max_queue, instances=instances),
         providers=tuple(providers), allow_fallback=allow_fallback, access_log=access_log,

@@ -30,6 +30,7 @@ class ServerConfig:
     model_name: str | None = None  # name for the single model (default: file stem)
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int | None = None  # also serve the KServe v2 gRPC API (same host and API key); 0 = a free port
     api_key: str | None = None  # bearer token for everything but liveness
     max_body_bytes: int = 64 * 1024 * 1024
     batching: BatchPolicy = field(default_factory=BatchPolicy)
@@ -51,6 +52,9 @@ class ServerConfig:
             raise EdgeDLError(f"access log format must be one of {', '.join(ACCESS_LOG_FORMATS)}, got '{self.access_log}'")
         if not 0 <= self.port <= 65535:
             raise EdgeDLError(f"port must be between 0 and 65535, got {self.port}")
+        if self.grpc_port is not None and (not 0 <= self.grpc_port <= 65535 or self.grpc_port == self.port != 0):
+            raise EdgeDLError(f"gRPC port must be between 0 and 65535 and differ from the HTTP port, "
+                              f"got {self.grpc_port}")
         if self.max_body_bytes < 1024:
             raise EdgeDLError("--max-body-bytes must be at least 1024")
         b = self.batching

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
 from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
-from edgedl.runtime.server.protocol import HTTPError
+from edgedl.runtime.server.protocol import HTTPError, InferRequest
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover
 from edgedl.runtime.signature import Signature
 from edgedl.runtime.timing import measure
@@ -222,6 +223,35 @@ class ServedModel:
                 if not item.future.done():
                     item.future.set_result((part, t0 - item.enqueued, t1 - t0, total))
 
+    async def serve(self, request: InferRequest, metrics: ServerMetrics, started: float) -> dict[str, np.ndarray]:
+        """Run one decoded request and count it (statistics extension, Prometheus metrics): the path every
+        protocol front end shares. ``started``: perf_counter() when the request arrived."""
+        names = [n for n, _ in request.outputs] if request.outputs else None
+        self.in_flight += 1
+        metrics.in_flight.inc((self.name,), 1)
+        try:
+            out, queue_s, compute_s, rows = await self.infer(request.feeds, request.rows, names)
+        finally:
+            self.in_flight -= 1
+            metrics.in_flight.inc((self.name,), -1)
+        labels = (self.name, self.version)
+        metrics.queue.observe(labels, queue_s)
+        metrics.compute.observe(labels, compute_s)
+        metrics.batch.observe(labels, rows)
+        s = self.stats
+        s.success += 1
+        s.success_ns += int((perf_counter() - started) * 1e9)
+        s.queue_ns += int(queue_s * 1e9)
+        s.compute_ns += int(compute_s * 1e9)
+        s.executions += 1
+        s.last_ms = int(time.time() * 1000)
+        return out
+
+    def count_failure(self, started: float) -> None:
+        """A request for this model that failed after ``started`` (malformed, refused or failed to run)."""
+        self.stats.fail += 1
+        self.stats.fail_ns += int((perf_counter() - started) * 1e9)
+
     async def retire(self) -> None:
         """Stop taking work; finish what is queued or running, then free the threads."""
         self.retired = True
@@ -307,12 +337,13 @@ class Registry:
         entry = self.models.get(name)
         if entry is None:
             known = ", ".join(self.models) or "none"
-            raise HTTPError(404, f"unknown model '{name}'; loaded models: {known}")
+            raise HTTPError(404, f"Request for unknown model '{name}'; loaded models: {known}")
         if version is None:
             return entry.latest
         model = entry.versions.get(version)
         if model is None:
-            raise HTTPError(404, f"model '{name}' has no version '{version}'; versions: {', '.join(entry.versions)}")
+            raise HTTPError(404, f"Request for unknown model '{name}': no version '{version}'; versions: "
+                                 f"{', '.join(entry.versions)}")
         return model
 
     async def reload(self, name: str | None = None) -> list[str]:

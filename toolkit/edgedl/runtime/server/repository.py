@@ -144,7 +144,34 @@ def _model_source(repository: Path, entry: Path, defaults: BatchPolicy) -> Model
     if not versions:
         raise EdgeDLError(f"model '{entry.name}' in {repository} has no version folder with {filename}; "
                           f"put it at {entry / '1' / filename}")
+    version_policy = first(cfg, "version_policy")
+    if version_policy:
+        versions = _apply_version_policy(versions, version_policy, config_path)
     if cfg and first(cfg, "name", entry.name) != entry.name:
         raise EdgeDLError(f"{config_path}: name '{first(cfg, 'name')}' differs from its folder '{entry.name}'; "
                           "make them equal (Triton requires it)")
     return ModelSource(entry.name, versions, policy, config_path if cfg else None, cfg)
+
+
+def _apply_version_policy(versions: dict[int, Path], policy: dict, config_path: Path) -> dict[int, Path]:
+    """The versions a config.pbtxt ``version_policy`` serves, as Triton reads it: ``latest { num_versions: N }``,
+    ``specific { versions: [...] }`` or ``all {}``. (Without a policy edgedl serves every version folder, where
+    Triton would serve only the newest.)"""
+    if "all" in policy:
+        return versions
+    latest, specific = first(policy, "latest"), first(policy, "specific")
+    if latest is not None:
+        count = first(latest, "num_versions", 1)
+        if not isinstance(count, int) or count < 1:
+            raise EdgeDLError(f"{config_path}: version_policy latest num_versions must be a positive integer, "
+                              f"got {count!r}")
+        return {v: versions[v] for v in sorted(versions)[-count:]}
+    if specific is not None:
+        wanted = specific.get("versions", [])
+        missing = [v for v in wanted if v not in versions]
+        if not wanted or missing:
+            raise EdgeDLError(f"{config_path}: version_policy asks for version(s) "
+                              f"{', '.join(map(str, missing or wanted)) or 'none'} but the folder has "
+                              f"{', '.join(map(str, sorted(versions)))}; list versions that exist")
+        return {v: versions[v] for v in wanted}
+    raise EdgeDLError(f"{config_path}: version_policy must hold latest, specific or all")

@@ -47,6 +47,7 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
     """Serve until SIGTERM/SIGINT; ``on_ready(app, url)`` runs once the socket is bound and models are warm."""
     uvicorn = _uvicorn()
     t0 = perf_counter()
+    grpc_server = _grpc_server() if config.grpc_port is not None else None  # a missing extra fails before loading
     app = build(config)
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="warning",
@@ -54,15 +55,24 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
         timeout_graceful_shutdown=config.drain_timeout_s, server_header=False, date_header=False,
         timeout_keep_alive=30, h11_max_incomplete_event_size=1024 * 1024, proxy_headers=False,
     )
-    server = _Server(uv_config, app, on_ready, t0)
+    server = _Server(uv_config, app, on_ready, t0, grpc_server)
     server.run()
+
+
+def _grpc_server():
+    try:
+        from edgedl.runtime.server.grpc_server import GrpcServer
+    except ImportError:
+        raise EdgeDLError("the gRPC endpoint needs grpcio and protobuf; install them with: "
+                          "pip install 'edgedl[grpc]'") from None
+    return GrpcServer
 
 
 class _Server:
     """uvicorn.Server with edgedl's signals: SIGHUP reloads, SIGTERM/SIGINT drain (a second SIGINT forces),
     and a clean exit status instead of re-raising the signal."""
 
-    def __new__(cls, uv_config, app, on_ready, t0):
+    def __new__(cls, uv_config, app, on_ready, t0, grpc_server=None):
         uvicorn = _uvicorn()
 
         class Server(uvicorn.Server):
@@ -99,12 +109,16 @@ class _Server:
 
             async def startup(self, sockets=None):
                 self._loop = asyncio.get_running_loop()
+                if grpc_server is not None:  # on this loop, which the models' batchers live on too
+                    self.grpc = grpc_server(app)
+                    grpc_port = await self.grpc.start(app.config.host, app.config.grpc_port)
                 await super().startup(sockets)
                 if self.should_exit:
                     return
                 app.started = True
                 host, port = self.servers[0].sockets[0].getsockname()[:2]
                 url = f"http://{host}:{port}"
+                where = url if self.grpc is None else f"{url} and gRPC {host}:{grpc_port}"
                 models = ", ".join(f"{name} v{','.join(e.versions)} ({e.latest.mode})"
                                    for name, e in app.registry.models.items())
                 if config_host_is_public(app.config.host) and app.config.api_key is None:
@@ -112,13 +126,19 @@ class _Server:
                           "reach this port can run the models", file=sys.stderr, flush=True)
                 age = _process_age_s()
                 since = f"{age:.2f} s after process start" if age is not None else f"{perf_counter() - t0:.2f} s"
-                print(f"edgedl serve: ready in {since} (models loaded and warm) at {url} - {models}",
+                print(f"edgedl serve: ready in {since} (models loaded and warm) at {where} - {models}",
                       file=sys.stderr, flush=True)
                 if on_ready is not None:
                     on_ready(app, url)
 
+            async def shutdown(self, sockets=None):
+                if self.grpc is not None:  # gRPC calls in flight finish before the models are retired
+                    await self.grpc.stop(app.config.drain_timeout_s)
+                await super().shutdown(sockets)
+
         server = Server(uv_config)
         server._loop = None
+        server.grpc = None
         return server
 
 

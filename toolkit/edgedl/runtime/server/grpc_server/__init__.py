@@ -1,0 +1,6 @@
+"""The gRPC endpoint of ``edgedl serve`` (KServe v2 GRPCInferenceService + Triton's extensions); needs the
+``grpc`` extra (grpcio, protobuf). ``GrpcServer(app)`` runs on the HTTP server's event loop."""
+
+from edgedl.runtime.server.grpc_server.service import GrpcServer
+
+__all__ = ["GrpcServer"]

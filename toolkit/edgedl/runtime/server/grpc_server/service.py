@@ -1,0 +1,348 @@
+"""The KServe v2 ``GRPCInferenceService`` with Triton's extensions (model config, statistics, repository), served
+by grpcio's asyncio server on the HTTP server's event loop, over the same Registry, models and statistics.
+
+One codec for both protocols: a ModelInferRequest is rewritten into the HTTP binary form (a JSON header plus the
+raw tensors) and decoded by ``protocol.parse_infer_request``, so every check and message is the HTTP one; the
+response is encoded by ``protocol.encode_response`` (all outputs binary) and split into ``raw_output_contents``.
+Metadata, config, statistics and the index are the HTTP documents converted with protobuf's JSON mapping
+(Triton's HTTP documents are that mapping). Shared memory, trace and logging are not offered: UNIMPLEMENTED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import socket
+import traceback
+from time import perf_counter
+
+import grpc
+
+from edgedl import __version__
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.server.grpc_server.messages import SERVICE, json_format, message, methods
+from edgedl.runtime.server.protocol import HTTPError, encode_response, parse_infer_request
+
+log = logging.getLogger("edgedl.serve")
+
+# the status an HTTP front end would answer -> the gRPC code Triton uses for the same case
+_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
+          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+          503: grpc.StatusCode.UNAVAILABLE}
+# typed InferTensorContents field for each datatype (FP16 and BF16 have none: raw_input_contents only)
+_CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+             "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
+             "UINT32": "uint_contents", "UINT64": "uint64_contents", "FP32": "fp32_contents",
+             "FP64": "fp64_contents", "BYTES": "bytes_contents"}
+_FIELDS = sorted(set(_CONTENTS.values()))
+STREAM_WINDOW = 64  # requests of one ModelStreamInfer stream in flight at once; the next waits (backpressure)
+
+InferResponse = message("ModelInferResponse")
+OutputTensor = InferResponse.InferOutputTensor
+StreamResponse = message("ModelStreamInferResponse")
+
+
+def _param(p):
+    kind = p.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(p, kind)
+
+
+def http_form(request) -> tuple[bytes, int]:
+    """A ModelInferRequest as the HTTP binary-tensor body it is equivalent to: (body, JSON header length)."""
+    raw = request.raw_input_contents
+    if raw and len(raw) != len(request.inputs):
+        raise HTTPError(400, f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs; "
+                             "send one per input, in the order of 'inputs'")
+    inputs, blobs = [], []
+    for i, tensor in enumerate(request.inputs):
+        entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
+        params = {k: _param(v) for k, v in tensor.parameters.items()} if tensor.parameters else {}
+        field = _CONTENTS.get(tensor.datatype)
+        typed = [f for f in _FIELDS if len(getattr(tensor.contents, f))] if tensor.HasField("contents") else []
+        if raw:
+            if typed:
+                raise HTTPError(400, f"input '{tensor.name}' has both contents and raw_input_contents; send one")
+            params["binary_data_size"] = len(raw[i])
+            blobs.append(raw[i])
+        elif typed:
+            if typed != [field]:
+                raise HTTPError(400, f"input '{tensor.name}' is {tensor.datatype} but its data is in "
+                                     f"{', '.join(typed)}; use {field or 'raw_input_contents'}")
+            values = list(getattr(tensor.contents, field))
+            if field == "bytes_contents":
+                try:
+                    values = [v.decode("utf-8") for v in values]
+                except UnicodeDecodeError:
+                    raise HTTPError(400, f"BYTES input '{tensor.name}': an element is not valid UTF-8") from None
+            entry["data"] = values
+        if params:
+            entry["parameters"] = params
+        inputs.append(entry)
+    doc = {"inputs": inputs}
+    if request.id:
+        doc["id"] = request.id
+    if request.parameters:
+        doc["parameters"] = {k: _param(v) for k, v in request.parameters.items()}
+    if request.outputs:
+        doc["outputs"] = [{"name": o.name, "parameters": {k: _param(v) for k, v in o.parameters.items()}}
+                          for o in request.outputs]
+    header = json.dumps(doc, separators=(",", ":")).encode()
+    return b"".join([header, *blobs]), len(header)
+
+
+def grpc_response(body: bytes, json_length: int):
+    """The HTTP response body of ``encode_response`` (every output binary) as a ModelInferResponse."""
+    doc = json.loads(body[:json_length])
+    response = InferResponse(model_name=doc["model_name"], model_version=doc["model_version"], id=doc.get("id", ""))
+    offset = json_length
+    for out in doc["outputs"]:
+        size = out["parameters"]["binary_data_size"]
+        response.outputs.append(OutputTensor(name=out["name"], datatype=out["datatype"], shape=out["shape"]))
+        response.raw_output_contents.append(body[offset:offset + size])
+        offset += size
+    return response
+
+
+class InferenceService:
+    """The RPC handlers over one InferenceApp (its registry, configuration, metrics and documents)."""
+
+    def __init__(self, app):
+        self.app, self.registry, self.metrics = app, app.registry, app.metrics
+
+    # --- health and metadata -------------------------------------------------------------------------------
+    async def ServerLive(self, request):
+        return message("ServerLiveResponse")(live=True)
+
+    async def ServerReady(self, request):
+        return message("ServerReadyResponse")(ready=self.app.ready)
+
+    async def ModelReady(self, request):
+        entry = self.registry.models.get(request.name)
+        ready = (entry is not None and (not request.version or request.version in entry.versions)
+                 and self.app.started and not self.app.draining)
+        return message("ModelReadyResponse")(ready=ready)
+
+    async def ServerMetadata(self, request):
+        from edgedl.runtime.server.app import EXTENSIONS
+
+        return message("ServerMetadataResponse")(name="edgedl", version=__version__, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request):
+        model = self.registry.get(request.name, request.version or None)
+        return self._parse(self.app._model_metadata(model), "ModelMetadataResponse")
+
+    async def ModelConfig(self, request):
+        model = self.registry.get(request.name, request.version or None)
+        return self._parse({"config": self.app._model_config(model)}, "ModelConfigResponse")
+
+    async def ModelStatistics(self, request):
+        if request.name:
+            self.registry.get(request.name, request.version or None)
+        stats = self.app._stats(request.name or None, request.version or None)
+        return self._parse({"model_stats": stats}, "ModelStatisticsResponse")
+
+    @staticmethod
+    def _parse(doc: dict, name: str):
+        return json_format.ParseDict(doc, message(name)(), ignore_unknown_fields=True)
+
+    # --- repository ----------------------------------------------------------------------------------------
+    async def RepositoryIndex(self, request):
+        models = [m for m in self.app._index() if not request.ready or m["state"] == "READY"]
+        return self._parse({"models": models}, "RepositoryIndexResponse")
+
+    async def RepositoryModelLoad(self, request):
+        try:
+            await self.registry.reload(request.model_name)
+        except EdgeDLError as exc:
+            raise HTTPError(400, f"failed to load '{request.model_name}': {exc}") from None
+        return message("RepositoryModelLoadResponse")()
+
+    async def RepositoryModelUnload(self, request):
+        await self.registry.unload(request.model_name)
+        return message("RepositoryModelUnloadResponse")()
+
+    # --- inference -----------------------------------------------------------------------------------------
+    async def ModelInfer(self, request):
+        started = perf_counter()
+        model, status = None, 500
+        try:
+            model = self.registry.get(request.model_name, request.model_version or None)
+            try:
+                body, header_length = http_form(request)
+                decoded = parse_infer_request(body, header_length, model.inputs, model.output_names,
+                                              allow_nonfinite=model.allow_nonfinite)
+                out = await model.serve(decoded, self.metrics, started)
+            except BaseException:
+                model.count_failure(started)
+                raise
+            names = [n for n, _ in decoded.outputs] if decoded.outputs else model.output_names
+            body, json_length = encode_response(model.name, model.version, decoded.id,
+                                                [(n, out[n], True) for n in names])
+            status = 200
+            return grpc_response(body, json_length)
+        except HTTPError as exc:
+            status = exc.status
+            raise
+        except EdgeDLError:
+            status = 400
+            raise
+        finally:
+            self._count(model, status, perf_counter() - started)
+
+    def _count(self, model, status: int, seconds: float) -> None:
+        """The request metrics HTTP keeps per infer call, with the status HTTP would have answered."""
+        from edgedl.runtime.server.app import _REASON
+
+        m = self.metrics
+        name, version = (model.name, model.version) if model is not None else ("", "")
+        m.requests.inc((name, version, status))
+        if status != 200:
+            m.failures.inc((name, _REASON.get(status, "internal")))
+        else:
+            m.total.observe((name, version), seconds)
+
+    async def ModelStreamInfer(self, requests, context):
+        """Each request is answered as soon as it is done (not in order, as Triton does), up to STREAM_WINDOW at
+        once; a failed request gets an error_message and the stream goes on."""
+        responses: asyncio.Queue = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
+        running: set[asyncio.Task] = set()
+
+        async def answer(request):
+            try:
+                result = StreamResponse(infer_response=await self.ModelInfer(request))
+            except Exception as exc:  # noqa: BLE001 - reported on the stream, like Triton
+                code, text = _status(exc)
+                result = StreamResponse(error_message=text)
+            finally:
+                window.release()
+            await responses.put(result)
+
+        async def read():
+            try:
+                async for request in requests:
+                    await window.acquire()
+                    task = asyncio.get_running_loop().create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await asyncio.gather(*running)
+            finally:
+                await responses.put(None)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        try:
+            while (item := await responses.get()) is not None:
+                yield item
+            await reader  # surfaces a failed read (a broken stream)
+        finally:
+            reader.cancel()
+            for task in list(running):
+                task.cancel()
+
+
+def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+    if isinstance(exc, HTTPError):
+        return _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message
+    if isinstance(exc, EdgeDLError):  # the runner's input checks and onnxruntime failures on this input
+        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+    log.error("internal error in a gRPC call:\n%s", "".join(traceback.format_exception(exc)))
+    return grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}"
+
+
+def _unary(handler):
+    async def call(request, context):
+        try:
+            return await handler(request)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a dropped call
+            code, text = _status(exc)
+        await context.abort(code, text)
+
+    return call
+
+
+class _ApiKey(grpc.aio.ServerInterceptor):
+    """'authorization: Bearer KEY' metadata on every call but ServerLive (as HTTP exempts /v2/health/live)."""
+
+    def __init__(self, key: str):
+        self.key = key.encode()
+
+        async def deny_unary(request, context):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                "missing or wrong API key; send the metadata 'authorization: Bearer <key>'")
+
+        async def deny_stream(requests, context):
+            await deny_unary(None, context)
+            yield  # pragma: no cover - abort raises
+
+        self.deny = {False: grpc.unary_unary_rpc_method_handler(deny_unary),
+                     True: grpc.stream_stream_rpc_method_handler(deny_stream)}
+
+    async def intercept_service(self, continuation, details):
+        if details.method == f"/{SERVICE}/ServerLive":
+            return await continuation(details)
+        for key, value in details.invocation_metadata or ():
+            if key == "authorization":
+                raw = value.encode() if isinstance(value, str) else value
+                if raw[:7].lower() == b"bearer " and hmac.compare_digest(raw[7:].strip(), self.key):
+                    return await continuation(details)
+        return self.deny[details.method.endswith("/ModelStreamInfer")]
+
+
+def _check_bindable(host: str, port: int, address: str) -> None:
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise EdgeDLError(f"cannot listen for gRPC on {address} ({exc.strerror}); pick another gRPC port") from None
+
+
+class GrpcServer:
+    """The gRPC endpoint of one InferenceApp: ``await start(host, port)`` (-> the bound port) on the app's event
+    loop, ``await stop(grace)`` lets calls in flight finish for up to ``grace`` seconds."""
+
+    def __init__(self, app):
+        self.app = app
+        self.service = InferenceService(app)
+        self.server = None
+
+    def _handlers(self):
+        handlers = {}
+        for name, (request_type, response_type, streaming) in methods().items():
+            handler = getattr(self.service, name, None)
+            if handler is None:
+                continue  # shared memory, trace, logging: grpc answers UNIMPLEMENTED
+            kind = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
+            handlers[name] = kind(handler if streaming else _unary(handler),
+                                  request_deserializer=request_type.FromString,
+                                  response_serializer=response_type.SerializeToString)
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+
+    async def start(self, host: str, port: int) -> int:
+        config = self.app.config
+        interceptors = [_ApiKey(config.api_key)] if config.api_key else []
+        limit = config.max_body_bytes
+        self.server = grpc.aio.server(interceptors=interceptors, options=[
+            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0)])
+        self.server.add_generic_rpc_handlers((self._handlers(),))
+        address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        _check_bindable(host, port, address)  # a plain bind says why in one line (grpc logs its own report)
+        try:
+            bound = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            bound, reason = 0, str(exc)
+        else:
+            reason = "the address is not local"
+        if not bound:
+            raise EdgeDLError(f"cannot listen for gRPC on {address} ({reason}); pick another gRPC port")
+        await self.server.start()
+        return bound
+
+    async def stop(self, grace: float) -> None:
+        if self.server is not None:
+            await self.server.stop(grace)
