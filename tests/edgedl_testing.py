@@ -18,7 +18,7 @@ ZOO = ("mlp", "cnn", "lstm", "transformer")
 EDGEDL = [sys.executable, "-m", "edgedl"]
 # what the trained/exported zoo depends on; a change to any of these rebuilds the cache
 _ZOO_SOURCES = [
-    *sorted((ROOT / "models").glob("*.py")),
+    *sorted(ROOT / "models" / f"{name}.py" for name in ZOO),  # the zoo's recipes, not every file in models/
     *sorted((ROOT / "toolkit/edgedl/data").glob("*.py")),
     ROOT / "toolkit/edgedl/recipe.py",
     ROOT / "toolkit/edgedl/stages/train.py",

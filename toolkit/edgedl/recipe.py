@@ -123,6 +123,9 @@ class Recipe:
     preprocessing: dict[str, Any] | None = None
     task: str = "classification"
     example_inputs: Callable[[Mapping[str, int], int], dict[str, np.ndarray]] | None = None
+    # reads published weights `edgedl train` did not write (path -> the build()'s state dict); default: the
+    # safetensors file as it is
+    load_checkpoint: Callable[[Path], Mapping[str, Any]] | None = None
     source: str = ""  # the file it was loaded from (filled by load_recipe)
 
     def __post_init__(self) -> None:

@@ -125,10 +125,18 @@ def load_weights(recipe: Recipe, checkpoint: Path):
         checkpoint = checkpoint / WEIGHTS_FILE
     if not checkpoint.is_file():
         raise EdgeDLError(f"checkpoint not found: {checkpoint}; pass the model.safetensors written by `edgedl train`")
-    try:
-        state = safetensors_torch.load_file(str(checkpoint))
-    except Exception as exc:
-        raise EdgeDLError(f"{checkpoint} is not a safetensors checkpoint ({exc}); pass the file `edgedl train` wrote") from exc
+    if recipe.load_checkpoint is not None:  # the recipe reads a published checkpoint its own way
+        try:
+            state = recipe.load_checkpoint(checkpoint)
+        except EdgeDLError:
+            raise
+        except Exception as exc:
+            raise EdgeDLError(f"recipe '{recipe.name}' could not read {checkpoint}: {type(exc).__name__}: {exc}") from exc
+    else:
+        try:
+            state = safetensors_torch.load_file(str(checkpoint))
+        except Exception as exc:
+            raise EdgeDLError(f"{checkpoint} is not a safetensors checkpoint ({exc}); pass the file `edgedl train` wrote") from exc
     model = recipe.build()
     try:
         model.load_state_dict(state)

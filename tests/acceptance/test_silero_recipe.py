@@ -1,0 +1,84 @@
+"""models/silero_vad.py, silero-vad rebuilt in PyTorch from the package's architecture: exported by `edgedl export`
+from the package's weights and validated against PyTorch, then run next to the package's own silero_vad.onnx on
+espeak-ng speech, chunk by chunk with the recurrent state carried.
+
+silero_vad.jit carries the weights of silero_vad.onnx: the export matches it to float precision. The package's
+silero_vad_16k.safetensors carries other weights (only the STFT basis is the same): its probabilities differ,
+its speech decisions mostly agree."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+import real_models
+from edgedl_testing import run_edgedl_inprocess
+from real_tasks import frame_f1, onnxruntime_run, vad_probabilities
+
+WEIGHTS = ("silero_vad.jit", "silero_vad_16k.safetensors")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory) -> dict[str, tuple]:
+    directory = tmp_path_factory.mktemp("silero-export")
+    out = {}
+    for weights in WEIGHTS:
+        path = directory / f"{weights.replace('.', '_')}.onnx"
+        result = run_edgedl_inprocess("export", "silero_vad", "--checkpoint", real_models.silero_file(weights),
+                                      "-o", path, "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        out[weights] = (path, json.loads(result.stdout))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shipped_probs() -> np.ndarray:
+    windows = real_models.vad_windows(real_models.speech().audio)
+    return vad_probabilities(onnxruntime_run(real_models.shipped("silero_vad")), windows)
+
+
+def _probs(path) -> np.ndarray:
+    return vad_probabilities(onnxruntime_run(path), real_models.vad_windows(real_models.speech().audio), sr=False)
+
+
+@pytest.mark.parametrize("weights", WEIGHTS)
+def test_export_is_validated_against_torch_and_records_its_batch_axes(exported, weights):
+    path, report = exported[weights]
+    validation = report["validation"]
+    assert validation["passed"] and validation["max_abs_diff"] < 1e-5, validation
+    assert [c["sizes"] for c in validation["checks"]] == [{"batch": 2}, {"batch": 5}]
+    meta = report["metadata"]
+    assert {i["name"]: i["batch_axis"] for i in meta["inputs"]} == {"input": 0, "state": 1}
+    assert {o["name"]: o["batch_axis"] for o in meta["outputs"]} == {"output": 0, "stateN": 1}
+    assert meta["checkpoint_sha256"] == hashlib.sha256(real_models.silero_file(weights).read_bytes()).hexdigest()
+
+
+def test_jit_weights_match_the_shipped_onnx_on_speech(exported, shipped_probs):
+    ours = _probs(exported["silero_vad.jit"][0])
+    assert len(ours) > 300  # ~10 s of audio in 32 ms chunks
+    assert np.abs(ours - shipped_probs).max() < 1e-4
+    assert ((ours > 0.5) == (shipped_probs > 0.5)).all()
+
+
+def test_safetensors_weights_are_another_training_that_still_finds_speech(exported, shipped_probs):
+    ours = _probs(exported["silero_vad_16k.safetensors"][0])
+    truth = real_models.speech().chunk_labels()
+    assert np.abs(ours - shipped_probs).max() > 0.1  # not the weights silero_vad.onnx carries
+    assert ((ours > 0.5) == (shipped_probs > 0.5)).mean() > 0.95
+    assert frame_f1(ours > 0.5, truth) > 0.95
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_checkpoint_it_cannot_read_is_a_one_line_error(tmp_path):
+    torch = pytest.importorskip("torch")
+    other = tmp_path / "other.jit"
+    torch.jit.script(torch.nn.Linear(2, 2)).save(str(other))
+    for checkpoint, says in ((real_models.shipped("silero_vad"), "silero_vad.jit or silero_vad_16k.safetensors"),
+                             (other, "not silero-vad's TorchScript model")):
+        out = tmp_path / "out.onnx"
+        result = run_edgedl_inprocess("export", "silero_vad", "--checkpoint", checkpoint, "-o", out)
+        assert result.returncode != 0 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
