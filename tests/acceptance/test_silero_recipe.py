@@ -74,10 +74,12 @@ def test_safetensors_weights_are_another_training_that_still_finds_speech(export
 @pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 def test_a_checkpoint_it_cannot_read_is_a_one_line_error(tmp_path):
     torch = pytest.importorskip("torch")
-    other = tmp_path / "other.jit"
+    other, broken = tmp_path / "other.jit", tmp_path / "broken.jit"
     torch.jit.script(torch.nn.Linear(2, 2)).save(str(other))
+    broken.write_bytes(b"not a TorchScript archive")
     for checkpoint, says in ((real_models.shipped("silero_vad"), "silero_vad.jit or silero_vad_16k.safetensors"),
-                             (other, "not silero-vad's TorchScript model")):
+                             (other, "not silero-vad's TorchScript model"),
+                             (broken, "recipe 'silero_vad' could not read")):
         out = tmp_path / "out.onnx"
         result = run_edgedl_inprocess("export", "silero_vad", "--checkpoint", checkpoint, "-o", out)
         assert result.returncode != 0 and says in result.stderr and "Traceback" not in result.stderr, result.stderr

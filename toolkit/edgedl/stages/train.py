@@ -131,7 +131,8 @@ def load_weights(recipe: Recipe, checkpoint: Path):
         except EdgeDLError:
             raise
         except Exception as exc:
-            raise EdgeDLError(f"recipe '{recipe.name}' could not read {checkpoint}: {type(exc).__name__}: {exc}") from exc
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise EdgeDLError(f"recipe '{recipe.name}' could not read {checkpoint}: {type(exc).__name__}: {first}") from exc
     else:
         try:
             state = safetensors_torch.load_file(str(checkpoint))
