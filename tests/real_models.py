@@ -124,6 +124,10 @@ def shipped(name: str) -> Path:
     return wheel_dir(key) / member
 
 
+# the silero-vad package's weight files models/silero_vad.py reads (see there for how they differ)
+SILERO_WEIGHTS = ("silero_vad.jit", "silero_vad_16k.safetensors")
+
+
 def silero_file(name: str) -> Path:
     """A file of the silero-vad wheel's data folder (``silero_vad.jit``, ``silero_vad_16k.safetensors``)."""
     return wheel_dir("silero") / "silero_vad" / "data" / name

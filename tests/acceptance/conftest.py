@@ -4,14 +4,13 @@ no DejaVu font) skips the test with what to install; CI installs them all, so th
 
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
 
 import pytest
 
 import real_models
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))  # serve_helpers.ServerProcess
+from edgedl_testing import run_edgedl_inprocess
 
 
 @pytest.hookimpl(wrapper=True)
@@ -42,4 +41,19 @@ def real_batches(tmp_path_factory) -> dict[str, Path]:
     for name, model in MODELS.items():
         out[name] = directory / f"{name}.npz"
         np.savez(out[name], **model.batch())
+    return out
+
+
+@pytest.fixture(scope="session")
+def silero_exports(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
+    """models/silero_vad.py exported by `edgedl export` from each of the package's weight files:
+    {weights file name: (model.onnx, the export's --json report)}."""
+    directory = tmp_path_factory.mktemp("silero-export")
+    out = {}
+    for weights in real_models.SILERO_WEIGHTS:
+        path = directory / f"{weights.replace('.', '_')}.onnx"
+        result = run_edgedl_inprocess("export", "silero_vad", "--checkpoint", real_models.silero_file(weights),
+                                      "-o", path, "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        out[weights] = (path, json.loads(result.stdout))
     return out

@@ -9,7 +9,9 @@ padding, scale to [0, 1]); silero-vad is fed 576-sample windows at 16 kHz with i
 
 from __future__ import annotations
 
+import functools
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,6 +19,9 @@ from typing import Callable
 import numpy as np
 
 import real_models
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+from serve_helpers import Reference  # noqa: E402 - in-process onnxruntime sessions, one per model
 
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # feeds -> outputs by name
 
@@ -45,15 +50,31 @@ class AcceptanceModel:
         return real_models.shipped(self.name)
 
 
-def onnxruntime_run(path: Path, threads: int = 1) -> Run:
-    """Plain onnxruntime, in process: the reference a served or converted model is compared with."""
-    import onnxruntime as ort
+_REFERENCE = None
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    return lambda feeds: dict(zip(names, session.run(names, feeds)))
+
+def onnxruntime_run(path: Path) -> Run:
+    """Plain onnxruntime in process (1 thread): the reference a served or converted model is compared with."""
+    global _REFERENCE
+    _REFERENCE = _REFERENCE or Reference()
+    return functools.partial(_REFERENCE, path)
+
+
+def triton_run(client, model: str) -> Run:
+    """The same call through a tritonclient (HTTP, binary tensors) to a served model."""
+    from tritonclient.http import InferInput
+    from tritonclient.utils import np_to_triton_dtype
+
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        inputs = []
+        for name, value in feeds.items():
+            item = InferInput(name, list(value.shape), np_to_triton_dtype(value.dtype))
+            item.set_data_from_numpy(value, binary_data=True)
+            inputs.append(item)
+        result = client.infer(model, inputs)
+        return {o["name"]: result.as_numpy(o["name"]) for o in result.get_response()["outputs"]}
+
+    return run
 
 
 # --- PP-OCR ------------------------------------------------------------------------------------------------

@@ -9,7 +9,6 @@ its speech decisions mostly agree."""
 from __future__ import annotations
 
 import hashlib
-import json
 
 import numpy as np
 import pytest
@@ -18,20 +17,7 @@ import real_models
 from edgedl_testing import run_edgedl_inprocess
 from real_tasks import frame_f1, onnxruntime_run, vad_probabilities
 
-WEIGHTS = ("silero_vad.jit", "silero_vad_16k.safetensors")
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory) -> dict[str, tuple]:
-    directory = tmp_path_factory.mktemp("silero-export")
-    out = {}
-    for weights in WEIGHTS:
-        path = directory / f"{weights.replace('.', '_')}.onnx"
-        result = run_edgedl_inprocess("export", "silero_vad", "--checkpoint", real_models.silero_file(weights),
-                                      "-o", path, "--json")
-        assert result.returncode == 0, result.stdout + result.stderr
-        out[weights] = (path, json.loads(result.stdout))
-    return out
+WEIGHTS = real_models.SILERO_WEIGHTS
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +31,8 @@ def _probs(path) -> np.ndarray:
 
 
 @pytest.mark.parametrize("weights", WEIGHTS)
-def test_export_is_validated_against_torch_and_records_its_batch_axes(exported, weights):
-    path, report = exported[weights]
+def test_export_is_validated_against_torch_and_records_its_batch_axes(silero_exports, weights):
+    path, report = silero_exports[weights]
     validation = report["validation"]
     assert validation["passed"] and validation["max_abs_diff"] < 1e-5, validation
     assert [c["sizes"] for c in validation["checks"]] == [{"batch": 2}, {"batch": 5}]
@@ -56,15 +42,15 @@ def test_export_is_validated_against_torch_and_records_its_batch_axes(exported, 
     assert meta["checkpoint_sha256"] == hashlib.sha256(real_models.silero_file(weights).read_bytes()).hexdigest()
 
 
-def test_jit_weights_match_the_shipped_onnx_on_speech(exported, shipped_probs):
-    ours = _probs(exported["silero_vad.jit"][0])
+def test_jit_weights_match_the_shipped_onnx_on_speech(silero_exports, shipped_probs):
+    ours = _probs(silero_exports["silero_vad.jit"][0])
     assert len(ours) > 300  # ~10 s of audio in 32 ms chunks
     assert np.abs(ours - shipped_probs).max() < 1e-4
     assert ((ours > 0.5) == (shipped_probs > 0.5)).all()
 
 
-def test_safetensors_weights_are_another_training_that_still_finds_speech(exported, shipped_probs):
-    ours = _probs(exported["silero_vad_16k.safetensors"][0])
+def test_safetensors_weights_are_another_training_that_still_finds_speech(silero_exports, shipped_probs):
+    ours = _probs(silero_exports["silero_vad_16k.safetensors"][0])
     truth = real_models.speech().chunk_labels()
     assert np.abs(ours - shipped_probs).max() > 0.1  # not the weights silero_vad.onnx carries
     assert ((ours > 0.5) == (shipped_probs > 0.5)).mean() > 0.95
