@@ -70,3 +70,12 @@ def test_a_checkpoint_it_cannot_read_is_a_one_line_error(tmp_path):
         result = run_edgedl_inprocess("export", "silero_vad", "--checkpoint", checkpoint, "-o", out)
         assert result.returncode != 0 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_a_folder_named_like_the_recipe_does_not_hide_it(tmp_path, monkeypatch):
+    """Unpacking the silero-vad wheel leaves a silero_vad/ folder where users run `edgedl export silero_vad`."""
+    from edgedl.recipe import resolve_recipe_path
+
+    (tmp_path / "silero_vad" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    assert resolve_recipe_path("silero_vad") == real_models.ROOT / "models" / "silero_vad.py"

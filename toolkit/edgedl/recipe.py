@@ -182,7 +182,7 @@ class Recipe:
 def resolve_recipe_path(spec: str) -> Path:
     """A recipe file path, or the name of a zoo model ('cnn' -> models/cnn.py)."""
     path = Path(spec)
-    if path.suffix == ".py" or path.exists():
+    if path.suffix == ".py" or path.is_file():  # a folder named like a recipe (an unpacked wheel) is no recipe
         if not path.is_file():
             raise EdgeDLError(f"recipe file not found: {path}")
         return path.resolve()
