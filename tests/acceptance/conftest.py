@@ -13,20 +13,16 @@ import real_models
 from edgedl_testing import run_edgedl_inprocess
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_setup(item):
+def _skip_when_unavailable(item):
     try:
         return (yield)
     except real_models.Unavailable as exc:
         pytest.skip(str(exc))
 
 
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_call(item):
-    try:
-        return (yield)
-    except real_models.Unavailable as exc:
-        pytest.skip(str(exc))
+# in fixtures (setup) and in tests (call)
+pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_skip_when_unavailable)
+pytest_runtest_call = pytest.hookimpl(wrapper=True)(_skip_when_unavailable)
 
 
 @pytest.fixture(scope="session")
