@@ -50,14 +50,15 @@ class AcceptanceModel:
         return real_models.shipped(self.name)
 
 
-_REFERENCE = None
+@functools.lru_cache(maxsize=1)
+def _reference() -> Reference:
+    return Reference()
 
 
 def onnxruntime_run(path: Path) -> Run:
-    """Plain onnxruntime in process (1 thread): the reference a served or converted model is compared with."""
-    global _REFERENCE
-    _REFERENCE = _REFERENCE or Reference()
-    return functools.partial(_REFERENCE, path)
+    """Plain onnxruntime in process (1 thread): the reference a served or converted model is compared with.
+    Sessions are kept per path: write a changed model to a new path."""
+    return functools.partial(_reference(), path)
 
 
 def triton_run(client, model: str) -> Run:
@@ -89,10 +90,10 @@ def _ppocr_chw(image: np.ndarray) -> np.ndarray:
     return ((image[..., ::-1].astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
 
 
-def ocr_lines(width: int | None = None, height: int = 48) -> np.ndarray:
-    """The OCR_LINES rendered, each resized to ``height`` (aspect kept) and padded right to the widest (or to
-    ``width``): [lines, 3, height, W]."""
-    images = [real_models.text_line(t) for t in OCR_LINES]
+def ocr_lines(width: int | None = None, height: int = 48, turned: bool = False) -> np.ndarray:
+    """The OCR_LINES rendered (``turned``: upside down), each resized to ``height`` (aspect kept, squeezed to fit
+    ``width``) and padded right to the widest (or to ``width``): [lines, 3, height, W]."""
+    images = [real_models.text_line(t)[::-1, ::-1] if turned else real_models.text_line(t) for t in OCR_LINES]
     ratio = max(max(i.shape[1] / i.shape[0] for i in images), 320 / 48)
     width = width or int(height * ratio)
     out = np.zeros((len(images), 3, height, width), np.float32)
@@ -102,6 +103,7 @@ def ocr_lines(width: int | None = None, height: int = 48) -> np.ndarray:
     return out
 
 
+@functools.lru_cache(maxsize=2)
 def ocr_characters(path: Path) -> list[str]:
     """The recognizer's alphabet: CTC blank, the 'character' list in its metadata, then space (as RapidOCR)."""
     import onnxruntime as ort
@@ -140,8 +142,7 @@ def _rec_score(run: Run) -> Score:
 
 
 def _cls_batch() -> dict[str, np.ndarray]:
-    upright = ocr_lines(width=192)
-    return {"x": np.concatenate([upright, upright[:, :, ::-1, ::-1]])}  # then each line turned 180 degrees
+    return {"x": np.concatenate([ocr_lines(width=192), ocr_lines(width=192, turned=True)])}
 
 
 def _cls_score(run: Run) -> Score:
