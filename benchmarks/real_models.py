@@ -8,7 +8,8 @@ at the acceptance sizes, each configuration in its own process); `edgedl serve` 
 1 thread), median over interleaved rounds. For the recipe: export time, size, validation against PyTorch, and the
 match with the shipped silero_vad.onnx on espeak-ng speech, chunk by chunk with the state carried.
 
-usage: python benchmarks/real_models.py [--seconds 2] [--rounds 5] [--requests 100] [--only NAME ...]
+usage: python benchmarks/real_models.py [--seconds 1] [--bench-rounds 3] [--rounds 5] [--requests 100]
+                                         [--only NAME ...]
 Writes benchmarks/results/real_models.{json,md}.
 """
 
@@ -45,12 +46,18 @@ def edgedl(*args, timeout: float = 900) -> subprocess.CompletedProcess:
     return proc
 
 
-def bench(name: str, seconds: float) -> dict[str, float]:
+def bench(name: str, seconds: float, rounds: int) -> dict[str, float]:
+    """p50 per configuration, the median over ``rounds`` separate `edgedl bench` runs (load on a shared machine
+    comes and goes; a run takes all configurations in turn)."""
     model = MODELS[name]
-    report = json.loads(edgedl("bench", model.path, *model.options, "-b", ",".join(map(str, BATCHES)),
-                               "-t", ",".join(map(str, THREADS)), "-d", seconds, "--warmup", "2", "--no-placement",
-                               "--quiet", "--json").stdout)
-    return {f"b{r['batch']}_t{r['threads']}": r["latency_ms"]["p50_ms"] for r in report["results"]}
+    p50: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        report = json.loads(edgedl("bench", model.path, *model.options, "-b", ",".join(map(str, BATCHES)),
+                                   "-t", ",".join(map(str, THREADS)), "-d", seconds, "--warmup", "2",
+                                   "--no-placement", "--quiet", "--json").stdout)
+        for r in report["results"]:
+            p50.setdefault(f"b{r['batch']}_t{r['threads']}", []).append(r["latency_ms"]["p50_ms"])
+    return {key: statistics.median(values) for key, values in p50.items()}
 
 
 def one_row(name: str) -> dict[str, np.ndarray]:
@@ -85,7 +92,8 @@ def torch_baseline(path: Path, seconds: float) -> dict[str, float]:
     """`edgedl bench --baseline torch` at batch 1, 1 thread: p50 ms of onnxruntime and of PyTorch eager."""
     report = json.loads(edgedl("bench", path, "--baseline", "torch", "-b", "1", "-d", seconds, "--no-placement",
                                "--quiet", "--json").stdout)
-    return {("torch" if "torch" in r["engine"] else "onnxruntime"): r["latency_ms"]["p50_ms"] for r in report["results"]}
+    return {("torch" if "torch" in r["engine"] else "onnxruntime"): r["latency_ms"]["p50_ms"]
+            for r in report["results"]}
 
 
 def silero_recipe(seconds: float) -> list[dict]:
@@ -124,7 +132,8 @@ def markdown(report: dict) -> str:
              f"`{report['command']}`; load average {_load(report.get('load_average_start'))} at the start, "
              f"{_load(report.get('load_average_end'))} at the end (other jobs share this machine).", "",
              "Shipped ONNX models at the acceptance sizes: `edgedl bench` p50 (ms, synthetic inputs, "
-             f"{report['seconds']} s per configuration); serve: one real request, tritonclient HTTP binary, "
+             f"{report['seconds']} s per configuration, median of {report.get('bench_rounds', 1)} runs); serve: one "
+             "real request, tritonclient HTTP binary, "
              f"sequential, server on 1 thread, vs onnxruntime in process on 1 thread (ms, median of "
              f"{report['rounds']} interleaved rounds of up to {report['requests']} requests or 1 s).", "",
              "| model | sizes | MiB | b1 t1 | b1 t2 | b8 t1 | b8 t2 | in-process | served | overhead |",
@@ -154,7 +163,8 @@ def markdown(report: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=2.0, help="bench time per configuration")
+    ap.add_argument("--seconds", type=float, default=1.0, help="bench time per configuration and round")
+    ap.add_argument("--bench-rounds", type=int, default=3, help="edgedl bench runs per model (median)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100, help="serve: requests per round (at most 1 s of them)")
     ap.add_argument("--only", nargs="*", choices=list(MODELS), help="measure only these models (printed, not written)")
@@ -164,12 +174,13 @@ def main() -> None:
     report = {"machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} usable cores",
               "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": args.seconds,
+              "bench_rounds": args.bench_rounds,
               "load_average_start": os.getloadavg(),
               "rounds": args.rounds, "requests": args.requests,
               "command": "python benchmarks/real_models.py " + " ".join(sys.argv[1:]), "models": {}}
     for name in args.only or MODELS:
-        path = MODELS[name].path
-        report["models"][name] = {"size_bytes": path.stat().st_size, "bench_p50_ms": bench(name, args.seconds),
+        report["models"][name] = {"size_bytes": MODELS[name].path.stat().st_size,
+                                  "bench_p50_ms": bench(name, args.seconds, args.bench_rounds),
                                   "serve": serve_overhead(name, args.rounds, args.requests)}
         print(name, report["models"][name], flush=True)
     if args.only:  # a partial run is printed, never written over the full results
