@@ -57,8 +57,9 @@ WHEELS = {
                        "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx",
                        "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx")),
     "silero": Wheel("silero-vad", "6.2.3", "7b7f5436cfcb02fae583a05b512ea96467fd449fe54cb49a5e4f06c51a1e43b8",
-                    ("silero_vad/data/silero_vad.onnx", "silero_vad/data/silero_vad.jit",
-                     "silero_vad/data/silero_vad_16k.safetensors", "silero_vad/tinygrad_model.py")),
+                    ("silero_vad/data/silero_vad.onnx", "silero_vad/data/silero_vad_16k_op15.onnx",
+                     "silero_vad/data/silero_vad.jit", "silero_vad/data/silero_vad_16k.safetensors",
+                     "silero_vad/tinygrad_model.py")),
     "nudenet": Wheel("nudenet", "3.4.2", "5937dbd84e5d8e5de038f08ffea5a1bb50a08475776bf2b4795914ce0eaf0331",
                      ("nudenet/320n.onnx",)),
 }
@@ -77,12 +78,13 @@ def wheel_dir(key: str) -> Path:
     """The directory holding the wheel's ``members`` (fetched and extracted on first use)."""
     wheel = WHEELS[key]
     target = wheel.directory
-    if (target / ".complete").is_file():
+    complete = lambda: all((target / m).is_file() for m in wheel.members)  # noqa: E731 - members may grow
+    if complete():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel runs share one download
-        if (target / ".complete").is_file():
+        if complete():
             return target
         with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
             spec = f"{wheel.package}=={wheel.version}"
@@ -105,7 +107,7 @@ def wheel_dir(key: str) -> Path:
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     with whl.open(member) as src, open(dest, "wb") as out:
                         shutil.copyfileobj(src, out)
-            (staging / ".complete").write_text(f"{found[0].name} {digest}\n")
+            (staging / "SOURCE").write_text(f"{found[0].name} sha256 {digest}\n")
             shutil.rmtree(target, ignore_errors=True)
             os.replace(staging, target)
     return target
@@ -122,7 +124,8 @@ SILERO_WEIGHTS = ("silero_vad.jit", "silero_vad_16k.safetensors")
 
 
 def silero_file(name: str) -> Path:
-    """A file of the silero-vad wheel's data folder (``silero_vad.jit``, ``silero_vad_16k.safetensors``)."""
+    """A file of the silero-vad wheel's data folder (``silero_vad.jit``, ``silero_vad_16k.safetensors``,
+    ``silero_vad_16k_op15.onnx``)."""
     return wheel_dir("silero") / "silero_vad" / "data" / name
 
 

