@@ -41,8 +41,7 @@ def silero_exports(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
     out = {}
     for weights in real_models.SILERO_WEIGHTS:
         path = directory / f"{weights.replace('.', '_')}.onnx"
-        # a process of its own: in this one tests/ is on sys.path, and tests/triton/ passes for the `triton`
-        # package that torch's exporter probes for (then fails on it)
+        # the real CLI in a process of its own, as a user runs it
         result = run_edgedl("export", "silero_vad", "--checkpoint", real_models.silero_file(weights), "-o", path,
                             "--json", cwd=real_models.ROOT)
         out[weights] = (path, json.loads(result.stdout))

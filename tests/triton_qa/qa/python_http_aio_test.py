@@ -25,7 +25,7 @@
 # (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY OUT OF THE USE
 # OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE.
 #
-# Ported into edgedl's test suite (tests/triton/test_qa.py) from github.com/triton-inference-server/server
+# Ported into edgedl's test suite (tests/triton_qa/test_qa.py) from github.com/triton-inference-server/server
 # at e1db8a603d86 (qa/): changed only where the server's address and the repository's model count come from
 # (test_util.qa_http_url / qa_grpc_url / qa_model_count, read from the environment).
 

@@ -1,5 +1,5 @@
 """Fixtures for the Triton-compatibility tests: the cached real Triton 2.51 install, and import paths for the
-ported QA modules (tests/triton/qa, which import each other by bare name as in Triton's qa/common) and the
+ported QA modules (tests/triton_qa/qa, which import each other by bare name as in Triton's qa/common) and the
 server test helpers."""
 
 from __future__ import annotations

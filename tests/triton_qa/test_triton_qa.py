@@ -1,7 +1,7 @@
 """Triton's own QA tests, run unchanged (but for the server address) against `edgedl serve` and the real Triton.
 
 qa/L0_http/http_test.py, qa/L0_http/python_http_aio_test.py and the onnx subset of qa/L0_infer/infer_test.py
-(BACKENDS=onnx, no ensembles, CPU only) live in tests/triton/qa with their helpers. Each test class runs once per
+(BACKENDS=onnx, no ensembles, CPU only) live in tests/triton_qa/qa with their helpers. Each test class runs once per
 server on the repository Triton's test.sh gives it (built by qa_models.py), with the model-control mode that
 test.sh uses. A test that fails on one server is listed below with the reason and marked xfail(strict): it must
 keep failing, so fixing a difference (or a Triton upgrade) shows up here and the table is updated.
@@ -25,7 +25,7 @@ _QA_ENV = {"BACKENDS": "onnx", "ENSEMBLES": "0", "TRITON_SERVER_CPU_ONLY": "1"}
 _saved_env = {k: os.environ.get(k) for k in _QA_ENV}
 os.environ.update(_QA_ENV)
 
-import test_util  # noqa: E402  (tests/triton/qa, put on sys.path by conftest.py)
+import test_util  # noqa: E402  (tests/triton_qa/qa, put on sys.path by conftest.py)
 
 # TestResultCollector writes test_results.txt into the working directory for Triton's shell scripts and reads
 # unittest's result counters, which pytest's result object does not have; the tests themselves are unchanged
