@@ -107,7 +107,8 @@ def test_host_parsing(text, expected):
     assert (t.user, t.host, t.port) == expected
 
 
-@pytest.mark.parametrize("text", ["pi@", "pi@host:99999", "a b@host", "pi@host:port"])
+@pytest.mark.parametrize("text", ["pi@", "pi@host:99999", "a b@host", "pi@host:port", "-oProxyCommand=id", "pi@-oX=y",
+                                  "pi@h$(id)", "pi@h`id`", "pi;id@h", "pi@h\nx"])
 def test_bad_hosts_are_refused(text):
     with pytest.raises(EdgeDLError):
         SSHTarget.parse(text)
@@ -133,11 +134,10 @@ def test_tarball_with_a_link_is_refused_before_connecting(tmp_path):
         deploy(path, config())
 
 
-def test_bad_api_key_is_refused_before_connecting(tmp_path):
-    cfg = config()
-    cfg.api_key = "it's"
-    with pytest.raises(EdgeDLError, match="no quote or newline"):
-        deploy(tmp_path, cfg)
+@pytest.mark.parametrize("key", ["it's-a-long-enough-key", "short", "x" * 20 + "$(id)", "x" * 20 + "\nEDGEDL_HOST=1"])
+def test_bad_api_key_is_refused_before_connecting(key):
+    with pytest.raises(EdgeDLError, match="16 or more characters of letters, digits and"):
+        DeployConfig(target=SSHTarget.parse("pi@raspberrypi.local"), api_key=key)
 
 
 def test_missing_bundle(tmp_path):

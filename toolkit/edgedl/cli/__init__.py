@@ -69,30 +69,65 @@ def _debug_requested() -> bool:
     return "--debug" in sys.argv or os.environ.get("EDGEDL_DEBUG") == "1"
 
 
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _os_error(exc: OSError) -> str:
+    """What the system said, the path it said it about, and what to do - for an OSError no check caught first."""
+    import errno
+
+    what = exc.strerror or exc.__class__.__name__
+    paths = " -> ".join(repr(str(p)) for p in (exc.filename, exc.filename2) if p is not None)
+    fix = {errno.ENOSPC: "free disk space or write elsewhere", errno.EDQUOT: "free disk space or write elsewhere",
+           errno.EROFS: "choose a path on a writable file system", errno.EACCES: "choose a path you may write (or read)",
+           errno.EPERM: "choose a path you may write (or read)", errno.EISDIR: "give a file path, not a directory",
+           errno.ENOTDIR: "a file stands where a directory must be; choose another path",
+           errno.ENOENT: "check the path", errno.EMFILE: "raise the open-file limit (ulimit -n)"}.get(exc.errno, "")
+    return _one_line(f"{what}{': ' + paths if paths else ''}{'; ' + fix if fix else ''}")
+
+
 class EdgeDLCLI(LazyGroup):
     def main(self, *args, **kwargs):
         try:
             return super().main(*args, standalone_mode=False, **kwargs)
         except EdgeDLError as exc:
-            if _debug_requested():
-                import traceback
-
-                traceback.print_exc()
+            self._traceback()
             from edgedl.cli._errors import describe
 
-            click.echo(f"error: {describe(exc)}", err=True)
+            click.echo(f"error: {_one_line(describe(exc))}", err=True)
             sys.exit(exc.exit_code)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        except click.ClickException as exc:
-            exc.show()
+        except click.UsageError as exc:  # a bad option or argument: one line too, with where to look
+            where = (exc.ctx.command_path if exc.ctx is not None else "edgedl").replace("deploy push", "deploy BUNDLE")
+            click.echo(f"error: {_one_line(exc.format_message())} (see `{where} --help`)", err=True)
             sys.exit(exc.exit_code)
+        except click.ClickException as exc:
+            click.echo(f"error: {_one_line(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except MemoryError:
+            self._traceback()
+            click.echo("error: out of memory: the sizes asked for need more memory than this machine can give; use "
+                       "smaller values (batch, sizes, limits)", err=True)
+            sys.exit(1)
+        except OSError as exc:  # the environment refused (disk full, read-only, permissions): not a bug of ours
+            self._traceback()
+            click.echo(f"error: {_os_error(exc)}", err=True)
+            sys.exit(1)
         except click.exceptions.Abort:
             click.echo("aborted", err=True)
             sys.exit(130)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+    @staticmethod
+    def _traceback() -> None:
+        if _debug_requested():
+            import traceback
+
+            traceback.print_exc()
 
 
 @click.group(cls=EdgeDLCLI, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

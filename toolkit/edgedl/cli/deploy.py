@@ -100,7 +100,10 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
 @click.option("--ready-timeout", type=float, default=120.0, show_default=True, help="Seconds to wait for /v2/health/ready.")
 @click.option("--keep", type=int, default=5, show_default=True, help="Installed releases to keep on the device.")
 @click.option("--api-key-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
-              help="File holding the bearer token the server will require (kept in service.env, mode 600).")
+              help="File holding the bearer token the server will require (kept in service.env, mode 600). "
+                   "Default: the device's key; a server beyond loopback without one gets a generated key.")
+@click.option("--no-auth", is_flag=True,
+              help="Serve WITHOUT an API key, even beyond loopback: anyone who reaches the port can run the models.")
 @click.option("--service", type=click.Choice(["auto", "systemd", "process"]), default="auto", show_default=True,
               help="How the server is kept running: a systemd unit (enabled, restarted on failure; needs root or "
                    "passwordless sudo on the device), a supervised process (pid file), or auto: systemd when usable.")
@@ -108,27 +111,36 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
               help="Take over the device directory's deploy lock (left by a deploy that died; stale after 15 min anyway).")
 @json_option
 @debug_option
-def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, service, break_lock, as_json, debug,
-         **conn) -> None:
+def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, no_auth, service, break_lock, as_json,
+         debug, **conn) -> None:
     """Deploy BUNDLE: check the device, copy to a new release, install offline, switch, start, wait ready, roll back on failure."""
     from edgedl.stages.deploy import deploy as run_deploy
 
     api_key = Path(api_key_file).read_text().strip() if api_key_file else None
     config = _config(**conn, serve_host=serve_host, serve_port=serve_port, ready_timeout=ready_timeout, keep=keep,
-                     api_key=api_key, service=service, break_lock=break_lock,
+                     api_key=api_key, no_auth=no_auth, service=service, break_lock=break_lock,
                      progress=not as_json)
     result = run_deploy(bundle, config)
     if as_json:
         emit_json(result.__dict__)
         return
+    from rich.markup import escape
+
     from edgedl.console import err_console, out_console
 
     for w in result.warnings:
-        err_console().print(f"[yellow]warning:[/] {w}")
+        err_console().print(f"[yellow]warning:[/] {escape(w)}", soft_wrap=True)
     dev = result.device
     console = out_console()
+    reach = {"loopback": "the device's loopback only", "all": f"every interface: {result.url}"}.get(result.reach, result.url)
     console.print(f"[bold green]ready[/] release {result.release} on {result.host} ({dev['arch']}, Python {dev['python']}), "
-                  f"serving at {result.url} on the device", soft_wrap=True)
+                  f"listening on {result.bind} ({reach})", soft_wrap=True)
+    if result.api_key:
+        console.print(f"API key (generated on the device, shown once; `edgedl deploy status --show-key` prints it "
+                      f"again): {result.api_key}", soft_wrap=True)
+    else:
+        console.print("API key: " + ("required (Authorization: Bearer KEY)" if result.auth == "key" else "none"),
+                      soft_wrap=True)
     console.print("kept running by " + (f"systemd unit {result.unit} (enabled at boot)" if result.service == "systemd"
                                         else "a supervised process (pid file, log)"), soft_wrap=True)
     console.print(f"previous release: {result.previous or 'none'}; " +
@@ -137,13 +149,14 @@ def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, serv
 
 @deploy.command()
 @connection_options
+@click.option("--show-key", is_flag=True, help="Also print the server's API key (e.g. the one the device generated).")
 @json_option
 @debug_option
-def status(as_json, debug, **conn) -> None:
+def status(show_key, as_json, debug, **conn) -> None:
     """Show the device's current release, whether it runs and is ready, and the installed releases."""
     from edgedl.stages.deploy import status as get_status
 
-    st = get_status(_config(**conn))
+    st = get_status(_config(**conn), show_key=show_key)
     if as_json:
         emit_json(st)
         return
@@ -158,6 +171,9 @@ def status(as_json, debug, **conn) -> None:
                   + (f" (pid {st['pid']}, port {svc.get('EDGEDL_PORT')})" if st["running"] else ""), soft_wrap=True)
     console.print("service: " + (f"systemd unit {st['unit']} ({st['enabled']})" if st["manager"] == "systemd"
                                  else "supervised process"), soft_wrap=True)
+    key = svc.get("EDGEDL_API_KEY")
+    console.print("API key: " + (key if show_key and key else "set (--show-key prints it)" if key else "none"),
+                  soft_wrap=True)
     table = Table(show_edge=False, pad_edge=False)
     for col in ("", "release", "state", "size"):
         table.add_column(col)

@@ -44,10 +44,12 @@ def _common(f):
 @click.option("--service", type=click.Choice(["auto", "systemd", "process"]), default=None,
               help="How servers are kept running (default auto: a systemd unit where usable; or edgedl_service "
                    "in the inventory).")
+@click.option("--no-auth", is_flag=True,
+              help="Servers WITHOUT an API key even beyond loopback (default: each keeps its key, or generates one).")
 @json_option
 @debug_option
 def deploy_cmd(bundles, inventory, limit, playbook_dir, run_dir, serial, max_fail, check, ready_timeout, forks,
-               keep, service, as_json, debug) -> None:
+               keep, service, no_auth, as_json, debug) -> None:
     """Roll BUNDLES (one per device profile) out to the inventory: rolling batches, each device health-gated
     (/v2/health/ready + a smoke inference against reference outputs) and rolled back if its new release fails."""
     from edgedl.errors import EdgeDLError
@@ -55,7 +57,8 @@ def deploy_cmd(bundles, inventory, limit, playbook_dir, run_dir, serial, max_fai
 
     result = deploy(FleetConfig(bundles=list(bundles), inventory=inventory, serial=serial, max_fail=max_fail,
                                 check=check, limit=list(limit), playbook_dir=playbook_dir, ready_timeout=ready_timeout,
-                                forks=forks, keep=keep, service=service, run_dir=run_dir, progress=not as_json))
+                                forks=forks, keep=keep, service=service, no_auth=no_auth, run_dir=run_dir,
+                                progress=not as_json))
     if as_json:
         emit_json(result)
     else:

@@ -1,4 +1,5 @@
-"""Writing artifacts so that a failure never leaves a half-written file or clobbers the previous one."""
+"""Writing artifacts so that a failure never leaves a half-written file or clobbers the previous one, and finding
+out that an output cannot be written before the work that produces it, not after."""
 
 from __future__ import annotations
 
@@ -7,6 +8,33 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+from edgedl.errors import EdgeDLError
+
+
+def writable_output(output: Path, what: str = "output", directory: bool = False) -> Path:
+    """Refuse an output path that cannot be written, before any long work: its folder is read-only (a read-only
+    file system, permissions), a file stands where a folder must be, or it is a directory where a file goes
+    (``directory``: the output is a directory). Tries a real write - permission bits alone say nothing about a
+    read-only mount or root - in the nearest folder that exists; creates nothing that stays."""
+    output = Path(output)
+    if output.is_dir() and not directory:
+        raise EdgeDLError(f"{what} {output} is a directory; give a file path")
+    if output.exists() and not output.is_dir() and directory:
+        raise EdgeDLError(f"{what} {output} is a file; give a directory path")
+    folder = output.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise EdgeDLError(f"cannot write {what} {output}: {folder} is a file, not a directory; choose another path")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".edgedl-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise EdgeDLError(f"cannot write {what} {output}: {exc.strerror or exc} in {folder}; choose a writable path "
+                          "(nothing was done)") from None
+    return output
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -30,7 +31,8 @@ from pathlib import Path
 import edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import FORMAT, MANIFEST, hash_tree, sha256_file
-from edgedl.stages.files import atomic_output_dir
+from edgedl.stages.deploy.values import serve_host, tcp_port
+from edgedl.stages.files import atomic_output_dir, writable_output
 from edgedl.stages.profiles import DeviceProfile, load_profile
 from edgedl.stages.triton import model_names
 from edgedl.stages.resources import deploy_dir
@@ -152,8 +154,13 @@ def _pins(wheel_dir: Path) -> list[str]:
 
 
 def _render(template: str, values: dict[str, object]) -> str:
+    """Fill a template's @KEY@ placeholders. A value never adds a line (a Dockerfile instruction, a unit directive,
+    a shell command); values that reach a shell or systemd come quoted for it from the caller."""
     text = (TEMPLATES / template).read_text()
     for key, value in values.items():
+        if any(ord(c) < 32 or ord(c) == 127 for c in str(value)):
+            raise EdgeDLError(f"{key.lower().replace('_', ' ')} {str(value)!r} holds a line break or control character "
+                              f"and cannot go into {template}; remove it (from the profile, -o or the option)")
         text = text.replace(f"@{key}@", str(value))
     leftover = re.findall(r"@[A-Z_]+@", text)
     if leftover:
@@ -250,8 +257,11 @@ def package(config: PackageConfig) -> dict:
         raise EdgeDLError(f"{out} already exists and is not empty; choose another -o or remove it (nothing was written)")
     if config.tarball and tarball.exists():
         raise EdgeDLError(f"{tarball} already exists; remove it or choose another -o (nothing was written)")
-    if not 0 < config.port < 65536:
-        raise EdgeDLError(f"--port {config.port} is not a TCP port; use 1-65535")
+    if any(ord(c) < 32 or ord(c) == 127 for c in out.name):
+        raise EdgeDLError(f"-o {str(out)!r}: the bundle's name holds a line break or control character; choose another")
+    port = tcp_port(config.port, "--port")
+    host = serve_host(config.host, "--host")
+    writable_output(out, "bundle directory", directory=True)
 
     entries = [_model_entry(Path(p), n) for p, n in zip(config.models, names)]
     cache = cache_root(config.cache_dir)
@@ -287,10 +297,11 @@ def package(config: PackageConfig) -> dict:
                 f"# edgedl runtime for {profile.name} ({profile.arch}, Python {python}); install offline with\n"
                 "#   pip install --no-index --find-links wheels -r requirements.txt\n" + "\n".join(pins) + "\n")
             advance(info="edgedl wheel")
-            values = {"HOST": config.host, "PORT": config.port, "PROFILE": profile.name, "DESCRIPTION": profile.description,
+            # HOST/PORT land in start.sh (sh, quoted); BUNDLE in the unit's Description= (systemd: % is a specifier)
+            values = {"HOST": shlex.quote(host), "PORT": port, "PROFILE": profile.name, "DESCRIPTION": profile.description,
                       "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
                       "WHEEL_NOTE": profile.wheel_note or "see the profile", "REMOTE_DIR": "/opt/edgedl",
-                      "BUNDLE": out.name, "MEMORY_MB": profile.memory_mb}
+                      "BUNDLE": out.name.replace("%", "%%"), "MEMORY_MB": int(profile.memory_mb)}
             for name, template in (("start.sh", "start.sh"), ("supervise.sh", "supervise.sh"), ("edgedl.service", "edgedl.service"),
                                    ("Dockerfile", "Dockerfile.jetson" if profile.docker_base.startswith("nvcr.io/nvidia/l4t") else "Dockerfile")):
                 (staging / name).write_text(_render(template, values))
@@ -305,7 +316,7 @@ def package(config: PackageConfig) -> dict:
                 "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
                 "python": python,
                 "platforms": list(profile.platforms),
-                "server": {"host": config.host, "port": config.port},
+                "server": {"host": host, "port": port},
                 "models": entries,
                 "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,
                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))},

@@ -33,7 +33,7 @@ TRITON_TYPES = {
     "str": "TYPE_STRING", "bfloat16": "TYPE_BF16",
 }
 INSTANCE_KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU", "auto": "KIND_AUTO"}
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*\Z")  # \Z: a trailing newline is not part of a name
 
 
 @dataclass

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
-from edgedl.stages.deploy import remote
+from edgedl.stages.deploy import remote, values
 from edgedl.stages.deploy.ssh import RemoteCommandError, SSHTarget
 
 # rough cost of installing a wheelhouse into a venv, as a multiple of the wheels' size (onnxruntime/numpy unpack ~3x)
@@ -40,9 +40,27 @@ class DeployConfig:
     ready_timeout: float = 120.0
     keep: int = 5  # installed releases kept on the device (current always kept)
     api_key: str | None = None  # bearer token the server requires (stored in service.env, mode 600)
+    # no key at all, said explicitly; without it a server beyond loopback keeps its key or gets one generated
+    no_auth: bool = False
     service: str = "auto"  # how the server is kept running: auto (systemd when usable) | systemd | process
     break_lock: bool = False  # take over the device directory's deploy lock even if another deploy holds it
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        values.remote_dir(self.remote_dir)
+        if self.serve_host is not None:
+            self.serve_host = values.serve_host(self.serve_host)
+        if self.serve_port is not None:
+            self.serve_port = values.tcp_port(self.serve_port, "--serve-port")
+        if self.api_key is not None:
+            self.api_key = values.api_key(self.api_key)
+            if self.no_auth:
+                raise EdgeDLError("--no-auth and --api-key-file contradict each other; pass one of them")
+
+    @property
+    def auth_mode(self) -> str:
+        """device.sh activate's AUTH: set (this key) | none | auto (keep the device's, generate one if needed)."""
+        return "set" if self.api_key is not None else "none" if self.no_auth else "auto"
 
 
 @dataclass
@@ -88,8 +106,12 @@ class DeployResult:
     release: str
     previous: str | None
     ready: bool
-    url: str
+    url: str  # where a client reaches the server (the device's loopback only when bind is a loopback address)
     device: dict
+    bind: str = ""  # HOST:PORT the server listens on, on the device
+    reach: str = "address"  # who can connect: loopback (the device itself) | all (every interface) | address
+    auth: str = "none"  # key (the server requires an API key) | none
+    api_key: str | None = None  # the key the device generated for this deploy: shown once, then `status --show-key`
     service: str = "process"  # systemd | process
     unit: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -104,9 +126,15 @@ def _device(config: DeployConfig, command: str, *args: str, check: bool = True, 
     proc = config.target.run(remote.DEVICE, config.remote_dir, command, *args, check=False, timeout=timeout, input=input)
     if proc.returncode == 20:
         raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
+    if proc.returncode == 33:  # a value device.sh refuses to write (checked here first: values.py)
+        raise EdgeDLError(f"{_last_line(proc)} (on {config.target.label}); nothing was changed")
     if check and proc.returncode != 0:
         raise RemoteCommandError(config.target, proc)
     return proc
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    return ((proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["no output"])[-1]
 
 
 @contextlib.contextmanager
@@ -238,15 +266,13 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
 
     if not bundle.is_dir():
         raise EdgeDLError(f"bundle {bundle} is not a directory or a .tar.gz; create one with `edgedl package`")
-    if config.api_key is not None and (not config.api_key.strip() or any(c in config.api_key for c in "'\n\r")):
-        raise EdgeDLError("the API key must be non-empty and contain no quote or newline; generate one with "
-                          "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     manifest = verify_manifest(bundle)
     bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
-    host = config.serve_host or manifest["server"]["host"]
-    port = int(config.serve_port or manifest["server"]["port"])
+    # the bundle's defaults are checked like the options: a bundle may come from elsewhere
+    host = config.serve_host or values.serve_host(manifest["server"]["host"], "the bundle's server host")
+    port = config.serve_port or values.tcp_port(manifest["server"]["port"], "the bundle's server port")
     timings["verify_local"] = time.perf_counter() - t0
     with progress(f"deploying to {config.target.label}", total=6, enabled=config.progress) as advance, \
             device_lock(config, lock_notes := []) as refresh_lock:
@@ -260,17 +286,25 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         previous = facts.current
         t = time.perf_counter()
         link_dest = f"../../releases/{previous}" if previous else None
-        config.target.copy_dir(bundle, f"{config.remote_dir}/staging/{release}", link_dest=link_dest, use_rsync=facts.rsync)
-        timings["copy"] = time.perf_counter() - t
-        advance(info="copied")
+        try:
+            config.target.copy_dir(bundle, f"{config.remote_dir}/staging/{release}", link_dest=link_dest,
+                                   use_rsync=facts.rsync)
+            timings["copy"] = time.perf_counter() - t
+            advance(info="copied")
 
-        t = time.perf_counter()
-        refresh_lock()
-        proc = _device(config, "install", release, config.remote_python, check=False, timeout=900)
+            t = time.perf_counter()
+            refresh_lock()
+            proc = _device(config, "install", release, config.remote_python, check=False, timeout=900)
+        except BaseException:  # a failed or interrupted copy leaves no staging/ behind (the lock is still ours)
+            with contextlib.suppress(Exception):
+                _device(config, "discard", release, check=False)
+            raise
         if proc.returncode == 22:
+            _device(config, "discard", release, check=False)
             raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
-                              f"({proc.stderr.strip().splitlines()[-1]}); the running release was not touched - deploy again")
+                              f"({_last_line(proc)}); the running release was not touched - deploy again")
         if proc.returncode != 0:
+            _device(config, "discard", release, check=False)
             raise EdgeDLError(f"installing release {release} on {config.target.label} failed: "
                               f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}; the running release was not touched")
         timings["install"] = time.perf_counter() - t
@@ -278,9 +312,9 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
 
         t = time.perf_counter()
         refresh_lock()
-        keymode, key_line = ("set", f"EDGEDL_API_KEY='{config.api_key}'\n".encode()) if config.api_key is not None else ("keep", None)
-        activated = _device(config, "activate", release, host, str(port), keymode, config.service, input=key_line,
-                            check=False, timeout=180)
+        key_input = config.api_key.encode() if config.api_key is not None else None
+        activated = _device(config, "activate", release, host, str(port), config.auth_mode, config.service,
+                            input=key_input, check=False, timeout=180)
         if activated.returncode != 0:
             why = " | ".join((activated.stderr.strip() or activated.stdout.strip()).splitlines()[-3:])
             if activated.returncode in (29, 30):  # refused before anything was stopped or switched
@@ -316,16 +350,31 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
                   .stdout.splitlines() if line.startswith("pruned=")]
         advance(info="done")
     timings["total"] = time.perf_counter() - t0
-    addr = "127.0.0.1" if host == "0.0.0.0" else host
+    auth = started.get("auth", "none")
+    if auth == "none" and not values.is_loopback(host):
+        warnings.append(f"the server on {config.target.label} listens on {host}:{port} WITHOUT an API key (--no-auth): "
+                        "anyone who can reach that port can run its models; deploy without --no-auth to get a key")
     return DeployResult(host=config.target.label, release=release, previous=previous, ready=True,
-                        url=f"http://{addr}:{port}",
+                        url=_client_url(config.target.host, host, port), bind=_hostport(host, port), auth=auth,
+                        reach="loopback" if values.is_loopback(host) else "all" if host in values.WILDCARD_HOSTS else "address",
+                        api_key=started.get("api_key_generated"),
                         device=facts.__dict__, service=started.get("service", "process"), unit=started.get("unit"),
                         warnings=warnings, timings_s={k: round(v, 2) for k, v in timings.items()},
                         pruned=pruned)
 
 
-def status(config: DeployConfig) -> dict:
-    proc = _device(config, "status")
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _client_url(device: str, bind: str, port: int) -> str:
+    """Where a client reaches a server bound to ``bind``: a wildcard bind answers on the device's own address."""
+    return f"http://{_hostport(device if bind in values.WILDCARD_HOSTS else bind, port)}"
+
+
+def status(config: DeployConfig, show_key: bool = False) -> dict:
+    """The device's releases and service; ``show_key``: with the API key itself in ``service.EDGEDL_API_KEY``."""
+    proc = _device(config, "status", *(["show-key"] if show_key else []))
     out: dict = {"host": config.target.label, "remote_dir": config.remote_dir, "current": None, "running": False,
                  "pid": None, "manager": "process", "unit": None, "enabled": None, "service": {}, "releases": [],
                  "staging": [], "history": []}

@@ -9,7 +9,8 @@
 #   staging/ID/        a copy in progress; never served (an interrupted copy leaves only this)
 #   releases/ID/       an installed release: the bundle + venv/ (+ .installed, or .failed after a failed start)
 #   current -> releases/ID      switched atomically: ln -sfn to a temporary name, then mv -T over `current`
-#   service.env        EDGEDL_HOST / EDGEDL_PORT (/ EDGEDL_API_KEY) of the service, mode 600
+#   service.env        EDGEDL_HOST / EDGEDL_PORT (/ EDGEDL_API_KEY) of the service, mode 600; sourced by sh and
+#                      read by systemd, so every value is checked (check_value) and written single-quoted
 #   run/service        how the server is kept running: "systemd UNIT" (see below) or "process"
 #   run/edgedl.pid     the supervisor's pid (= its process group) when it runs as a supervised process
 #   logs/ID.log        each release's server log (both ways)
@@ -21,10 +22,25 @@
 # back after a reboot, restarted by systemd when it fails. Otherwise current/supervise.sh keeps it running.
 set -u
 R=$1; CMD=$2; shift 2
-mkdir -p "$R" && cd "$R" || { echo "cannot create or enter $R" >&2; exit 20; }
+mkdir -p -- "$R" && cd -- "$R" || { echo "cannot create or enter $R" >&2; exit 20; }
 HERE_DIR=$(pwd -P)
 UNIT_DIR=/etc/systemd/system
 
+# Exit codes 20-33 are read by `edgedl deploy` (stages/deploy/__init__.py); 33: a value that is not what it must be.
+# The checks match stages/deploy/values.py, which refuses the same values on the laptop before anything connects.
+check_value() {  # KIND VALUE: host | port | key | id; exit 33 naming it unless VALUE is one
+    case $1 in
+    host) case $2 in ""|-*|*[!A-Za-z0-9.:-]*) false;; esac ;;
+    id) case $2 in ""|.*|*[!A-Za-z0-9._-]*) false;; esac ;;  # a release id: a file name
+    port) case $2 in ""|*[!0-9]*|??????*) false;; *) [ "$2" -ge 1 ] && [ "$2" -le 65535 ];; esac ;;
+    key) case $2 in ????????????????*) case $2 in *[!A-Za-z0-9._~+/=-]*) false;; esac;; *) false;; esac ;;
+    esac || { echo "refusing the $1 value given: it is not a valid $1" >&2; exit 33; }
+}
+sq() { printf "'%s'" "$(printf '%s' "$1" | sed "s/'/'\\\\''/g")"; }  # one sh word, quoted
+env_get() {  # KEY: its value in service.env, unquoted (values are written as KEY='VALUE')
+    [ -f service.env ] && sed -n "s/^$1=//p" service.env | tail -n 1 | sed "s/^'\\(.*\\)'\$/\\1/"
+}
+is_loopback() { case $1 in 127.*|::1|localhost) true;; *) false;; esac; }
 log_event() { printf '%s %s %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$1" "$2" >> history; }
 current_id() { basename "$(readlink current 2>/dev/null)" 2>/dev/null; }
 switch_current() {  # atomic: a reader sees the old link or the new one, never none
@@ -41,7 +57,7 @@ UNIT=$(unit_name)
 systemd_access() {
     [ -d /run/systemd/system ] || { echo "the device does not run systemd"; return 1; }
     command -v systemctl >/dev/null 2>&1 || { echo "systemctl is missing"; return 1; }
-    case $HERE_DIR in *[!A-Za-z0-9_./-]*) echo "the deploy directory $HERE_DIR has characters a unit file cannot hold"; return 1;; esac
+    case $HERE_DIR in *[!A-Za-z0-9_./+,@=\ -]*) echo "the deploy directory $HERE_DIR has characters a unit file cannot hold"; return 1;; esac
     if [ "$(id -u)" = 0 ]; then echo root; return 0; fi
     if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then echo sudo; return 0; fi
     echo "$(id -un) is not root and has no passwordless sudo"; return 1
@@ -52,15 +68,18 @@ sc() {  # systemctl as root (directly or through sudo -n)
 as_root_write() {  # stdin -> file $1 as root
     if [ "$(id -u)" = 0 ]; then cat > "$1"; else sudo -n tee "$1" > /dev/null; fi
 }
-unit_is_ours() { [ ! -e "$UNIT_DIR/$UNIT" ] || grep -qx "WorkingDirectory=$HERE_DIR" "$UNIT_DIR/$UNIT"; }
+unit_is_ours() { [ ! -e "$UNIT_DIR/$UNIT" ] || grep -qxF "WorkingDirectory=$HERE_DIR" "$UNIT_DIR/$UNIT"; }
 
+# systemd takes WorkingDirectory=, EnvironmentFile= and append: paths whole (spaces included); ExecStart= is quoted.
+# systemd_access refuses a directory with any other character a unit file would read specially (% $ \ " newline).
+NOFILE=4096  # open files for the server: its connection limit (1024 by default) plus models, logs and libraries
 write_unit() {  # $1 = release id: its log file is where the server's output goes
     user_line=
     [ "$(id -u)" = 0 ] || user_line="User=$(id -un)"
     as_root_write "$UNIT_DIR/$UNIT" << EOF
 # Written by edgedl deploy for $HERE_DIR (release $1); rewritten at every deploy and rollback.
 [Unit]
-Description=edgedl model server ($HERE_DIR)
+Description=edgedl model server (release $1)
 After=network-online.target
 Wants=network-online.target
 StartLimitIntervalSec=0
@@ -70,13 +89,14 @@ Type=simple
 $user_line
 WorkingDirectory=$HERE_DIR
 EnvironmentFile=$HERE_DIR/service.env
-ExecStart=$HERE_DIR/current/start.sh
-ExecStopPost=/bin/sh -c '[ "\$\$SERVICE_RESULT" = success ] || echo "edgedl systemd: server exited (\$\$SERVICE_RESULT, \$\$EXIT_CODE \$\$EXIT_STATUS); systemd restarts it" >> $HERE_DIR/logs/$1.log'
+ExecStart="$HERE_DIR/current/start.sh"
+ExecStopPost=/bin/sh -c '[ "\$\$SERVICE_RESULT" = success ] || echo "edgedl systemd: server exited (\$\$SERVICE_RESULT, \$\$EXIT_CODE \$\$EXIT_STATUS); systemd restarts it" >> logs/$1.log'
 StandardOutput=append:$HERE_DIR/logs/$1.log
 StandardError=inherit
 Restart=on-failure
 RestartSec=2
 TimeoutStopSec=60
+LimitNOFILE=$NOFILE
 NoNewPrivileges=yes
 
 [Install]
@@ -143,7 +163,7 @@ start_service() {  # $1 = release id; current must point at it
     fi
     # HUP ignored: when this runs on a pty (Ansible's script module uses one) the session's end must not kill
     # the server before setsid has moved it into its own session
-    ( trap '' HUP; set -a; . ./service.env; set +a; exec setsid current/supervise.sh ) >> "logs/$1.log" 2>&1 < /dev/null &
+    ( trap '' HUP; ulimit -n "$NOFILE" 2>/dev/null; set -a; . ./service.env; set +a; exec setsid current/supervise.sh ) >> "logs/$1.log" 2>&1 < /dev/null &
     echo $! > run/edgedl.pid
 }
 
@@ -179,7 +199,7 @@ facts)  # PY: the device, as one JSON object (the values are plain tokens, so pr
     installed=
     for d in releases/*/; do [ -f "$d.installed" ] && installed="$installed\"$(basename "$d")\","; done
     host=; port=
-    [ -f service.env ] && host=$(sed -n 's/^EDGEDL_HOST=//p' service.env) && port=$(sed -n 's/^EDGEDL_PORT=//p' service.env)
+    host=$(env_get EDGEDL_HOST); port=$(env_get EDGEDL_PORT)
     disk_kb=$(df -Pk . | awk 'NR==2 {print $4}')
     mem_av=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo 2>/dev/null)
     mem_total=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo 2>/dev/null)
@@ -197,6 +217,7 @@ facts)  # PY: the device, as one JSON object (the values are plain tokens, so pr
     ;;
 install)  # ID PY: staging/ID -> verified against its manifest -> releases/ID with a venv from its wheelhouse
     ID=$1; PY=$2
+    check_value id "$ID"
     S="staging/$ID"; D="releases/$ID"
     [ -d "$S" ] || { echo "staging copy $S missing" >&2; exit 21; }
     "$PY" -c "$VERIFY_PY" "$S" >&2 || exit 22
@@ -210,24 +231,33 @@ install)  # ID PY: staging/ID -> verified against its manifest -> releases/ID wi
     touch "$D/.installed"
     log_event "$ID" installed
     ;;
-activate)  # ID HOST PORT [KEYMODE [SERVICE]]: stop the running release, switch current, start this one
-    # KEYMODE set: the API key line (EDGEDL_API_KEY='...') arrives on stdin, never on a command line; keep: as is.
+activate)  # ID HOST PORT [AUTH [SERVICE]]: stop the running release, switch current, start this one
+    # AUTH: the API key in service.env - set: the key arrives on stdin (never on a command line); keep: as it is;
+    # auto: as it is, and one generated here (printed once as api_key_generated=) when there is none and HOST is
+    # beyond loopback; none: removed (the server then takes requests from anyone who can reach it).
     # SERVICE auto | systemd | process | keep (keep: how the directory ran so far; auto the first time)
-    ID=$1; HOST=$2; PORT=$3; KEYMODE=${4:-keep}; SERVICE=${5:-keep}
+    ID=$1; HOST=$2; PORT=$3; AUTH=${4:-keep}; SERVICE=${5:-keep}
+    check_value id "$ID"; check_value host "$HOST"; check_value port "$PORT"
     [ -f "releases/$ID/.installed" ] || { echo "release $ID is not installed" >&2; exit 26; }
-    KEYLINE=
-    [ "$KEYMODE" = set ] && KEYLINE=$(cat)
+    KEY=$(env_get EDGEDL_API_KEY); GENERATED=
+    case $AUTH in
+    set) KEY=$(cat); check_value key "$KEY" ;;
+    keep) ;;
+    auto) if [ -z "$KEY" ] && ! is_loopback "$HOST"; then
+              KEY=$(od -An -tx1 -N32 /dev/urandom | tr -d ' \n') && [ ${#KEY} = 64 ] \
+                  || { echo "cannot read /dev/urandom to generate an API key" >&2; exit 33; }
+              GENERATED=$KEY
+          fi ;;
+    none) KEY= ;;
+    *) echo "unknown AUTH $AUTH" >&2; exit 2 ;;
+    esac
     decide_service "$SERVICE"
     [ -f service.env ] && cp -p service.env service.env.prev
-    # new host/port (and key); every other setting is kept, mode 600
+    # new host/port/key, each single-quoted; every other setting is kept; mode 600
     ( umask 077  # the redirection is inside the subshell, so service.env.tmp is created with this umask
-      { printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$HOST" "$PORT"
-        if [ "$KEYMODE" = set ]; then
-            [ -f service.env ] && grep -v -e '^EDGEDL_HOST=' -e '^EDGEDL_PORT=' -e '^EDGEDL_API_KEY=' service.env
-            printf '%s\n' "$KEYLINE"
-        else
-            [ -f service.env ] && grep -v -e '^EDGEDL_HOST=' -e '^EDGEDL_PORT=' service.env
-        fi
+      { printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$(sq "$HOST")" "$(sq "$PORT")"
+        [ -f service.env ] && grep -v -e '^EDGEDL_HOST=' -e '^EDGEDL_PORT=' -e '^EDGEDL_API_KEY=' service.env
+        [ -n "$KEY" ] && printf 'EDGEDL_API_KEY=%s\n' "$(sq "$KEY")"
         true
       } > service.env.tmp
     ) && mv service.env.tmp service.env
@@ -239,18 +269,22 @@ activate)  # ID HOST PORT [KEYMODE [SERVICE]]: stop the running release, switch 
     log_event "$ID" activated
     echo "service=$(service_mode)"
     [ "$(service_mode)" = systemd ] && echo "unit=$UNIT"
+    echo "bind=$HOST"
+    [ -n "$KEY" ] && echo "auth=key" || echo "auth=none"
+    [ -n "$GENERATED" ] && echo "api_key_generated=$GENERATED"
     true
     ;;
 wait-ready)  # PY TIMEOUT ID HEALTH_PY: wait for /v2/health/ready from the device itself (whatever address it binds)
     PY=$1; TIMEOUT=$2; ID=${3:-$(current_id)}; HEALTH=$4
     [ -f service.env ] || { echo "no service.env in $HERE_DIR: nothing was started here" >&2; exit 1; }
-    ADDR=$(sed -n 's/^EDGEDL_HOST=//p' service.env); PORT=$(sed -n 's/^EDGEDL_PORT=//p' service.env)
+    ADDR=$(env_get EDGEDL_HOST); PORT=$(env_get EDGEDL_PORT)
     case $ADDR in 0.0.0.0|"") ADDR=127.0.0.1;; ::) ADDR=::1;; esac
     case $ADDR in *:*) ADDR="[$ADDR]";; esac
     exec "$PY" -c "$HEALTH" "http://$ADDR:$PORT" - "$TIMEOUT" "$HERE_DIR/logs/$ID.log"
     ;;
 restore)  # ID PREV: the new release failed; mark it, go back to PREV (if any) with its service settings
     ID=$1; PREV=${2:-}
+    check_value id "$ID"; [ -z "$PREV" ] || check_value id "$PREV"
     stop_service
     touch "releases/$ID/.failed"
     log_event "$ID" failed
@@ -271,13 +305,16 @@ stop)  # stop the server (and keep it stopped across a reboot)
     [ "$(service_mode)" = systemd ] && [ -e "$UNIT_DIR/$UNIT" ] && sc disable --quiet "$UNIT" 2>/dev/null
     log_event "$(current_id)" stopped
     ;;
-status)  # key=value lines for `edgedl deploy status`
+status)  # [show-key]: key=value lines for `edgedl deploy status`
     echo "current=$(current_id)"
     echo "running=$(running && echo yes || echo no)"
     pid=$(main_pid) && [ -n "$pid" ] && echo "pid=$pid"
     echo "service=$(service_mode)"
     [ "$(service_mode)" = systemd ] && echo "unit=$UNIT" && echo "enabled=$(systemctl is-enabled "$UNIT" 2>/dev/null)"
-    [ -f service.env ] && sed -e 's/^EDGEDL_API_KEY=.*/EDGEDL_API_KEY=(set)/' -e 's/^/service./' service.env
+    # SHOW_KEY=show-key: the API key itself (edgedl deploy status --show-key); else only that one is set
+    [ -f service.env ] && if [ "${1:-}" = show-key ]; then cat service.env; else sed 's/^EDGEDL_API_KEY=.*/EDGEDL_API_KEY=(set)/' service.env; fi \
+        | sed -e "s/^\\([A-Za-z_][A-Za-z0-9_]*\\)='\\(.*\\)'\$/\\1=\\2/" -e 's/^/service./'
+
     for d in releases/*/; do
         [ -d "$d" ] || continue
         id=$(basename "$d"); state=incomplete
@@ -292,6 +329,7 @@ status)  # key=value lines for `edgedl deploy status`
 logs)  # [ID] N: the last N lines of a release's log (default: the current one)
     ID=${1:-}; N=$2
     [ -n "$ID" ] || ID=$(current_id)
+    [ -z "$ID" ] || check_value id "$ID"; check_value port "$N"  # a line count in 1-65535
     [ -n "$ID" ] || { echo "nothing deployed in $R" >&2; exit 27; }
     [ -f "logs/$ID.log" ] || { echo "no log for release $ID" >&2; exit 28; }
     tail -n "$N" "logs/$ID.log"
@@ -313,6 +351,12 @@ lock)  # TOKEN WHO [break]: take (or, same TOKEN, refresh) this directory's depl
         fi
     fi
     echo "$TOKEN $WHO" > run/deploy.lock/owner.tmp && mv run/deploy.lock/owner.tmp run/deploy.lock/owner
+    ;;
+discard)  # ID: remove staging/ID, a copy that failed (an interrupted one is removed by the next prune)
+    check_value id "$1"
+    rm -rf "staging/$1"
+    rmdir staging 2>/dev/null
+    true
     ;;
 unlock)  # TOKEN: release the lock if this token holds it
     [ "$(cut -d' ' -f1 run/deploy.lock/owner 2>/dev/null)" = "$1" ] && rm -rf run/deploy.lock

@@ -20,7 +20,10 @@ from pathlib import Path
 
 from edgedl.errors import EdgeDLError
 
-_TARGET_RE = re.compile(r"^(?:(?P<user>[^@:/\s]+)@)?(?P<host>\[[0-9A-Fa-f:.]+\]|[^@:/\s\[\]]+)(?::(?P<port>\d+))?$")
+# a user and a host (or ~/.ssh/config alias) that neither ssh nor a shell reads as anything else: no leading '-'
+# (ssh would take it for an option), no shell metacharacters (ssh runs ProxyCommand and friends through a shell)
+_TARGET_RE = re.compile(r"^(?:(?P<user>[A-Za-z0-9_][A-Za-z0-9._-]*)@)?"
+                        r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_][A-Za-z0-9._-]*)(?::(?P<port>[0-9]+))?$")
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ class SSHTarget:
     @classmethod
     def parse(cls, text: str, **kwargs) -> "SSHTarget":
         """``[USER@]HOST[:PORT]``; an explicit ``port=`` keyword wins over ``:PORT``."""
-        m = _TARGET_RE.match(text.strip())
+        m = _TARGET_RE.fullmatch(text.strip())
         if not m:
             raise EdgeDLError(f"--host {text!r} is not USER@HOST[:PORT]; e.g. pi@raspberrypi.local or pi@10.0.0.7:2222")
         port = kwargs.pop("port", None) or (int(m["port"]) if m["port"] else None)
@@ -72,7 +75,7 @@ class SSHTarget:
             input: bytes | None = None) -> subprocess.CompletedProcess:
         """Run a POSIX sh ``script`` on the device with positional ``args`` ($1, $2 ...); text output."""
         remote = " ".join(["sh", "-c", shlex.quote(script), "edgedl", *map(shlex.quote, args)])
-        cmd = [_require("ssh"), *self.ssh_options(), self.destination, "--", remote]
+        cmd = [_require("ssh"), *self.ssh_options(), "--", self.destination, remote]
         try:
             proc = subprocess.run(cmd, capture_output=True, timeout=timeout, input=input if input is not None else b"")
         except subprocess.TimeoutExpired:
@@ -109,13 +112,16 @@ class SSHTarget:
         if use_rsync and shutil.which("rsync"):
             self.run('mkdir -p "$1"', remote)
             rsh = " ".join(shlex.quote(a) for a in [_require("ssh"), *self.ssh_options()])
-            cmd = ["rsync", "-a", "--partial", "-e", rsh, *(["--delete"] if delete else []), *(["-L"] if copy_links else [])]
+            # --protect-args: the remote path travels inside rsync's protocol, not through the device's shell, so
+            # a directory with spaces is just that directory (rsync 3.2.4+ does this by default, older ones do not)
+            cmd = ["rsync", "-a", "--partial", "--protect-args", "-e", rsh, *(["--delete"] if delete else []),
+                   *(["-L"] if copy_links else [])]
             if link_dest:
                 # --checksum: rsync's quick check (size + mtime) would hard-link a previous release's file that
                 # differs only in content - seen with two bundles packaged in the same second; the device-side
                 # hash check then refused the release
                 cmd += [f"--link-dest={link_dest}", "--checksum"]
-            cmd += [f"{local}/", f"{self.destination}:{shlex.quote(remote)}/"]
+            cmd += ["--", f"{local}/", f"{self.destination}:{remote}/"]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
             except subprocess.TimeoutExpired:

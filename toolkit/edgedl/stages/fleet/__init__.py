@@ -40,6 +40,7 @@ class FleetConfig:
     # None: the role's default or the inventory's per-host value (extra-vars would override the inventory)
     keep: int | None = None  # installed releases kept per device
     service: str | None = None  # auto | systemd | process
+    no_auth: bool = False  # servers without an API key even beyond loopback (default: keep or generate one)
     forks: int = 10
     run_dir: Path | None = None  # logs, vars and reports of this run; default under the edgedl cache
     progress: bool = True
@@ -73,7 +74,7 @@ def _run_dir(explicit: Path | None, kind: str) -> Path:
 def prepare_bundle(bundle: Path, work: Path) -> dict:
     """Verify a bundle and produce what the playbook needs for its profile."""
     from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
-    from edgedl.stages.deploy import INSTALL_EXPANSION
+    from edgedl.stages.deploy import INSTALL_EXPANSION, values
 
     bundle = Path(bundle)
     if not bundle.is_dir():
@@ -81,6 +82,9 @@ def prepare_bundle(bundle: Path, work: Path) -> dict:
         raise EdgeDLError(f"bundle {bundle} is not a directory{hint}; create one with `edgedl package`")
     manifest = verify_manifest(bundle)
     profile = manifest["profile"]
+    # the bundle's server defaults reach every device's service.env: checked like deploy's options
+    host = values.serve_host(manifest["server"]["host"], f"{bundle.name}: the bundle's server host")
+    port = values.tcp_port(manifest["server"]["port"], f"{bundle.name}: the bundle's server port")
     release = "sha-" + sha256_file(bundle / MANIFEST)[:12]  # the same bundle is the same release: re-runs change nothing
     tarball = work / f"{profile['name']}-{release}.tar.gz"
     if not tarball.is_file():
@@ -96,7 +100,7 @@ def prepare_bundle(bundle: Path, work: Path) -> dict:
     return {"name": bundle.name, "path": str(bundle.resolve()), "profile": profile["name"], "arch": profile["arch"],
             "python": manifest["python"], "release": release, "tarball": str(tarball), "reference": str(ref_path),
             "reference_source": reference["source"], "reference_skipped": reference.get("skipped", []),
-            "port": int(manifest["server"]["port"]), "host": manifest["server"]["host"],
+            "port": port, "host": host,
             "need_disk_mb": int(size_mb * (1 + INSTALL_EXPANSION) + profile.get("min_free_disk_mb", 0)),
             "models": {m["name"]: m["sha256"] for m in manifest["models"]}}
 
@@ -140,7 +144,8 @@ def deploy(config: FleetConfig) -> dict:
              "edgedl_bundles": prepared, "edgedl_targets": targets, "edgedl_report_dir": str(reports),
              "edgedl_ready_timeout": config.ready_timeout, "edgedl_run_id": f"{run_dir.name}-{secrets.token_hex(4)}",
              **({"edgedl_keep": config.keep} if config.keep is not None else {}),
-             **({"edgedl_service": config.service} if config.service is not None else {})}
+             **({"edgedl_service": config.service} if config.service is not None else {}),
+             **({"edgedl_auth": "none"} if config.no_auth else {})}
     label = "fleet check" if config.check else "fleet rollout"
     proc = _progress_runner(pdir, "rollout.yml", config.inventory, extra, run_dir, len(hosts), label, config.progress,
                             forks=config.forks, check=config.check)

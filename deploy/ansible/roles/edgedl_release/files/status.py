@@ -51,16 +51,22 @@ try:
 except (OSError, ValueError):
     pass
 env = {}
-try:
-    env = dict(line.strip().split("=", 1) for line in open(os.path.join(d, "service.env")) if "=" in line)
-except OSError:
+try:  # KEY='VALUE' lines (device.sh writes them quoted for sh, which sources the file): shlex reads them as sh does
+    import shlex
+
+    for line in open(os.path.join(d, "service.env")):
+        words = shlex.split(line, comments=True)
+        if len(words) == 1 and "=" in words[0]:
+            key, _, value = words[0].partition("=")
+            env[key] = value
+except (OSError, ValueError):
     pass
 host = env.get("EDGEDL_HOST", "127.0.0.1")
 host = "127.0.0.1" if host in ("0.0.0.0", "", "::") else host
 out["port"] = env.get("EDGEDL_PORT")
 if out["running"] and out["port"]:
     try:
-        key = env.get("EDGEDL_API_KEY", "").strip().strip("'\"")
+        key = env.get("EDGEDL_API_KEY", "")
         headers = {"Authorization": "Bearer " + key} if key else {}
         url = "http://%s:%s/v2/health/ready" % (host, out["port"])
         with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=3) as r:
