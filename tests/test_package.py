@@ -68,7 +68,7 @@ def test_wheelhouse_is_for_the_target_and_pinned(rpi5_bundle):
 
 def test_scripts_unit_dockerfile_and_tarball(rpi5_bundle):
     start = (rpi5_bundle / "start.sh").read_text()
-    assert "-m edgedl serve --model-repository \"$HERE/models\"" in start
+    assert "-m edgedl serve \"$HERE\" --host" in start  # the bundle: its manifest is required and checked
     assert (rpi5_bundle / "start.sh").stat().st_mode & 0o111
     assert "ExecStart=/opt/edgedl/current/start.sh" in (rpi5_bundle / "edgedl.service").read_text()
     docker = (rpi5_bundle / "Dockerfile").read_text()

@@ -11,4 +11,4 @@ if [ ! -x "$PY" ]; then
     echo "edgedl: $PY not found; install the runtime first: python3 -m venv $HERE/venv && $HERE/venv/bin/pip install --no-index --find-links $HERE/wheels -r $HERE/requirements.txt" >&2
     exit 2
 fi
-exec "$PY" -m edgedl serve --model-repository "$HERE/models" --host "${EDGEDL_HOST:-$DEFAULT_HOST}" --port "${EDGEDL_PORT:-$DEFAULT_PORT}"
+exec "$PY" -m edgedl serve "$HERE" --host "${EDGEDL_HOST:-$DEFAULT_HOST}" --port "${EDGEDL_PORT:-$DEFAULT_PORT}"

@@ -102,6 +102,9 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
 @click.option("--api-key-file", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
               help="File holding the bearer token the server will require (kept in service.env, mode 600). "
                    "Default: the device's key; a server beyond loopback without one gets a generated key.")
+@click.option("--verify-key", type=click.Path(path_type=Path, exists=True, dir_okay=False), default=None,
+              help="OpenSSH ed25519 public key: deploy only a bundle it signed (`edgedl package --sign`); the device "
+                   "keeps it and from then on installs and serves only bundles it signed.")
 @click.option("--no-auth", is_flag=True,
               help="Serve WITHOUT an API key, even beyond loopback: anyone who reaches the port can run the models.")
 @click.option("--service", type=click.Choice(["auto", "systemd", "process"]), default="auto", show_default=True,
@@ -111,14 +114,14 @@ def deploy(ctx, list_targets: bool, as_json: bool, debug: bool) -> None:
               help="Take over the device directory's deploy lock (left by a deploy that died; stale after 15 min anyway).")
 @json_option
 @debug_option
-def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, no_auth, service, break_lock, as_json,
-         debug, **conn) -> None:
+def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, verify_key, no_auth, service, break_lock,
+         as_json, debug, **conn) -> None:
     """Deploy BUNDLE: check the device, copy to a new release, install offline, switch, start, wait ready, roll back on failure."""
     from edgedl.stages.deploy import deploy as run_deploy
 
     api_key = Path(api_key_file).read_text().strip() if api_key_file else None
     config = _config(**conn, serve_host=serve_host, serve_port=serve_port, ready_timeout=ready_timeout, keep=keep,
-                     api_key=api_key, no_auth=no_auth, service=service, break_lock=break_lock,
+                     api_key=api_key, verify_key=verify_key, no_auth=no_auth, service=service, break_lock=break_lock,
                      progress=not as_json)
     result = run_deploy(bundle, config)
     if as_json:

@@ -20,16 +20,20 @@ from edgedl.cli._scaleout import scaleout_options
 @click.option("--no-tarball", is_flag=True, help="Do not write DIR.tar.gz.")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write each model in onnxruntime's .ort format (minimal builds).")
 @click.option("--edgedl-wheel", type=click.Path(path_type=Path), default=None, help="Use this edgedl wheel instead of building one.")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Sign the manifest with this OpenSSH ed25519 key (ssh-keygen -Y sign; a .pub uses ssh-agent); "
+                   "`edgedl serve/deploy --verify-key KEY.pub` then accept only what it signed.")
 @json_option
 @debug_option
-def package(models, target, output, python, names, port, host, no_tarball, ort_format, edgedl_wheel, as_json, debug) -> None:
+def package(models, target, output, python, names, port, host, no_tarball, ort_format, edgedl_wheel, sign_key, as_json,
+            debug) -> None:
     """Bundle MODELS (.onnx) for a device profile: model repository, manifest with sha256 of every file, pinned
     requirements, an offline wheelhouse for the target's platform, start script, systemd unit and Dockerfile."""
     from edgedl.stages.package import PackageConfig, package as build
 
     result = build(PackageConfig(models=list(models), target=target, output=output, python=python, names=list(names),
                                  port=port, host=host, tarball=not no_tarball, edgedl_wheel=edgedl_wheel, ort_format=ort_format,
-                                 progress=not as_json))
+                                 sign_key=sign_key, progress=not as_json))
     if as_json:
         emit_json(result)
         return
@@ -45,5 +49,8 @@ def package(models, target, output, python, names, port, host, no_tarball, ort_f
         console.print(escape(f"  {m['path']}  {fmt(m['inputs'])} -> {fmt(m['outputs'])}  sha256 {m['sha256'][:12]}"),
                       soft_wrap=True)
     console.print(f"wheelhouse: {len(result['runtime']['wheels'])} wheels ({', '.join(result['runtime']['requirements'])})", soft_wrap=True)
+    if result["signature"]:
+        pub = str(sign_key) if str(sign_key).endswith(".pub") else f"{sign_key}.pub"
+        console.print(f"signed: {escape(result['signature'])} (check it with --verify-key {escape(pub)})", soft_wrap=True)
     if result["tarball"]:
         console.print(f"tarball: {escape(result['tarball'])}")

@@ -6,6 +6,8 @@ import click
 
 from edgedl.cli import debug_option
 from edgedl.cli._shapes import shape_options
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.manifest import is_bundle_path, open_bundle
 
 
 @click.command()
@@ -44,27 +46,41 @@ from edgedl.cli._shapes import shape_options
               help="Seconds to finish in-flight requests after SIGTERM/SIGINT.")
 @click.option("--allow-nan", is_flag=True, help="Accept NaN/Inf in float inputs (refused with 400 by default).")
 @shape_options
+@click.option("--verify-key", type=click.Path(path_type=Path, dir_okay=False), envvar="EDGEDL_VERIFY_KEY",
+              show_envvar=True, help="Serve only a bundle signed by this OpenSSH ed25519 public key "
+                                     "(`edgedl package --sign KEY`), checked at start and at every reload.")
+@click.option("--allow-missing-manifest", is_flag=True,
+              help="Serve a BUNDLE that has no manifest.json, unverified (refused by default).")
 @debug_option
 def serve(model, model_repository, model_name, host, port, api_key, max_batch_size, max_queue_delay_us, max_queue,
           instances, threads, providers, allow_fallback, max_body_bytes, access_log, access_log_file, drain_timeout,
-          allow_nan, shape_options, debug, grpc_port) -> None:
-    """Serve MODEL.onnx (or --model-repository DIR) over the Open Inference Protocol v2 - the HTTP/REST API of
-    Triton and KServe, with binary tensors - so tritonclient, curl or any KServe v2 client can call it.
+          allow_nan, shape_options, verify_key, allow_missing_manifest, debug, grpc_port) -> None:
+    """Serve MODEL.onnx, a BUNDLE made by `edgedl package` (its directory or .tar.gz; its manifest is checked), or
+    --model-repository DIR over the Open Inference Protocol v2 - the HTTP/REST API of Triton and KServe, with
+    binary tensors - so tritonclient, curl or any KServe v2 client can call it.
 
     Reload with SIGHUP or POST /v2/repository/models/NAME/load; stop with SIGTERM/Ctrl-C (drains first).
     """
+    import contextlib
+
     from edgedl.runtime.server import BatchPolicy, ServerConfig, serve as run_server
 
+    bundle = contextlib.ExitStack()  # a .tar.gz BUNDLE is unpacked into a temporary directory for the server's life
+    if model is not None and is_bundle_path(model):
+        if model_repository is not None:
+            raise EdgeDLError("give a BUNDLE or --model-repository DIR, not both")
+        model, model_repository = None, bundle.enter_context(open_bundle(model, verify_key, allow_missing_manifest))
     options = {}
     if threads is not None:
         options["intra_op_threads"] = threads
     config = ServerConfig(
         model=model, model_repository=model_repository, model_name=model_name, host=host, port=port,
-        grpc_port=grpc_port, api_key=api_key, max_body_bytes=max_body_bytes,
+        grpc_port=grpc_port, api_key=api_key, verify_key=verify_key, max_body_bytes=max_body_bytes,
         batching=BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue=max_queue, instances=instances),
         providers=tuple(providers), allow_fallback=allow_fallback, access_log=access_log,
         access_log_path=access_log_file, drain_timeout_s=drain_timeout, allow_nonfinite=allow_nan,
         shape_options=shape_options, **options,
     )
-    run_server(config)
+    with bundle:
+        run_server(config)

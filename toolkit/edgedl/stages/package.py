@@ -3,6 +3,7 @@
 Layout of a bundle (also written as ``DIR.tar.gz``)::
 
     manifest.json            sha256 of every other file, models' inputs/outputs/labels, profile, versions
+    manifest.json.sig        with --sign KEY: OpenSSH signature of manifest.json (ssh-keygen -Y, ed25519)
     models/NAME/1/model.onnx model repository in the Triton layout (+ config.pbtxt), what `edgedl serve` loads
     requirements.txt         exact pins of every wheel in wheels/ (edgedl itself included)
     wheels/                  offline wheelhouse for the target's platform and Python: edgedl + its runtime deps
@@ -30,7 +31,7 @@ from pathlib import Path
 
 import edgedl
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.manifest import FORMAT, MANIFEST, hash_tree, sha256_file
+from edgedl.runtime.manifest import FORMAT, MANIFEST, SIGNATURE, SIGNATURE_NAMESPACE, hash_tree, sha256_file
 from edgedl.stages.deploy.values import serve_host, tcp_port
 from edgedl.stages.files import atomic_output_dir, writable_output
 from edgedl.stages.profiles import DeviceProfile, load_profile
@@ -57,6 +58,7 @@ class PackageConfig:
     cache_dir: Path | None = None  # wheelhouse/wheel cache; default $EDGEDL_CACHE or ~/.cache/edgedl
     progress: bool = True
     ort_format: bool = False  # also write each model in onnxruntime's .ort format (for minimal onnxruntime builds)
+    sign_key: Path | None = None  # OpenSSH ed25519 private key (or its .pub, with the key in ssh-agent) to sign with
 
 
 def cache_root(explicit: Path | None = None) -> Path:
@@ -168,6 +170,38 @@ def _render(template: str, values: dict[str, object]) -> str:
     return text
 
 
+def _ssh_keygen(*args: str, what: str, **kw) -> subprocess.CompletedProcess:
+    tool = shutil.which("ssh-keygen")
+    if tool is None:
+        raise EdgeDLError(f"{what} needs ssh-keygen (OpenSSH 8.1 or newer); install the OpenSSH client")
+    return subprocess.run([tool, *args], capture_output=True, text=True, timeout=300, **kw)
+
+
+def check_signing_key(key: Path) -> None:
+    """Refuse, before any work, a --sign KEY that is missing or not ed25519 (ssh-keygen -l reads the public half;
+    no passphrase is asked here)."""
+    key = Path(key)
+    if not key.is_file():
+        raise EdgeDLError(f"--sign {key} does not exist; pass an OpenSSH ed25519 private key (ssh-keygen -t ed25519)")
+    proc = _ssh_keygen("-l", "-f", str(key), what="--sign")
+    kind = proc.stdout.strip().rsplit("(", 1)[-1].rstrip(")") if proc.returncode == 0 else ""
+    if kind not in ("ED25519", "ED25519-SK"):
+        raise EdgeDLError(f"--sign {key} is {'a ' + kind + ' key' if kind else 'not an OpenSSH key'}; sign with an "
+                          "ed25519 key (ssh-keygen -t ed25519 -f KEY)")
+
+
+def sign_manifest(bundle_dir: Path, key: Path) -> Path:
+    """``ssh-keygen -Y sign`` manifest.json into manifest.json.sig; a passphrase is asked on the terminal."""
+    proc = _ssh_keygen("-Y", "sign", "-f", str(key), "-n", SIGNATURE_NAMESPACE, str(Path(bundle_dir) / MANIFEST),
+                       what="--sign")
+    signature = Path(bundle_dir) / SIGNATURE
+    if proc.returncode != 0 or not signature.is_file():
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EdgeDLError(f"signing the manifest with {key} failed ({tail}); check the key and its passphrase "
+                          "(nothing was written)")
+    return signature
+
+
 def _model_entry(path: Path, name: str) -> dict:
     from edgedl.runtime import load
 
@@ -262,6 +296,8 @@ def package(config: PackageConfig) -> dict:
     port = tcp_port(config.port, "--port")
     host = serve_host(config.host, "--host")
     writable_output(out, "bundle directory", directory=True)
+    if config.sign_key is not None:
+        check_signing_key(config.sign_key)
 
     entries = [_model_entry(Path(p), n) for p, n in zip(config.models, names)]
     cache = cache_root(config.cache_dir)
@@ -327,6 +363,8 @@ def package(config: PackageConfig) -> dict:
                 {"format": FORMAT, "scope": "repository", "bundle": out.name, "files": hash_tree(staging / "models")}, indent=2) + "\n")
             manifest["files"] = hash_tree(staging)
             (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+            if config.sign_key is not None:
+                sign_manifest(staging, config.sign_key)
         if config.tarball:
             tmp_tar = tarball.with_name(f".{tarball.name}.partial")
             with tarfile.open(tmp_tar, "w:gz") as tar:
@@ -334,4 +372,5 @@ def package(config: PackageConfig) -> dict:
             tmp_tar.rename(tarball)
         advance(info="manifest")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {**manifest, "path": str(out), "tarball": str(tarball) if config.tarball else None, "size_bytes": size}
+    return {**manifest, "path": str(out), "tarball": str(tarball) if config.tarball else None, "size_bytes": size,
+            "signature": str(out / SIGNATURE) if config.sign_key is not None else None}

@@ -32,6 +32,7 @@ class ServerConfig:
     port: int = 8000
     grpc_port: int | None = None  # also serve the KServe v2 gRPC API (same host and API key); 0 = a free port
     api_key: str | None = None  # bearer token for everything but liveness
+    verify_key: Path | None = None  # OpenSSH ed25519 public key: serve only bundles it signed (runtime.manifest)
     max_body_bytes: int = 64 * 1024 * 1024
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     providers: tuple[str, ...] = ("cpu",)

@@ -285,7 +285,7 @@ class Registry:
 
     def _discover(self, only: str | None = None, failures: dict[str, str] | None = None) -> list[ModelSource]:
         c = self.config
-        return discover(c.model, c.model_repository, c.batching, c.model_name, only, failures)
+        return discover(c.model, c.model_repository, c.batching, c.model_name, only, failures, verify_key=c.verify_key)
 
     def _load(self, sources: list[ModelSource], failures: dict[str, str] | None = None) -> dict[str, ModelVersions]:
         """Load every version of each source; with ``failures``, a model that fails is recorded there and the

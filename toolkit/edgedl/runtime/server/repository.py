@@ -1,6 +1,6 @@
 """Find models to serve: one MODEL.onnx, or a Triton-layout repository ``DIR/NAME/N/model.onnx`` with an
-optional ``DIR/NAME/config.pbtxt``. A ``manifest.json`` next to the models (an edgedl bundle) is verified
-before anything is loaded."""
+optional ``DIR/NAME/config.pbtxt``. The edgedl manifest that covers the models (the repository's own, or its
+bundle's) is verified before anything is loaded, and its signature when a verify key is given."""
 
 from __future__ import annotations
 
@@ -83,25 +83,20 @@ def read_config(path: Path, defaults: BatchPolicy) -> tuple[dict, BatchPolicy]:
     return cfg, policy
 
 
-def _verify_bundle(directory: Path) -> None:
-    manifest = directory / "manifest.json"
-    if not manifest.is_file():
-        return
-    try:
-        from edgedl.runtime.manifest import verify_manifest
-    except ImportError:
-        raise EdgeDLError(f"{manifest} is present but this edgedl cannot verify bundles (edgedl.runtime.manifest "
-                          "is missing); upgrade edgedl or remove the manifest to serve unverified files") from None
-    verify_manifest(directory)
+def _verify_bundle(directory: Path, verify_key: Path | None) -> None:
+    from edgedl.runtime.manifest import verify_served
+
+    verify_served(directory, verify_key)
 
 
 def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
              model_name: str | None = None, only: str | None = None,
-             failures: dict[str, str] | None = None) -> list[ModelSource]:
+             failures: dict[str, str] | None = None, verify_key: Path | None = None) -> list[ModelSource]:
     """The models to serve, checked before anything is loaded (``only``: rediscover just that model).
 
     With ``failures`` (a dict), a repository model that cannot be read is recorded there (name -> reason) and
-    the others are still returned; without it the first such model raises."""
+    the others are still returned; without it the first such model raises. ``verify_key``: the bundle's
+    signature must verify with it (edgedl.runtime.manifest.verify_served)."""
     if (model is None) == (repository is None):
         raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (not both)")
     if model is not None:
@@ -113,12 +108,12 @@ def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
         name = model_name or model.stem
         if not _NAME.match(name):
             raise EdgeDLError(f"model name '{name}' may only hold letters, digits, '_', '-' and '.'; pass --model-name")
-        _verify_bundle(model.resolve().parent)
+        _verify_bundle(model.resolve().parent, verify_key)
         return [ModelSource(name, {1: model}, defaults)]
     repository = Path(repository)
     if not repository.is_dir():
         raise EdgeDLError(f"model repository not found: {repository}; pass a directory laid out as NAME/1/model.onnx")
-    _verify_bundle(repository)
+    _verify_bundle(repository, verify_key)
     sources = []
     for entry in sorted(repository.iterdir()):
         if not entry.is_dir() or entry.name.startswith(".") or (only is not None and entry.name != only):

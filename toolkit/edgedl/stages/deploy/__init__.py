@@ -1,9 +1,9 @@
 """``edgedl deploy``: put a bundle on a device over SSH, start it, prove it ready, roll back when it is not.
 
 Order of a deploy (nothing before step 4 touches the running release):
-1. verify the bundle's hashes here; 2. probe the device (architecture, Python, venv, free disk and memory vs
+1. verify the bundle's hashes here (and its signature, with a verify key); 2. probe the device (architecture, Python, venv, free disk and memory vs
 the profile); 3. copy into ``staging/ID`` (rsync, hard-linking files unchanged since the current release);
-4. verify the hashes again on the device, move to ``releases/ID`` and install the wheelhouse into its venv
+4. verify the hashes (and the signature) again on the device, move to ``releases/ID`` and install the wheelhouse into its venv
 offline; 5. stop the old service, switch ``current`` atomically, start the new one (a systemd unit when the device
 runs systemd and the login is root or has passwordless sudo, else a supervised background process with a pid file;
 a log per release either way); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import os
 import subprocess
 import time
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
+from edgedl.runtime.manifest import MANIFEST, sha256_file, unpack_bundle, verify_key_lines, verify_manifest, verify_signature
 from edgedl.stages.deploy import remote, values
 from edgedl.stages.deploy.ssh import RemoteCommandError, SSHTarget
 
@@ -42,6 +43,9 @@ class DeployConfig:
     api_key: str | None = None  # bearer token the server requires (stored in service.env, mode 600)
     # no key at all, said explicitly; without it a server beyond loopback keeps its key or gets one generated
     no_auth: bool = False
+    # an OpenSSH ed25519 public key: the bundle must be signed by it, here and on the device (which then keeps it
+    # and takes only bundles it signed, at install and at every server start)
+    verify_key: Path | None = None
     service: str = "auto"  # how the server is kept running: auto (systemd when usable) | systemd | process
     break_lock: bool = False  # take over the device directory's deploy lock even if another deploy holds it
     progress: bool = True
@@ -230,26 +234,6 @@ def _restore(config: DeployConfig, release: str, previous: str | None) -> None:
     _device(config, "restore", release, previous or "", timeout=180)
 
 
-def _unpack(tarball: Path, dest: Path) -> Path:
-    """Extract a bundle tarball written by `edgedl package` (one top-level directory, regular files and dirs only)."""
-    import tarfile
-
-    try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            members = tar.getmembers()
-            tops = {m.name.split("/")[0] for m in members}
-            for m in members:
-                parts = m.name.split("/")
-                if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()) or len(tops) != 1:
-                    raise EdgeDLError(f"{tarball} is not a bundle tarball written by `edgedl package` "
-                                      f"(unexpected member {m.name!r}); unpack and check it, or re-package")
-            # members checked above (no links, devices or paths outside dest); the data filter re-checks where it exists
-            tar.extractall(dest, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
-    except (tarfile.TarError, OSError) as exc:
-        raise EdgeDLError(f"cannot read bundle tarball {tarball}: {exc}") from None
-    return dest / tops.pop()
-
-
 def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
     """Deploy a bundle directory or the ``DIR.tar.gz`` that `edgedl package` wrote."""
     import tempfile
@@ -257,7 +241,7 @@ def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
     bundle = Path(bundle)
     if bundle.is_file() and bundle.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory(prefix="edgedl-bundle-") as tmp:
-            return _deploy(_unpack(bundle, Path(tmp)), config)
+            return _deploy(unpack_bundle(bundle, Path(tmp)), config)
     return _deploy(bundle, config)
 
 
@@ -268,7 +252,13 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         raise EdgeDLError(f"bundle {bundle} is not a directory or a .tar.gz; create one with `edgedl package`")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    manifest = verify_manifest(bundle)
+    signed = verify_signature(bundle, config.verify_key) if config.verify_key is not None else None
+    manifest = verify_manifest(bundle, manifest=signed)
+    trust: list[str] = []  # install/activate's KEY argument; the key itself goes on install's stdin
+    key_text = None
+    if config.verify_key is not None:
+        key_text = "".join(f"{line}\n" for line in verify_key_lines(config.verify_key)).encode()
+        trust = [f"trust/{hashlib.sha256(key_text).hexdigest()[:16]}.pub"]
     bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
     # the bundle's defaults are checked like the options: a bundle may come from elsewhere
     host = config.serve_host or values.serve_host(manifest["server"]["host"], "the bundle's server host")
@@ -294,11 +284,16 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
 
             t = time.perf_counter()
             refresh_lock()
-            proc = _device(config, "install", release, config.remote_python, check=False, timeout=900)
+            proc = _device(config, "install", release, config.remote_python, *trust, input=key_text, check=False,
+                           timeout=900)
         except BaseException:  # a failed or interrupted copy leaves no staging/ behind (the lock is still ours)
             with contextlib.suppress(Exception):
                 _device(config, "discard", release, check=False)
             raise
+        if proc.returncode == 34:
+            _device(config, "discard", release, check=False)
+            raise EdgeDLError(f"{_last_line(proc)} on {config.target.label}; the running release was not touched - sign "
+                              "the bundle (edgedl package --sign KEY) with the key the device trusts")
         if proc.returncode == 22:
             _device(config, "discard", release, check=False)
             raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
@@ -313,7 +308,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
         t = time.perf_counter()
         refresh_lock()
         key_input = config.api_key.encode() if config.api_key is not None else None
-        activated = _device(config, "activate", release, host, str(port), config.auth_mode, config.service,
+        activated = _device(config, "activate", release, host, str(port), config.auth_mode, config.service, *trust,
                             input=key_input, check=False, timeout=180)
         if activated.returncode != 0:
             why = " | ".join((activated.stderr.strip() or activated.stdout.strip()).splitlines()[-3:])

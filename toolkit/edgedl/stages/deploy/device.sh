@@ -167,6 +167,21 @@ start_service() {  # $1 = release id; current must point at it
     echo $! > run/edgedl.pid
 }
 
+# A bundle's manifest.json.sig must be an OpenSSH signature (namespace edgedl-bundle) of its manifest.json by one
+# of the ed25519 keys in KEYFILE - the check runtime/manifest.py's verify_signature makes; done here with the
+# device's own ssh-keygen because nothing from the bundle may be trusted before it passed.
+verify_signature() {  # BUNDLE_DIR KEYFILE; prints why not
+    [ -f "$1/manifest.json.sig" ] || { echo "the bundle is not signed (no manifest.json.sig) but $2 is trusted here"; return 1; }
+    command -v ssh-keygen >/dev/null 2>&1 || { echo "ssh-keygen is missing: install openssh-client to check signatures"; return 1; }
+    allowed=$(mktemp) || return 1
+    awk '$1 == "ssh-ed25519" || $1 == "sk-ssh-ed25519@openssh.com" { print "edgedl namespaces=\"edgedl-bundle\" " $1 " " $2 }' \
+        "$2" > "$allowed" 2>/dev/null
+    ssh-keygen -Y verify -f "$allowed" -I edgedl -n edgedl-bundle -s "$1/manifest.json.sig" < "$1/manifest.json" > /dev/null 2>&1
+    ok=$?; rm -f "$allowed"
+    [ $ok = 0 ] || echo "the bundle's signature does not verify with $2 (changed after signing, or signed by another key)"
+    return $ok
+}
+
 # Check every file of a copied bundle against its manifest.json (sha256) with the device's python.
 VERIFY_PY='
 import hashlib, json, os, sys
@@ -215,11 +230,24 @@ facts)  # PY: the device, as one JSON object (the values are plain tokens, so pr
     printf '"service_host": "%s", "service_port": "%s", "installed": [%s], "dir": "%s"}\n' \
         "$host" "$port" "${installed%,}" "$HERE_DIR"
     ;;
-install)  # ID PY: staging/ID -> verified against its manifest -> releases/ID with a venv from its wheelhouse
-    ID=$1; PY=$2
+install)  # ID PY [KEY]: staging/ID -> verified against its manifest -> releases/ID with a venv from its wheelhouse
+    # KEY (trust/NAME.pub): an ed25519 public key arrives on stdin and is kept as DIR/KEY; the bundle must be
+    # signed by it. Without KEY, by the key the service trusts now (EDGEDL_VERIFY_KEY), if any: once a directory
+    # trusts a key, it takes only signed bundles.
+    ID=$1; PY=$2; KEY=${3:-}
     check_value id "$ID"
     S="staging/$ID"; D="releases/$ID"
     [ -d "$S" ] || { echo "staging copy $S missing" >&2; exit 21; }
+    if [ -n "$KEY" ]; then
+        case $KEY in trust/*.pub) check_value id "${KEY#trust/}";; *) check_value id "";; esac
+        mkdir -p trust && cat > "$KEY.tmp" && mv "$KEY.tmp" "$KEY" || exit 23
+        KEY="$HERE_DIR/$KEY"
+    else
+        KEY=$(env_get EDGEDL_VERIFY_KEY)
+    fi
+    if [ -n "$KEY" ]; then
+        why=$(verify_signature "$S" "$KEY") || { echo "$why; refusing release $ID" >&2; exit 34; }
+    fi
     "$PY" -c "$VERIFY_PY" "$S" >&2 || exit 22
     mkdir -p releases
     rm -rf "$D" && mv "$S" "$D" || exit 23
@@ -231,12 +259,19 @@ install)  # ID PY: staging/ID -> verified against its manifest -> releases/ID wi
     touch "$D/.installed"
     log_event "$ID" installed
     ;;
-activate)  # ID HOST PORT [AUTH [SERVICE]]: stop the running release, switch current, start this one
+activate)  # ID HOST PORT [AUTH [SERVICE [KEY]]]: stop the running release, switch current, start this one
     # AUTH: the API key in service.env - set: the key arrives on stdin (never on a command line); keep: as it is;
     # auto: as it is, and one generated here (printed once as api_key_generated=) when there is none and HOST is
     # beyond loopback; none: removed (the server then takes requests from anyone who can reach it).
     # SERVICE auto | systemd | process | keep (keep: how the directory ran so far; auto the first time)
-    ID=$1; HOST=$2; PORT=$3; AUTH=${4:-keep}; SERVICE=${5:-keep}
+    # KEY: trust/NAME.pub (kept by install) becomes EDGEDL_VERIFY_KEY, which the server checks signatures with
+    ID=$1; HOST=$2; PORT=$3; AUTH=${4:-keep}; SERVICE=${5:-keep}; TRUST=${6:-}
+    VERIFY=$(env_get EDGEDL_VERIFY_KEY)
+    if [ -n "$TRUST" ]; then
+        case $TRUST in trust/*.pub) check_value id "${TRUST#trust/}";; *) check_value id "";; esac
+        [ -f "$TRUST" ] || { echo "$TRUST is missing: install the release with its key first" >&2; exit 26; }
+        VERIFY="$HERE_DIR/$TRUST"
+    fi
     check_value id "$ID"; check_value host "$HOST"; check_value port "$PORT"
     [ -f "releases/$ID/.installed" ] || { echo "release $ID is not installed" >&2; exit 26; }
     KEY=$(env_get EDGEDL_API_KEY); GENERATED=
@@ -256,8 +291,9 @@ activate)  # ID HOST PORT [AUTH [SERVICE]]: stop the running release, switch cur
     # new host/port/key, each single-quoted; every other setting is kept; mode 600
     ( umask 077  # the redirection is inside the subshell, so service.env.tmp is created with this umask
       { printf 'EDGEDL_HOST=%s\nEDGEDL_PORT=%s\n' "$(sq "$HOST")" "$(sq "$PORT")"
-        [ -f service.env ] && grep -v -e '^EDGEDL_HOST=' -e '^EDGEDL_PORT=' -e '^EDGEDL_API_KEY=' service.env
+        [ -f service.env ] && grep -v -e '^EDGEDL_HOST=' -e '^EDGEDL_PORT=' -e '^EDGEDL_API_KEY=' -e '^EDGEDL_VERIFY_KEY=' service.env
         [ -n "$KEY" ] && printf 'EDGEDL_API_KEY=%s\n' "$(sq "$KEY")"
+        [ -n "$VERIFY" ] && printf 'EDGEDL_VERIFY_KEY=%s\n' "$(sq "$VERIFY")"
         true
       } > service.env.tmp
     ) && mv service.env.tmp service.env
