@@ -31,7 +31,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--provider-option", "provider_options", multiple=True, metavar="PROVIDER:KEY=VALUE",
               help="e.g. cuda:device_id=0, tensorrt:trt_fp16_enable=1, tensorrt:trt_engine_cache_enable=1, "
                    "cuda:enable_cuda_graph=1 (with --io-binding).")
-@click.option("-t", "--threads", default="1", show_default=True, metavar="N[,N...]", help="Intra-op thread counts.")
+@click.option("-t", "--threads", default="1", show_default=True, metavar="N[,N...]", help="Intra-op thread counts (0: onnxruntime's default).")
 @click.option("-b", "--batch", default="1", show_default=True, metavar="N[,N...]", help="Batch sizes.")
 @shape_options
 @click.option("--warmup", default=10, show_default=True, help="Untimed runs before measuring.")
@@ -83,7 +83,7 @@ def bench(models, providers, provider_options, threads, batch, shape_options, wa
         options.setdefault(name, {})[key] = value
     config = BenchConfig(
         models=list(models), providers=tuple(_split(providers)) or ("cpu",), provider_options=options,
-        threads=parse_int_list(threads, "--threads"), batches=parse_int_list(batch, "--batch"),
+        threads=parse_int_list(threads, "--threads", minimum=0), batches=parse_int_list(batch, "--batch"),
         shape_options=shape_options, warmup=warmup, iterations=iterations,
         duration_s=duration if duration is not None else (None if iterations else 1.0), input_data=input_data,
         seed=seed, io_binding=io_binding, spinning=spinning, scenario=scenario, target_qps=target_qps,
@@ -135,11 +135,14 @@ def bench(models, providers, provider_options, threads, batch, shape_options, wa
 
 def _check_outputs(save: Path | None, plot: Path | None) -> None:
     from edgedl.errors import EdgeDLError
+    from edgedl.stages.files import writable_output
 
     for option, path in (("--save", save), ("--plot", plot)):
         if path is not None and path.is_dir():
             raise EdgeDLError(f"{option} {path} is a directory; give a file name such as {path / 'bench'}"
                               f"{'.json' if option == '--save' else '.png'}")
+        if path is not None:
+            writable_output(path, option)
     if plot is not None:
         if plot.suffix.lower() not in (".png", ".svg", ".pdf", ".jpg", ".jpeg"):
             raise EdgeDLError(f"--plot {plot}: use a .png, .svg, .pdf or .jpg file name")

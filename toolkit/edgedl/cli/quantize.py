@@ -49,7 +49,7 @@ def _split_names(values) -> tuple[str, ...]:
               help="Batch size timed besides 1; auto and --require-speedup judge speed at this size.")
 @click.option("--speed-seconds", type=float, default=0.6, show_default=True,
               help="Timing budget per model and batch size (0 skips the speed gate).")
-@click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads for both models.")
+@click.option("--threads", type=int, default=1, show_default=True, help="Intra-op threads for both models (0: onnxruntime's default).")
 @click.option("--min-speedup", type=float, default=1.05, show_default=True,
               help="What counts as faster (ratio of medians at --speed-batch).")
 @click.option("--require-speedup", is_flag=True, help="Exit non-zero unless the result is faster than fp32.")

@@ -33,7 +33,7 @@ from edgedl.runtime.manifest import is_bundle_path, open_bundle
 @click.option("--instances", default=1, show_default=True, type=int,
               help="Concurrent onnxruntime runs per model (config.pbtxt instance_group overrides it).")
 @click.option("--threads", type=int, default=None,
-              help="onnxruntime intra-op threads per run [default: the CPUs this process may use].")
+              help="onnxruntime intra-op threads per run (0: onnxruntime's default) [default: the CPUs this process may use].")
 @click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
               help="Execution provider, in order of preference (repeatable).")
 @click.option("--allow-fallback", is_flag=True, help="Run on what is available if a provider is missing.")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 from typing import Iterator, Mapping
 
@@ -79,6 +81,31 @@ def concrete_shape(info: TensorInfo, sizes: Mapping[str, int] | None = None, def
     return tuple(out)
 
 
+def available_memory() -> int | None:
+    """Bytes of memory this machine can give now (Linux MemAvailable, else free physical pages); None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_memory(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, ``nbytes`` for ``what`` that this machine cannot hold (a user's size, not a bug)."""
+    available = available_memory()
+    if available is not None and nbytes > available:
+        from edgedl.errors import EdgeDLError
+
+        raise EdgeDLError(f"{what} need {nbytes / 2**30:.3g} GiB of memory but {available / 2**30:.3g} GiB is available; "
+                          "use a smaller batch or smaller sizes")
+
+
 def random_inputs(
     inputs: list[TensorInfo],
     sizes: Mapping[str, int] | None = None,
@@ -88,9 +115,13 @@ def random_inputs(
 ) -> dict[str, np.ndarray]:
     """Seeded random feeds with the right dtypes; integer inputs get small non-negative values (token ids)."""
     rng = np.random.default_rng(seed)
+    shapes = {info.name: concrete_shape(info, sizes) for info in inputs}
+    # the draw is float64/int64, then cast: 8 bytes + the dtype's per element, checked before numpy tries
+    check_memory(sum(math.prod(shapes[i.name]) * (8 + max(i.dtype.itemsize, 1)) for i in inputs),
+                 "inputs of shape " + ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in shapes.items()))
     feeds = {}
     for info in inputs:
-        shape = concrete_shape(info, sizes)
+        shape = shapes[info.name]
         if info.dtype.kind == "f":
             feeds[info.name] = rng.uniform(*value_range, size=shape).astype(info.dtype)
         elif info.dtype.kind in "iu":

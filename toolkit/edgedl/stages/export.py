@@ -24,7 +24,7 @@ from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import Recipe, TensorSpec, import_file, load_recipe
 from edgedl.runtime import metadata as meta_codec
-from edgedl.stages.files import atomic_output
+from edgedl.stages.files import atomic_output, writable_output
 from edgedl.stages.opset import MIN_OPSET, default_opset, exporter_max_opset
 from edgedl.stages.validate import ValidationReport, validate
 
@@ -267,6 +267,7 @@ def export(recipe: Recipe, config: ExportConfig) -> ExportResult:
         raise EdgeDLError(f"output path {output} must end in .onnx")
     if output.is_dir():
         raise EdgeDLError(f"output path {output} is a directory; pass a file path ending in .onnx")
+    writable_output(output, "output path")  # before torch traces anything
     protected = [Path(recipe.source.rsplit(":", 1)[0]) if recipe.source else None, config.checkpoint]
     for path in protected:
         if path is not None and output.resolve() == Path(path).resolve():

@@ -15,6 +15,7 @@ from edgedl._lazy import require
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import Recipe, Split
+from edgedl.stages.files import writable_output
 
 WEIGHTS_FILE = "model.safetensors"
 
@@ -46,6 +47,7 @@ def train(recipe: Recipe, out_dir: Path, overrides: dict[str, Any] | None = None
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise EdgeDLError(f"--out {out_dir} is a file; pass a directory")
+    writable_output(out_dir, "--out", directory=True)  # before training, not after
     train_split, val_split, test_split = (recipe.split(s) for s in ("train", "val", "test"))
 
     torch.manual_seed(config.seed)

@@ -30,15 +30,16 @@ def _did_you_mean(value: str, known: list[str], what: str) -> EdgeDLError:
     return EdgeDLError(f"unknown {what} '{value}'; {hint}known: {', '.join(known)}")
 
 
-def parse_int_list(text: str, what: str) -> tuple[int, ...]:
-    """'1,2,4' -> (1, 2, 4); every value a positive integer."""
+def parse_int_list(text: str, what: str, minimum: int = 1) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4); every value an integer >= ``minimum`` (threads: 0 = onnxruntime's default)."""
     values = []
     for part in str(text).split(","):
         part = part.strip()
         if not part:
             continue
-        if not part.isdigit() or int(part) < 1:
-            raise EdgeDLError(f"{what} must be positive integers separated by commas (e.g. 1,2,4), got '{text}'")
+        if not part.isdigit() or int(part) < minimum:
+            kind = "positive integers" if minimum == 1 else f"integers >= {minimum}"
+            raise EdgeDLError(f"{what} must be {kind} separated by commas (e.g. 1,2,4), got '{text}'")
         values.append(int(part))
     if not values:
         raise EdgeDLError(f"{what} is empty; give e.g. 1,2,4")

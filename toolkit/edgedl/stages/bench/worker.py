@@ -186,7 +186,8 @@ def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict
     if not recipe_spec or not checkpoint:
         raise EdgeDLError(f"{Path(cfg.model).name} carries no recipe/checkpoint metadata (edgedl export writes it); "
                           "pass --torch-model RECIPE and --torch-checkpoint DIR for the torch baseline")
-    torch.set_num_threads(cfg.threads)
+    if cfg.threads:  # 0: the library's default, as for onnxruntime
+        torch.set_num_threads(cfg.threads)
     recipe = load_recipe(recipe_spec)
     (model, _), create_ms = once(lambda: load_weights(recipe, Path(checkpoint)))
     signature = Signature.of(_infos_from_json(specs), [], metadata, ShapeOptions.from_json(cfg.shape_options))

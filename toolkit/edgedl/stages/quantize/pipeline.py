@@ -23,7 +23,7 @@ from edgedl.runtime import metadata as meta_codec
 from edgedl.runtime.signature import Signature
 from edgedl.stages.data import DataPlan, plan_data
 from edgedl.stages.data.plan import model_recipe
-from edgedl.stages.files import atomic_output
+from edgedl.stages.files import atomic_output, writable_output
 from edgedl.stages.quantize import debug as layer_debug
 from edgedl.stages.quantize.config import QuantizeConfig
 from edgedl.stages.quantize.gates import (Evaluation, Metric, checks, compare_speed, eval_batches, evaluate,
@@ -207,6 +207,7 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
     original = check_input(model_path, output)
     if output.is_dir():
         raise EdgeDLError(f"output {output} is a directory; pass -o path/to/model.int8.onnx")
+    writable_output(output, "output")  # before calibration and the gates
     gates = config.gates
     modes = _candidate_modes(config)
     metric = load_metric(gates.metric) if gates.metric else None

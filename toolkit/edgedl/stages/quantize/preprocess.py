@@ -36,7 +36,7 @@ def quiet(enabled: bool = True):
         return
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)
+    root.setLevel(logging.CRITICAL + 1)  # its logger.error(traceback) too: a failure reaches the user as our one line
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink):
