@@ -96,8 +96,12 @@ def test_deploy_installs_an_enabled_unit_that_runs_as_pi(device, bundles, port, 
     result = json.loads(proc.stdout)
     assert result["service"] == "systemd" and result["unit"] == UNIT and result["ready"]
     assert result["device"]["systemd_usable"] and result["device"]["systemd_why"] == "sudo" and not result["warnings"]
-    props = unit(device, "ActiveState", "UnitFileState", "User", "WorkingDirectory", "MainPID", "FragmentPath")
+    props = unit(device, "ActiveState", "UnitFileState", "User", "WorkingDirectory", "MainPID", "FragmentPath",
+                 "LimitNOFILE")
     assert props["ActiveState"] == "active" and props["UnitFileState"] == "enabled" and props["User"] == "pi"
+    limits = device.run("cat", f"/proc/{props['MainPID']}/limits").stdout
+    assert props["LimitNOFILE"] == "4096" and any(line.startswith("Max open files") and line.split()[3:5] == ["4096", "4096"]
+                                                  for line in limits.splitlines()), limits
     assert props["WorkingDirectory"] == "/home/pi/edgedl" and props["FragmentPath"] == f"/etc/systemd/system/{UNIT}"
     owner = device.run("ps", "-o", "user=", "-p", props["MainPID"]).stdout.strip()
     assert owner == "pi"
@@ -146,6 +150,20 @@ def test_update_then_rollback_keep_the_unit(device, bundles, port, zoo):
     assert back == {"host": device.host + f":{device.port}", "from": v2, "to": v1, "ready": True}
     np.testing.assert_allclose(infer_mlp(port), expected_mlp(zoo), rtol=0, atol=1e-5)
     assert unit(device, "ActiveState", "UnitFileState") == {"ActiveState": "active", "UnitFileState": "enabled"}
+
+
+def test_a_deploy_directory_with_spaces_gets_its_own_unit(device, bundles, zoo):
+    """The unit holds the directory whole (WorkingDirectory=, EnvironmentFile=, append:) and ExecStart= quoted."""
+    other_port = systemd_device.free_port()
+    conn = device.cli_args("my models/edge dl")
+    result = json.loads(run_edgedl("deploy", bundles["v1"], *conn, "--serve-host", "127.0.0.1", "--serve-port",
+                                   str(other_port), "--json", timeout=400, env=CACHE_ENV).stdout)
+    assert result["service"] == "systemd" and result["unit"] == "edgedl-edge_dl.service" and result["ready"]
+    props = device.run("systemctl", "show", "-pActiveState", "-pWorkingDirectory", "edgedl-edge_dl.service").stdout
+    assert "ActiveState=active" in props and "WorkingDirectory=/home/pi/my models/edge dl" in props
+    np.testing.assert_allclose(infer_mlp(other_port), expected_mlp(zoo), rtol=0, atol=1e-5)
+    run_edgedl("deploy", "stop", *conn, timeout=200, env=CACHE_ENV)
+    assert not wait_ready(other_port, timeout=2)
 
 
 def test_a_fleet_rollout_and_fleet_status_use_the_unit(device, bundles, port, tmp_path):
