@@ -288,3 +288,18 @@ def test_a_device_deployed_with_an_api_key_keeps_it_through_a_fleet_rollout(devi
     status = json.loads(edgedl("fleet", "status", "-i", inv, "--limit", dev.name, "--json").stdout)
     (row,) = [r for r in status["hosts"] if r["host"] == dev.name]
     assert row["ready"] is True and "fleet-test-token" not in json.dumps(status)
+
+
+def test_an_inventory_value_with_shell_characters_is_refused_by_the_device(devices, bundles, releases, tmp_path):
+    """An inventory's edgedl_bind reaches the device script unchecked by edgedl: device.sh refuses it (exit 33)
+    before writing service.env, the injected command never runs, and the device keeps serving its release."""
+    dev = devices[0]
+    marker = tmp_path / "INJECTED"
+    before = (dev.current(), dev.pid(), (dev.remote_dir / "service.env").read_text())
+    inv = write_inventory(tmp_path / "inv.ini", devices, {dev.name: {"edgedl_bind": f'"127.0.0.1$(touch {marker})"'}})
+    result, proc = rollout(bundles["v1"], "-i", inv, "--limit", dev.name, check=False)
+    (row,) = result["hosts"]
+    assert proc.returncode == 1 and row["outcome"] == "failed", row
+    assert "refusing the host value given: it is not a valid host" in row["error"], row["error"]
+    assert not marker.exists()
+    assert (dev.current(), dev.pid(), (dev.remote_dir / "service.env").read_text()) == before
