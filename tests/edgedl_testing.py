@@ -91,6 +91,16 @@ def build_zoo(base: Path) -> dict[str, ZooModel]:
     }
 
 
+def assert_one_line_error(proc, *fragments: str, code: int | None = 1) -> None:
+    """A CLI run that failed (with ``code``; None: any non-zero) and said so in one ``error:`` line holding each
+    fragment - the way every user error must look."""
+    assert proc.returncode != 0 if code is None else proc.returncode == code, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
 def rehashed_bundle(bundle: Path, dest: Path, name: str, data: str | bytes) -> Path:
     """A copy of ``bundle`` with file ``name`` replaced by ``data`` and its manifests' hashes recomputed: it passes
     every hash check, installs, then fails however ``data`` makes it (a crashing start.sh, a model that is not ONNX)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedl_testing import ROOT, rehashed_bundle, run_edgedl
+from edgedl_testing import ROOT, assert_one_line_error, rehashed_bundle, run_edgedl
 
 sys.path.insert(0, str(Path(__file__).parent / "serve"))
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
@@ -56,14 +56,6 @@ def bundles(zoo, keys, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
-def assert_one_line(proc, *fragments):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 def serve(*args):
     return run_edgedl("serve", *args, "--host", "127.0.0.1", "--port", "1", check=False, timeout=60)
 
@@ -97,12 +89,12 @@ def test_a_bundle_that_lost_a_manifest_is_refused(bundles, zoo, tmp_path):
     b = shutil.copytree(bundles["unsigned"], tmp_path / "no-repo-manifest")
     (b / "models/manifest.json").unlink()
     shutil.copyfile(zoo["cnn"].onnx, b / "models/mlp/1/model.onnx")
-    assert_one_line(serve("--model-repository", b / "models"), "models/manifest.json is missing")
-    assert_one_line(serve(b), "models/manifest.json is missing")
-    assert_one_line(serve(b / "models/mlp/1/model.onnx"), "models/manifest.json is missing")
+    assert_one_line_error(serve("--model-repository", b / "models"), "models/manifest.json is missing")
+    assert_one_line_error(serve(b), "models/manifest.json is missing")
+    assert_one_line_error(serve(b / "models/mlp/1/model.onnx"), "models/manifest.json is missing")
     # both manifests gone: `serve BUNDLE` refuses, unless told to serve it unverified
     (b / "manifest.json").unlink()
-    assert_one_line(serve(b), "has no manifest.json", "--allow-missing-manifest")
+    assert_one_line_error(serve(b), "has no manifest.json", "--allow-missing-manifest")
     with ServerProcess(b, "--allow-missing-manifest") as server:
         assert served_models(server) == ["mlp"]
 
@@ -119,11 +111,11 @@ def test_verify_key_refuses_what_it_did_not_sign(bundles, keys, tmp_path, case, 
     if case == "plain_repository":
         target = shutil.copytree(bundles["signed"] / "models", tmp_path / "repo")
         (target / "manifest.json").unlink()
-        assert_one_line(serve("--model-repository", target, "--verify-key", key), fragment)
+        assert_one_line_error(serve("--model-repository", target, "--verify-key", key), fragment)
         return
-    assert_one_line(serve(target, "--verify-key", key), fragment)
-    assert_one_line(serve("--model-repository", target / "models", "--verify-key", key), fragment)
-    assert_one_line(run_edgedl("serve", target, "--port", "1", check=False, env={"EDGEDL_VERIFY_KEY": str(key)}), fragment)
+    assert_one_line_error(serve(target, "--verify-key", key), fragment)
+    assert_one_line_error(serve("--model-repository", target / "models", "--verify-key", key), fragment)
+    assert_one_line_error(run_edgedl("serve", target, "--port", "1", check=False, env={"EDGEDL_VERIFY_KEY": str(key)}), fragment)
 
 
 def test_a_reload_checks_the_signature_again(bundles, keys, zoo, tmp_path):
@@ -146,7 +138,7 @@ def test_package_sign_refuses_a_missing_or_non_ed25519_key_before_any_work(zoo, 
     for key, fragment in ((tmp_path / "nope", "does not exist"), (rsa, "is a RSA key")):
         proc = run_edgedl("package", zoo["mlp"].onnx, "-t", "x86-server", "-o", tmp_path / "b", "--sign", key,
                           check=False, env=CACHE_ENV)
-        assert_one_line(proc, fragment)
+        assert_one_line_error(proc, fragment)
     assert not (tmp_path / "b").exists()
     _, rsa_pub = rsa, rsa.with_name("rsa.pub")
     from edgedl.errors import EdgeDLError
@@ -160,11 +152,8 @@ def test_package_sign_refuses_a_missing_or_non_ed25519_key_before_any_work(zoo, 
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if loopback_sshd.available() is not None:
-        pytest.skip(loopback_sshd.available())
-    server = loopback_sshd.start(tmp_path_factory.mktemp("sshd"))
-    yield server
-    loopback_sshd.stop(server)
+    with loopback_sshd.running(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 def test_deploy_verify_key_is_checked_here_and_kept_by_the_device(sshd, bundles, keys, tmp_path):
@@ -176,7 +165,7 @@ def test_deploy_verify_key_is_checked_here_and_kept_by_the_device(sshd, bundles,
     try:
         # re-hashed: refused here, before anything is copied
         proc = run_edgedl("deploy", bundles["rehashed"], *conn, "--verify-key", keys["pub"], check=False)
-        assert_one_line(proc, "does not verify with")
+        assert_one_line_error(proc, "does not verify with")
         assert not (remote_dir / "staging").exists()
 
         result = json.loads(run_edgedl("deploy", bundles["signed"], *conn, "--verify-key", keys["pub"], "--json").stdout)
@@ -188,7 +177,7 @@ def test_deploy_verify_key_is_checked_here_and_kept_by_the_device(sshd, bundles,
 
         # the device now refuses an unsigned release on its own (no --verify-key given this time)
         proc = run_edgedl("deploy", bundles["unsigned"], *conn, check=False)
-        assert_one_line(proc, "the bundle is not signed", "refusing release", "the running release was not touched")
+        assert_one_line_error(proc, "the bundle is not signed", "refusing release", "the running release was not touched")
         assert not (remote_dir / "staging").exists()
         assert json.loads(run_edgedl("deploy", "status", *sshd.cli_args(remote_dir), "--json").stdout)["current"] == result["release"]
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edgedl_testing import EDGEDL, ROOT, run_edgedl
+from edgedl_testing import EDGEDL, ROOT, assert_one_line_error, run_edgedl
 
 sys.path.insert(0, str(Path(__file__).parent / "serve"))
 from serve_helpers import ServerProcess  # noqa: E402
@@ -45,14 +45,6 @@ READ_ONLY = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"'
 TINY_DISK = 'mount -t tmpfs -o size=16k tmpfs "$0"'
 
 
-def assert_one_line(proc, *fragments):
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-
-
 @needs_mounts
 def test_read_only_outputs_are_refused_before_the_work(zoo, tmp_path):
     ro = tmp_path / "ro"
@@ -68,7 +60,7 @@ def test_read_only_outputs_are_refused_before_the_work(zoo, tmp_path):
     ]
     for args, fragment in cases:
         proc = in_namespace(READ_ONLY, ro, *args)
-        assert_one_line(proc, fragment, "Read-only file system", "nothing was done")
+        assert_one_line_error(proc, fragment, "Read-only file system", "nothing was done")
         assert "measured on" not in proc.stderr and "test accuracy" not in proc.stdout  # refused, not run
     assert list(ro.iterdir()) == []
 
@@ -76,11 +68,11 @@ def test_read_only_outputs_are_refused_before_the_work(zoo, tmp_path):
 def test_a_file_where_a_folder_must_be_and_a_folder_where_a_file_must_be(zoo, tmp_path):
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
-    assert_one_line(run_edgedl("quantize", zoo["mlp"].onnx, "-o", a_file / "m.int8.onnx", check=False),
+    assert_one_line_error(run_edgedl("quantize", zoo["mlp"].onnx, "-o", a_file / "m.int8.onnx", check=False),
                     f"{a_file} is a file, not a directory")
-    assert_one_line(run_edgedl("bench", zoo["mlp"].onnx, "--save", tmp_path, check=False), "is a directory")
-    assert_one_line(run_edgedl("train", "mlp", "--out", a_file, check=False), "is a file")
-    assert_one_line(run_edgedl("package", zoo["mlp"].onnx, "-t", "x86-server", "-o", "/proc/edgedl-bundle", check=False,
+    assert_one_line_error(run_edgedl("bench", zoo["mlp"].onnx, "--save", tmp_path, check=False), "is a directory")
+    assert_one_line_error(run_edgedl("train", "mlp", "--out", a_file, check=False), "is a file")
+    assert_one_line_error(run_edgedl("package", zoo["mlp"].onnx, "-t", "x86-server", "-o", "/proc/edgedl-bundle", check=False,
                                env=CACHE_ENV), "cannot write bundle directory /proc/edgedl-bundle")
 
 
@@ -89,15 +81,15 @@ def test_a_disk_that_fills_up_during_the_work_is_one_line(zoo, tmp_path):
     full = tmp_path / "full"
     full.mkdir()
     proc = in_namespace(TINY_DISK, full, "quantize", zoo["mlp"].onnx, "-o", full / "mlp.int8.onnx", "--no-accuracy-gate")
-    assert_one_line(proc, "No space left on device", "free disk space or write elsewhere")
+    assert_one_line_error(proc, "No space left on device", "free disk space or write elsewhere")
     assert "Traceback" not in proc.stderr
 
 
 def test_sizes_beyond_this_machines_memory_are_refused_before_allocating(zoo):
     proc = run_edgedl("bench", zoo["cnn"].onnx, "--batch", "100000000", "--iterations", "3", "--warmup", "1", check=False)
-    assert_one_line(proc, "inputs of shape image=100000000x1x8x8 need", "GiB of memory but", "use a smaller batch")
+    assert_one_line_error(proc, "inputs of shape image=100000000x1x8x8 need", "GiB of memory but", "use a smaller batch")
     proc = run_edgedl("serve", zoo["cnn"].onnx, "--port", "0", "--max-batch-size", "1000000000", check=False, timeout=60)
-    assert_one_line(proc, "inputs of shape image=1000000000x1x8x8 need", "GiB of memory")
+    assert_one_line_error(proc, "inputs of shape image=1000000000x1x8x8 need", "GiB of memory")
 
 
 def test_onnxruntime_traceback_stays_behind_debug(tmp_path):
@@ -114,7 +106,7 @@ def test_onnxruntime_traceback_stays_behind_debug(tmp_path):
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]),
               model)
     proc = run_edgedl("quantize", model, "-o", tmp_path / "q.onnx", check=False)
-    assert_one_line(proc, "com.example:Foo(-1) is not a registered function/op")
+    assert_one_line_error(proc, "com.example:Foo(-1) is not a registered function/op")
     debug = run_edgedl("quantize", model, "-o", tmp_path / "q.onnx", "--debug", check=False)
     assert "Traceback" in debug.stderr and "ONNX Runtime Model Optimization Failed" in debug.stderr
 
@@ -128,4 +120,4 @@ def test_threads_zero_is_onnxruntimes_default_everywhere(zoo, tmp_path):
     assert out.is_file()
     with ServerProcess(zoo["mlp"].onnx, "--threads", "0") as server:
         assert "ready in" in server.stderr
-    assert_one_line(run_edgedl("bench", zoo["mlp"].onnx, "-t", "-1", check=False), "--threads")
+    assert_one_line_error(run_edgedl("bench", zoo["mlp"].onnx, "-t", "-1", check=False), "--threads")

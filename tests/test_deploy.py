@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgedl_testing import EDGEDL, ROOT, rehashed_bundle, run_edgedl
+from edgedl_testing import EDGEDL, ROOT, assert_one_line_error, rehashed_bundle, run_edgedl
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import loopback_sshd  # noqa: E402
@@ -30,9 +30,8 @@ pytestmark = pytest.mark.skipif(loopback_sshd.available() is not None, reason=st
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    server = loopback_sshd.start(tmp_path_factory.mktemp("sshd"))
-    yield server
-    loopback_sshd.stop(server)
+    with loopback_sshd.running(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -87,14 +86,6 @@ def infer(port, model, name, array):
     inp = httpclient.InferInput(name, list(array.shape), "FP32")
     inp.set_data_from_numpy(array)
     return client(port).infer(model, [inp]).as_numpy("logits")
-
-
-def assert_one_line_error(proc, *fragments):
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def assert_untouched(device, before):

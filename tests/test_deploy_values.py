@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from edgedl_testing import ROOT, run_edgedl, run_edgedl_inprocess
+from edgedl_testing import ROOT, assert_one_line_error, run_edgedl, run_edgedl_inprocess
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import loopback_sshd  # noqa: E402
@@ -34,11 +34,7 @@ def injections(marker: Path) -> list[str]:
 
 
 def assert_refused(result, marker: Path, *fragments: str) -> None:
-    assert result.returncode != 0, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    assert_one_line_error(result, *fragments, code=None)
     assert not marker.exists(), "the injected command ran"
 
 
@@ -100,11 +96,8 @@ def test_a_bundle_whose_own_server_defaults_are_evil_is_refused_by_deploy_and_fl
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    if loopback_sshd.available() is not None:
-        pytest.skip(loopback_sshd.available())
-    server = loopback_sshd.start(tmp_path_factory.mktemp("sshd"))
-    yield server
-    loopback_sshd.stop(server)
+    with loopback_sshd.running(tmp_path_factory.mktemp("sshd")) as server:
+        yield server
 
 
 def test_device_script_refuses_every_value_with_exit_33(sshd, marker, tmp_path):

@@ -4,6 +4,7 @@ started on a free port and stopped by its pid. The "device" is this machine; eac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 SSHD = "/usr/sbin/sshd"
 
@@ -115,6 +117,21 @@ def start(workdir: Path) -> LoopbackSSHD:
 
     return LoopbackSSHD(port=port, user=pwd.getpwuid(os.geteuid()).pw_name, identity=user_key,
                         known_hosts=known_hosts, host_key_pub=workdir / "host_ed25519.pub", pid=proc.pid)
+
+
+@contextlib.contextmanager
+def running(workdir: Path) -> Iterator[LoopbackSSHD]:
+    """A started sshd for the block, stopped after it; skips the calling test where none can start here."""
+    why = available()
+    if why is not None:
+        import pytest
+
+        pytest.skip(why)
+    server = start(workdir)
+    try:
+        yield server
+    finally:
+        stop(server)
 
 
 def stop(server: LoopbackSSHD) -> None:
