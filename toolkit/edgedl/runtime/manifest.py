@@ -261,7 +261,7 @@ def _repository_of(bundle: Path, verify_key: Path | None, allow_missing_manifest
     return repository
 
 
-def hash_tree(bundle_dir: Path, exclude: tuple[str, ...] = (MANIFEST,)) -> dict[str, str]:
+def hash_tree(bundle_dir: Path, exclude: tuple[str, ...] = (MANIFEST, SIGNATURE)) -> dict[str, str]:
     """{relative posix path: sha256} for every regular file under bundle_dir (what a manifest's ``files`` holds)."""
     bundle_dir = Path(bundle_dir)
     out = {}
