@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.tensors import TensorInfo
+from edgedl.runtime.tensors import TensorInfo, check_synthetic
 
 DEFAULT_FLOAT_RANGE = (0.0, 1.0)
 DEFAULT_INT_RANGE = (0.0, 9.0)  # inclusive; small non-negative ids are valid for most embedding inputs
@@ -349,6 +349,7 @@ class Signature:
     def feeds(self, batch: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
         """Seeded synthetic inputs at ``batch`` within each input's value range (inclusive)."""
         shapes = self.shapes(batch)
+        check_synthetic(shapes, {s.name: s.dtype for s in self.inputs})
         feeds = {}
         for index, s in enumerate(self.inputs):
             rng = np.random.default_rng(seed + index)

@@ -106,6 +106,13 @@ def check_memory(nbytes: int, what: str) -> None:
                           "use a smaller batch or smaller sizes")
 
 
+def check_synthetic(shapes: Mapping[str, tuple[int, ...]], dtypes: Mapping[str, np.dtype]) -> None:
+    """Refuse synthetic inputs of these shapes that this machine cannot hold, before numpy tries (the draw is
+    float64/int64, then cast: 8 bytes + the dtype's per element)."""
+    nbytes = sum(math.prod(shape) * (8 + max(np.dtype(dtypes[name]).itemsize, 1)) for name, shape in shapes.items())
+    check_memory(nbytes, "inputs of shape " + ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in shapes.items()))
+
+
 def random_inputs(
     inputs: list[TensorInfo],
     sizes: Mapping[str, int] | None = None,
@@ -116,9 +123,7 @@ def random_inputs(
     """Seeded random feeds with the right dtypes; integer inputs get small non-negative values (token ids)."""
     rng = np.random.default_rng(seed)
     shapes = {info.name: concrete_shape(info, sizes) for info in inputs}
-    # the draw is float64/int64, then cast: 8 bytes + the dtype's per element, checked before numpy tries
-    check_memory(sum(math.prod(shapes[i.name]) * (8 + max(i.dtype.itemsize, 1)) for i in inputs),
-                 "inputs of shape " + ", ".join(f"{n}={'x'.join(map(str, s))}" for n, s in shapes.items()))
+    check_synthetic(shapes, {info.name: info.dtype for info in inputs})
     feeds = {}
     for info in inputs:
         shape = shapes[info.name]
