@@ -1,12 +1,12 @@
 """``edgedl deploy``: put a bundle on a device over SSH, start it, prove it ready, roll back when it is not.
 
 Order of a deploy (nothing before step 4 touches the running release):
-1. verify the bundle's hashes here (and its signature, with a verify key); 2. probe the device (architecture, Python, venv, free disk and memory vs
-the profile); 3. copy into ``staging/ID`` (rsync, hard-linking files unchanged since the current release);
-4. verify the hashes (and the signature) again on the device, move to ``releases/ID`` and install the wheelhouse into its venv
-offline; 5. stop the old service, switch ``current`` atomically, start the new one (a systemd unit when the device
-runs systemd and the login is root or has passwordless sudo, else a supervised background process with a pid file;
-a log per release either way); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
+1. verify the bundle's hashes here (and its signature, with a verify key); 2. probe the device (architecture,
+Python, venv, free disk and memory vs the profile); 3. copy into ``staging/ID`` (rsync, hard-linking files
+unchanged since the current release); 4. verify the hashes (and the signature) again on the device, move to
+``releases/ID`` and install the wheelhouse into its venv offline; 5. stop the old service, switch ``current``
+atomically, start the new one (a systemd unit when the device runs systemd and the login is root or has
+passwordless sudo, else a supervised background process with a pid file; a log per release either way); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
 restart the previous release and fail with the new release's log tail.
 """
 
@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.manifest import MANIFEST, sha256_file, unpack_bundle, verify_key_lines, verify_manifest, verify_signature
+from edgedl.runtime.manifest import (MANIFEST, sha256_file, unpack_bundle, verify_key_lines, verify_manifest,
+                                     verify_signature)
 from edgedl.stages.deploy import remote, values
 from edgedl.stages.deploy.ssh import RemoteCommandError, SSHTarget
 
@@ -225,9 +226,21 @@ def _log_tail(config: DeployConfig, release: str, lines: int = 15) -> str:
 
 
 def _wait_ready(config: DeployConfig, release: str, timeout: float) -> "subprocess.CompletedProcess":
-    """device_health.py on the device: 0 ready, 1 not ready in time, 2 the server kept crashing."""
+    """device_health.py on the device: 0 ready, 1 not ready in time, 2 the server kept crashing, 4 a model of
+    the release is not served."""
     return _device(config, "wait-ready", config.remote_python, str(timeout), release, remote.HEALTH, check=False,
                    timeout=timeout + 60)
+
+
+def _health_error(proc: subprocess.CompletedProcess) -> str:
+    """The ``error`` of device_health.py's JSON line (up to the log tail it appends)."""
+    import json
+
+    try:
+        error = json.loads(proc.stdout.strip().splitlines()[-1]).get("error", "")
+    except (ValueError, IndexError, AttributeError):
+        return _last_line(proc)
+    return error.split("; its log ends:")[0]
 
 
 def _restore(config: DeployConfig, release: str, previous: str | None) -> None:
@@ -290,16 +303,15 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
             with contextlib.suppress(Exception):
                 _device(config, "discard", release, check=False)
             raise
-        if proc.returncode == 34:
+        if proc.returncode != 0:
             _device(config, "discard", release, check=False)
+        if proc.returncode == 34:
             raise EdgeDLError(f"{_last_line(proc)} on {config.target.label}; the running release was not touched - sign "
                               "the bundle (edgedl package --sign KEY) with the key the device trusts")
         if proc.returncode == 22:
-            _device(config, "discard", release, check=False)
             raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
                               f"({_last_line(proc)}); the running release was not touched - deploy again")
         if proc.returncode != 0:
-            _device(config, "discard", release, check=False)
             raise EdgeDLError(f"installing release {release} on {config.target.label} failed: "
                               f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}; the running release was not touched")
         timings["install"] = time.perf_counter() - t
@@ -338,6 +350,7 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
                 restored = "; there was no previous release to roll back to, the service is stopped"
             last = " | ".join(tail.splitlines()[-4:]) or "(empty log)"
             why = ("kept crashing on start" if waited.returncode == 2 else
+                   f"started without all of its models ({_health_error(waited)})" if waited.returncode == 4 else
                    f"did not become ready within {config.ready_timeout:.0f} s")
             raise EdgeDLError(f"release {release} {why} on {config.target.label}{restored}. Its log ends: {last}")
         advance(info="ready")
@@ -351,7 +364,8 @@ def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
                         "anyone who can reach that port can run its models; deploy without --no-auth to get a key")
     return DeployResult(host=config.target.label, release=release, previous=previous, ready=True,
                         url=_client_url(config.target.host, host, port), bind=_hostport(host, port), auth=auth,
-                        reach="loopback" if values.is_loopback(host) else "all" if host in values.WILDCARD_HOSTS else "address",
+                        reach=("loopback" if values.is_loopback(host) else
+                               "all" if host in values.WILDCARD_HOSTS else "address"),
                         api_key=started.get("api_key_generated"),
                         device=facts.__dict__, service=started.get("service", "process"), unit=started.get("unit"),
                         warnings=warnings, timings_s={k: round(v, 2) for k, v in timings.items()},

@@ -1,8 +1,10 @@
 """Health gate of a release, run on the device with its python3 (standard library only) - by `edgedl deploy`
 (device.sh wait-ready) and by the edgedl_release Ansible role (as files/smoke.py, a link to this file):
-wait for /v2/health/ready, then send each reference input to /v2/models/NAME/infer and compare the outputs with
-the reference outputs (max abs difference <= atol + rtol * |reference|). Prints one JSON line.
-Exit 0: ready and matching; 1: not ready in time; 2: the server kept crashing; 3: wrong or failed inference."""
+wait for /v2/health/ready and for every model of the release's manifest to be ready (a server that runs without
+one of its models is not this release), then send each reference input to /v2/models/NAME/infer and compare the
+outputs with the reference outputs (max abs difference <= atol + rtol * |reference|). Prints one JSON line.
+Exit 0: ready and matching; 1: not ready in time; 2: the server kept crashing; 3: wrong or failed inference;
+4: a model of the release is not served."""
 import json
 import sys
 import time
@@ -65,6 +67,35 @@ while True:
     if time.time() > deadline:
         done(1, ready=False, error="not ready within %.0f s; its log ends: %s" % (timeout, log_tail()))
     time.sleep(0.3)
+
+
+def release_models():
+    """The model names in DIR/releases/ID/manifest.json, for the release whose log is DIR/logs/ID.log."""
+    import os
+
+    release = os.path.basename(log)[:-len(".log")]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(log))), "releases", release, "manifest.json")
+    try:
+        return [m["name"] for m in json.load(open(path)).get("models", [])]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
+for name in release_models():
+    try:
+        with urllib.request.urlopen(urllib.request.Request(base + "/v2/models/%s/ready" % name, headers=HEADERS),
+                                    timeout=5):
+            pass
+    except urllib.error.HTTPError as exc:
+        why = exc.read()[:300].decode(errors="replace")
+        try:
+            why = json.loads(why).get("error", why)
+        except ValueError:
+            pass
+        done(4, ready=False, error="the server runs without its model %s (HTTP %s: %s); its log ends: %s" % (
+            name, exc.code, why, log_tail()))
+    except Exception as exc:
+        done(4, ready=False, error="model %s: %s" % (name, exc))
 
 
 def flat(x):
