@@ -8,6 +8,11 @@ from edgedl.cli import debug_option
 from edgedl.cli._shapes import shape_options
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import is_bundle_path, open_bundle
+from edgedl.runtime.server.config import LIMITS
+
+
+def _presets(field: str) -> str:
+    return f"[{' / '.join(LIMITS)}: {' / '.join(f'{getattr(p, field):,}' for p in LIMITS.values())}]"
 
 
 @click.command()
@@ -37,8 +42,28 @@ from edgedl.runtime.manifest import is_bundle_path, open_bundle
 @click.option("--provider", "providers", multiple=True, default=("cpu",), show_default=True,
               help="Execution provider, in order of preference (repeatable).")
 @click.option("--allow-fallback", is_flag=True, help="Run on what is available if a provider is missing.")
-@click.option("--max-body-bytes", default=64 * 1024 * 1024, show_default=True, type=int,
-              help="Refuse larger request bodies with 413.")
+@click.option("--limits", "limits_preset", type=click.Choice(list(LIMITS)), default="default", show_default=True,
+              help="Preset of the limits below ('small' for a 1-4 GB board); each option below overrides one.")
+@click.option("--max-body-bytes", type=int, help="Refuse larger request bodies with 413 " + _presets("max_body_bytes") + ".")
+@click.option("--max-tensor-elements", type=int,
+              help="Refuse larger input tensors with 413 " + _presets("max_tensor_elements") + ".")
+@click.option("--max-batch-rows", type=int,
+              help="Refuse requests with more rows (axis 0) with 413 " + _presets("max_batch_rows")
+                   + "; a model's config.pbtxt max_batch_size caps it for that model, as in Triton.")
+@click.option("--max-connections", type=int,
+              help="Open connections; beyond, the longest-idle one is closed, or the new one gets 503 "
+                   + _presets("max_connections") + ".")
+@click.option("--max-in-flight", type=int, help="Infer requests served at once; beyond, 503 " + _presets("max_in_flight") + ".")
+@click.option("--header-timeout", type=float, help="Seconds for a request's headers to arrive " + _presets("header_timeout_s") + ".")
+@click.option("--body-timeout", type=float, help="Seconds for a request's body to arrive " + _presets("body_timeout_s") + ".")
+@click.option("--keep-alive-timeout", type=float,
+              help="Seconds an idle keep-alive connection stays open " + _presets("keep_alive_timeout_s") + ".")
+@click.option("--model-control", type=click.Choice(["none", "explicit"]), default="none", show_default=True,
+              help="As Triton's --model-control-mode: 'explicit' allows POST /v2/repository/models/NAME/load and "
+                   "unload (behind --api-key when set); 'none' answers them 503.")
+@click.option("--allow-outside-repository", is_flag=True,
+              help="Serve repository models whose file resolves outside the repository (symlinks, '..', absolute "
+                   "default_model_filename); refused by default.")
 @click.option("--access-log", type=click.Choice(["off", "text", "json"]), default="off", show_default=True,
               help="One line per request on stderr (or --access-log-file): plain text or JSON lines.")
 @click.option("--access-log-file", type=click.Path(path_type=Path), help="Append the access log to this file.")
@@ -53,13 +78,16 @@ from edgedl.runtime.manifest import is_bundle_path, open_bundle
               help="Serve a BUNDLE that has no manifest.json, unverified (refused by default).")
 @debug_option
 def serve(model, model_repository, model_name, host, port, api_key, max_batch_size, max_queue_delay_us, max_queue,
-          instances, threads, providers, allow_fallback, max_body_bytes, access_log, access_log_file, drain_timeout,
-          allow_nan, shape_options, verify_key, allow_missing_manifest, debug, grpc_port) -> None:
+          instances, threads, providers, allow_fallback, limits_preset, max_body_bytes, max_tensor_elements,
+          max_batch_rows, max_connections, max_in_flight, header_timeout, body_timeout, keep_alive_timeout,
+          model_control, allow_outside_repository, access_log, access_log_file, drain_timeout, allow_nan,
+          shape_options, verify_key, allow_missing_manifest, debug, grpc_port) -> None:
     """Serve MODEL.onnx, a BUNDLE made by `edgedl package` (its directory or .tar.gz; its manifest is checked), or
     --model-repository DIR over the Open Inference Protocol v2 - the HTTP/REST API of Triton and KServe, with
     binary tensors - so tritonclient, curl or any KServe v2 client can call it.
 
-    Reload with SIGHUP or POST /v2/repository/models/NAME/load; stop with SIGTERM/Ctrl-C (drains first).
+    Reload with SIGHUP (or, with --model-control explicit, POST /v2/repository/models/NAME/load); stop with
+    SIGTERM/Ctrl-C (drains first).
     """
     import contextlib
 
@@ -75,7 +103,12 @@ def serve(model, model_repository, model_name, host, port, api_key, max_batch_si
         options["intra_op_threads"] = threads
     config = ServerConfig(
         model=model, model_repository=model_repository, model_name=model_name, host=host, port=port,
-        grpc_port=grpc_port, api_key=api_key, verify_key=verify_key, max_body_bytes=max_body_bytes,
+        grpc_port=grpc_port, api_key=api_key, verify_key=verify_key, model_control=model_control,
+        allow_outside_repository=allow_outside_repository,
+        limits=LIMITS[limits_preset].replace(
+            max_body_bytes=max_body_bytes, max_tensor_elements=max_tensor_elements, max_batch_rows=max_batch_rows,
+            max_connections=max_connections, max_in_flight=max_in_flight, header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout, keep_alive_timeout_s=keep_alive_timeout),
         batching=BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue=max_queue, instances=instances),
         providers=tuple(providers), allow_fallback=allow_fallback, access_log=access_log,

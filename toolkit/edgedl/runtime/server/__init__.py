@@ -4,8 +4,8 @@ Needs numpy, onnxruntime, the standard library and uvicorn (+ httptools, uvloop 
 onnx or click. ``serve(ServerConfig(model=Path("cnn.onnx")))`` blocks until SIGTERM/SIGINT.
 """
 
-from edgedl.runtime.server.config import ServerConfig
+from edgedl.runtime.server.config import LIMITS, Limits, ServerConfig
 from edgedl.runtime.server.repository import BatchPolicy
 from edgedl.runtime.server.server import build, serve
 
-__all__ = ["BatchPolicy", "ServerConfig", "build", "serve"]
+__all__ = ["LIMITS", "BatchPolicy", "Limits", "ServerConfig", "build", "serve"]

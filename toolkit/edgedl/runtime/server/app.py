@@ -1,15 +1,28 @@
-"""The inference server as a bare ASGI application (no framework): routing, auth, body limit, error mapping,
-metrics and access log around the Open Inference Protocol v2 handlers."""
+"""The inference server as a bare ASGI application (no framework): routing, auth, limits, error mapping,
+metrics and access log around the Open Inference Protocol v2 handlers.
+
+A large request (a body of ``LARGE_BODY_BYTES`` or more) never runs on the event loop: its decoding, its
+inference and its response encoding go to worker threads, and a batch of many rows runs as several
+onnxruntime runs of about ``RUN_INPUT_BYTES`` of input each (for models whose axis 0 is the batch), so that
+the memory onnxruntime keeps for intermediate results stays that of an ordinary request. Afterwards the
+memory the request used is handed back to the operating system.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
+import ctypes.util
 import hmac
 import json
 import logging
 import sys
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from time import perf_counter
+
+import numpy as np
 
 from edgedl import __version__
 from edgedl.errors import EdgeDLError
@@ -17,12 +30,28 @@ from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry, ServedModel
 from edgedl.runtime.server.protocol import HTTPError, datatype_of, encode_response, parse_infer_request, v2_shape
+from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES
 
 log = logging.getLogger("edgedl.serve")
 EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
 _JSON = b"application/json"
 _REASON = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request", 411: "bad_request",
            413: "too_large", 503: "unavailable"}
+LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the streaming decoder, off the event loop
+# a large batch runs in pieces of this much input: onnxruntime keeps the memory of its largest run's intermediate
+# results (a CNN's first layer alone can be 32x its input), so pieces the size of a small request keep that small
+RUN_INPUT_BYTES = 16 * 1024
+_MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed: this server runs with --model-control none "
+                      "(models load at startup and reload on SIGHUP); start it with --model-control explicit to "
+                      "load and unload models over HTTP")
+
+
+def _malloc_trim():
+    """glibc's malloc_trim, which returns freed heap memory to the OS (None elsewhere, e.g. musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
 
 
 def _dumps(doc) -> bytes:
@@ -32,11 +61,12 @@ def _dumps(doc) -> bytes:
 class _Ctx:
     """What one request learned along the way, for metrics and the access log."""
 
-    __slots__ = ("model", "version", "request_id", "endpoint")
+    __slots__ = ("model", "version", "request_id", "endpoint", "large")
 
     def __init__(self):
         self.model = self.version = self.request_id = None
         self.endpoint = "other"
+        self.large = False  # a large request: its memory is handed back to the OS once answered
 
 
 class InferenceApp:
@@ -45,6 +75,9 @@ class InferenceApp:
         self.started = False
         self.draining = False
         self._api_key = config.api_key.encode() if config.api_key else None
+        self._in_flight = 0
+        self._workers = ThreadPoolExecutor(2, thread_name_prefix="edgedl-decode")  # large requests' (de)coding
+        self._trim = _malloc_trim()
         self._log_stream = None
         if config.access_log != "off":
             self._log_stream = open(config.access_log_path, "a", buffering=1) if config.access_log_path else sys.stderr
@@ -65,6 +98,7 @@ class InferenceApp:
                 elif message["type"] == "lifespan.shutdown":
                     self.draining = True
                     await self.registry.close()
+                    self._workers.shutdown(wait=False)
                     await send({"type": "lifespan.shutdown.complete"})
                     return
 
@@ -86,17 +120,27 @@ class InferenceApp:
             status, body, extra = exc.status, _dumps({"error": exc.message}), None
         except EdgeDLError as exc:  # the runner's input checks and onnxruntime failures on this input
             status, body, extra = 400, _dumps({"error": str(exc)}), None
+        except MemoryError:
+            status, body, extra = 503, _dumps({"error": "the server ran out of memory for this request; send a "
+                                                        "smaller one"}), None
         except Exception as exc:  # noqa: BLE001 - a bug must not take the server down; log it, answer 500
             log.error("internal error on %s %s:\n%s", scope["method"], scope["path"], traceback.format_exc())
             status, body, extra = 500, _dumps({"error": f"internal server error: {type(exc).__name__}: {exc}"}), None
-        headers = [(b"content-length", str(len(body)).encode())]
+        parts = body if isinstance(body, list) else [body]
+        size = sum(len(p) for p in parts)
+        headers = [(b"content-length", str(size).encode())]
         if extra:
             headers.extend(extra)
         if not extra or extra[0][0] != b"content-type":
             headers.append((b"content-type", _JSON))
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-        self._account(scope, ctx, status, len(body), perf_counter() - t0)
+        for i, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+        del body, parts
+        self._account(scope, ctx, status, size, perf_counter() - t0)
+        if ctx.large and self._trim is not None:  # once the transport has (likely) sent the response
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.5, loop.run_in_executor, self._workers, self._trim, 0)
 
     def _account(self, scope, ctx: _Ctx, status: int, size: int, seconds: float) -> None:
         m = self.metrics
@@ -184,10 +228,12 @@ class InferenceApp:
         if head == "repository":
             ctx.endpoint = "repository"
             self._method(method, "POST")
-            await self._read_body(receive, content_length)
+            await self._read_body(receive, content_length, 64 * 1024)
             if rest[1:] == ["index"]:
                 return 200, _dumps(self._index()), None
             if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload"):
+                if self.config.model_control != "explicit":
+                    raise HTTPError(503, _MODEL_CONTROL_OFF)  # what Triton answers in its NONE mode
                 ctx.model = rest[2]
                 if rest[3] == "unload":
                     await self.registry.unload(rest[2])
@@ -204,8 +250,9 @@ class InferenceApp:
         if method != want:
             raise HTTPError(405, f"use {want} for this endpoint, not {method}")
 
-    async def _read_body(self, receive, content_length) -> bytes:
-        limit = self.config.max_body_bytes
+    async def _read_body(self, receive, content_length, limit: int) -> bytes | bytearray:
+        """The whole body, refused with 413 past ``limit`` bytes; read into one buffer when its length is known."""
+        declared = None
         if content_length is not None:
             try:
                 declared = int(content_length)
@@ -213,11 +260,25 @@ class InferenceApp:
                 raise HTTPError(400, "Content-Length is not a number") from None
             if declared > limit:
                 raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes "
-                                     "(--max-body-bytes)")
+                                     "(--max-body-bytes, or the model's edgedl_max_body_bytes)")
         message = await receive()
         body = message.get("body", b"")
         if not message.get("more_body", False):
             return body
+        if declared is not None:  # one allocation, filled in place: no list of chunks, no join
+            buf = bytearray(declared)
+            view = memoryview(buf)
+            view[:len(body)] = body
+            size = len(body)
+            while message.get("more_body", False):
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise HTTPError(400, "client disconnected before sending the whole body")
+                chunk = message.get("body", b"")
+                view[size:size + len(chunk)] = chunk
+                size += len(chunk)
+            view.release()
+            return buf
         chunks = [body]
         size = len(body)
         while message.get("more_body", False):
@@ -227,7 +288,8 @@ class InferenceApp:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes (--max-body-bytes)")
+                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes "
+                                     "(--max-body-bytes, or the model's edgedl_max_body_bytes)")
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -240,21 +302,40 @@ class InferenceApp:
                 raise HTTPError(400, "Inference-Header-Content-Length is not a number") from None
         model = self.registry.get(name, version)
         ctx.version = model.version
+        limit = self.config.limits.max_in_flight
+        if self._in_flight >= limit:
+            raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit {limit}, "
+                                 "--max-in-flight); retry later")
+        self._in_flight += 1
+        try:
+            return await self._infer_admitted(receive, model, ctx, header_length, content_length)
+        finally:
+            self._in_flight -= 1
+
+    async def _infer_admitted(self, receive, model: ServedModel, ctx, header_length, content_length):
+        limits = model.limits
         t0 = perf_counter()
         try:
-            body = await self._read_body(receive, content_length)
-            request = parse_infer_request(body, header_length, model.inputs, model.output_names,
-                                          allow_nonfinite=model.allow_nonfinite)
+            body = await self._read_body(receive, content_length, limits.max_body_bytes)
+            ctx.large = len(body) >= LARGE_BODY_BYTES
+
+            def decode():
+                return parse_infer_request(body, header_length, model.inputs, model.output_names,
+                                           allow_nonfinite=model.allow_nonfinite,
+                                           max_elements=limits.max_tensor_elements, max_rows=limits.max_batch_rows)
+
+            request = await self._off_loop(decode) if ctx.large else decode()
+            del body  # the feeds may still view its memory; nothing else needs it
             ctx.request_id = request.id
             names = [n for n, _ in request.outputs] if request.outputs else None
             model.in_flight += 1
             gauge = self.metrics.in_flight
-            gauge.inc((name,), 1)
+            gauge.inc((model.name,), 1)
             try:
-                out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
+                out, queue_s, compute_s, rows = await self._run(model, request.feeds, request.rows, names, ctx.large)
             finally:
                 model.in_flight -= 1
-                gauge.inc((name,), -1)
+                gauge.inc((model.name,), -1)
         except BaseException:
             model.stats.fail += 1
             model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
@@ -263,7 +344,16 @@ class InferenceApp:
             outputs = [(n, out[n], request.binary_default) for n in model.output_names]
         else:
             outputs = [(n, out[n], binary) for n, binary in request.outputs]
-        body, json_len = encode_response(model.name, model.version, request.id, outputs)
+        del out, request
+
+        def encode():
+            return encode_response(model.name, model.version, ctx.request_id, outputs)
+
+        if ctx.large or sum(a.nbytes for _, a, _ in outputs) >= LARGE_BODY_BYTES:
+            ctx.large = True
+            body, json_len = await self._off_loop(encode)
+        else:
+            body, json_len = encode()
         labels = (model.name, model.version)
         m = self.metrics
         m.queue.observe(labels, queue_s)
@@ -278,6 +368,27 @@ class InferenceApp:
         s.last_ms = int(time.time() * 1000)
         extra = None if json_len is None else [(b"inference-header-content-length", str(json_len).encode())]
         return 200, body, extra
+
+    async def _off_loop(self, fn):
+        return await asyncio.get_running_loop().run_in_executor(self._workers, fn)
+
+    async def _run(self, model: ServedModel, feeds: dict, rows: int, names, large: bool):
+        """``model.infer``, off the event loop for a large request, and for a batch of many rows as several
+        runs of about RUN_INPUT_BYTES of input each (a model whose axis 0 is the batch gives the same rows)."""
+        step = max(RUN_INPUT_BYTES * rows // max(sum(v.nbytes for v in feeds.values()), 1), 1)
+        if (not large or rows <= step or not model.batchable
+                or any(v.ndim == 0 or v.shape[0] != rows for v in feeds.values())):
+            return await model.infer(feeds, rows, names, offload=large)
+        parts, queue_s, compute_s = [], 0.0, 0.0
+        for start in range(0, rows, step):
+            n = min(step, rows - start)
+            out, q, c, _ = await model.infer({k: v[start:start + n] for k, v in feeds.items()}, n, names, offload=True)
+            if any(a.ndim == 0 or a.shape[0] != n for a in out.values()):  # outputs not per row: run it whole
+                return await model.infer(feeds, rows, names, offload=True)
+            parts.append(out)
+            queue_s, compute_s = queue_s + q, compute_s + c
+        out = await self._off_loop(lambda: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+        return out, queue_s, compute_s, rows
 
     # --- metadata ------------------------------------------------------------------------------------------
     def _model_metadata(self, model: ServedModel) -> dict:

@@ -1,17 +1,105 @@
-"""The server's typed configuration: the click command builds one of these and calls ``serve``."""
+"""The server's typed configuration: the click command builds one of these and calls ``serve``.
+
+``LIMITS`` is the one table of what a client or a request may take (body bytes, tensor elements, batch rows,
+connections, requests in flight, timeouts): ``default`` for a server-class machine, ``small`` for a 1-4 GB board
+such as a Raspberry Pi. A model's ``config.pbtxt`` may narrow or widen the per-request limits for that model
+(``max_batch_size`` as in Triton, and ``parameters`` keys named in ``MODEL_LIMIT_PARAMETERS``).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
+from edgedl.runtime.server.pbtxt import first
 from edgedl.runtime.server.repository import BatchPolicy
 from edgedl.runtime.signature import ShapeOptions
 
 ACCESS_LOG_FORMATS = ("off", "text", "json")
+MODEL_CONTROL_MODES = ("none", "explicit")  # Triton's --model-control-mode values that edgedl implements
 API_KEY_ENV = "EDGEDL_API_KEY"
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request or client may take before the server answers 413/503 or closes the connection."""
+
+    max_body_bytes: int  # per request (413 beyond)
+    max_tensor_elements: int  # per input tensor (413 beyond)
+    max_batch_rows: int  # axis 0 of a request (413 beyond)
+    max_connections: int  # open connections; beyond, the longest-idle one is closed, or the new one gets 503
+    max_in_flight: int  # infer requests being decoded, queued or run at once (503 beyond)
+    header_timeout_s: float  # from connect (or the first byte of a request) to the end of its headers
+    body_timeout_s: float  # from the end of the headers to the end of the body
+    keep_alive_timeout_s: float  # an idle keep-alive connection is closed after this
+    max_header_bytes: int = 64 * 1024  # request line + headers (431 beyond)
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes < 1024:
+            raise EdgeDLError(f"the body limit must be at least 1024 bytes, got {self.max_body_bytes}")
+        for name in ("max_tensor_elements", "max_batch_rows", "max_connections", "max_in_flight", "max_header_bytes"):
+            if getattr(self, name) < 1:
+                raise EdgeDLError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        for name in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise EdgeDLError(f"{name[:-2].replace('_', '-')} must be a positive number of seconds")
+
+    def replace(self, **changes) -> Limits:
+        """These limits with the given fields changed (None values keep the preset's)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+LIMITS: dict[str, Limits] = {
+    # 64 MiB = 16 Mi FP32 values = 256 Ki rows of a 1x8x8 image; 1024 sockets fit the usual 4096+ file limit
+    "default": Limits(max_body_bytes=64 * MIB, max_tensor_elements=16 * MIB, max_batch_rows=256 * 1024,
+                      max_connections=1024, max_in_flight=256, header_timeout_s=10.0, body_timeout_s=60.0,
+                      keep_alive_timeout_s=30.0),
+    # a 1-4 GB board: a quarter of the request sizes, and fewer sockets and requests held at once
+    "small": Limits(max_body_bytes=16 * MIB, max_tensor_elements=4 * MIB, max_batch_rows=64 * 1024,
+                    max_connections=256, max_in_flight=64, header_timeout_s=10.0, body_timeout_s=60.0,
+                    keep_alive_timeout_s=15.0),
+}
+
+# config.pbtxt `parameters { key: K value: { string_value: "N" } }` entries that set a limit for one model
+MODEL_LIMIT_PARAMETERS = {"edgedl_max_body_bytes": "max_body_bytes",
+                          "edgedl_max_tensor_elements": "max_tensor_elements",
+                          "edgedl_max_batch_rows": "max_batch_rows"}
+
+
+@dataclass(frozen=True)
+class RequestLimits:
+    """The per-request part of ``Limits`` as it applies to one model."""
+
+    max_body_bytes: int
+    max_tensor_elements: int
+    max_batch_rows: int
+
+
+def model_limits(limits: Limits, model_config: dict, where: str = "config.pbtxt") -> RequestLimits:
+    """The request limits for a model: the server's, then its config.pbtxt (Triton's ``max_batch_size`` caps
+    the rows of a request, as in Triton; ``edgedl_max_*`` parameters set the others)."""
+    values = {"max_body_bytes": limits.max_body_bytes, "max_tensor_elements": limits.max_tensor_elements,
+              "max_batch_rows": limits.max_batch_rows}
+    max_batch = first(model_config, "max_batch_size", 0)
+    if isinstance(max_batch, int) and max_batch > 0:
+        values["max_batch_rows"] = max_batch
+    for entry in model_config.get("parameters", []):
+        key = first(entry, "key") if isinstance(entry, dict) else None
+        if key not in MODEL_LIMIT_PARAMETERS:
+            continue
+        value = first(first(entry, "value", {}) or {}, "string_value")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            number = 0
+        if number < 1:
+            raise EdgeDLError(f"{where}: parameter {key} must be a positive integer in string_value, got {value!r}")
+        values[MODEL_LIMIT_PARAMETERS[key]] = number
+    return RequestLimits(**values)
 
 
 def _default_threads() -> int:
@@ -33,7 +121,9 @@ class ServerConfig:
     grpc_port: int | None = None  # also serve the KServe v2 gRPC API (same host and API key); 0 = a free port
     api_key: str | None = None  # bearer token for everything but liveness
     verify_key: Path | None = None  # OpenSSH ed25519 public key: serve only bundles it signed (runtime.manifest)
-    max_body_bytes: int = 64 * 1024 * 1024
+    limits: Limits = LIMITS["default"]
+    model_control: str = "none"  # "explicit": POST /v2/repository/models/NAME/load|unload are allowed
+    allow_outside_repository: bool = False  # serve repository models whose files resolve outside it
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     providers: tuple[str, ...] = ("cpu",)
     allow_fallback: bool = False
@@ -51,13 +141,14 @@ class ServerConfig:
             raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (not both)")
         if self.access_log not in ACCESS_LOG_FORMATS:
             raise EdgeDLError(f"access log format must be one of {', '.join(ACCESS_LOG_FORMATS)}, got '{self.access_log}'")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise EdgeDLError(f"model control mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                              f"got '{self.model_control}'")
         if not 0 <= self.port <= 65535:
             raise EdgeDLError(f"port must be between 0 and 65535, got {self.port}")
         if self.grpc_port is not None and (not 0 <= self.grpc_port <= 65535 or self.grpc_port == self.port != 0):
             raise EdgeDLError(f"gRPC port must be between 0 and 65535 and differ from the HTTP port, "
                               f"got {self.grpc_port}")
-        if self.max_body_bytes < 1024:
-            raise EdgeDLError("--max-body-bytes must be at least 1024")
         b = self.batching
         if b.max_batch_size < 0 or b.max_queue_delay_us < 0 or b.max_queue < 1 or b.instances < 1:
             raise EdgeDLError("--max-batch-size and --max-queue-delay-us must be >= 0, --max-queue and --instances >= 1")

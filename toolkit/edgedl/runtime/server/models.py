@@ -15,7 +15,7 @@ import numpy as np
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
-from edgedl.runtime.server.config import ServerConfig
+from edgedl.runtime.server.config import ServerConfig, model_limits
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.protocol import HTTPError, InferRequest
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover
@@ -55,6 +55,7 @@ class ServedModel:
         self.policy: BatchPolicy = source.policy
         self.source = source
         self.allow_nonfinite = config.allow_nonfinite
+        self.limits = model_limits(config.limits, source.config, str(source.config_path))
         runner_config = RunnerConfig(providers=config.providers, allow_fallback=config.allow_fallback,
                                      intra_op_threads=config.intra_op_threads, inter_op_threads=1, spinning=False)
         self.runner = Runner(self.path, runner_config)
@@ -113,9 +114,10 @@ class ServedModel:
         out = self.runner.run(feeds, names)
         return out, t0, perf_counter()
 
-    async def infer(self, feeds: dict[str, np.ndarray], rows: int, names: list[str] | None):
-        """-> (outputs by name, queue seconds, compute seconds, rows in the run)."""
-        if self.inline:
+    async def infer(self, feeds: dict[str, np.ndarray], rows: int, names: list[str] | None, offload: bool = False):
+        """-> (outputs by name, queue seconds, compute seconds, rows in the run). ``offload``: never on the
+        event loop (a large request to an inline model runs on a worker thread)."""
+        if self.inline and not offload:
             t0 = perf_counter()
             out = self.runner.run(feeds, names)
             return out, 0.0, perf_counter() - t0, rows
@@ -285,7 +287,8 @@ class Registry:
 
     def _discover(self, only: str | None = None, failures: dict[str, str] | None = None) -> list[ModelSource]:
         c = self.config
-        return discover(c.model, c.model_repository, c.batching, c.model_name, only, failures, verify_key=c.verify_key)
+        return discover(c.model, c.model_repository, c.batching, c.model_name, only, failures,
+                        verify_key=c.verify_key, allow_outside=c.allow_outside_repository)
 
     def _load(self, sources: list[ModelSource], failures: dict[str, str] | None = None) -> dict[str, ModelVersions]:
         """Load every version of each source; with ``failures``, a model that fails is recorded there and the

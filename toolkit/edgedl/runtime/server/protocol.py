@@ -1,6 +1,8 @@
 """Open Inference Protocol v2 bodies: parse an infer request (JSON + Triton binary tensors) into numpy feeds,
 and encode the response. Pure functions over bytes; no web framework. Every malformed request becomes an
-``HTTPError`` with the status the spec asks for and a message that says what is wrong.
+``HTTPError`` with the status the spec asks for and a message that says what is wrong. Large JSON bodies are
+read by ``tensorjson`` (numbers straight into numpy); large responses are a list of parts (JSON header, then
+each binary tensor's own memory) so nothing is copied to build them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from edgedl.runtime.server import tensorjson
+from edgedl.runtime.server.tensorjson import NumberArray
 from edgedl.runtime.tensors import TensorInfo
 
 # v2 datatype <-> numpy dtype (BYTES travels as an object array of str)
@@ -78,7 +82,7 @@ def _header_split(body: bytes, header_length: int | None) -> tuple[bytes, memory
 
 def _loads(raw) -> Any:
     try:
-        return json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+        return tensorjson.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
     except UnicodeDecodeError:
         raise HTTPError(400, "request body is not UTF-8 JSON; binary tensors need an Inference-Header-Content-Length "
                              "header") from None
@@ -106,7 +110,30 @@ def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
     return out
 
 
+_KIND_WORDS = {"U": "strings", "S": "strings", "b": "booleans", "f": "non-integer numbers", "i": "integers",
+               "u": "integers"}
+
+
+def _from_numbers(data: NumberArray, dtype: np.dtype, count: int, name: str, datatype: str) -> np.ndarray:
+    """A large JSON number array: the same checks as ``_from_json`` makes on a list, then numpy parses it."""
+    if data.shape is None:
+        raise HTTPError(400, f"input '{name}': 'data' is not a regular array (nested lists of unequal lengths)")
+    if data.count != count:
+        raise HTTPError(400, f"input '{name}': 'data' has {data.count} elements but its shape needs {count}")
+    kind = "f" if data.is_float else "i"
+    if kind not in _JSON_KINDS[dtype.kind]:
+        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds {_KIND_WORDS[kind]}")
+    try:
+        return data.to_numpy(dtype)
+    except tensorjson.DecodeError as exc:
+        raise HTTPError(400, f"input '{name}': {exc}") from None
+    except OverflowError:
+        raise HTTPError(400, f"input '{name}': a value is out of range for {datatype}") from None
+
+
 def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str) -> np.ndarray:
+    if isinstance(data, NumberArray):
+        return _from_numbers(data, dtype, count, name, datatype)
     if not isinstance(data, list):
         raise HTTPError(400, f"input '{name}': 'data' must be a list (row-major, flat or nested)")
     try:
@@ -118,9 +145,8 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str)
     if count == 0:
         return arr.astype(dtype).ravel()
     if arr.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        got = {"U": "strings", "S": "strings", "b": "booleans", "f": "non-integer numbers",
-               "i": "integers", "u": "integers"}.get(arr.dtype.kind, "mixed values")
-        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds {got}")
+        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds "
+                             f"{_KIND_WORDS.get(arr.dtype.kind, 'mixed values')}")
     if dtype.kind in "iu" and arr.dtype != dtype:
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:
@@ -137,8 +163,11 @@ def parse_infer_request(
     output_names: list[str],
     *,
     allow_nonfinite: bool = False,
+    max_elements: int | None = None,
+    max_rows: int | None = None,
 ) -> InferRequest:
-    """Validate and decode one infer request against a model's inputs and outputs."""
+    """Validate and decode one infer request against a model's inputs and outputs (and, when given, the
+    model's limits on elements per tensor and rows per request: 413 beyond)."""
     json_part, binary = _header_split(body, header_length)
     doc = _loads(json_part)
     if not isinstance(doc, dict):
@@ -187,6 +216,12 @@ def parse_infer_request(
         if 0 in shape:
             raise HTTPError(400, f"input '{name}' has an empty dimension (shape {shape}); send at least one row")
         count = math.prod(shape)
+        if max_elements is not None and count > max_elements:
+            raise HTTPError(413, f"input '{name}' has {count} elements (shape {shape}), more than this model's "
+                                 f"limit of {max_elements} per tensor; send smaller requests")
+        if max_rows is not None and shape and shape[0] > max_rows:
+            raise HTTPError(413, f"input '{name}' has {shape[0]} rows, more than this model's limit of {max_rows} "
+                                 "per request; split the batch")
         dtype = info.dtype
         item_params = item.get("parameters") or {}
         if not isinstance(item_params, dict):
@@ -260,10 +295,27 @@ def _bytes_blob(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
+_JSON_VALUES_PER_CALL = 65536  # one json.dumps call holds the GIL; bound it for large outputs
+_JOIN_BELOW = 64 * 1024  # smaller responses go out as one bytes object (one write), larger ones as parts
+
+
+def _dumps(value) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def _json_values(values: list | np.ndarray) -> bytes:
+    if isinstance(values, list) or values.size <= _JSON_VALUES_PER_CALL:
+        return _dumps(values if isinstance(values, list) else values.tolist())
+    pieces = [json.dumps(values[i:i + _JSON_VALUES_PER_CALL].tolist(), separators=(",", ":"))[1:-1]
+              for i in range(0, values.size, _JSON_VALUES_PER_CALL)]
+    return ("[" + ",".join(pieces) + "]").encode()
+
+
 def encode_response(
     model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
-) -> tuple[bytes, int | None]:
-    """-> (body, JSON header length or None when no binary data follows)."""
+) -> tuple[list, int | None]:
+    """-> (body parts: bytes or memoryviews to send in order, JSON header length or None when no binary data
+    follows)."""
     entries = []
     blobs = []
     for name, arr, as_binary in outputs:
@@ -273,18 +325,24 @@ def encode_response(
             if datatype == "BYTES":
                 blob = _bytes_blob(arr)
             else:
-                blob = np.ascontiguousarray(arr, dtype=arr.dtype if _NATIVE_LE else arr.dtype.newbyteorder("<")).tobytes()
+                wire = np.ascontiguousarray(arr, dtype=arr.dtype if _NATIVE_LE else arr.dtype.newbyteorder("<"))
+                blob = wire.reshape(-1).view(np.uint8).data
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-        elif datatype == "BYTES":
-            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+            entries.append(_dumps(entry))
         else:
-            entry["data"] = arr.ravel().tolist()
-        entries.append(entry)
-    doc: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": entries}
-    if req_id is not None:
-        doc["id"] = req_id
-    header = json.dumps(doc, separators=(",", ":")).encode()
+            if datatype == "BYTES":
+                data = _json_values([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+                                     for v in arr.ravel()])
+            else:
+                data = _json_values(arr.ravel())
+            entries.append(_dumps(entry)[:-1] + b',"data":' + data + b"}")
+    header = b"".join([b'{"model_name":', _dumps(model_name), b',"model_version":', _dumps(version),
+                       b',"outputs":[', b",".join(entries), b"]",
+                       b"" if req_id is None else b',"id":' + _dumps(req_id), b"}"])
     if not blobs:
-        return header, None
-    return b"".join([header, *blobs]), len(header)
+        return [header], None
+    parts = [header, *blobs]
+    if sum(len(p) for p in parts) < _JOIN_BELOW:
+        parts = [b"".join(parts)]
+    return parts, len(header)

@@ -89,10 +89,24 @@ def _verify_bundle(directory: Path, verify_key: Path | None) -> None:
     verify_served(directory, verify_key)
 
 
+def _inside(repository: Path, name: str, path: Path, allow_outside: bool) -> Path:
+    """``path`` if it resolves inside the repository (symlinks followed); a repository is a unit that is
+    verified and deployed as one, so a model that points elsewhere is refused unless explicitly allowed."""
+    if allow_outside:
+        return path
+    root, resolved = repository.resolve(), path.resolve()
+    if not resolved.is_relative_to(root):
+        raise EdgeDLError(f"model '{name}': {path} resolves to {resolved}, outside the repository {root}; keep "
+                          "model files inside the repository, or pass --allow-outside-repository to serve it anyway")
+    return path
+
+
 def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
              model_name: str | None = None, only: str | None = None,
-             failures: dict[str, str] | None = None, verify_key: Path | None = None) -> list[ModelSource]:
-    """The models to serve, checked before anything is loaded (``only``: rediscover just that model).
+             failures: dict[str, str] | None = None, verify_key: Path | None = None,
+             allow_outside: bool = False) -> list[ModelSource]:
+    """The models to serve, checked before anything is loaded (``only``: rediscover just that model;
+    ``allow_outside``: accept repository files that resolve outside the repository).
 
     With ``failures`` (a dict), a repository model that cannot be read is recorded there (name -> reason) and
     the others are still returned; without it the first such model raises. ``verify_key``: the bundle's
@@ -119,7 +133,7 @@ def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
         if not entry.is_dir() or entry.name.startswith(".") or (only is not None and entry.name != only):
             continue
         try:
-            sources.append(_model_source(repository, entry, defaults))
+            sources.append(_model_source(repository, entry, defaults, allow_outside))
         except EdgeDLError as exc:
             if failures is None:
                 raise
@@ -130,11 +144,16 @@ def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
     return sources
 
 
-def _model_source(repository: Path, entry: Path, defaults: BatchPolicy) -> ModelSource:
+def _model_source(repository: Path, entry: Path, defaults: BatchPolicy, allow_outside: bool) -> ModelSource:
     config_path = entry / "config.pbtxt"
-    cfg, policy = read_config(config_path, defaults) if config_path.is_file() else ({}, defaults)
+    if config_path.is_file():
+        cfg, policy = read_config(_inside(repository, entry.name, config_path, allow_outside), defaults)
+    else:
+        cfg, policy = {}, defaults
     filename = first(cfg, "default_model_filename", "model.onnx")
-    versions = {int(v.name): v / filename for v in entry.iterdir()
+    if not isinstance(filename, str) or not filename:
+        raise EdgeDLError(f"{config_path}: default_model_filename must be a non-empty string")
+    versions = {int(v.name): _inside(repository, entry.name, v / filename, allow_outside) for v in entry.iterdir()
                 if v.is_dir() and v.name.isdigit() and (v / filename).is_file()}
     if not versions:
         raise EdgeDLError(f"model '{entry.name}' in {repository} has no version folder with {filename}; "

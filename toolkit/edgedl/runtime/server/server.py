@@ -1,5 +1,6 @@
 """Run the app under uvicorn (httptools parser, uvloop when installed): load and warm up every model first,
-report ready only once the socket is bound, reload on SIGHUP, drain in-flight requests on SIGTERM/SIGINT."""
+report ready only once the socket is bound, reload on SIGHUP, drain in-flight requests on SIGTERM/SIGINT.
+Connections go through ``connections.GuardedProtocol`` (timeouts, header size, a cap on open connections)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Callable
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server.app import InferenceApp
 from edgedl.runtime.server.config import ServerConfig
+from edgedl.runtime.server.connections import FD_RESERVE, ConnectionGuard, protocol_class, raise_fd_limit
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry
 
@@ -48,12 +50,19 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
     uvicorn = _uvicorn()
     t0 = perf_counter()
     grpc_server = _grpc_server() if config.grpc_port is not None else None  # a missing extra fails before loading
+    limits = config.limits
+    guard = ConnectionGuard(limits, raise_fd_limit(limits.max_connections + FD_RESERVE))
+    if guard.max_connections < limits.max_connections:
+        print(f"edgedl serve: WARNING the open-file limit allows {guard.max_connections} connections, not "
+              f"{limits.max_connections}; raise it (ulimit -n, or LimitNOFILE= in a systemd unit) to at least "
+              f"{limits.max_connections + FD_RESERVE}", file=sys.stderr, flush=True)
     app = build(config)
+    # uvicorn's own log stays at errors: a client that sends garbage must not be able to fill the log
     uv_config = uvicorn.Config(
-        app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="warning",
-        loop=_best("uvloop", "uvloop", "asyncio"), http=_best("httptools", "httptools", "h11"),
+        app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="error",
+        loop=_best("uvloop", "uvloop", "asyncio"), http=protocol_class(guard),
         timeout_graceful_shutdown=config.drain_timeout_s, server_header=False, date_header=False,
-        timeout_keep_alive=30, h11_max_incomplete_event_size=1024 * 1024, proxy_headers=False,
+        timeout_keep_alive=limits.keep_alive_timeout_s, proxy_headers=False,
     )
     server = _Server(uv_config, app, on_ready, t0, grpc_server)
     server.run()

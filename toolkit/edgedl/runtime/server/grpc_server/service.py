@@ -325,7 +325,7 @@ class GrpcServer:
     async def start(self, host: str, port: int) -> int:
         config = self.app.config
         interceptors = [_ApiKey(config.api_key)] if config.api_key else []
-        limit = config.max_body_bytes
+        limit = config.limits.max_body_bytes
         self.server = grpc.aio.server(interceptors=interceptors, options=[
             ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0)])

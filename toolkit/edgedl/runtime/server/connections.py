@@ -1,0 +1,201 @@
+"""What a client may hold: timeouts and a cap on open connections, on top of uvicorn's httptools protocol.
+
+uvicorn closes idle keep-alive connections but has no header or body timeout, no header size limit, and
+accepts connections until the process runs out of file descriptors - after which every new client is reset.
+``GuardedProtocol`` adds, per connection:
+
+- a header deadline (from connect, or from the first byte of each later request, to the end of its headers)
+  and a body deadline (from the end of the headers to the end of the body): past either the client gets a 408
+  and the connection is closed;
+- a cap on the bytes of the request line and headers (431 and close);
+
+and, for the whole server (``ConnectionGuard``), a cap on open connections set below the file-descriptor limit:
+a connection beyond it closes the connection that has been idle longest (no request in progress: an idle
+keep-alive one, or one still trickling its headers), or, when every connection is busy with a request, is
+answered 503 with ``connection: close``. New clients are served or told to retry, never reset.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+
+from edgedl.errors import EdgeDLError
+from edgedl.runtime.server.config import Limits
+
+# file descriptors kept for everything but client sockets (models, logs, the event loop, worker threads, and the
+# connections accepted in one burst before the ones they evict are closed on the event loop's next iteration)
+FD_RESERVE = 64
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's soft open-file limit towards ``wanted`` (at most the hard limit); -> the soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+class ConnectionGuard:
+    """The open connections of one server, least recently active first."""
+
+    def __init__(self, limits: Limits, fd_limit: int):
+        self.limits = limits
+        self.max_connections = max(min(limits.max_connections, fd_limit - FD_RESERVE), 8)
+        self.open: dict = {}  # protocol -> None, ordered by last activity (a dict keeps insertion order)
+        self.evicted = 0
+        self.refused = 0
+
+    def opened(self, conn) -> bool:
+        """Register a new connection; -> False when it is over the cap and nothing idle could be closed."""
+        self.open[conn] = None
+        if len(self.open) <= self.max_connections:
+            return True
+        for other in self.open:
+            if other is not conn and other.idle:
+                del self.open[other]  # now, not when the event loop gets to close it
+                self.evicted += 1
+                other.close()
+                return True
+        self.refused += 1
+        return False
+
+    def touch(self, conn) -> None:
+        if conn in self.open:
+            del self.open[conn]
+            self.open[conn] = None
+
+    def closed(self, conn) -> None:
+        self.open.pop(conn, None)
+
+
+def _reply(status: int, message: str) -> bytes:
+    from http import HTTPStatus
+
+    body = json.dumps({"error": message}).encode()
+    return (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+class _HeadersTooLarge(Exception):
+    pass
+
+
+def protocol_class(guard: ConnectionGuard):
+    """The uvicorn protocol class for a server guarded by ``guard`` (pass it as ``uvicorn.Config(http=...)``)."""
+    try:
+        import httptools
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        raise EdgeDLError("the server needs httptools; install it with: pip install 'edgedl[serve]'") from None
+    limits = guard.limits
+
+    async def busy(scope, receive, send):
+        body = json.dumps({"error": f"the server holds {len(guard.open)} connections (limit "
+                                    f"{guard.max_connections}), all busy; retry later"}).encode()
+        await send({"type": "http.response.start", "status": 503,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close"), (b"retry-after", b"1")]})
+        await send({"type": "http.response.body", "body": body})
+
+    class GuardedProtocol(HttpToolsProtocol):
+        def connection_made(self, transport) -> None:
+            super().connection_made(transport)
+            self._deadline = None
+            self._header_bytes = 0
+            self._in_request = False  # bytes of a request seen (a 408 is owed rather than a silent close)
+            self._admitted = guard.opened(self)
+            self._arm(limits.header_timeout_s, "headers")
+
+        def connection_lost(self, exc) -> None:
+            guard.closed(self)
+            self._disarm()
+            super().connection_lost(exc)
+
+        @property
+        def idle(self) -> bool:
+            """No request being served: an idle keep-alive connection, or one still sending headers."""
+            return (self.cycle is None or self.cycle.response_complete) and not self.pipeline
+
+        def close(self) -> None:
+            if not self.transport.is_closing():
+                self.transport.close()
+
+        # --- deadlines ---------------------------------------------------------------------------------------
+        def _arm(self, seconds: float, phase: str) -> None:
+            self._disarm()
+            self._deadline = self.loop.call_later(seconds, self._expired, phase, seconds)
+
+        def _disarm(self) -> None:
+            if self._deadline is not None:
+                self._deadline.cancel()
+                self._deadline = None
+
+        def _expired(self, phase: str, seconds: float) -> None:
+            self._deadline = None
+            if self.transport.is_closing():
+                return
+            if phase == "body" and self.cycle is not None and self.cycle.response_started:
+                self.close()  # the app already answered (e.g. 413 before reading the body): just stop listening
+            elif self._in_request:
+                self.transport.write(_reply(408, f"the request {phase} did not arrive within {seconds:g} s"))
+                self.close()
+            else:
+                self.close()  # connected and sent nothing
+
+        # --- parsing -----------------------------------------------------------------------------------------
+        def data_received(self, data: bytes) -> None:
+            guard.touch(self)
+            self._unset_keepalive_if_required()
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                self._reject(400, "protocol upgrades are not supported")
+            except httptools.HttpParserError as exc:
+                if isinstance(exc.__context__, _HeadersTooLarge):
+                    self._reject(431, f"request line and headers exceed {limits.max_header_bytes} bytes")
+                else:
+                    self._reject(400, "invalid HTTP request")
+
+        def _reject(self, status: int, message: str) -> None:
+            if not self.transport.is_closing():
+                self.transport.write(_reply(status, message))
+                self.close()
+
+        def _count(self, n: int) -> None:
+            self._in_request = True
+            self._header_bytes += n
+            if self._header_bytes > limits.max_header_bytes:
+                raise _HeadersTooLarge()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            self._header_bytes = 0
+            if self._deadline is None:  # a later request on a keep-alive connection
+                self._arm(limits.header_timeout_s, "headers")
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            super().on_header(name, value)
+
+        def on_headers_complete(self) -> None:
+            self._arm(limits.body_timeout_s, "body")
+            if not self._admitted:
+                self.app = busy
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            self._disarm()
+            self._in_request = False
+            super().on_message_complete()
+
+    return GuardedProtocol

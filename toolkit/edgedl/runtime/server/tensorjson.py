@@ -1,0 +1,300 @@
+"""JSON request bodies whose tensors go straight into numpy, without ever holding the GIL for long.
+
+Small bodies (under ``STREAM_ABOVE_BYTES``) go to the standard library's C parser, the fastest for them. A larger
+body would there become lists of Python numbers (~32 bytes each, 3x a typical JSON body) built in one C call
+that holds the GIL - and the event loop - for the whole parse. So a large body is read by ``_Parser`` instead:
+the document's structure (objects, names, shapes, strings) the usual way, but each large array of numbers is
+only located and checked (``NumberArray``: its bytes, element count, nesting shape, integer or float), and later
+parsed by numpy straight into the input's dtype once the tensor's datatype is known (``NumberArray.to_numpy``).
+Every scan works on ``CHUNK``-sized pieces: numpy's text parser releases the GIL, and the Python loop between
+pieces lets the event loop run.
+
+Number syntax is JSON's, checked per piece (NaN and Infinity as Python's json reads them); one leniency of
+numpy's parser is kept because rejecting it would cost a second pass: integers with leading zeros (``01``).
+Nesting is limited to ``MAX_DEPTH`` levels (a 400, not a RecursionError).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import numpy as np
+
+STREAM_ABOVE_BYTES = 64 * 1024
+CHUNK = 256 * 1024
+MAX_DEPTH = 64
+_SMALL_ARRAY = 4096  # numeric arrays shorter than this (shapes, small data) become plain lists
+
+_SPACE = re.compile(rb"[ \t\n\r]*")
+_STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"')
+_NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")
+_LITERALS = ((b"true", True), (b"false", False), (b"null", None), (b"NaN", math.nan), (b"Infinity", math.inf),
+             (b"-Infinity", -math.inf))
+_NUM = rb"(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|NaN|-?Infinity)"
+_NUMBER_LIST = re.compile(rb"[ \t\n\r]*" + _NUM + rb"(?:[ \t\n\r]*,[ \t\n\r]*" + _NUM + rb")*[ \t\n\r]*")
+_NUMERIC_BYTES = b"0123456789+-.eE,[] \t\n\r"
+_NAN_INF_LETTERS = b"NaInfity"
+_NOT_SKELETON = bytes(c for c in range(256) if c not in b"[],")
+_DIGITS_TO_ZERO = bytes.maketrans(b"123456789", b"000000000")
+_NUMBER_START = frozenset(b"-0123456789NI")
+
+
+class DecodeError(ValueError):
+    """The body is not valid JSON (or not a usable one); the message says where."""
+
+
+def loads(raw: bytes | bytearray) -> Any:
+    """Parse a request body; large numeric arrays come back as ``NumberArray`` (only from large bodies)."""
+    if len(raw) < STREAM_ABOVE_BYTES:
+        try:
+            return json.loads(raw)
+        except RecursionError:
+            raise DecodeError(f"JSON nested deeper than the parser allows (keep it under {MAX_DEPTH} levels)") from None
+    return _Parser(raw).document()
+
+
+def _pieces(start: int, end: int, buf, cut: bool):
+    """[a, b) pieces of about CHUNK bytes covering [start, end), cut after a comma when ``cut``."""
+    a = start
+    while a < end:
+        b = min(a + CHUNK, end)
+        if cut and b < end:
+            comma = buf.rfind(b",", a, b)
+            if comma <= a:
+                comma = buf.find(b",", b, end)
+            b = end if comma < 0 else comma
+        yield a, b
+        a = b + 1 if cut and b < end else b
+
+
+class NumberArray:
+    """A (possibly nested) JSON array of numbers, located in the body but not parsed yet.
+
+    ``count`` is the number of values, ``is_float`` whether any is written as a float (a fraction, an
+    exponent, NaN or Infinity), ``shape`` the nesting shape or None when the nesting is not rectangular.
+    """
+
+    __slots__ = ("buf", "start", "end", "count", "is_float", "shape")
+
+    def __init__(self, buf, start: int, end: int, count: int, is_float: bool, shape: tuple[int, ...] | None):
+        self.buf, self.start, self.end = buf, start, end
+        self.count, self.is_float, self.shape = count, is_float, shape
+
+    def to_numpy(self, dtype: np.dtype) -> np.ndarray:
+        """The values as a flat array of ``dtype`` (integer or floating); DecodeError on bad numbers, and
+        OverflowError when an integer does not fit ``dtype``."""
+        out = np.empty(self.count, dtype=dtype)
+        integer = dtype.kind in "iu"
+        parse_as = (np.dtype(np.uint64) if dtype == np.uint64 else np.dtype(np.int64)) if integer else dtype
+        info = np.iinfo(dtype) if integer else None
+        pos = 0
+        for a, b in _pieces(self.start, self.end, self.buf, cut=True):
+            text = bytes(self.buf[a:b]).translate(None, b"[]")
+            _check_numbers(text, a)
+            if dtype.kind == "u" and b"-" in text:  # (integers have no exponent: is_float arrays never get here)
+                raise OverflowError
+            if integer and re.search(rb"[0-9]{19}", text):  # may not fit int64: Python's ints decide
+                values = np.array(json.loads(b"[" + text + b"]"))
+                if values.dtype.kind not in "iu":
+                    raise OverflowError
+            else:
+                try:
+                    values = np.fromstring(text, dtype=parse_as, sep=",")
+                except ValueError:
+                    raise DecodeError(f"malformed number in an array at char {a}") from None
+                if values.size != text.count(b",") + 1:
+                    raise DecodeError(f"malformed number in an array at char {a}")
+            if integer and values.size and (values.min() < info.min or values.max() > info.max):
+                raise OverflowError
+            out[pos:pos + values.size] = values
+            pos += values.size
+        return out
+
+
+def _check_numbers(text: bytes, at: int) -> None:
+    """JSON number syntax where numpy's parser is lenient: '+1', '.5', '1.', 'nan', 'inf'."""
+    bad = text.translate(None, _NUMERIC_BYTES)
+    if bad:  # letters: only NaN / Infinity are numbers
+        if _NUMBER_LIST.fullmatch(text) is None:
+            raise DecodeError(f"malformed number in an array at char {at}")
+        return
+    if text.count(b"+") != text.count(b"e+") + text.count(b"E+"):
+        raise DecodeError(f"malformed number in an array at char {at}: '+' outside an exponent")
+    zeros = text.translate(_DIGITS_TO_ZERO)
+    if zeros.count(b".") != zeros.count(b"0.0"):
+        raise DecodeError(f"malformed number in an array at char {at}: a '.' needs digits on both sides")
+
+
+def _rectangular(skeleton: bytes, depth: int) -> tuple[int, ...] | None:
+    """The shape of a nested array from its brackets and commas (b'[[,],[,]]' -> (2, 2)), None if ragged."""
+    lengths = []
+    for level in range(depth):  # the first array at each level ends at the first run of (depth - level) ']'
+        run = b"]" * (depth - level)
+        end = skeleton.find(run)
+        if end < 0:
+            return None
+        lengths.append(end + len(run) - level)
+    shape, inner = [], 0
+    for length in reversed(lengths):
+        size, rest = divmod(length - 1, inner + 1)
+        if rest or size < 1:
+            return None
+        shape.append(size)
+        inner = length
+    shape.reverse()
+    expected = b""
+    for size in reversed(shape):
+        expected = b"[" + b",".join([expected] * size) + b"]"
+    return tuple(shape) if expected == skeleton else None
+
+
+class _Parser:
+    def __init__(self, buf):
+        self.buf = buf
+
+    def fail(self, what: str, pos: int):
+        raise DecodeError(f"{what}: char {pos}")
+
+    def document(self) -> Any:
+        value, pos = self.value(_SPACE.match(self.buf, 0).end(), 0)
+        pos = _SPACE.match(self.buf, pos).end()
+        if pos != len(self.buf):
+            self.fail("Extra data", pos)
+        return value
+
+    def value(self, pos: int, depth: int):
+        buf = self.buf
+        if pos >= len(buf):
+            self.fail("Expecting value", pos)
+        c = buf[pos]
+        if c == 0x7B:  # {
+            return self.object(pos, depth + 1)
+        if c == 0x5B:  # [
+            return self.array(pos, depth + 1)
+        if c == 0x22:  # "
+            return self.string(pos)
+        m = _NUMBER.match(buf, pos)
+        if m is not None:
+            try:
+                return (float(m.group()) if m.group(1) or m.group(2) else int(m.group())), m.end()
+            except ValueError as exc:  # an integer past Python's digit limit
+                raise DecodeError(f"{exc}: char {pos}") from None
+        for literal, val in _LITERALS:
+            if buf.startswith(literal, pos):
+                return val, pos + len(literal)
+        self.fail("Expecting value", pos)
+
+    def string(self, pos: int):
+        m = _STRING.match(self.buf, pos)
+        if m is None:
+            self.fail("Unterminated string or invalid character in string", pos)
+        raw = m.group()
+        try:
+            return (json.loads(raw) if b"\\" in raw else raw[1:-1].decode("utf-8")), m.end()
+        except (UnicodeDecodeError, ValueError):
+            self.fail("Invalid string (not UTF-8, or a bad escape)", pos)
+
+    def _deeper(self, depth: int, pos: int) -> None:
+        if depth > MAX_DEPTH:
+            self.fail(f"JSON nested deeper than {MAX_DEPTH} levels", pos)
+
+    def object(self, pos: int, depth: int):
+        self._deeper(depth, pos)
+        buf, space = self.buf, _SPACE.match
+        out = {}
+        pos = space(buf, pos + 1).end()
+        if buf[pos:pos + 1] == b"}":
+            return out, pos + 1
+        while True:
+            if buf[pos:pos + 1] != b'"':
+                self.fail("Expecting property name enclosed in double quotes", pos)
+            key, pos = self.string(pos)
+            pos = space(buf, pos).end()
+            if buf[pos:pos + 1] != b":":
+                self.fail("Expecting ':' delimiter", pos)
+            out[key], pos = self.value(space(buf, pos + 1).end(), depth)
+            pos = space(buf, pos).end()
+            c = buf[pos:pos + 1]
+            if c == b"}":
+                return out, pos + 1
+            if c != b",":
+                self.fail("Expecting ',' delimiter", pos)
+            pos = space(buf, pos + 1).end()
+
+    def array(self, pos: int, depth: int):
+        self._deeper(depth, pos)
+        found = self.numbers(pos, depth)
+        if found is not None:
+            return found
+        buf, space = self.buf, _SPACE.match
+        out = []
+        pos = space(buf, pos + 1).end()
+        if buf[pos:pos + 1] == b"]":
+            return out, pos + 1
+        while True:
+            item, pos = self.value(pos, depth)
+            out.append(item)
+            pos = space(buf, pos).end()
+            c = buf[pos:pos + 1]
+            if c == b"]":
+                return out, pos + 1
+            if c != b",":
+                self.fail("Expecting ',' delimiter", pos)
+            pos = space(buf, pos + 1).end()
+
+    def numbers(self, start: int, depth: int):
+        """(NumberArray or list, end) if the array at ``start`` holds only numbers, else None."""
+        buf, space = self.buf, _SPACE.match
+        nesting, pos = 0, start
+        while buf[pos:pos + 1] == b"[":
+            nesting += 1
+            self._deeper(depth + nesting - 1, pos)
+            pos = space(buf, pos + 1).end()
+        if pos >= len(buf) or buf[pos] not in _NUMBER_START:
+            return None
+        end = self._matching_bracket(start)
+        if end is None:
+            return None
+        if end - start < _SMALL_ARRAY:
+            try:
+                return json.loads(bytes(buf[start:end])), end
+            except (ValueError, RecursionError):
+                return None  # not numbers after all; the general parser says what is wrong
+        commas = opens = closes = 0
+        is_float = False
+        skeleton = []
+        for a, b in _pieces(start, end, buf, cut=False):
+            piece = bytes(buf[a:b])
+            if piece.translate(None, _NUMERIC_BYTES).translate(None, _NAN_INF_LETTERS):
+                return None  # strings, objects, true/false/null: the general parser
+            commas += piece.count(b",")
+            is_float = is_float or any(ch in piece for ch in (b".", b"e", b"E", b"N", b"I"))
+            if nesting == 1:
+                opens += piece.count(b"[")
+                closes += piece.count(b"]")
+            else:
+                skeleton.append(piece.translate(None, _NOT_SKELETON))
+        if nesting == 1:
+            shape = (commas + 1,) if opens == closes == 1 else None
+        else:
+            shape = _rectangular(b"".join(skeleton), nesting)
+        return NumberArray(buf, start, end, commas + 1, is_float, shape), end
+
+    def _matching_bracket(self, start: int) -> int | None:
+        """The end of the array at ``start``, counting brackets only (right when it holds only numbers)."""
+        buf, level, pos, n = self.buf, 0, start, len(self.buf)
+        while pos < n:
+            limit = min(pos + CHUNK, n)
+            close = buf.find(b"]", pos, limit)
+            if close < 0:
+                level += buf.count(b"[", pos, limit)
+                pos = limit
+                continue
+            level += buf.count(b"[", pos, close) - 1
+            pos = close + 1
+            if level <= 0:
+                return pos
+        return None
