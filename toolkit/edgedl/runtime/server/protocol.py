@@ -144,6 +144,11 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str)
         raise HTTPError(400, f"input '{name}': 'data' has {arr.size} elements but its shape needs {count}")
     if count == 0:
         return arr.astype(dtype).ravel()
+    if arr.dtype.kind == "O" and dtype.kind == "f":  # integers past 64 bits are still numbers for a float input
+        try:
+            arr = arr.astype(np.float64)
+        except (TypeError, ValueError, OverflowError):
+            pass
     if arr.dtype.kind not in _JSON_KINDS[dtype.kind]:
         raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds "
                              f"{_KIND_WORDS.get(arr.dtype.kind, 'mixed values')}")

@@ -9,9 +9,8 @@ parsed by numpy straight into the input's dtype once the tensor's datatype is kn
 Every scan works on ``CHUNK``-sized pieces: numpy's text parser releases the GIL, and the Python loop between
 pieces lets the event loop run.
 
-Number syntax is JSON's, checked per piece (NaN and Infinity as Python's json reads them); one leniency of
-numpy's parser is kept because rejecting it would cost a second pass: integers with leading zeros (``01``).
-Nesting is limited to ``MAX_DEPTH`` levels (a 400, not a RecursionError).
+Number syntax is JSON's (with NaN and Infinity, as Python's json reads them), checked per piece where numpy's
+parser is more lenient. Nesting is limited to ``MAX_DEPTH`` levels (a 400, not a RecursionError).
 """
 
 from __future__ import annotations
@@ -104,9 +103,9 @@ class NumberArray:
                 try:
                     values = np.fromstring(text, dtype=parse_as, sep=",")
                 except ValueError:
-                    raise DecodeError(f"malformed number in an array at char {a}") from None
+                    raise DecodeError(f"malformed number in an array near char {a}") from None
                 if values.size != text.count(b",") + 1:
-                    raise DecodeError(f"malformed number in an array at char {a}")
+                    raise DecodeError(f"malformed number in an array near char {a}")
             if integer and values.size and (values.min() < info.min or values.max() > info.max):
                 raise OverflowError
             out[pos:pos + values.size] = values
@@ -115,17 +114,25 @@ class NumberArray:
 
 
 def _check_numbers(text: bytes, at: int) -> None:
-    """JSON number syntax where numpy's parser is lenient: '+1', '.5', '1.', 'nan', 'inf'."""
-    bad = text.translate(None, _NUMERIC_BYTES)
-    if bad:  # letters: only NaN / Infinity are numbers
+    """JSON number syntax where numpy's parser is lenient: '+1', '.5', '1.', '01', 'nan', 'inf'."""
+    if text.translate(None, _NUMERIC_BYTES):  # letters: only NaN / Infinity are numbers
         if _NUMBER_LIST.fullmatch(text) is None:
-            raise DecodeError(f"malformed number in an array at char {at}")
+            raise DecodeError(f"malformed number in an array near char {at}")
         return
     if text.count(b"+") != text.count(b"e+") + text.count(b"E+"):
-        raise DecodeError(f"malformed number in an array at char {at}: '+' outside an exponent")
+        raise DecodeError(f"malformed number in an array near char {at}: '+' outside an exponent")
     zeros = text.translate(_DIGITS_TO_ZERO)
     if zeros.count(b".") != zeros.count(b"0.0"):
-        raise DecodeError(f"malformed number in an array at char {at}: a '.' needs digits on both sides")
+        raise DecodeError(f"malformed number in an array near char {at}: a '.' needs digits on both sides")
+    # a leading zero: '0' then a digit, where a number starts (after a separator, or a '-' not in an exponent)
+    c = np.frombuffer(b",," + text + b",", np.uint8)
+    zero_digit = (c[2:-1] == 0x30) & (c[3:] >= 0x30) & (c[3:] <= 0x39)
+    if zero_digit.any():
+        before, before2 = c[1:-2], c[:-3]
+        starts = (before == 0x2C) | (before == 0x20) | (before == 0x09) | (before == 0x0A) | (before == 0x0D)
+        starts |= (before == 0x2D) & (before2 != 0x65) & (before2 != 0x45)
+        if (zero_digit & starts).any():
+            raise DecodeError(f"malformed number in an array near char {at}: a leading zero")
 
 
 def _rectangular(skeleton: bytes, depth: int) -> tuple[int, ...] | None:

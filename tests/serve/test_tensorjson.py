@@ -1,0 +1,126 @@
+"""The streaming decoder that reads large JSON bodies (``tensorjson``) agrees with the standard library's parser,
+which reads small ones: for any request text, the same feeds (values and dtypes) or a refusal with the same
+status. The streaming path is forced on small texts by lowering its thresholds."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from edgedl.runtime.server import tensorjson
+from edgedl.runtime.server.protocol import HTTPError, parse_infer_request
+from edgedl.runtime.tensors import TensorInfo
+
+SPECS = {  # v2 datatype -> (numpy dtype, ONNX type)
+    "FP32": (np.float32, "tensor(float)"), "FP64": (np.float64, "tensor(double)"),
+    "INT64": (np.int64, "tensor(int64)"), "INT32": (np.int32, "tensor(int32)"), "UINT8": (np.uint8, "tensor(uint8)"),
+    "UINT64": (np.uint64, "tensor(uint64)"), "BOOL": (np.bool_, "tensor(bool)"), "BYTES": (object, "tensor(string)"),
+}
+TOKENS = ["0", "-0", "1", "-7", "42", "3.5", "-0.25", "1e3", "1E-2", "2.5e+4", "NaN", "Infinity", "-Infinity",
+          "255", "256", "-1", "2147483648", "9223372036854775807", "9223372036854775808", "18446744073709551616",
+          "123456789012345678901234567890", "1e400", "true", "false", "null", '"a"', '"]"',
+          # not JSON: numpy's parser would take most of these
+          "+1", ".5", "1.", "01", "-01", "00", "1e", "0x10", "inf", "nan", "infinity", "--1", "1-2", "", " ", "1 2"]
+
+
+def _decode(text: bytes, datatype: str, dims: tuple, stream: bool, allow_nonfinite: bool):
+    dtype, onnx_type = SPECS[datatype]
+    inputs = {"x": TensorInfo("x", np.dtype(dtype), dims, onnx_type)}
+    saved = tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK
+    if stream:  # every body, and every numeric array longer than a shape, through the streaming path, in tiny
+        tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK = 0, 12, 7  # pieces
+    try:
+        request = parse_infer_request(text, None, inputs, ["y"], allow_nonfinite=allow_nonfinite)
+        return "ok", request.feeds["x"]
+    except HTTPError as exc:
+        return exc.status, exc.message
+    finally:
+        tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK = saved
+
+
+def _same(a, b) -> bool:
+    if a[0] != b[0]:
+        return False
+    if a[0] != "ok":
+        return True
+    x, y = a[1], b[1]
+    if x.dtype != y.dtype or x.shape != y.shape:
+        return False
+    if x.dtype.kind == "f":
+        return np.array_equal(x, y, equal_nan=True)
+    return (x == y).all()
+
+
+def _nest(tokens: list[str], shape: list[int], sep: str) -> str:
+    if len(shape) <= 1:
+        return "[" + sep.join(tokens) + "]"
+    step = len(tokens) // shape[0] if shape[0] else 0
+    return "[" + sep.join(_nest(tokens[i * step:(i + 1) * step], shape[1:], sep) for i in range(shape[0])) + "]"
+
+
+@st.composite
+def requests(draw):
+    datatype = draw(st.sampled_from(list(SPECS)))
+    shape = draw(st.lists(st.integers(1, 4), min_size=1, max_size=3))
+    count = math.prod(shape)
+    n = draw(st.sampled_from([count, count, count, max(count - 1, 0), count + 1]))
+    numeric = draw(st.booleans())
+    if numeric:
+        tokens = draw(st.lists(st.sampled_from(TOKENS[:13] + TOKENS[13:22]), min_size=n, max_size=n))
+    else:
+        tokens = draw(st.lists(st.sampled_from(TOKENS), min_size=n, max_size=n))
+    sep = draw(st.sampled_from([",", ", ", " ,\n"]))
+    nested = draw(st.booleans())
+    data = _nest(tokens, shape, sep) if nested and n == count else "[" + sep.join(tokens) + "]"
+    if nested and len(shape) > 1 and draw(st.booleans()):  # ragged: the first row loses its last element
+        end = data.index("]")
+        comma = data.rfind(",", data.rindex("[", 0, end), end)
+        if comma > 0:
+            data = data[:comma] + data[end:]
+    space = draw(st.sampled_from(["", " ", "\n  "]))
+    text = (f'{{{space}"inputs":{space}[{{"name":"x",{space}"shape":{json.dumps(shape)},"datatype":"{datatype}",'
+            f'{space}"data":{space}{data}}}]}}')
+    cut = draw(st.one_of(st.none(), st.integers(0, len(text))))  # a truncated body
+    if cut is not None:
+        text = text[:cut]
+    dims = ("batch", *shape[1:]) if draw(st.booleans()) else tuple(shape)
+    return text.encode(), datatype, dims, draw(st.booleans())
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+@given(case=requests())
+def test_streaming_decoder_agrees_with_the_stdlib(case):
+    text, datatype, dims, allow_nonfinite = case
+    reference = _decode(text, datatype, dims, False, allow_nonfinite)
+    streamed = _decode(text, datatype, dims, True, allow_nonfinite)
+    assert _same(reference, streamed), (text, reference, streamed)
+
+
+@pytest.mark.parametrize("body, words", [
+    (b"[" * 100_000, "nested deeper than 64 levels"),
+    (b'{"a":' * 100_000, "nested deeper than 64 levels"),
+    (b"[" * 30_000, "nested deeper"),  # small enough for the stdlib parser: its RecursionError is a 400 too
+    (b'{"inputs": [' + b"[" * 70 + b"1" + b"]" * 70 + b"]}" + b" " * 70_000, "nested deeper than 64 levels"),
+])
+def test_pathological_nesting_is_a_400(body, words):
+    inputs = {"x": TensorInfo("x", np.dtype(np.float32), ("batch",), "tensor(float)")}
+    with pytest.raises(HTTPError) as err:
+        parse_infer_request(body, None, inputs, ["y"])
+    assert err.value.status == 400 and words in err.value.message
+
+
+def test_large_body_is_parsed_into_numpy_without_python_numbers():
+    x = np.random.default_rng(0).random((3000, 64)).astype(np.float32)
+    body = json.dumps({"inputs": [{"name": "x", "shape": [3000, 64], "datatype": "FP32",
+                                   "data": x.tolist()}]}).encode()
+    assert len(body) > tensorjson.STREAM_ABOVE_BYTES
+    doc = tensorjson.loads(body)
+    data = doc["inputs"][0]["data"]
+    assert isinstance(data, tensorjson.NumberArray) and data.shape == (3000, 64) and not isinstance(data, list)
+    inputs = {"x": TensorInfo("x", np.dtype(np.float32), ("batch", 64), "tensor(float)")}
+    np.testing.assert_array_equal(parse_infer_request(body, None, inputs, ["y"]).feeds["x"], x)
