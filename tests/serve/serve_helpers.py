@@ -26,13 +26,13 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m edgedl serve ARGS --port P` in a subprocess; ``url`` is host:port (tritonclient style)."""
 
-    def __init__(self, *args: str, env: dict | None = None, timeout: float = 30.0):
+    def __init__(self, *args: str, env: dict | None = None, timeout: float = 30.0, preexec_fn=None):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.stderr_lines: list[str] = []
         self.proc = subprocess.Popen([*EDGEDL, "serve", *map(str, args), "--port", str(self.port)],
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -71,6 +71,16 @@ class ServerProcess:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def serve_fails(*args) -> str:
+    """`edgedl serve ARGS` must exit 1 with exactly one 'error: ...' line; -> that line."""
+    proc = subprocess.run([*EDGEDL, "serve", *map(str, args), "--port", "0"], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
 
 
 def gemm_model(path: Path, seed: int, in_name="pixels", out_name="logits", n_in=64, n_out=10) -> Path:

@@ -14,7 +14,7 @@ import pytest
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from serve_helpers import EDGEDL, ServerProcess, place
+from serve_helpers import ServerProcess, place, serve_fails
 
 
 def _get(url, path, headers=None):
@@ -59,26 +59,17 @@ def test_json_access_log_and_default_host(zoo, tmp_path):
     assert any(l["path"] == "/v2/models/zzz" and l["status"] == 404 for l in lines)
 
 
-def _serve_fails(*args) -> str:
-    proc = subprocess.run([*EDGEDL, "serve", *map(str, args), "--port", "0"], capture_output=True, text=True,
-                          timeout=60)
-    assert proc.returncode == 1, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    return lines[0]
-
-
 def test_startup_errors_are_one_line(zoo, tmp_path):
-    assert "not found" in _serve_fails(tmp_path / "missing.onnx")
+    assert "not found" in serve_fails(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")
-    assert "could not load" in _serve_fails(bad)
-    assert "either a MODEL.onnx or --model-repository" in _serve_fails()
-    assert "no version folder" in _serve_fails("--model-repository", (tmp_path / "r").mkdir() or tmp_path)
+    assert "could not load" in serve_fails(bad)
+    assert "either a MODEL.onnx or --model-repository" in serve_fails()
+    assert "no version folder" in serve_fails("--model-repository", (tmp_path / "r").mkdir() or tmp_path)
     repo = tmp_path / "repo"
     place(repo, "cnn", 1, zoo["cnn"].onnx, "max_batch_size: [oops\n")
-    assert "config.pbtxt" in _serve_fails("--model-repository", repo)
-    assert "did you mean" in _serve_fails(zoo["cnn"].onnx, "--provider", "cpux")
+    assert "config.pbtxt" in serve_fails("--model-repository", repo)
+    assert "did you mean" in serve_fails(zoo["cnn"].onnx, "--provider", "cpux")
 
 
 def _manifest(repo, tamper: bool = False) -> None:
@@ -95,7 +86,7 @@ def test_bundle_manifest_is_verified_before_loading(zoo, tmp_path):
     repo = tmp_path / "repo"
     place(repo, "mlp", 1, zoo["mlp"].onnx)
     _manifest(repo, tamper=True)
-    assert "sha256" in _serve_fails("--model-repository", repo)
+    assert "sha256" in serve_fails("--model-repository", repo)
     _manifest(repo)
     with ServerProcess("--model-repository", repo) as proc:
         assert httpclient.InferenceServerClient(proc.url).is_model_ready("mlp")

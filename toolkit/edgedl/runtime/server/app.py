@@ -324,14 +324,14 @@ class InferenceApp:
                                            allow_nonfinite=model.allow_nonfinite,
                                            max_elements=limits.max_tensor_elements, max_rows=limits.max_batch_rows)
 
-            request = await self._off_loop(decode) if ctx.large else decode()
-            del body  # the feeds may still view its memory; nothing else needs it
-            ctx.request_id = request.id
-            names = [n for n, _ in request.outputs] if request.outputs else None
-            model.in_flight += 1
+            model.in_flight += 1  # from here to the run's end: being decoded, queued or run
             gauge = self.metrics.in_flight
             gauge.inc((model.name,), 1)
             try:
+                request = await self._off_loop(decode) if ctx.large else decode()
+                del body  # the feeds may still view its memory; nothing else needs it
+                ctx.request_id = request.id
+                names = [n for n, _ in request.outputs] if request.outputs else None
                 out, queue_s, compute_s, rows = await self._run(model, request.feeds, request.rows, names, ctx.large)
             finally:
                 model.in_flight -= 1

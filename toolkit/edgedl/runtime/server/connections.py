@@ -82,10 +82,6 @@ def _reply(status: int, message: str) -> bytes:
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
-class _HeadersTooLarge(Exception):
-    pass
-
-
 def protocol_class(guard: ConnectionGuard):
     """The uvicorn protocol class for a server guarded by ``guard`` (pass it as ``uvicorn.Config(http=...)``)."""
     try:
@@ -107,8 +103,8 @@ def protocol_class(guard: ConnectionGuard):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._deadline = None
-            self._header_bytes = 0
-            self._in_request = False  # bytes of a request seen (a 408 is owed rather than a silent close)
+            self._in_headers = True
+            self._header_bytes = 0  # received while reading a request's line and headers (0: a silent close is owed)
             self._admitted = guard.opened(self)
             self._arm(limits.header_timeout_s, "headers")
 
@@ -142,7 +138,7 @@ def protocol_class(guard: ConnectionGuard):
                 return
             if phase == "body" and self.cycle is not None and self.cycle.response_started:
                 self.close()  # the app already answered (e.g. 413 before reading the body): just stop listening
-            elif self._in_request:
+            elif phase == "body" or self._header_bytes:
                 self.transport.write(_reply(408, f"the request {phase} did not arrive within {seconds:g} s"))
                 self.close()
             else:
@@ -151,43 +147,34 @@ def protocol_class(guard: ConnectionGuard):
         # --- parsing -----------------------------------------------------------------------------------------
         def data_received(self, data: bytes) -> None:
             guard.touch(self)
+            if self._in_headers:  # counted here, before the parser buffers a header of any length
+                end = data.find(b"\r\n\r\n")
+                self._header_bytes += len(data) if end < 0 else end
+                if self._header_bytes > limits.max_header_bytes:
+                    self._reject(431, f"request line and headers exceed {limits.max_header_bytes} bytes")
+                    return
             self._unset_keepalive_if_required()
             try:
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
                 self._reject(400, "protocol upgrades are not supported")
-            except httptools.HttpParserError as exc:
-                if isinstance(exc.__context__, _HeadersTooLarge):
-                    self._reject(431, f"request line and headers exceed {limits.max_header_bytes} bytes")
-                else:
-                    self._reject(400, "invalid HTTP request")
+            except httptools.HttpParserError:
+                self._reject(400, "invalid HTTP request")
 
         def _reject(self, status: int, message: str) -> None:
             if not self.transport.is_closing():
                 self.transport.write(_reply(status, message))
                 self.close()
 
-        def _count(self, n: int) -> None:
-            self._in_request = True
-            self._header_bytes += n
-            if self._header_bytes > limits.max_header_bytes:
-                raise _HeadersTooLarge()
-
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._header_bytes = 0
+            self._in_headers = True
             if self._deadline is None:  # a later request on a keep-alive connection
                 self._arm(limits.header_timeout_s, "headers")
 
-        def on_url(self, url: bytes) -> None:
-            self._count(len(url))
-            super().on_url(url)
-
-        def on_header(self, name: bytes, value: bytes) -> None:
-            self._count(len(name) + len(value) + 4)
-            super().on_header(name, value)
-
         def on_headers_complete(self) -> None:
+            self._in_headers = False
+            self._header_bytes = 0
             self._arm(limits.body_timeout_s, "body")
             if not self._admitted:
                 self.app = busy
@@ -195,7 +182,6 @@ def protocol_class(guard: ConnectionGuard):
 
         def on_message_complete(self) -> None:
             self._disarm()
-            self._in_request = False
             super().on_message_complete()
 
     return GuardedProtocol

@@ -103,7 +103,8 @@ class ServerMetrics:
         self.total = Histogram("edgedl_inference_request_duration_seconds",
                                "Time from request received to response sent, per model.", mv)
         self.batch = Histogram("edgedl_inference_batch_size", "Rows per onnxruntime run.", mv, BATCH_BUCKETS)
-        self.in_flight = Gauge("edgedl_inference_in_flight", "Infer requests being served now.", ("model",))
+        self.in_flight = Gauge("edgedl_inference_in_flight", "Infer requests being decoded, queued or run now.",
+                              ("model",))
         self.load = Gauge("edgedl_model_load_duration_seconds", "Seconds to load and warm up each model version.", mv)
         self.ready = Gauge("edgedl_model_ready", "1 if the model version is loaded and ready.", mv)
         self.http = Counter("edgedl_http_requests_total", "HTTP requests by endpoint kind and status.",
