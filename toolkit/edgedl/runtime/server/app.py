@@ -20,6 +20,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from time import perf_counter
 
 import numpy as np
@@ -76,6 +77,7 @@ class InferenceApp:
         self.draining = False
         self._api_key = config.api_key.encode() if config.api_key else None
         self._in_flight = 0
+        self._max_in_flight = config.limits.max_in_flight
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="edgedl-decode")  # large requests' (de)coding
         self._trim = _malloc_trim()
         self._log_stream = None
@@ -126,16 +128,22 @@ class InferenceApp:
         except Exception as exc:  # noqa: BLE001 - a bug must not take the server down; log it, answer 500
             log.error("internal error on %s %s:\n%s", scope["method"], scope["path"], traceback.format_exc())
             status, body, extra = 500, _dumps({"error": f"internal server error: {type(exc).__name__}: {exc}"}), None
-        parts = body if isinstance(body, list) else [body]
-        size = sum(len(p) for p in parts)
+        if body.__class__ is list:  # a large response in parts
+            parts, body = body, None
+            size = sum(len(p) for p in parts)
+        else:
+            parts, size = None, len(body)
         headers = [(b"content-length", str(size).encode())]
         if extra:
             headers.extend(extra)
         if not extra or extra[0][0] != b"content-type":
             headers.append((b"content-type", _JSON))
         await send({"type": "http.response.start", "status": status, "headers": headers})
-        for i, part in enumerate(parts):
-            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+        if parts is None:
+            await send({"type": "http.response.body", "body": body})
+        else:
+            for i, part in enumerate(parts):
+                await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
         del body, parts
         self._account(scope, ctx, status, size, perf_counter() - t0)
         if ctx.large and self._trim is not None:  # once the transport has (likely) sent the response
@@ -302,58 +310,52 @@ class InferenceApp:
                 raise HTTPError(400, "Inference-Header-Content-Length is not a number") from None
         model = self.registry.get(name, version)
         ctx.version = model.version
-        limit = self.config.limits.max_in_flight
-        if self._in_flight >= limit:
-            raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit {limit}, "
-                                 "--max-in-flight); retry later")
-        self._in_flight += 1
-        try:
-            return await self._infer_admitted(receive, model, ctx, header_length, content_length)
-        finally:
-            self._in_flight -= 1
-
-    async def _infer_admitted(self, receive, model: ServedModel, ctx, header_length, content_length):
+        if self._in_flight >= self._max_in_flight:
+            raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit "
+                                 f"{self._max_in_flight}, --max-in-flight); retry later")
         limits = model.limits
         t0 = perf_counter()
+        self._in_flight += 1
         try:
-            body = await self._read_body(receive, content_length, limits.max_body_bytes)
-            ctx.large = len(body) >= LARGE_BODY_BYTES
-
-            def decode():
-                return parse_infer_request(body, header_length, model.inputs, model.output_names,
-                                           allow_nonfinite=model.allow_nonfinite,
-                                           max_elements=limits.max_tensor_elements, max_rows=limits.max_batch_rows)
-
-            model.in_flight += 1  # from here to the run's end: being decoded, queued or run
-            gauge = self.metrics.in_flight
-            gauge.inc((model.name,), 1)
             try:
-                request = await self._off_loop(decode) if ctx.large else decode()
-                del body  # the feeds may still view its memory; nothing else needs it
-                ctx.request_id = request.id
-                names = [n for n, _ in request.outputs] if request.outputs else None
-                out, queue_s, compute_s, rows = await self._run(model, request.feeds, request.rows, names, ctx.large)
-            finally:
-                model.in_flight -= 1
-                gauge.inc((model.name,), -1)
-        except BaseException:
-            model.stats.fail += 1
-            model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
-            raise
-        if request.outputs is None:
-            outputs = [(n, out[n], request.binary_default) for n in model.output_names]
-        else:
-            outputs = [(n, out[n], binary) for n, binary in request.outputs]
-        del out, request
-
-        def encode():
-            return encode_response(model.name, model.version, ctx.request_id, outputs)
-
-        if ctx.large or sum(a.nbytes for _, a, _ in outputs) >= LARGE_BODY_BYTES:
-            ctx.large = True
-            body, json_len = await self._off_loop(encode)
-        else:
-            body, json_len = encode()
+                body = await self._read_body(receive, content_length, limits.max_body_bytes)
+                large = ctx.large = len(body) >= LARGE_BODY_BYTES
+                model.in_flight += 1  # from here to the run's end: being decoded, queued or run
+                gauge = self.metrics.in_flight
+                gauge.inc((model.name,), 1)
+                try:
+                    decode = partial(parse_infer_request, body, header_length, model.inputs, model.output_names,
+                                     allow_nonfinite=model.allow_nonfinite,
+                                     max_elements=limits.max_tensor_elements, max_rows=limits.max_batch_rows)
+                    del body  # the feeds may still view its memory; nothing else needs it
+                    request = await self._off_loop(decode) if large else decode()
+                    del decode
+                    ctx.request_id = request.id
+                    names = [n for n, _ in request.outputs] if request.outputs else None
+                    if large:
+                        out, queue_s, compute_s, rows = await self._run_large(model, request.feeds, request.rows, names)
+                    else:
+                        out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
+                finally:
+                    model.in_flight -= 1
+                    gauge.inc((model.name,), -1)
+            except BaseException:
+                model.stats.fail += 1
+                model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
+                raise
+            if request.outputs is None:
+                outputs = [(n, out[n], request.binary_default) for n in model.output_names]
+            else:
+                outputs = [(n, out[n], binary) for n, binary in request.outputs]
+            del out, request
+            encode = partial(encode_response, model.name, model.version, ctx.request_id, outputs)
+            if large or sum(o[1].nbytes for o in outputs) >= LARGE_BODY_BYTES:
+                ctx.large = True
+                body, json_len = await self._off_loop(encode)
+            else:
+                body, json_len = encode()
+        finally:
+            self._in_flight -= 1
         labels = (model.name, model.version)
         m = self.metrics
         m.queue.observe(labels, queue_s)
@@ -372,13 +374,12 @@ class InferenceApp:
     async def _off_loop(self, fn):
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn)
 
-    async def _run(self, model: ServedModel, feeds: dict, rows: int, names, large: bool):
-        """``model.infer``, off the event loop for a large request, and for a batch of many rows as several
-        runs of about RUN_INPUT_BYTES of input each (a model whose axis 0 is the batch gives the same rows)."""
+    async def _run_large(self, model: ServedModel, feeds: dict, rows: int, names):
+        """``model.infer`` of a large request: off the event loop, and a batch of many rows as several runs of
+        about RUN_INPUT_BYTES of input each (for a model whose axis 0 is the batch: the same rows out)."""
         step = max(RUN_INPUT_BYTES * rows // max(sum(v.nbytes for v in feeds.values()), 1), 1)
-        if (not large or rows <= step or not model.batchable
-                or any(v.ndim == 0 or v.shape[0] != rows for v in feeds.values())):
-            return await model.infer(feeds, rows, names, offload=large)
+        if rows <= step or not model.batchable or any(v.ndim == 0 or v.shape[0] != rows for v in feeds.values()):
+            return await model.infer(feeds, rows, names, offload=True)
         parts, queue_s, compute_s = [], 0.0, 0.0
         for start in range(0, rows, step):
             n = min(step, rows - start)

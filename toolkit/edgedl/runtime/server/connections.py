@@ -23,6 +23,8 @@ import resource
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server.config import Limits
 
+SWEEP_S = 0.25  # how often deadlines are checked: one timer for the server, not two per request
+
 # file descriptors kept for everything but client sockets (models, logs, the event loop, worker threads, and the
 # connections accepted in one burst before the ones they evict are closed on the event loop's next iteration)
 FD_RESERVE = 64
@@ -50,10 +52,24 @@ class ConnectionGuard:
         self.open: dict = {}  # protocol -> None, ordered by last activity (a dict keeps insertion order)
         self.evicted = 0
         self.refused = 0
+        self._sweeping = False
+
+    def _sweep(self, loop) -> None:
+        now = loop.time()
+        for conn in list(self.open):
+            if conn.deadline is not None and now >= conn.deadline:
+                conn.expired()
+        if self.open:
+            loop.call_later(SWEEP_S, self._sweep, loop)
+        else:
+            self._sweeping = False
 
     def opened(self, conn) -> bool:
         """Register a new connection; -> False when it is over the cap and nothing idle could be closed."""
         self.open[conn] = None
+        if not self._sweeping:
+            self._sweeping = True
+            conn.loop.call_later(SWEEP_S, self._sweep, conn.loop)
         if len(self.open) <= self.max_connections:
             return True
         for other in self.open:
@@ -102,15 +118,14 @@ def protocol_class(guard: ConnectionGuard):
     class GuardedProtocol(HttpToolsProtocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
-            self._deadline = None
             self._in_headers = True
             self._header_bytes = 0  # received while reading a request's line and headers (0: a silent close is owed)
+            self._phase, self.deadline = "headers", self.loop.time() + limits.header_timeout_s
             self._admitted = guard.opened(self)
-            self._arm(limits.header_timeout_s, "headers")
 
         def connection_lost(self, exc) -> None:
             guard.closed(self)
-            self._disarm()
+            self.deadline = None
             super().connection_lost(exc)
 
         @property
@@ -122,20 +137,13 @@ def protocol_class(guard: ConnectionGuard):
             if not self.transport.is_closing():
                 self.transport.close()
 
-        # --- deadlines ---------------------------------------------------------------------------------------
-        def _arm(self, seconds: float, phase: str) -> None:
-            self._disarm()
-            self._deadline = self.loop.call_later(seconds, self._expired, phase, seconds)
-
-        def _disarm(self) -> None:
-            if self._deadline is not None:
-                self._deadline.cancel()
-                self._deadline = None
-
-        def _expired(self, phase: str, seconds: float) -> None:
-            self._deadline = None
+        def expired(self) -> None:
+            """The deadline of the current phase (headers or body) has passed."""
+            self.deadline = None
             if self.transport.is_closing():
                 return
+            phase = self._phase
+            seconds = limits.header_timeout_s if phase == "headers" else limits.body_timeout_s
             if phase == "body" and self.cycle is not None and self.cycle.response_started:
                 self.close()  # the app already answered (e.g. 413 before reading the body): just stop listening
             elif phase == "body" or self._header_bytes:
@@ -169,19 +177,19 @@ def protocol_class(guard: ConnectionGuard):
         def on_message_begin(self) -> None:
             super().on_message_begin()
             self._in_headers = True
-            if self._deadline is None:  # a later request on a keep-alive connection
-                self._arm(limits.header_timeout_s, "headers")
+            if self.deadline is None:  # a later request on a keep-alive connection
+                self._phase, self.deadline = "headers", self.loop.time() + limits.header_timeout_s
 
         def on_headers_complete(self) -> None:
             self._in_headers = False
             self._header_bytes = 0
-            self._arm(limits.body_timeout_s, "body")
+            self._phase, self.deadline = "body", self.loop.time() + limits.body_timeout_s
             if not self._admitted:
                 self.app = busy
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self._disarm()
+            self.deadline = None
             super().on_message_complete()
 
     return GuardedProtocol

@@ -308,9 +308,7 @@ def _dumps(value) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _json_values(values: list | np.ndarray) -> bytes:
-    if isinstance(values, list) or values.size <= _JSON_VALUES_PER_CALL:
-        return _dumps(values if isinstance(values, list) else values.tolist())
+def _json_values(values: np.ndarray) -> bytes:
     pieces = [json.dumps(values[i:i + _JSON_VALUES_PER_CALL].tolist(), separators=(",", ":"))[1:-1]
               for i in range(0, values.size, _JSON_VALUES_PER_CALL)]
     return ("[" + ",".join(pieces) + "]").encode()
@@ -318,11 +316,12 @@ def _json_values(values: list | np.ndarray) -> bytes:
 
 def encode_response(
     model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
-) -> tuple[list, int | None]:
-    """-> (body parts: bytes or memoryviews to send in order, JSON header length or None when no binary data
-    follows)."""
+) -> tuple[bytes | list, int | None]:
+    """-> (body: bytes, or for a large one a list of parts - bytes or memoryviews - to send in order; the JSON
+    header's length, or None when no binary data follows)."""
     entries = []
     blobs = []
+    large_json = {}  # entry index -> data too large for one json.dumps call
     for name, arr, as_binary in outputs:
         datatype = datatype_of(arr.dtype) if arr.dtype.kind != "U" else "BYTES"
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
@@ -334,20 +333,26 @@ def encode_response(
                 blob = wire.reshape(-1).view(np.uint8).data
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
-            entries.append(_dumps(entry))
+        elif datatype == "BYTES":
+            entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
+        elif arr.size > _JSON_VALUES_PER_CALL:
+            large_json[len(entries)] = arr.ravel()
         else:
-            if datatype == "BYTES":
-                data = _json_values([v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-                                     for v in arr.ravel()])
-            else:
-                data = _json_values(arr.ravel())
-            entries.append(_dumps(entry)[:-1] + b',"data":' + data + b"}")
-    header = b"".join([b'{"model_name":', _dumps(model_name), b',"model_version":', _dumps(version),
-                       b',"outputs":[', b",".join(entries), b"]",
-                       b"" if req_id is None else b',"id":' + _dumps(req_id), b"}"])
+            entry["data"] = arr.ravel().tolist()
+        entries.append(entry)
+    doc: dict[str, Any] = {"model_name": model_name, "model_version": version, "outputs": entries}
+    if req_id is not None:
+        doc["id"] = req_id
+    if not large_json:
+        header = _dumps(doc)
+    else:  # the document with each large data list encoded piece by piece, spliced in
+        encoded = [_dumps(e)[:-1] + b',"data":' + _json_values(large_json[i]) + b"}" if i in large_json
+                   else _dumps(e) for i, e in enumerate(entries)]
+        doc["outputs"] = []
+        head, tail = _dumps(doc).split(b'"outputs":[]', 1)
+        header = b"".join([head, b'"outputs":[', b",".join(encoded), b"]", tail])
     if not blobs:
-        return [header], None
-    parts = [header, *blobs]
-    if sum(len(p) for p in parts) < _JOIN_BELOW:
-        parts = [b"".join(parts)]
-    return parts, len(header)
+        return header, None
+    if sum(len(b) for b in blobs) < _JOIN_BELOW:
+        return b"".join([header, *blobs]), len(header)
+    return [header, *blobs], len(header)
