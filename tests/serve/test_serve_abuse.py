@@ -264,6 +264,12 @@ def test_pipelined_requests_are_answered_in_order(target):
         assert _read_responses(sock, 90) == [200, 200, 400] * 30
 
 
+def _metric(port: int, key: str) -> float:
+    """A value from /metrics (over a new connection: under a connection cap, that one is the newest)."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(key + " ")), 0.0)
+
+
 def _in_flight(sock: socket.socket, model: str) -> float:
     sock.sendall(_request("GET", "/metrics"))
     status, _, text = _read_response(sock)
@@ -301,7 +307,8 @@ def test_the_server_answers_while_a_large_request_is_decoded_and_run(zoo):
 
 # --- connection and request caps ---------------------------------------------------------------------------------
 def test_busy_connections_and_in_flight_caps_answer_503(zoo, tmp_path):
-    with ServerProcess(zoo["mlp"].onnx, "--max-connections", 8, "--max-in-flight", 2, "--body-timeout", 5) as proc:
+    with ServerProcess(zoo["mlp"].onnx, "--limits", "small", "--max-connections", 8, "--max-in-flight", 2,
+                       "--body-timeout", 5) as proc:
         held = []
         try:
             for _ in range(2):  # two infer requests whose bodies never come: both in flight
@@ -326,6 +333,12 @@ def test_busy_connections_and_in_flight_caps_answer_503(zoo, tmp_path):
                 sock.close()
         time.sleep(0.2)
         assert urllib.request.urlopen(f"http://{proc.url}/v2/health/ready", timeout=10).status == 200
+        assert _metric(proc.port, 'edgedl_http_connections_closed_total{reason="refused"}') == 1
+        # the rest of the 'small' preset (a 1-4 GB board) applies
+        with _connect(proc.port) as sock:
+            sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 20000000\r\n\r\n")
+            status, _, body = _read_response(sock)
+        assert status == 413 and "limit of 16777216 bytes" in _error(body)
 
 
 def test_a_thousand_idle_connections_under_ulimit_256_do_not_lock_clients_out(zoo):
@@ -372,6 +385,8 @@ def test_a_thousand_idle_connections_under_ulimit_256_do_not_lock_clients_out(zo
                 assert client.infer("mlp", [x]).as_numpy("logits").shape == (1, 10)
             client.close()
             assert statuses == [200] * 10
+            assert _metric(proc.port, 'edgedl_http_connections_closed_total{reason="evicted"}') >= 700
+            assert _metric(proc.port, "edgedl_http_connections") <= 192
         finally:
             stop.set()
             for sock in attackers:
@@ -420,7 +435,9 @@ def test_repository_models_outside_the_repository_are_refused(zoo, tmp_path, how
         assert httpclient.InferenceServerClient(proc.url).is_model_ready("evil")
 
 
-def test_model_limit_parameters_are_checked_at_startup(zoo, tmp_path):
+def test_limits_are_checked_at_startup(zoo, tmp_path):
+    assert "max-connections must be at least 1" in serve_fails(zoo["mlp"].onnx, "--max-connections", 0)
+    assert "header-timeout must be a positive number" in serve_fails(zoo["mlp"].onnx, "--header-timeout", -1)
     repo = tmp_path / "repo"
     place(repo, "mlp", 1, zoo["mlp"].onnx, 'parameters { key: "edgedl_max_batch_rows" value: { string_value: "0" } }\n')
     assert "edgedl_max_batch_rows must be a positive integer" in serve_fails("--model-repository", repo)

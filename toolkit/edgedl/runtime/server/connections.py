@@ -22,6 +22,7 @@ import resource
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server.config import Limits
+from edgedl.runtime.server.metrics import ServerMetrics
 
 SWEEP_S = 0.25  # how often deadlines are checked: one timer for the server, not two per request
 
@@ -46,12 +47,11 @@ def raise_fd_limit(wanted: int) -> int:
 class ConnectionGuard:
     """The open connections of one server, least recently active first."""
 
-    def __init__(self, limits: Limits, fd_limit: int):
+    def __init__(self, limits: Limits, fd_limit: int, metrics: ServerMetrics):
         self.limits = limits
         self.max_connections = max(min(limits.max_connections, fd_limit - FD_RESERVE), 8)
         self.open: dict = {}  # protocol -> None, ordered by last activity (a dict keeps insertion order)
-        self.evicted = 0
-        self.refused = 0
+        self._gauge, self._dropped = metrics.connections, metrics.dropped
         self._sweeping = False
 
     def _sweep(self, loop) -> None:
@@ -70,16 +70,22 @@ class ConnectionGuard:
         if not self._sweeping:
             self._sweeping = True
             conn.loop.call_later(SWEEP_S, self._sweep, conn.loop)
-        if len(self.open) <= self.max_connections:
-            return True
-        for other in self.open:
-            if other is not conn and other.idle:
-                del self.open[other]  # now, not when the event loop gets to close it
-                self.evicted += 1
-                other.close()
-                return True
-        self.refused += 1
-        return False
+        admitted = len(self.open) <= self.max_connections
+        if not admitted:
+            for other in self.open:
+                if other is not conn and other.idle:
+                    del self.open[other]  # now, not when the event loop gets to close it
+                    self.drop("evicted")
+                    other.close()
+                    admitted = True
+                    break
+            else:
+                self.drop("refused")
+        self._gauge.set((), len(self.open))
+        return admitted
+
+    def drop(self, reason: str) -> None:
+        self._dropped.inc((reason,))
 
     def touch(self, conn) -> None:
         if conn in self.open:
@@ -88,6 +94,7 @@ class ConnectionGuard:
 
     def closed(self, conn) -> None:
         self.open.pop(conn, None)
+        self._gauge.set((), len(self.open))
 
 
 def _reply(status: int, message: str) -> bytes:
@@ -144,6 +151,7 @@ def protocol_class(guard: ConnectionGuard):
                 return
             phase = self._phase
             seconds = limits.header_timeout_s if phase == "headers" else limits.body_timeout_s
+            guard.drop("timeout")
             if phase == "body" and self.cycle is not None and self.cycle.response_started:
                 self.close()  # the app already answered (e.g. 413 before reading the body): just stop listening
             elif phase == "body" or self._header_bytes:
@@ -170,6 +178,7 @@ def protocol_class(guard: ConnectionGuard):
                 self._reject(400, "invalid HTTP request")
 
         def _reject(self, status: int, message: str) -> None:
+            guard.drop("rejected")
             if not self.transport.is_closing():
                 self.transport.write(_reply(status, message))
                 self.close()

@@ -109,8 +109,13 @@ class ServerMetrics:
         self.ready = Gauge("edgedl_model_ready", "1 if the model version is loaded and ready.", mv)
         self.http = Counter("edgedl_http_requests_total", "HTTP requests by endpoint kind and status.",
                             ("endpoint", "status"))
+        self.connections = Gauge("edgedl_http_connections", "Open client connections.")
+        self.dropped = Counter("edgedl_http_connections_closed_total",
+                               "Connections the server closed on a client: evicted (the longest-idle, to make room), "
+                               "refused (503: every connection busy), timeout (408 or idle), rejected (400/431).",
+                               ("reason",))
         self.all = (self.requests, self.failures, self.queue, self.compute, self.total, self.batch, self.in_flight,
-                    self.load, self.ready, self.http)
+                    self.load, self.ready, self.http, self.connections, self.dropped)
 
     def render(self) -> bytes:
         lines: list[str] = []

@@ -50,13 +50,13 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
     uvicorn = _uvicorn()
     t0 = perf_counter()
     grpc_server = _grpc_server() if config.grpc_port is not None else None  # a missing extra fails before loading
+    app = build(config)
     limits = config.limits
-    guard = ConnectionGuard(limits, raise_fd_limit(limits.max_connections + FD_RESERVE))
+    guard = ConnectionGuard(limits, raise_fd_limit(limits.max_connections + FD_RESERVE), app.metrics)
     if guard.max_connections < limits.max_connections:
         print(f"edgedl serve: WARNING the open-file limit allows {guard.max_connections} connections, not "
               f"{limits.max_connections}; raise it (ulimit -n, or LimitNOFILE= in a systemd unit) to at least "
               f"{limits.max_connections + FD_RESERVE}", file=sys.stderr, flush=True)
-    app = build(config)
     # uvicorn's own log stays at errors: a client that sends garbage must not be able to fill the log
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="error",
