@@ -137,6 +137,10 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str)
     if not isinstance(data, list):
         raise HTTPError(400, f"input '{name}': 'data' must be a list (row-major, flat or nested)")
     try:
+        data = tensorjson.plain(data)  # a large body: numeric rows next to other values become lists again
+    except tensorjson.DecodeError as exc:
+        raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
+    try:
         arr = np.array(data)
     except (ValueError, TypeError) as exc:
         raise HTTPError(400, f"input '{name}': 'data' is not a regular array ({exc})") from None
@@ -144,14 +148,19 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str)
         raise HTTPError(400, f"input '{name}': 'data' has {arr.size} elements but its shape needs {count}")
     if count == 0:
         return arr.astype(dtype).ravel()
-    if arr.dtype.kind == "O" and dtype.kind == "f":  # integers past 64 bits are still numbers for a float input
+    kind = arr.dtype.kind
+    if kind == "O" and dtype.kind == "f":  # integers past 64 bits are still numbers for a float input
         try:
             arr = arr.astype(np.float64)
+            kind = "f"
         except (TypeError, ValueError, OverflowError):
             pass
-    if arr.dtype.kind not in _JSON_KINDS[dtype.kind]:
-        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds "
-                             f"{_KIND_WORDS.get(arr.dtype.kind, 'mixed values')}")
+    elif kind in "fO" and dtype.kind in "iu":  # int64 and uint64 values together (numpy makes floats of them), or
+        exact = np.array(data, dtype=object)  # integers past 64 bits: judge the Python integers themselves
+        if all(type(v) is int for v in exact.flat):
+            arr, kind = exact, "i"
+    if kind not in _JSON_KINDS[dtype.kind]:
+        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds {_KIND_WORDS.get(kind, 'mixed values')}")
     if dtype.kind in "iu" and arr.dtype != dtype:
         info = np.iinfo(dtype)
         if arr.min() < info.min or arr.max() > info.max:

@@ -55,6 +55,18 @@ def loads(raw: bytes | bytearray) -> Any:
     return _Parser(raw).document()
 
 
+def plain(value):
+    """``value`` with every NumberArray inside a list turned into a list (a mixed, irregular array)."""
+    if isinstance(value, NumberArray):
+        try:
+            return json.loads(bytes(value.buf[value.start:value.end]))
+        except ValueError as exc:
+            raise DecodeError(f"{exc.args[0].split(':')[0]} in an array near char {value.start}") from None
+    if isinstance(value, list) and any(isinstance(v, (list, NumberArray)) for v in value):
+        return [plain(v) for v in value]
+    return value
+
+
 def _pieces(start: int, end: int, buf, cut: bool):
     """[a, b) pieces of about CHUNK bytes covering [start, end), cut after a comma when ``cut``."""
     a = start
@@ -87,14 +99,12 @@ class NumberArray:
         OverflowError when an integer does not fit ``dtype``."""
         out = np.empty(self.count, dtype=dtype)
         integer = dtype.kind in "iu"
-        parse_as = (np.dtype(np.uint64) if dtype == np.uint64 else np.dtype(np.int64)) if integer else dtype
+        parse_as = np.dtype(np.int64) if integer else dtype  # up to 18 digits; longer ones go through Python
         info = np.iinfo(dtype) if integer else None
         pos = 0
         for a, b in _pieces(self.start, self.end, self.buf, cut=True):
             text = bytes(self.buf[a:b]).translate(None, b"[]")
             _check_numbers(text, a)
-            if dtype.kind == "u" and b"-" in text:  # (integers have no exponent: is_float arrays never get here)
-                raise OverflowError
             if integer and re.search(rb"[0-9]{19}", text):  # may not fit int64: Python's ints decide
                 values = np.array(json.loads(b"[" + text + b"]"))
                 if values.dtype.kind not in "iu":
@@ -114,7 +124,11 @@ class NumberArray:
 
 
 def _check_numbers(text: bytes, at: int) -> None:
-    """JSON number syntax where numpy's parser is lenient: '+1', '.5', '1.', '01', 'nan', 'inf'."""
+    """JSON number syntax where numpy's parser is lenient: '+1', '.5', '1.', '01', 'nan', 'inf', and empty
+    values (numpy reads '1, ,2' as [1, -1, 2])."""
+    compact = text.translate(None, b" \t\n\r")
+    if not compact or compact[:1] == b"," or compact[-1:] == b"," or b",," in compact:
+        raise DecodeError(f"malformed number in an array near char {at}: an empty value")
     if text.translate(None, _NUMERIC_BYTES):  # letters: only NaN / Infinity are numbers
         if _NUMBER_LIST.fullmatch(text) is None:
             raise DecodeError(f"malformed number in an array near char {at}")
