@@ -309,7 +309,7 @@ def _bytes_blob(arr: np.ndarray) -> bytes:
     return b"".join(parts)
 
 
-_JSON_VALUES_PER_CALL = 65536  # one json.dumps call holds the GIL; bound it for large outputs
+_JSON_VALUES_PER_CALL = 8192  # one json.dumps call holds the GIL (~1 us a float): a few ms at most
 _JOIN_BELOW = 64 * 1024  # smaller responses go out as one bytes object (one write), larger ones as parts
 
 
@@ -317,10 +317,14 @@ def _dumps(value) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
-def _json_values(values: np.ndarray) -> bytes:
-    pieces = [json.dumps(values[i:i + _JSON_VALUES_PER_CALL].tolist(), separators=(",", ":"))[1:-1]
-              for i in range(0, values.size, _JSON_VALUES_PER_CALL)]
-    return ("[" + ",".join(pieces) + "]").encode()
+def _json_pieces(values: np.ndarray) -> list[bytes]:
+    """A large array as JSON list items, in pieces (with the commas between them): no GIL hold, no big copy."""
+    parts = []
+    for i in range(0, values.size, _JSON_VALUES_PER_CALL):
+        if i:
+            parts.append(b",")
+        parts.append(json.dumps(values[i:i + _JSON_VALUES_PER_CALL].tolist(), separators=(",", ":"))[1:-1].encode())
+    return parts
 
 
 def encode_response(
@@ -354,14 +358,21 @@ def encode_response(
         doc["id"] = req_id
     if not large_json:
         header = _dumps(doc)
-    else:  # the document with each large data list encoded piece by piece, spliced in
-        encoded = [_dumps(e)[:-1] + b',"data":' + _json_values(large_json[i]) + b"}" if i in large_json
-                   else _dumps(e) for i, e in enumerate(entries)]
-        doc["outputs"] = []
-        head, tail = _dumps(doc).split(b'"outputs":[]', 1)
-        header = b"".join([head, b'"outputs":[', b",".join(encoded), b"]", tail])
-    if not blobs:
-        return header, None
-    if sum(len(b) for b in blobs) < _JOIN_BELOW:
-        return b"".join([header, *blobs]), len(header)
-    return [header, *blobs], len(header)
+        if not blobs:
+            return header, None
+        if sum(len(b) for b in blobs) < _JOIN_BELOW:
+            return b"".join([header, *blobs]), len(header)
+        return [header, *blobs], len(header)
+    # a large JSON document: its large data lists go out piece by piece, between the pieces of the rest
+    doc["outputs"] = []
+    head, tail = _dumps(doc).split(b'"outputs":[]', 1)
+    parts = [head, b'"outputs":[']
+    for i, entry in enumerate(entries):
+        if i:
+            parts.append(b",")
+        if i in large_json:
+            parts += [_dumps(entry)[:-1], b',"data":[', *_json_pieces(large_json[i]), b"]}"]
+        else:
+            parts.append(_dumps(entry))
+    parts += [b"]", tail]
+    return parts + blobs, (sum(len(p) for p in parts) if blobs else None)
