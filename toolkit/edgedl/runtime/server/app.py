@@ -273,33 +273,24 @@ class InferenceApp:
         body = message.get("body", b"")
         if not message.get("more_body", False):
             return body
-        if declared is not None:  # one allocation, filled in place: no list of chunks, no join
-            buf = bytearray(declared)
-            view = memoryview(buf)
-            view[:len(body)] = body
-            size = len(body)
-            while message.get("more_body", False):
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise HTTPError(400, "client disconnected before sending the whole body")
-                chunk = message.get("body", b"")
-                view[size:size + len(chunk)] = chunk
-                size += len(chunk)
-            view.release()
-            return buf
-        chunks = [body]
-        size = len(body)
-        while message.get("more_body", False):
+        # one buffer; allocated once and filled in place when the length is known (no list of chunks, no join)
+        buf = bytearray(declared) if declared is not None else bytearray()
+        size = 0
+        while True:
+            if size + len(body) > limit:
+                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes "
+                                     "(--max-body-bytes, or the model's edgedl_max_body_bytes)")
+            if declared is None:
+                buf += body
+            else:
+                buf[size:size + len(body)] = body
+            size += len(body)
+            if not message.get("more_body", False):
+                return buf
             message = await receive()
             if message["type"] == "http.disconnect":
                 raise HTTPError(400, "client disconnected before sending the whole body")
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise HTTPError(413, f"request body exceeds the limit of {limit} bytes "
-                                     "(--max-body-bytes, or the model's edgedl_max_body_bytes)")
-            chunks.append(chunk)
-        return b"".join(chunks)
+            body = message.get("body", b"")
 
     # --- infer ---------------------------------------------------------------------------------------------
     async def _infer(self, receive, name, version, ctx, header_length, content_length):

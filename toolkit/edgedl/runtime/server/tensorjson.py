@@ -222,14 +222,28 @@ class _Parser:
         if depth > MAX_DEPTH:
             self.fail(f"JSON nested deeper than {MAX_DEPTH} levels", pos)
 
+    def _items(self, pos: int, close: bytes, item) -> int:
+        """``item(pos) -> end`` for each comma-separated item after the opening bracket at ``pos``, up to
+        ``close``; -> the position after ``close``."""
+        buf, space = self.buf, _SPACE.match
+        pos = space(buf, pos + 1).end()
+        if buf[pos:pos + 1] == close:
+            return pos + 1
+        while True:
+            pos = space(buf, item(pos)).end()
+            c = buf[pos:pos + 1]
+            if c == close:
+                return pos + 1
+            if c != b",":
+                self.fail("Expecting ',' delimiter", pos)
+            pos = space(buf, pos + 1).end()
+
     def object(self, pos: int, depth: int):
         self._deeper(depth, pos)
         buf, space = self.buf, _SPACE.match
         out = {}
-        pos = space(buf, pos + 1).end()
-        if buf[pos:pos + 1] == b"}":
-            return out, pos + 1
-        while True:
+
+        def member(pos):
             if buf[pos:pos + 1] != b'"':
                 self.fail("Expecting property name enclosed in double quotes", pos)
             key, pos = self.string(pos)
@@ -237,34 +251,23 @@ class _Parser:
             if buf[pos:pos + 1] != b":":
                 self.fail("Expecting ':' delimiter", pos)
             out[key], pos = self.value(space(buf, pos + 1).end(), depth)
-            pos = space(buf, pos).end()
-            c = buf[pos:pos + 1]
-            if c == b"}":
-                return out, pos + 1
-            if c != b",":
-                self.fail("Expecting ',' delimiter", pos)
-            pos = space(buf, pos + 1).end()
+            return pos
+
+        return out, self._items(pos, b"}", member)
 
     def array(self, pos: int, depth: int):
         self._deeper(depth, pos)
         found = self.numbers(pos, depth)
         if found is not None:
             return found
-        buf, space = self.buf, _SPACE.match
         out = []
-        pos = space(buf, pos + 1).end()
-        if buf[pos:pos + 1] == b"]":
-            return out, pos + 1
-        while True:
-            item, pos = self.value(pos, depth)
-            out.append(item)
-            pos = space(buf, pos).end()
-            c = buf[pos:pos + 1]
-            if c == b"]":
-                return out, pos + 1
-            if c != b",":
-                self.fail("Expecting ',' delimiter", pos)
-            pos = space(buf, pos + 1).end()
+
+        def element(pos):
+            value, pos = self.value(pos, depth)
+            out.append(value)
+            return pos
+
+        return out, self._items(pos, b"]", element)
 
     def numbers(self, start: int, depth: int):
         """(NumberArray or list, end) if the array at ``start`` holds only numbers, else None."""
