@@ -145,7 +145,7 @@ BODY_PROBES = {
                            "more than this model's limit of 1048576 per tensor"),
     "more rows than the limit": ("/v2/models/mlp/infer", *_binary(
         {"inputs": [{**MLP, "shape": [1001, 64], "parameters": {"binary_data_size": 1001 * 256}}]},
-        bytes(1001 * 256)), 413, "limit of 1000 per request"),
+        bytes(1001 * 256)), 400, "limit of 1000 per request"),
     "binary_data_size past the body": ("/v2/models/mlp/infer", *_binary(
         {"inputs": [{**MLP, "parameters": {"binary_data_size": 2 ** 40}}]}, bytes(256)), 400, "only 256 remain"),
     "binary_data_size negative": ("/v2/models/mlp/infer", *_binary(

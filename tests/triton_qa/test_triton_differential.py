@@ -69,7 +69,7 @@ def servers(tmp_path_factory, triton_install):
     edgedl_repo = qa_models.write_repository(root / "edgedl", MODELS, "edgedl")
     triton_repo = qa_models.write_repository(root / "triton", MODELS, "triton")
     grpc_port = free_port()
-    edgedl = ServerProcess("--model-repository", edgedl_repo, "--grpc-port", grpc_port)
+    edgedl = ServerProcess("--model-repository", edgedl_repo, "--grpc-port", grpc_port, "--model-control", "explicit")
     edgedl.grpc = f"127.0.0.1:{grpc_port}"
     try:
         triton = TritonServer(triton_install, triton_repo)
@@ -256,7 +256,6 @@ DIFFERENCES = {
                                         "carry FP16); Triton 2.51 refuses the request"),
     "an output asked for twice": Difference(200, 200, "edgedl answers it twice, Triton 2.51 once (newer Tritons "
                                                       "refuse the request with 400)", False),
-    "9 rows for max_batch_size 8": Difference(200, 400, "config.pbtxt max_batch_size is not enforced", False),
     "classification": Difference(400, 200, "the classification extension is not implemented", False),
     "raw binary body": Difference(400, 200, "raw binary bodies (Inference-Header-Content-Length: 0) are refused",
                                   False),
@@ -516,12 +515,12 @@ def test_unload_then_index(servers):
 
 
 def test_huge_shape_is_refused_where_triton_aborts(servers):
-    """[2**40, 16] with 16 values: edgedl refuses it with 400 and stays up; Triton 2.51 dies (std::bad_alloc).
-    Last in this module: it takes the Triton process down."""
+    """[2**40, 16] with 16 values: edgedl refuses it with 413 (more elements than --max-tensor-elements) and
+    stays up; Triton 2.51 dies (std::bad_alloc). Last in this module: it takes the Triton process down."""
     edgedl, triton = servers
     body = _pair(shape=(2 ** 40, 16))
     ours = send(edgedl.url, "POST", INFER, body)
-    assert ours.status == 400 and _is_error(ours)
+    assert ours.status == 413 and _is_error(ours) and "per tensor" in ours.doc["error"]
     assert send(edgedl.url, "GET", "/v2/health/ready").status == 200
     try:
         send(triton.http, "POST", INFER, body)

@@ -42,7 +42,7 @@ from serve_helpers import ServerProcess, free_port  # noqa: E402
 
 REPOSITORIES = {"http": qa_models.http_models, "examples": qa_models.example_models, "infer": qa_models.infer_models}
 # test.sh: http_test.py runs with --model-control-mode=explicit --load-model=*, python_http_aio_test.py with the
-# default mode (none), infer_test.py with the default too
+# default mode (none), infer_test.py with the default too; edgedl runs in the same --model-control mode
 TRITON_MODES = {"http": "explicit", "examples": "none", "infer": "none"}
 
 # Why a QA test fails on the real Triton 2.51 (the tests come from a newer Triton's repository)
@@ -74,8 +74,6 @@ EDGEDL_FAILS = {
     "HttpTest.test_negative_dimensions": "intentional: a negative dimension is the client's error, 400 (Triton: 500)",
     "HttpTest.test_repository_index_deeply_nested_json": "the index request's body is not read: 200 (2.51 too)",
     "HttpAioClient.test_get_server_metadata": "intentional: the server's name is 'edgedl', not 'triton'",
-    "HttpAioClient.test_load_model": "no model-control mode 'none': load is always allowed",
-    "HttpAioClient.test_unload_model": "no model-control mode 'none': load is always allowed (the test loads)",
     "HttpAioClient.test_get_system_shared_memory_status": "no system shared memory extension: 404",
     "HttpAioClient.test_unregister_system_shared_memory": "no system shared memory extension: 404",
     "HttpAioClient.test_get_cuda_shared_memory_status": "no CUDA shared memory extension: 404 (Triton: empty status)",
@@ -112,7 +110,8 @@ class _QAServer:
             http, grpc = self.process.http, self.process.grpc
         else:
             grpc_port = free_port()
-            self.process = ServerProcess("--model-repository", self.repo, "--grpc-port", grpc_port)
+            self.process = ServerProcess("--model-repository", self.repo, "--grpc-port", grpc_port,
+                                         "--model-control", TRITON_MODES[self.kind])
             http, grpc = self.process.url, f"127.0.0.1:{grpc_port}"
         os.environ.update({"TRITON_QA_HTTP": http, "TRITON_QA_GRPC": grpc,
                            "TRITON_QA_MODEL_COUNT": str(len(self.models))})

@@ -48,7 +48,7 @@ def _presets(field: str) -> str:
 @click.option("--max-tensor-elements", type=int,
               help="Refuse larger input tensors with 413 " + _presets("max_tensor_elements") + ".")
 @click.option("--max-batch-rows", type=int,
-              help="Refuse requests with more rows (axis 0) with 413 " + _presets("max_batch_rows")
+              help="Refuse requests with more rows (axis 0) with 400 " + _presets("max_batch_rows")
                    + "; a model's config.pbtxt max_batch_size caps it for that model, as in Triton.")
 @click.option("--max-connections", type=int,
               help="Open connections; beyond, the longest-idle one is closed, or the new one gets 503 "

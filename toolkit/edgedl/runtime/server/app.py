@@ -42,9 +42,10 @@ LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the strea
 # a large batch runs in pieces of this much input: onnxruntime keeps the memory of its largest run's intermediate
 # results (a CNN's first layer alone can be 32x its input), so pieces the size of a small request keep that small
 RUN_INPUT_BYTES = 16 * 1024
-_MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed: this server runs with --model-control none "
-                      "(models load at startup and reload on SIGHUP); start it with --model-control explicit to "
-                      "load and unload models over HTTP")
+# Triton's words in its NONE mode (clients and Triton's own tests match on them), then edgedl's
+_MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed if polling is enabled: this server runs with "
+                      "--model-control none (models load at startup and reload on SIGHUP); start it with "
+                      "--model-control explicit to load and unload models through the API")
 
 
 def _malloc_trim():
@@ -240,8 +241,7 @@ class InferenceApp:
             if rest[1:] == ["index"]:
                 return 200, _dumps(self._index()), None
             if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload"):
-                if self.config.model_control != "explicit":
-                    raise HTTPError(503, _MODEL_CONTROL_OFF)  # what Triton answers in its NONE mode
+                self.require_model_control()
                 ctx.model = rest[2]
                 if rest[3] == "unload":
                     await self.registry.unload(rest[2])
@@ -252,6 +252,12 @@ class InferenceApp:
                         raise HTTPError(400, f"failed to load '{rest[2]}': {exc}") from None
                 return 200, b"", None
         raise HTTPError(404, f"no endpoint {path}")
+
+    def require_model_control(self) -> None:
+        """Repository load/unload (HTTP and gRPC) need --model-control explicit; otherwise 503, as Triton answers
+        in its NONE mode."""
+        if self.config.model_control != "explicit":
+            raise HTTPError(503, _MODEL_CONTROL_OFF)
 
     @staticmethod
     def _method(method: str, want: str) -> None:
@@ -339,7 +345,7 @@ class InferenceApp:
             else:
                 outputs = [(n, out[n], binary) for n, binary in request.outputs]
             del out, request
-            encode = partial(encode_response, model.name, model.version, ctx.request_id, outputs)
+            encode = partial(encode_response, model.name, model.version, ctx.request_id, outputs, parts=True)
             if large or sum(o[1].nbytes for o in outputs) >= LARGE_BODY_BYTES:
                 ctx.large = True
                 body, json_len = await self._off_loop(encode)

@@ -26,11 +26,11 @@ MIB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request or client may take before the server answers 413/503 or closes the connection."""
+    """What one request or client may take before the server answers 4xx/503 or closes the connection."""
 
     max_body_bytes: int  # per request (413 beyond)
     max_tensor_elements: int  # per input tensor (413 beyond)
-    max_batch_rows: int  # axis 0 of a request (413 beyond)
+    max_batch_rows: int  # axis 0 of a request (400 beyond, as Triton answers past max_batch_size)
     max_connections: int  # open connections; beyond, the longest-idle one is closed, or the new one gets 503
     max_in_flight: int  # infer requests being decoded, queued or run at once (503 beyond)
     header_timeout_s: float  # from connect (or the first byte of a request) to the end of its headers

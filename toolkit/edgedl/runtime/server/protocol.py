@@ -181,7 +181,7 @@ def parse_infer_request(
     max_rows: int | None = None,
 ) -> InferRequest:
     """Validate and decode one infer request against a model's inputs and outputs (and, when given, the
-    model's limits on elements per tensor and rows per request: 413 beyond)."""
+    model's limits on elements per tensor, 413 beyond, and rows per request, 400 beyond as in Triton)."""
     json_part, binary = _header_split(body, header_length)
     doc = _loads(json_part)
     if not isinstance(doc, dict):
@@ -233,9 +233,9 @@ def parse_infer_request(
         if max_elements is not None and count > max_elements:
             raise HTTPError(413, f"input '{name}' has {count} elements (shape {shape}), more than this model's "
                                  f"limit of {max_elements} per tensor; send smaller requests")
-        if max_rows is not None and shape and shape[0] > max_rows:
-            raise HTTPError(413, f"input '{name}' has {shape[0]} rows, more than this model's limit of {max_rows} "
-                                 "per request; split the batch")
+        if max_rows is not None and shape and shape[0] > max_rows:  # 400, as Triton answers past max_batch_size
+            raise HTTPError(400, f"input '{name}' has {shape[0]} rows, more than this model's limit of {max_rows} "
+                                 "per request (its max_batch_size, or --max-batch-rows); split the batch")
         dtype = info.dtype
         item_params = item.get("parameters") or {}
         if not isinstance(item_params, dict):
@@ -328,10 +328,18 @@ def _json_pieces(values: np.ndarray) -> list[bytes]:
 
 
 def encode_response(
-    model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool]]
+    model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool]],
+    parts: bool = False,
 ) -> tuple[bytes | list, int | None]:
-    """-> (body: bytes, or for a large one a list of parts - bytes or memoryviews - to send in order; the JSON
-    header's length, or None when no binary data follows)."""
+    """-> (body, the JSON header's length or None when no binary data follows). With ``parts``, a large body
+    is a list of parts - bytes or memoryviews of the outputs' own memory - to send in order."""
+    body, json_len = _encode(model_name, version, req_id, outputs)
+    if isinstance(body, list) and not parts:
+        body = b"".join(body)
+    return body, json_len
+
+
+def _encode(model_name, version, req_id, outputs):
     entries = []
     blobs = []
     large_json = {}  # entry index -> data too large for one json.dumps call

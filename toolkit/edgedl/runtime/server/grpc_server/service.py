@@ -153,6 +153,7 @@ class InferenceService:
         return self._parse({"models": models}, "RepositoryIndexResponse")
 
     async def RepositoryModelLoad(self, request):
+        self.app.require_model_control()
         try:
             await self.registry.reload(request.model_name)
         except EdgeDLError as exc:
@@ -160,6 +161,7 @@ class InferenceService:
         return message("RepositoryModelLoadResponse")()
 
     async def RepositoryModelUnload(self, request):
+        self.app.require_model_control()
         await self.registry.unload(request.model_name)
         return message("RepositoryModelUnloadResponse")()
 
