@@ -174,7 +174,9 @@ class InferenceService:
             try:
                 body, header_length = http_form(request)
                 decoded = parse_infer_request(body, header_length, model.inputs, model.output_names,
-                                              allow_nonfinite=model.allow_nonfinite)
+                                              allow_nonfinite=model.allow_nonfinite,
+                                              max_elements=model.limits.max_tensor_elements,
+                                              max_rows=model.limits.max_batch_rows)
                 out = await model.serve(decoded, self.metrics, started)
             except BaseException:
                 model.count_failure(started)
