@@ -346,7 +346,12 @@ class InferenceApp:
                 outputs = [(n, out[n], binary) for n, binary in request.outputs]
             del out, request
             encode = partial(encode_response, model.name, model.version, ctx.request_id, outputs, parts=True)
-            if large or sum(o[1].nbytes for o in outputs) >= LARGE_BODY_BYTES:
+            if not large:
+                out_bytes = 0
+                for output in outputs:
+                    out_bytes += output[1].nbytes
+                large = out_bytes >= LARGE_BODY_BYTES
+            if large:
                 ctx.large = True
                 body, json_len = await self._off_loop(encode)
             else:

@@ -131,15 +131,16 @@ def _from_numbers(data: NumberArray, dtype: np.dtype, count: int, name: str, dat
         raise HTTPError(400, f"input '{name}': a value is out of range for {datatype}") from None
 
 
-def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str) -> np.ndarray:
+def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str, streamed: bool) -> np.ndarray:
     if isinstance(data, NumberArray):
         return _from_numbers(data, dtype, count, name, datatype)
     if not isinstance(data, list):
         raise HTTPError(400, f"input '{name}': 'data' must be a list (row-major, flat or nested)")
-    try:
-        data = tensorjson.plain(data)  # a large body: numeric rows next to other values become lists again
-    except tensorjson.DecodeError as exc:
-        raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
+    if streamed:  # numeric rows of a large body next to other values become lists again
+        try:
+            data = tensorjson.plain(data)
+        except tensorjson.DecodeError as exc:
+            raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
     try:
         arr = np.array(data)
     except (ValueError, TypeError) as exc:
@@ -183,6 +184,7 @@ def parse_infer_request(
     """Validate and decode one infer request against a model's inputs and outputs (and, when given, the
     model's limits on elements per tensor, 413 beyond, and rows per request, 400 beyond as in Triton)."""
     json_part, binary = _header_split(body, header_length)
+    streamed = len(json_part) >= tensorjson.STREAM_ABOVE_BYTES
     doc = _loads(json_part)
     if not isinstance(doc, dict):
         raise HTTPError(400, "request body must be a JSON object with an 'inputs' list")
@@ -265,7 +267,7 @@ def parse_infer_request(
                 raise HTTPError(400, f"input '{name}' has neither 'data' nor parameters.binary_data_size")
             if dtype == np.float16:
                 raise HTTPError(400, f"input '{name}' is FP16, which cannot travel as JSON; send it as binary data")
-            arr = _from_json(item["data"], dtype, count, name, datatype)
+            arr = _from_json(item["data"], dtype, count, name, datatype, streamed)
         if dtype.kind == "f" and not allow_nonfinite and not np.isfinite(arr).all():
             raise HTTPError(400, f"input '{name}' contains NaN or infinite values; send finite numbers")
         feeds[name] = arr.reshape(shape)
@@ -342,6 +344,7 @@ def encode_response(
 def _encode(model_name, version, req_id, outputs):
     entries = []
     blobs = []
+    blob_bytes = 0
     large_json = {}  # entry index -> data too large for one json.dumps call
     for name, arr, as_binary in outputs:
         datatype = datatype_of(arr.dtype) if arr.dtype.kind != "U" else "BYTES"
@@ -351,9 +354,11 @@ def _encode(model_name, version, req_id, outputs):
                 blob = _bytes_blob(arr)
             else:
                 wire = np.ascontiguousarray(arr, dtype=arr.dtype if _NATIVE_LE else arr.dtype.newbyteorder("<"))
-                blob = wire.reshape(-1).view(np.uint8).data
+                # a large tensor goes out from its own memory; a small one is copied into the one response
+                blob = wire.reshape(-1).view(np.uint8).data if wire.nbytes >= _JOIN_BELOW else wire.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
+            blob_bytes += len(blob)
         elif datatype == "BYTES":
             entry["data"] = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in arr.ravel()]
         elif arr.size > _JSON_VALUES_PER_CALL:
@@ -368,7 +373,7 @@ def _encode(model_name, version, req_id, outputs):
         header = _dumps(doc)
         if not blobs:
             return header, None
-        if sum(len(b) for b in blobs) < _JOIN_BELOW:
+        if blob_bytes < _JOIN_BELOW:
             return b"".join([header, *blobs]), len(header)
         return [header, *blobs], len(header)
     # a large JSON document: its large data lists go out piece by piece, between the pieces of the rest
