@@ -140,7 +140,7 @@ def test_bad_input_gives_one_line_errors(zoo, tmp_path):
         (("-p", "cdua"), "did you mean 'cuda'"),
         (("-s", "srever"), "did you mean 'server'"),
         (("-s", "server"), "--target-qps"),
-        (("--threads", "0"), "--threads"),
+        (("--threads", "-1"), "--threads"),
         (("--batch", "x"), "--batch"),
         (("--shape", "seq=4"), "no model has a dynamic dim"),
         (("--provider-option", "cuda:device_id=0"), "not benchmarked"),

@@ -4,6 +4,8 @@ refusal of a tampered bundle by the manifest check and by the real ``edgedl serv
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import shutil
 import tarfile
 import zipfile
@@ -74,6 +76,13 @@ def test_scripts_unit_dockerfile_and_tarball(rpi5_bundle):
     docker = (rpi5_bundle / "Dockerfile").read_text()
     assert docker.splitlines()[2] == "FROM arm64v8/python:3.11-slim-bookworm"
     assert "--no-index --find-links /opt/edgedl/wheels" in docker
+    assert "LIMITS=small" in start and '--limits "$LIMITS"' in start  # a Pi gets the small request limits
+    assert json.loads((rpi5_bundle / "manifest.json").read_text())["server"]["limits"] == "small"
+    assert "EDGEDL_REQUIRE_KEY=1" in docker  # a container listens on 0.0.0.0: no key, no start
+    env = {k: v for k, v in os.environ.items() if k != "EDGEDL_API_KEY"}
+    refused = subprocess.run(["sh", str(rpi5_bundle / "start.sh")], env={**env, "EDGEDL_REQUIRE_KEY": "1",
+                             "EDGEDL_HOST": "0.0.0.0"}, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 2 and "EDGEDL_API_KEY" in refused.stderr and len(refused.stderr.splitlines()) == 1
     tarball = rpi5_bundle.parent / f"{rpi5_bundle.name}.tar.gz"
     with tarfile.open(tarball) as tar:
         names = tar.getnames()

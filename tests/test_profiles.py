@@ -57,6 +57,8 @@ def test_user_profile_from_profile_path_is_listed_and_loaded(tmp_path):
      'thread = 4\n', "did you mean 'threads'"),
     ('arch = "aarch64"\nplatforms = ["manylinux_2_28_aarch64"]\npython = ["3.11"]\nonnxruntime = "1.32.0"\n'
      'providers = ["cdua"]\n', "did you mean 'cuda'"),
+    ('arch = "aarch64"\nplatforms = ["manylinux_2_28_aarch64"]\npython = ["3.11"]\nonnxruntime = "1.32.0"\n'
+     'serve_limits = "tiny"\n', "not a limits preset; use one of default, small"),
     ('arch = "aarch64"\n', "lacks platforms, python, onnxruntime"),
     ('arch = \n', "not valid TOML"),
 ])

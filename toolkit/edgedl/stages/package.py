@@ -334,7 +334,8 @@ def package(config: PackageConfig) -> dict:
                 "#   pip install --no-index --find-links wheels -r requirements.txt\n" + "\n".join(pins) + "\n")
             advance(info="edgedl wheel")
             # HOST/PORT land in start.sh (sh, quoted); BUNDLE in the unit's Description= (systemd: % is a specifier)
-            values = {"HOST": shlex.quote(host), "PORT": port, "PROFILE": profile.name, "DESCRIPTION": profile.description,
+            values = {"HOST": shlex.quote(host), "PORT": port, "LIMITS": shlex.quote(profile.serve_limits),
+                      "PROFILE": profile.name, "DESCRIPTION": profile.description,
                       "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
                       "WHEEL_NOTE": profile.wheel_note or "see the profile", "REMOTE_DIR": "/opt/edgedl",
                       "BUNDLE": out.name.replace("%", "%%"), "MEMORY_MB": int(profile.memory_mb)}
@@ -352,7 +353,7 @@ def package(config: PackageConfig) -> dict:
                 "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
                 "python": python,
                 "platforms": list(profile.platforms),
-                "server": {"host": host, "port": port},
+                "server": {"host": host, "port": port, "limits": profile.serve_limits},
                 "models": entries,
                 "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,
                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))},

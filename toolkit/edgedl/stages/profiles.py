@@ -46,6 +46,7 @@ class DeviceProfile:
     cpu_features: tuple[str, ...] = ()
     docker_base: str = ""
     wheel_note: str = ""
+    serve_limits: str = "default"  # the server's limits preset on this device (edgedl serve --limits)
     source: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
@@ -66,6 +67,11 @@ class DeviceProfile:
             raise EdgeDLError(f"{where}: onnxruntime_for_python names Python {', '.join(stray)}, which is not in python")
         for p in self.providers:
             resolve_provider(p)
+        from edgedl.runtime.server.config import LIMITS
+
+        if self.serve_limits not in LIMITS:
+            raise EdgeDLError(f"{where}: serve_limits {self.serve_limits!r} is not a limits preset; use one of "
+                              f"{', '.join(LIMITS)}")
         if self.threads < 0 or self.memory_mb <= 0 or self.min_free_disk_mb < 0:
             raise EdgeDLError(f"{where}: threads, memory_mb and min_free_disk_mb must be non-negative numbers")
 
