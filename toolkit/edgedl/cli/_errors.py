@@ -13,6 +13,13 @@ OPTION_FLAGS = {
     "batch": "--batch",
     "data": "--data",
     "max_samples": "--max-samples",
+    "opset": "--opset",
+    "exporter": "--exporter",
+    "init_args": "--init-args",
+    "checkpoint": "--checkpoint",
+    "torch_checkpoint": "--torch-checkpoint",
+    "torch_model": "--torch-model",
+    "strict": "--strict",
 }
 
 
