@@ -19,6 +19,7 @@ OPTION_FLAGS = {
     "checkpoint": "--checkpoint",
     "torch_checkpoint": "--torch-checkpoint",
     "torch_model": "--torch-model",
+    "torch_init_args": "--torch-init-args",
     "strict": "--strict",
 }
 

@@ -42,7 +42,7 @@ def is_torchscript(path: Path) -> bool:
         return False
 
 
-def parse_init_args(text: str | None) -> dict[str, Any] | list[Any] | None:
+def parse_init_args(text: str | None, option: str = "init_args") -> dict[str, Any] | list[Any] | None:
     """``'{"width": 64}'`` (keyword arguments) or ``'[64, 10]'`` (positional) -> the parsed JSON."""
     if text is None or not str(text).strip():
         return None
@@ -51,10 +51,10 @@ def parse_init_args(text: str | None) -> dict[str, Any] | list[Any] | None:
     except ValueError as exc:
         raise EdgeDLError(f"constructor arguments '{text}' are not JSON ({exc.msg} at column {exc.colno}); "
                           """give an object of keyword arguments such as '{"width": 64}' or a list such as '[64]'""",
-                          option=("init_args", """'{"width": 64}'""")) from None
+                          option=(option, """'{"width": 64}'""")) from None
     if not isinstance(value, (dict, list)):
         raise EdgeDLError(f"constructor arguments must be a JSON object (keywords) or list (positional), got '{text}'",
-                          option=("init_args", """'{"width": 64}'"""))
+                          option=(option, """'{"width": 64}'"""))
     return value
 
 
@@ -301,11 +301,12 @@ def looks_like_torchscript(target: str) -> bool:
     return bool(attr) and path.suffix in TORCHSCRIPT_SUFFIXES and path.is_file() and is_torchscript(path)
 
 
-def source_for(model_spec: str | None, checkpoint: str | None, metadata: dict[str, Any]) -> TorchSource:
+def source_for(model_spec: str | None, checkpoint: str | None, metadata: dict[str, Any],
+               init_args: dict[str, Any] | list[Any] | None = None) -> TorchSource:
     """The module to benchmark against an ONNX model: ``model_spec`` (a recipe, ``file.py:Class`` or a
     TorchScript file) and ``checkpoint`` when given, else what export recorded in the model's metadata (its
     checkpoint checked against the recorded sha256). Constructor arguments come from the metadata when the
-    class is the one recorded. No torch import: the orchestrator resolves this before starting any worker."""
+    class is the one recorded, unless ``init_args`` are given. No torch import: the orchestrator resolves this before starting any worker."""
     recorded = None
     if isinstance(metadata.get("torch_source"), dict):
         recorded = TorchSource.from_json(metadata["torch_source"])
@@ -315,6 +316,9 @@ def source_for(model_spec: str | None, checkpoint: str | None, metadata: dict[st
     def resolved(path: str | None) -> str | None:
         return str(Path(path).resolve()) if path else None
 
+    if init_args is not None and (model_spec is None or not str(model_spec).partition(":")[0].endswith(".py")):
+        raise EdgeDLError("constructor arguments are for a module given as file.py:Class",
+                          option=("torch_model", "file.py:Class"))
     if model_spec is None and checkpoint is None:
         if recorded is None:
             raise EdgeDLError("the model carries no record of the PyTorch module it was exported from (edgedl "
@@ -346,7 +350,8 @@ def source_for(model_spec: str | None, checkpoint: str | None, metadata: dict[st
     else:
         target, kind = model_spec, "recipe"
     same = recorded is not None and recorded.kind == kind and recorded.target == target
-    init_args = recorded.init_args if same else None
+    if init_args is None and same:
+        init_args = recorded.init_args
     if checkpoint is None and same and recorded.checkpoint:
         recorded.check_checkpoint()
         return TorchSource(kind, target, init_args, recorded.checkpoint, recorded.checkpoint_sha256)
