@@ -146,7 +146,14 @@ def export(source: ModelSource, config: ExportConfig, notice: Callable[[str], No
 
         metrics = checkpoint_metrics(Path(config.checkpoint))
 
-    exported = run_exporter(model, recipe, config.exporter, config.opset, config.debug, notice=say)
+    try:
+        exported = run_exporter(model, recipe, config.exporter, config.opset, config.debug, notice=say)
+    except EdgeDLError as exc:
+        children = [n for n, _ in model.named_children()] if source.kind == "torchscript" else []
+        if children and not exc.hint and not exc.option:  # a scripted pipeline often wraps an exportable network
+            raise EdgeDLError(exc.message, hint=f"its submodules ({', '.join(children[:8])}) may export on their own: "
+                                                f"pass {source.torch.source_file()}:NAME") from exc
+        raise
     proto = exported.proto
     origins = provenance.collect(proto, exported.exporter)
     if config.simplify:

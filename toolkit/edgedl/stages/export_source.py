@@ -23,7 +23,7 @@ import numpy as np
 
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import Recipe, TensorSpec, load_recipe
-from edgedl.runtime.signature import DEFAULT_FLOAT_RANGE, DEFAULT_INT_RANGE, ShapeOptions
+from edgedl.runtime.signature import DEFAULT_FLOAT_RANGE, DEFAULT_INT_RANGE, ShapeOptions, check_shape
 from edgedl.stages.torch_source import (TORCHSCRIPT_SUFFIXES, TorchSource, construct, is_torchscript, module_class,
                                         parse_init_args, split_target)
 
@@ -166,13 +166,8 @@ def apply_shape_options(recipe: Recipe, options: ShapeOptions) -> Recipe:
         spec = inputs.get(name)
         if spec is None:
             raise unknown("input", name, list(inputs))
-        if len(shape) != len(spec.shape):
-            raise EdgeDLError(f"shape {'x'.join(map(str, shape)) or 'scalar'} for input '{name}' has rank {len(shape)}; "
-                              f"the input is rank {len(spec.shape)} {list(spec.shape)}")
-        for axis, (want, got) in enumerate(zip(spec.shape, shape)):
-            if isinstance(want, int) and want != got:
-                raise EdgeDLError(f"shape for input '{name}' gives {got} on axis {axis}, which is fixed at {want} "
-                                  f"{list(spec.shape)} (declare it dynamic to change it)")
+        check_shape(name, spec.shape, shape)
+        for want, got in zip(spec.shape, shape):
             if isinstance(want, str):
                 set_example(want, int(got), f"{name}={'x'.join(map(str, shape))}")
     for name, axis in options.batch_axes.items():

@@ -128,13 +128,15 @@ def describe_inputs(recipe: Recipe) -> str:
                      f"{s.value_range[0]:g}..{s.value_range[1]:g}" for s in recipe.inputs)
 
 
-def check_runs(model, recipe: Recipe) -> None:
+def check_runs(model, recipe: Recipe) -> int:
     """Run the module once on the example inputs, so inputs it rejects fail here with the inputs named (not twice,
-    deep inside both exporters)."""
+    deep inside both exporters); returns how many output tensors it gives."""
     torch = require("torch")
+    from edgedl.stages.validate import flatten_outputs
+
     try:
         with torch.no_grad():
-            model(*_example_args(recipe))
+            return len(flatten_outputs(model(*_example_args(recipe))))
     except EdgeDLError:
         raise
     except Exception as exc:
@@ -148,7 +150,7 @@ def _dynamic_axes(recipe: Recipe) -> dict[str, dict[int, str]] | None:
     return axes or None
 
 
-def _dynamo(model, recipe: Recipe, opset: int, debug: bool):
+def _dynamo(model, recipe: Recipe, opset: int, debug: bool, outputs: int):
     torch = require("torch")
     require("onnxscript")
     try:
@@ -169,7 +171,7 @@ def _dynamo(model, recipe: Recipe, opset: int, debug: bool):
 _BAKED_BRANCH = "Converting a tensor to a Python boolean"
 
 
-def _torchscript(model, recipe: Recipe, opset: int, debug: bool):
+def _torchscript(model, recipe: Recipe, opset: int, debug: bool, outputs: int):
     torch = require("torch")
     onnx = require("onnx")
     buffer = io.BytesIO()
@@ -180,9 +182,11 @@ def _torchscript(model, recipe: Recipe, opset: int, debug: bool):
             warnings.simplefilter("ignore")
             warnings.simplefilter("always", torch.jit.TracerWarning)
             # verbose keeps each node's source location in its doc_string (read for the source mapping)
+            # unnamed, this exporter calls outputs by graph value numbers ("10"): name them output_0, ...
+            names = recipe.output_names or ([f"output_{i}" for i in range(outputs)] if outputs > 1 else ["output"])
             torch.onnx.export(
                 model, _example_args(recipe), buffer, input_names=recipe.input_names,
-                output_names=recipe.output_names or None, opset_version=opset, dynamo=False,
+                output_names=names, opset_version=opset, dynamo=False,
                 dynamic_axes=_dynamic_axes(recipe), verbose=True,
             )
     except EdgeDLError:
@@ -238,12 +242,12 @@ def run_exporter(model, recipe: Recipe, mode: str = "auto", opset: int | None = 
                           option=("exporter", "torchscript (or auto)"))
     order = ["torchscript"] if scripted or mode == "torchscript" else (["dynamo"] if mode == "dynamo" else
                                                                        ["dynamo", "torchscript"])
-    check_runs(model, recipe)
+    outputs = check_runs(model, recipe)
     reasons: dict[str, str] = {}
     for exporter in order:
         chosen = _opset_for(exporter, opset) if not reasons else _fallback_opset(exporter, opset, reasons)
         try:
-            proto, said = _RUN[exporter](model, recipe, chosen, debug)
+            proto, said = _RUN[exporter](model, recipe, chosen, debug, outputs)
         except _ExportFailed as exc:
             reasons[exporter] = exc.reason
             if exporter != order[-1] and notice is not None:

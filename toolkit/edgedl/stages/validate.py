@@ -57,12 +57,12 @@ class ValidationReport:
                 "degenerate": dict(self.degenerate), "checks": self.checks}
 
 
-def _flatten(value) -> list:
+def flatten_outputs(value) -> list:
     """Outputs in the order the exporters flatten them (tuples, lists and dicts, nested)."""
     if isinstance(value, dict):
-        return [leaf for v in value.values() for leaf in _flatten(v)]
+        return [leaf for v in value.values() for leaf in flatten_outputs(v)]
     if isinstance(value, (tuple, list)):
-        return [leaf for v in value for leaf in _flatten(v)]
+        return [leaf for v in value for leaf in flatten_outputs(v)]
     return [value]
 
 
@@ -76,7 +76,7 @@ def torch_outputs(model, input_names: list[str], feeds: dict[str, np.ndarray]) -
         raise EdgeDLError(f"PyTorch fails on validation inputs ({shapes}): {type(exc).__name__}: "
                           f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
                           hint="give the sizes and value ranges forward() accepts") from exc
-    return [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in _flatten(out)]
+    return [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t) for t in flatten_outputs(out)]
 
 
 def validate(model, recipe: Recipe, onnx_path: Path) -> ValidationReport:
