@@ -9,7 +9,6 @@ import json
 
 import numpy as np
 import onnxruntime as ort
-import pytest
 
 from edgedl_testing import ROOT, run_edgedl_inprocess
 
@@ -207,26 +206,22 @@ def test_integer_inputs_take_a_value_range(tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-@pytest.mark.parametrize("cls, reason", [
-    ("ZeroHead", "every value is exactly 0"),
-    ("Vanishing", "inside the tolerance (atol 0.0001): an all-zero output passes"),
-    ("IgnoresInput", "it is the same for different inputs"),
-])
-def test_degenerate_outputs_are_reported_and_refused_with_strict(tmp_path, cls, reason):
-    """A check on outputs that are ~0 or ignore the inputs proves nothing (random-weight MobileNet gives ~1e-9,
-    ViT's zero head exactly 0): a notice and `validation.degenerate` by default, an error with --strict."""
-    args = [f"{USER}:{cls}", "--input", "x=2x4", "--dynamic", "x=0:batch", "--output-name", "y"]
-    proc = run_edgedl_inprocess("export", *map(str, args), "-o", str(tmp_path / "m.onnx"), "--json")
-    assert proc.returncode == 0, proc.stderr
-    report = json.loads(proc.stdout)
-    assert report["validation"]["passed"] and reason in report["validation"]["degenerate"]["y"]
-    assert f"notice: validation proves nothing about output 'y': " in proc.stderr
-    assert reason in _metadata(tmp_path / "m.onnx")["validation"]["degenerate"]["y"]
+def test_degenerate_outputs_are_reported_and_refused_with_strict(tmp_path):
+    """A check on outputs that are ~0 or ignore the inputs proves nothing (random-weight MobileNetV2 gives ~1e-25
+    here, ViT's zero head used to give exactly 0): a notice and `validation.degenerate` by default, an error with
+    --strict; an ordinary output (relative error reported next to absolute) is not flagged."""
+    for cls, reason in [("ZeroHead", "every value is exactly 0"),
+                        ("Vanishing", "inside the tolerance (atol 0.0001): an all-zero output passes"),
+                        ("IgnoresInput", "it is the same for different inputs")]:
+        args = [f"{USER}:{cls}", "--input", "x=2x4", "--dynamic", "x=0:batch", "--output-name", "y"]
+        proc = run_edgedl_inprocess("export", *map(str, args), "-o", str(tmp_path / f"{cls}.onnx"), "--json")
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert report["validation"]["passed"] and reason in report["validation"]["degenerate"]["y"], cls
+        assert "notice: validation proves nothing about output 'y': " in proc.stderr
+        assert reason in _metadata(tmp_path / f"{cls}.onnx")["validation"]["degenerate"]["y"]
     err = _fails(*args, "--strict", "-o", tmp_path / "strict.onnx")
     assert "proves nothing about output 'y'" in err and not (tmp_path / "strict.onnx").exists()
-
-
-def test_relative_error_is_reported_next_to_absolute(tmp_path):
     report = _export(f"{USER}:Sized", "--init-args", "[16]", "--input", "x=3x4:float32:-1..1", "--dynamic",
                      "x=0:batch", "-o", tmp_path / "t.onnx")
     v = report["validation"]
