@@ -16,11 +16,9 @@ OPTION_FLAGS = {
     "opset": "--opset",
     "exporter": "--exporter",
     "init_args": "--init-args",
-    "checkpoint": "--checkpoint",
     "torch_checkpoint": "--torch-checkpoint",
     "torch_model": "--torch-model",
     "torch_init_args": "--torch-init-args",
-    "strict": "--strict",
 }
 
 
