@@ -179,6 +179,9 @@ def _checked_module(build, name: str):
     return model.eval()
 
 
+_IMPORTED: dict[Path, Any] = {}  # model files imported by this process: resolving and building import once
+
+
 def module_class(path: Path, class_name: str):
     """The class ``class_name`` from the Python file ``path`` (imported with its folder on the module path)."""
     from edgedl.recipe import import_file
@@ -187,7 +190,10 @@ def module_class(path: Path, class_name: str):
         raise EdgeDLError(f"model file not found: {path}; pass path/to/file.py:ClassName")
     if not class_name.isidentifier():
         raise EdgeDLError(f"'{class_name}' is not a class name; pass path/to/file.py:ClassName")
-    module = import_file(path.resolve())
+    resolved = path.resolve()
+    if resolved not in _IMPORTED:
+        _IMPORTED[resolved] = import_file(resolved)
+    module = _IMPORTED[resolved]
     cls = getattr(module, class_name, None)
     if cls is None or not isinstance(cls, type):
         found = [n for n, v in vars(module).items() if isinstance(v, type) and hasattr(v, "forward")]
