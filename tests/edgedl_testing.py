@@ -89,7 +89,9 @@ def build_zoo(base: Path) -> dict[str, ZooModel]:
             if not (trained / name / "config.json").is_file():  # written last by train
                 run_edgedl("train", name, "--out", trained / name)
             if not (target / f"{name}.onnx").is_file():
-                run_edgedl("export", name, "--checkpoint", trained / name, "-o", target / f"{name}.onnx")
+                # dynamo only: a broken environment must fail here, not leave TorchScript fallbacks in the cache
+                run_edgedl("export", name, "--checkpoint", trained / name, "--exporter", "dynamo",
+                           "-o", target / f"{name}.onnx")
     return {
         name: ZooModel(name, ROOT / "models" / f"{name}.py", trained / name, target / f"{name}.onnx",
                        json.loads((trained / name / "metrics.json").read_text()))
