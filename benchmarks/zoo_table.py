@@ -20,12 +20,12 @@ def measure_pair(name: str, directory: Path, rounds: int = 5, iterations: int = 
 
     from edgedl.recipe import load_recipe
     from edgedl.runtime import Runner, RunnerConfig, measure
-    from edgedl.stages.train import load_weights
+    from edgedl.stages.torch_source import TorchSource
 
     onnx_path = directory / f"{name}.onnx"
     runner = Runner(onnx_path, RunnerConfig(intra_op_threads=1, inter_op_threads=1))
     recipe = load_recipe(runner.metadata["recipe_source"])
-    model, _ = load_weights(recipe, Path(runner.metadata["checkpoint"]))
+    model = TorchSource.from_json(runner.metadata["torch_source"]).build()
     torch.set_num_threads(1)
     feeds = recipe.make_inputs({d: 1 for d in recipe.dim_examples} | {
         d: s[0] for d, s in recipe.dim_examples.items() if d != "batch"}, seed=0)

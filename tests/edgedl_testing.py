@@ -16,14 +16,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 ZOO = ("mlp", "cnn", "lstm", "transformer")
 EDGEDL = [sys.executable, "-m", "edgedl"]
-# what the trained/exported zoo depends on; a change to any of these rebuilds the cache
-_ZOO_SOURCES = [
+# what the trained zoo depends on, and what its exports depend on as well; a change to any of these retrains or
+# re-exports (an export-only change reuses the trained weights)
+_TRAIN_SOURCES = [
     *sorted(ROOT / "models" / f"{name}.py" for name in ZOO),  # the zoo's recipes, not every file in models/
     *sorted((ROOT / "toolkit/edgedl/data").glob("*.py")),
     ROOT / "toolkit/edgedl/recipe.py",
     ROOT / "toolkit/edgedl/stages/train.py",
-    ROOT / "toolkit/edgedl/stages/export.py",
-    ROOT / "toolkit/edgedl/stages/validate.py",
+]
+_ZOO_SOURCES = [
+    *_TRAIN_SOURCES,
+    *(ROOT / "toolkit/edgedl/stages" / f"{name}.py" for name in (
+        "export", "export_source", "exporters", "torch_source", "provenance", "validate", "compare", "opset")),
 ]
 
 
@@ -66,9 +70,9 @@ def run_edgedl_inprocess(*args: str) -> CliResult:
     return CliResult(result.exit_code, result.stdout, result.stderr)
 
 
-def _zoo_key() -> str:
+def _zoo_key(sources: list[Path] = _ZOO_SOURCES) -> str:
     h = hashlib.sha256()
-    for path in _ZOO_SOURCES:
+    for path in sources:
         h.update(path.name.encode())
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -76,17 +80,21 @@ def _zoo_key() -> str:
 
 def build_zoo(base: Path) -> dict[str, ZooModel]:
     """Train (full recipe config) and export the four zoo models through the CLI, once per source version."""
+    trained = base / f"trained-{_zoo_key(_TRAIN_SOURCES)}"
     target = base / _zoo_key()
     target.mkdir(parents=True, exist_ok=True)
     with open(base / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # parallel pytest runs share one build
         for name in ZOO:
+            if not (trained / name / "config.json").is_file():  # written last by train
+                run_edgedl("train", name, "--out", trained / name)
             if not (target / f"{name}.onnx").is_file():
-                run_edgedl("train", name, "--out", target / name)
-                run_edgedl("export", name, "--checkpoint", target / name, "-o", target / f"{name}.onnx")
+                # dynamo only: a broken environment must fail here, not leave TorchScript fallbacks in the cache
+                run_edgedl("export", name, "--checkpoint", trained / name, "--exporter", "dynamo",
+                           "-o", target / f"{name}.onnx")
     return {
-        name: ZooModel(name, ROOT / "models" / f"{name}.py", target / name, target / f"{name}.onnx",
-                       json.loads((target / name / "metrics.json").read_text()))
+        name: ZooModel(name, ROOT / "models" / f"{name}.py", trained / name, target / f"{name}.onnx",
+                       json.loads((trained / name / "metrics.json").read_text()))
         for name in ZOO
     }
 

@@ -23,13 +23,17 @@ _EXTRA_OF = {
 }
 
 
+def extra_of(module: str) -> str | None:
+    """The extra that provides ``module`` (or its top-level package), or None when it is not edgedl's."""
+    return _EXTRA_OF.get(module) or _EXTRA_OF.get(module.split(".")[0])
+
+
 def require(module: str) -> ModuleType:
     """Import ``module`` or raise an EdgeDLError saying which extra provides it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        top = module.split(".")[0]
-        extra = _EXTRA_OF.get(module) or _EXTRA_OF.get(top, "all")
+        extra = extra_of(module) or "all"
         raise EdgeDLError(
             f"{module} is not installed ({exc}); install it with: pip install 'edgedl[{extra}]'"
         ) from exc

@@ -166,11 +166,14 @@ class Recipe:
         out = {}
         for spec in self.inputs:
             shape = spec.concrete(sizes)
+            lo, hi = spec.value_range
             if np.dtype(spec.dtype).kind == "f":
-                out[spec.name] = rng.uniform(*spec.value_range, size=shape).astype(spec.dtype)
+                value = rng.uniform(lo, hi, size=shape)
+            elif np.dtype(spec.dtype).kind == "b":
+                value = rng.integers(0, 2, size=shape)
             else:
-                lo, hi = spec.value_range
-                out[spec.name] = rng.integers(int(lo), int(hi) + 1, size=shape).astype(spec.dtype)
+                value = rng.integers(int(lo), int(hi) + 1, size=shape)
+            out[spec.name] = np.asarray(value).astype(spec.dtype)  # asarray: a scalar input is a 0-d array
         return out
 
     def split(self, name: str) -> Split:
@@ -198,28 +201,44 @@ def resolve_recipe_path(spec: str) -> Path:
     raise EdgeDLError(f"no recipe '{spec}': {hint}pass a recipe file (models/cnn.py) or a zoo name ({', '.join(zoo)})")
 
 
+# modules whose pip package has another name (what to install when a model file imports them)
+_PACKAGE_OF = {"cv2": "opencv-python", "PIL": "Pillow", "yaml": "PyYAML", "sklearn": "scikit-learn",
+               "skimage": "scikit-image", "google.protobuf": "protobuf"}
+
+
 def import_file(path: Path, module_name: str | None = None):
-    """Import a Python file as a module (user recipes and user model files)."""
+    """Import a Python file as a module (user recipes and user model files). Its folder is on the module path
+    while it is imported, so it can import the modules next to it (``from layers import Block``)."""
     name = module_name or f"edgedl_user_{path.stem}_{abs(hash(str(path)))}"
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise EdgeDLError(f"cannot import {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
+    folder = str(Path(path).resolve().parent)
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
     try:
         spec.loader.exec_module(module)
     except EdgeDLError:
+        sys.modules.pop(name, None)
         raise
     except ModuleNotFoundError as exc:
         sys.modules.pop(name, None)
-        from edgedl._lazy import require
+        missing = exc.name or ""
+        from edgedl._lazy import extra_of, require
 
-        if exc.name:
-            require(exc.name)  # raises with the extra to install when it is one of ours
-        raise EdgeDLError(f"importing {path} failed: {exc}; install the package it needs") from exc
+        if extra_of(missing):
+            require(missing)  # one of edgedl's own extras: raises naming the extra to install
+        package = _PACKAGE_OF.get(missing) or _PACKAGE_OF.get(missing.split(".")[0]) or missing.split(".")[0]
+        raise EdgeDLError(f"importing {path} failed: {exc}; install the package it needs: {package}") from exc
     except Exception as exc:
         sys.modules.pop(name, None)
         raise EdgeDLError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
     return module
 
 

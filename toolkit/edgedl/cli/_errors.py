@@ -13,6 +13,12 @@ OPTION_FLAGS = {
     "batch": "--batch",
     "data": "--data",
     "max_samples": "--max-samples",
+    "opset": "--opset",
+    "exporter": "--exporter",
+    "init_args": "--init-args",
+    "torch_checkpoint": "--torch-checkpoint",
+    "torch_model": "--torch-model",
+    "torch_init_args": "--torch-init-args",
 }
 
 

@@ -48,8 +48,12 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--streams", default=4, show_default=True, help="Multi-stream scenario: concurrent inferences per query.")
 @click.option("--allow-fallback", is_flag=True, help="Accept a provider that is missing or left nodes to another.")
 @click.option("--baseline", type=str, help="'torch': PyTorch eager on the same inputs and threads, side by side.")
-@click.option("--torch-model", help="Recipe (file or zoo name) for --baseline torch when the model has no metadata.")
-@click.option("--torch-checkpoint", type=click.Path(path_type=Path), help="Weights for --torch-model.")
+@click.option("--torch-model", help="The PyTorch module for --baseline torch: a recipe, file.py:Class or a TorchScript "
+                                  "file (default: the one the model was exported from, recorded in its metadata).")
+@click.option("--torch-checkpoint", type=click.Path(path_type=Path),
+              help="Its weights: .safetensors, a torch.save'd state_dict, a train --out dir, or a TorchScript file.")
+@click.option("--torch-init-args", metavar="JSON",
+              help="""Constructor arguments of a file.py:Class --torch-model, e.g. '{"width": 64}'.""")
 @click.option("--no-placement", is_flag=True, help="Skip the profiling pass that shows which provider ran each node "
                                                     "(always done for non-CPU providers).")
 @click.option("--remote", metavar="USER@HOST[:PORT]",
@@ -67,7 +71,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @debug_option
 def bench(models, providers, provider_options, threads, batch, shape_options, warmup, iterations, duration, input_data, seed,
           io_binding, spinning, scenario, target_qps, latency_bound, streams, allow_fallback, baseline, torch_model,
-          torch_checkpoint, no_placement, remote, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir,
+          torch_checkpoint, torch_init_args, no_placement, remote, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir,
           quiet, markdown, save, plot, as_json, debug):
     """Benchmark MODEL.onnx files on execution providers, each configuration in its own process.
 
@@ -76,6 +80,7 @@ def bench(models, providers, provider_options, threads, batch, shape_options, wa
     """
     from edgedl.stages.bench import BenchConfig, run_bench
     from edgedl.stages.bench.config import parse_int_list, parse_provider_option
+    from edgedl.stages.torch_source import parse_init_args
 
     options: dict[str, dict[str, str]] = {}
     for text in provider_options:
@@ -88,7 +93,8 @@ def bench(models, providers, provider_options, threads, batch, shape_options, wa
         duration_s=duration if duration is not None else (None if iterations else 1.0), input_data=input_data,
         seed=seed, io_binding=io_binding, spinning=spinning, scenario=scenario, target_qps=target_qps,
         latency_bound_ms=latency_bound, streams=streams, allow_fallback=allow_fallback, baseline=baseline,
-        torch_model=torch_model, torch_checkpoint=torch_checkpoint, placement=not no_placement,
+        torch_model=torch_model, torch_checkpoint=torch_checkpoint, torch_init_args=parse_init_args(torch_init_args, "torch_init_args"),
+        placement=not no_placement,
     )
     _check_outputs(save, plot)  # before measuring: a bad path must not cost the run
     if not remote and (identity or known_hosts or accept_new_host_key):

@@ -7,7 +7,8 @@ from typing import Any
 
 PREFIX = "edgedl."
 # keys whose values are JSON documents; every other edgedl.* key is a plain string
-JSON_KEYS = {"inputs", "outputs", "labels", "preprocessing", "metrics", "training", "validation", "quantization"}
+JSON_KEYS = {"inputs", "outputs", "labels", "preprocessing", "metrics", "training", "validation", "quantization",
+             "torch_source", "provenance"}
 
 
 def encode(meta: dict[str, Any]) -> dict[str, str]:

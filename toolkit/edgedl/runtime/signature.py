@@ -135,6 +135,17 @@ def _infer_output_axis(info: TensorInfo, batch_name: str | None, input_axes: lis
     return None
 
 
+def check_shape(name: str, declared: tuple[int | str, ...], given: tuple[int, ...]) -> None:
+    """A whole shape given for an input fits its declared one: same rank, the same size on every fixed axis."""
+    if len(given) != len(declared):
+        raise EdgeDLError(f"shape {'x'.join(map(str, given)) or 'scalar'} for input '{name}' has rank "
+                          f"{len(given)}; the model's is rank {len(declared)} {list(declared)}")
+    for axis, (want, got) in enumerate(zip(declared, given)):
+        if isinstance(want, int) and want != got:
+            raise EdgeDLError(f"shape for input '{name}' gives {got} on axis {axis}, which the model "
+                              f"fixes at {want} {list(declared)}")
+
+
 def _meta_entries(metadata: Mapping[str, Any], key: str) -> dict[str, Mapping[str, Any]]:
     entries = metadata.get(key) if isinstance(metadata, Mapping) else None
     return {e["name"]: e for e in entries or [] if isinstance(e, Mapping) and isinstance(e.get("name"), str)}
@@ -211,13 +222,7 @@ class Signature:
         for info in inputs:
             given = options.input_shapes.get(info.name)
             if given is not None:
-                if len(given) != len(info.shape):
-                    raise EdgeDLError(f"shape {'x'.join(map(str, given)) or 'scalar'} for input '{info.name}' has rank "
-                                      f"{len(given)}; the model's is rank {len(info.shape)} {list(info.shape)}")
-                for axis, (want, got) in enumerate(zip(info.shape, given)):
-                    if isinstance(want, int) and want != got:
-                        raise EdgeDLError(f"shape for input '{info.name}' gives {got} on axis {axis}, which the model "
-                                          f"fixes at {want} {list(info.shape)}")
+                check_shape(info.name, info.shape, given)
                 shapes[info.name] = tuple(given)
         if options.input_shapes or options.dims:
             sources.append("options")

@@ -33,10 +33,15 @@ def onnxruntime_max_opset() -> int:
     return best
 
 
-def exporter_max_opset() -> int:
+def exporter_max_opset(exporter: str = "dynamo") -> int:
+    """Newest opset torch's exporter writes: the dynamo one builds at any opset torch knows, the TorchScript one
+    stops earlier (20 in torch 2.13)."""
     from torch.onnx import _constants
 
-    return int(getattr(_constants, "ONNX_MAX_OPSET", 20))
+    top = int(getattr(_constants, "ONNX_MAX_OPSET", 20))
+    if exporter == "torchscript":
+        return min(top, int(getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)))
+    return top
 
 
 def default_opset() -> int:

@@ -93,6 +93,7 @@ class BenchConfig:
     baseline: str | None = None
     torch_model: str | None = None  # a recipe (file or zoo name) for models that carry no recipe metadata
     torch_checkpoint: Path | None = None
+    torch_init_args: dict[str, Any] | list[Any] | None = None  # constructor arguments of a file.py:Class torch_model
     placement: bool = True  # profile one extra session to see which provider ran each node
 
     def __post_init__(self) -> None:
@@ -133,7 +134,8 @@ class BenchConfig:
             raise EdgeDLError("--streams must be >= 1")
         if self.input_data is not None and not Path(self.input_data).is_file():
             raise EdgeDLError(f"input data file not found: {self.input_data}; pass an .npz with one array per input")
-        if self.torch_model is not None and self.baseline is None:
+        if self.baseline is None and (self.torch_model is not None or self.torch_checkpoint is not None
+                                      or self.torch_init_args is not None):
             self.baseline = "torch"
 
     @classmethod

@@ -20,14 +20,25 @@ from edgedl.stages.bench.report import BenchReport
 WORKER = [sys.executable, "-m", "edgedl.stages.bench.worker"]
 
 
-def _torch_context(model: str) -> dict[str, Any]:
-    """What the torch worker needs from the ONNX model (read here, so the torch process loads no onnxruntime)."""
+def _torch_context(model: str, config: BenchConfig) -> dict[str, Any]:
+    """What the torch worker needs, read here so the torch process loads no onnxruntime: the ONNX model's inputs
+    and outputs and metadata (the Signature onnxruntime's feeds come from) and the module to build."""
     from edgedl.runtime import Runner
+    from edgedl.stages.torch_source import source_for
+
+    def specs(infos):
+        return [{**i.to_json(), "onnx_type": i.onnx_type, "anonymous": sorted(i.anonymous)} for i in infos]
 
     with Runner(model) as runner:
-        return {"torch_inputs": [{**i.to_json(), "onnx_type": i.onnx_type, "anonymous": sorted(i.anonymous)}
-                                 for i in runner.inputs],
-                "torch_metadata": runner.metadata}
+        metadata = runner.metadata
+        context = {"torch_inputs": specs(runner.inputs), "torch_outputs": specs(runner.outputs),
+                   "torch_metadata": metadata}
+    checkpoint = str(config.torch_checkpoint) if config.torch_checkpoint else None
+    try:
+        source = source_for(config.torch_model, checkpoint, metadata, config.torch_init_args)
+    except EdgeDLError as exc:
+        raise EdgeDLError(f"{Path(model).name}: {exc.message}", hint=exc.hint, option=exc.option) from exc
+    return {**context, "torch_source": source.to_json()}
 
 
 def _label(cfg: WorkerConfig) -> str:
@@ -114,14 +125,7 @@ def run_bench(config: BenchConfig, show_progress: bool = True,
     torch_extra: dict[str, dict[str, Any]] = {}
     if config.baseline == "torch":
         for model in {c.model for c in configs}:
-            ctx = _torch_context(model)
-            meta = ctx["torch_metadata"]
-            if not config.torch_model and not meta.get("recipe_source"):
-                raise EdgeDLError(f"{Path(model).name} carries no recipe metadata (written by `edgedl export`); "
-                                  "pass --torch-model RECIPE (and --torch-checkpoint DIR) for --baseline torch")
-            if not config.torch_checkpoint and not meta.get("checkpoint"):
-                raise EdgeDLError(f"{Path(model).name} names no checkpoint; pass --torch-checkpoint DIR")
-            torch_extra[model] = ctx
+            torch_extra[model] = _torch_context(model, config)
     results = []
     environment: dict[str, Any] = {}
     with progress("benchmarking", total=len(configs), enabled=show_progress) as advance:

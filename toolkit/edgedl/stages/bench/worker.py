@@ -155,6 +155,7 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
         "placement": placement,
         "fallback": fallbacks,
         "model_metadata": {k: runner.metadata.get(k) for k in ("recipe", "quantization") if runner.metadata.get(k)},
+        "inputs_digest": inputs_digest(feeds),
     })
 
 
@@ -173,31 +174,39 @@ def _first_run(runner, feeds: dict[str, np.ndarray], signature: Signature, cfg: 
                           option=("value_range", "INPUT=LO..HI, or --input-data FILE.npz")) from exc
 
 
-def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict[str, Any]) -> dict[str, Any]:
+def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict[str, Any],
+                  source: dict[str, Any] | None = None, output_specs: list[dict[str, Any]] | None = None
+                  ) -> dict[str, Any]:
+    """PyTorch eager on the module the ONNX model was exported from (``source``: a TorchSource, resolved by the
+    orchestrator from the model's metadata or --torch-model/--torch-checkpoint), fed the very inputs
+    onnxruntime gets: the same Signature (sizes, batch axes, value ranges), seed and data file."""
     from edgedl._lazy import require
 
     startup_rss = peak_rss_mib()
     torch = require("torch")
-    from edgedl.recipe import load_recipe
-    from edgedl.stages.train import load_weights
+    from edgedl.stages.torch_source import TorchSource
 
-    recipe_spec = cfg.torch_model or metadata.get("recipe_source")
-    checkpoint = cfg.torch_checkpoint or metadata.get("checkpoint")
-    if not recipe_spec or not checkpoint:
-        raise EdgeDLError(f"{Path(cfg.model).name} carries no recipe/checkpoint metadata (edgedl export writes it); "
-                          "pass --torch-model RECIPE and --torch-checkpoint DIR for the torch baseline")
+    if not source:
+        raise EdgeDLError(f"{Path(cfg.model).name}: no torch source to build the baseline from",
+                          option=("torch_model", "file.py:Class or RECIPE"))
+    torch_source = TorchSource.from_json(source)
     if cfg.threads:  # 0: the library's default, as for onnxruntime
         torch.set_num_threads(cfg.threads)
-    recipe = load_recipe(recipe_spec)
-    (model, _), create_ms = once(lambda: load_weights(recipe, Path(checkpoint)))
-    signature = Signature.of(_infos_from_json(specs), [], metadata, ShapeOptions.from_json(cfg.shape_options))
+    try:
+        model, create_ms = once(torch_source.build)
+    except EdgeDLError as exc:
+        if exc.option and exc.option[0] == "init_args":  # bench names them --torch-init-args
+            raise EdgeDLError(exc.message, hint=exc.hint, option=("torch_init_args", exc.option[1])) from exc
+        raise
+    signature = Signature.of(_infos_from_json(specs), _infos_from_json(output_specs or []), metadata,
+                             ShapeOptions.from_json(cfg.shape_options))
     feeds = make_feeds(signature, cfg.batch, cfg.seed, cfg.input_data)
     sizes = feed_sizes(signature, feeds)
-    order = recipe.input_names
+    order = torch_source.input_names() or [s.name for s in signature.inputs]
     missing = [n for n in order if n not in feeds]
     if missing:
-        raise EdgeDLError(f"recipe '{recipe.name}' expects input(s) {', '.join(missing)} that the ONNX model lacks; "
-                          "pass the matching --torch-model")
+        raise EdgeDLError(f"{torch_source.describe()} takes input(s) {', '.join(missing)} that the ONNX model "
+                          f"lacks (it has {', '.join(feeds)})", option=("torch_model", "matching the ONNX model"))
     tensors = [torch.from_numpy(feeds[n]) for n in order]
     with torch.inference_mode():
         run_query = lambda: model(*tensors)  # noqa: E731
@@ -213,8 +222,22 @@ def measure_torch(cfg: WorkerConfig, specs: list[dict[str, Any]], metadata: dict
         "fallback": [],
         # the ONNX model's own recipe name (not --torch-model's), so ratios pair rows of the same model file
         "model_metadata": {k: metadata[k] for k in ("recipe",) if metadata.get(k)},
-        "torch_model": {"recipe": recipe_spec, "checkpoint": str(checkpoint), "threads": torch.get_num_threads()},
+        "inputs_digest": inputs_digest(feeds),
+        "torch_model": {"kind": torch_source.kind, "recipe": torch_source.target,
+                        "checkpoint": torch_source.checkpoint, "threads": torch.get_num_threads()},
     })
+
+
+def inputs_digest(feeds: dict[str, np.ndarray]) -> str:
+    """A short hash of the exact inputs, so a baseline row shows it ran on what onnxruntime ran on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(feeds):
+        value = np.ascontiguousarray(feeds[name])
+        h.update(f"{name}:{value.dtype.str}:{value.shape}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _infos_from_json(specs: list[dict[str, Any]]):
@@ -255,11 +278,12 @@ def _result(cfg: WorkerConfig, result: scenarios.ScenarioResult, sizes: dict[str
 
 
 def run_config(cfg: WorkerConfig, torch_inputs: list[dict[str, Any]] | None = None,
-               torch_metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+               torch_metadata: dict[str, Any] | None = None, torch_source: dict[str, Any] | None = None,
+               torch_outputs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if cfg.engine == "onnxruntime":
         out = measure_onnxruntime(cfg)
     elif cfg.engine == "torch":
-        out = measure_torch(cfg, torch_inputs or [], torch_metadata or {})
+        out = measure_torch(cfg, torch_inputs or [], torch_metadata or {}, torch_source, torch_outputs)
     else:
         raise EdgeDLError(f"unknown engine '{cfg.engine}' (onnxruntime, torch)")
     out["environment"] = environment()
@@ -267,7 +291,8 @@ def run_config(cfg: WorkerConfig, torch_inputs: list[dict[str, Any]] | None = No
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CONFIG_JSON is a JSON object or a path to one; extra keys 'torch_inputs'/'torch_metadata' for torch."""
+    """CONFIG_JSON is a JSON object or a path to one; extra keys 'torch_inputs', 'torch_outputs',
+    'torch_metadata' and 'torch_source' for torch."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m edgedl.stages.bench.worker CONFIG_JSON|config.json", file=sys.stderr)
@@ -277,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(text).read_text() if not text.lstrip().startswith("{") else text)
         torch_inputs = data.pop("torch_inputs", None)
         torch_metadata = data.pop("torch_metadata", None)
-        out = run_config(WorkerConfig.from_json(data), torch_inputs, torch_metadata)
+        torch_source = data.pop("torch_source", None)
+        torch_outputs = data.pop("torch_outputs", None)
+        out = run_config(WorkerConfig.from_json(data), torch_inputs, torch_metadata, torch_source, torch_outputs)
     except EdgeDLError as exc:
         print(json.dumps({"error": str(exc), "error_message": exc.message, "error_hint": exc.hint,
                           "error_option": exc.option}))
