@@ -46,3 +46,37 @@ def silero_exports(tmp_path_factory) -> dict[str, tuple[Path, dict]]:
                             "--json", cwd=real_models.ROOT)
         out[weights] = (path, json.loads(result.stdout))
     return out
+
+
+@pytest.fixture(scope="session")
+def task_files(tmp_path_factory) -> dict:
+    """Each acceptance model's task data as the .npz files `edgedl quantize --eval/--calibration` read."""
+    import numpy as np
+
+    from acceptance_cli import TaskFiles
+    from real_tasks import MODELS
+
+    directory = tmp_path_factory.mktemp("task-data")
+    out = {}
+    for name, model in MODELS.items():
+        data = model.data()
+        out[name] = TaskFiles(directory / f"{name}.eval.npz", directory / f"{name}.calibration.npz")
+        np.savez(out[name].evaluation, **data.inputs, labels=data.labels)
+        np.savez(out[name].calibration, **model.calibration())
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8_models(tmp_path_factory, task_files) -> dict:
+    """Each shipped model through `edgedl quantize` with its task metric, once per session."""
+    from acceptance_cli import Quantized, edgedl, quantize_args
+    from real_tasks import MODELS
+
+    directory = tmp_path_factory.mktemp("int8")
+    out = {}
+    for name, model in MODELS.items():
+        path = directory / f"{name}.int8.onnx"
+        result = edgedl(*quantize_args(model.path, model, task_files[name], path))
+        report = json.loads(result.stdout) if result.stdout.strip() else {}
+        out[name] = Quantized(path, report, result.stderr.strip() if result.returncode else "")
+    return out

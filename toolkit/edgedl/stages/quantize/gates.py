@@ -144,9 +144,10 @@ class Evaluation:
 
 
 def _top1_correct(first: np.ndarray, labels: np.ndarray | None, samples: int) -> int | None:
-    """Correct top-1 predictions of a classifier output (one row of scores per sample), else None."""
-    if labels is None or labels.dtype.kind not in "iu" or first.ndim < 2 or first.shape[0] != samples or (
-            first.size // samples < 2):
+    """Correct top-1 predictions of a classifier output (one row of scores per sample) against one class id per
+    sample, else None (integer labels of another shape - token ids, boxes - are for a user metric)."""
+    if labels is None or labels.dtype.kind not in "iu" or labels.size != samples or first.ndim < 2 or (
+            first.shape[0] != samples or first.size // samples < 2):
         return None
     return int((first.reshape(samples, -1).argmax(axis=1) == labels.reshape(-1)).sum())
 

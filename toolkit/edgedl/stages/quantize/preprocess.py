@@ -30,19 +30,24 @@ QUANTIZED_OPS = {
 
 @contextlib.contextmanager
 def quiet(enabled: bool = True):
-    """onnxruntime.quantization logs warnings through the root logger and prints; keep the CLI clean."""
+    """onnxruntime.quantization logs warnings through the root logger and prints, and the sessions it opens log
+    onnxruntime's own warnings to stderr (e.g. "Removing initializer ..."); keep the CLI clean."""
     if not enabled:
         yield
         return
+    import onnxruntime
+
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.CRITICAL + 1)  # its logger.error(traceback) too: a failure reaches the user as our one line
+    onnxruntime.set_default_logger_severity(3)  # errors only
     sink = io.StringIO()
     try:
         with contextlib.redirect_stdout(sink):
             yield
     finally:
         root.setLevel(level)
+        onnxruntime.set_default_logger_severity(2)  # onnxruntime's default: warnings
 
 
 def op_histogram(model) -> dict[str, int]:
