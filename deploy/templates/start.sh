@@ -17,4 +17,5 @@ if [ ! -x "$PY" ]; then
     echo "edgedl: $PY not found; install the runtime first: python3 -m venv $HERE/venv && $HERE/venv/bin/pip install --no-index --find-links $HERE/wheels -r $HERE/requirements.txt" >&2
     exit 2
 fi
-exec "$PY" -m edgedl serve "$HERE" --host "${EDGEDL_HOST:-$DEFAULT_HOST}" --port "${EDGEDL_PORT:-$DEFAULT_PORT}" --limits "$LIMITS"
+# the models' sizes, batch axes and value ranges given to `edgedl package` (warm-up at real sizes, batching)
+exec "$PY" -m edgedl serve "$HERE" --host "${EDGEDL_HOST:-$DEFAULT_HOST}" --port "${EDGEDL_PORT:-$DEFAULT_PORT}" --limits "$LIMITS" @SERVE_OPTIONS@

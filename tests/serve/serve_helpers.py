@@ -24,15 +24,19 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    """`python -m edgedl serve ARGS --port P` in a subprocess; ``url`` is host:port (tritonclient style)."""
+    """`python -m edgedl serve ARGS --port P` in a subprocess; ``url`` is host:port (tritonclient style).
+    ``script``: run that instead (a bundle's start.sh), told the port by EDGEDL_PORT."""
 
-    def __init__(self, *args: str, env: dict | None = None, timeout: float = 30.0, preexec_fn=None):
+    def __init__(self, *args: str, env: dict | None = None, timeout: float = 30.0, preexec_fn=None,
+                 script: Path | None = None):
         self.port = free_port()
         self.url = f"127.0.0.1:{self.port}"
         self.stderr_lines: list[str] = []
-        self.proc = subprocess.Popen([*EDGEDL, "serve", *map(str, args), "--port", str(self.port)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
+        command, port_env = [*EDGEDL, "serve", *map(str, args), "--port", str(self.port)], {}
+        if script:
+            command, port_env = [str(script), *map(str, args)], {"EDGEDL_PORT": str(self.port)}
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env={**os.environ, **port_env, **(env or {})}, preexec_fn=preexec_fn)
         self._ready = threading.Event()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

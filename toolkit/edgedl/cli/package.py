@@ -6,6 +6,7 @@ import click
 
 from edgedl.cli import debug_option, emit_json, json_option
 from edgedl.cli._scaleout import scaleout_options
+from edgedl.cli._shapes import shape_options
 
 
 @click.command()
@@ -23,17 +24,18 @@ from edgedl.cli._scaleout import scaleout_options
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path, dir_okay=False), default=None,
               help="Sign the manifest with this OpenSSH ed25519 key (ssh-keygen -Y sign; a .pub uses ssh-agent); "
                    "`edgedl serve/deploy --verify-key KEY.pub` then accept only what it signed.")
+@shape_options
 @json_option
 @debug_option
-def package(models, target, output, python, names, port, host, no_tarball, ort_format, edgedl_wheel, sign_key, as_json,
-            debug) -> None:
+def package(models, target, output, python, names, port, host, no_tarball, ort_format, edgedl_wheel, sign_key,
+            shape_options, as_json, debug) -> None:
     """Bundle MODELS (.onnx) for a device profile: model repository, manifest with sha256 of every file, pinned
     requirements, an offline wheelhouse for the target's platform, start script, systemd unit and Dockerfile."""
     from edgedl.stages.package import PackageConfig, package as build
 
     result = build(PackageConfig(models=list(models), target=target, output=output, python=python, names=list(names),
                                  port=port, host=host, tarball=not no_tarball, edgedl_wheel=edgedl_wheel, ort_format=ort_format,
-                                 sign_key=sign_key, progress=not as_json))
+                                 sign_key=sign_key, shape_options=shape_options, progress=not as_json))
     if as_json:
         emit_json(result)
         return

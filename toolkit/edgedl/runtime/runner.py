@@ -64,7 +64,7 @@ def _session_options(config: RunnerConfig):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4  # fatal only: a failed run raises with onnxruntime's message (its log would repeat it)
     if config.intra_op_threads:
         so.intra_op_num_threads = config.intra_op_threads
     if config.inter_op_threads:

@@ -54,6 +54,23 @@ class ShapeOptions:
     def __bool__(self) -> bool:
         return bool(self.dims or self.input_shapes or self.batch_axes or self.value_ranges)
 
+    def only_for(self, inputs: list[TensorInfo], outputs: list[TensorInfo]) -> "ShapeOptions":
+        """The part that concerns one model: the dims it names, its own inputs and outputs."""
+        dims, tensors = _named_dims(inputs), {t.name for t in (*inputs, *outputs)}
+        return ShapeOptions(dims={k: v for k, v in self.dims.items() if k in dims},
+                            input_shapes={k: v for k, v in self.input_shapes.items() if k in tensors},
+                            batch_axes={k: v for k, v in self.batch_axes.items() if k in tensors},
+                            value_ranges={k: v for k, v in self.value_ranges.items() if k in tensors})
+
+    def to_args(self) -> list[str]:
+        """The command-line options that say the same (edgedl.cli._shapes), e.g. for a bundle's start script."""
+        args = [a for k, v in self.dims.items() for a in ("--shape", f"{k}={v}")]
+        args += [a for k, v in self.input_shapes.items() for a in ("--input-shape", f"{k}={'x'.join(map(str, v)) or 'scalar'}")]
+        args += [a for k, v in self.batch_axes.items() for a in ("--batch-axis", f"{k}={'none' if v is None else v}")]
+        number = lambda v: str(int(v)) if float(v).is_integer() else repr(float(v))  # noqa: E731 - exact
+        args += [a for k, (lo, hi) in self.value_ranges.items() for a in ("--input-range", f"{k}={number(lo)}..{number(hi)}")]
+        return args
+
     def to_json(self) -> dict[str, Any]:
         return {"dims": dict(self.dims), "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                 "batch_axes": dict(self.batch_axes),
@@ -66,6 +83,36 @@ class ShapeOptions:
                    input_shapes={k: tuple(int(d) for d in v) for k, v in (data.get("input_shapes") or {}).items()},
                    batch_axes={k: (None if v is None else int(v)) for k, v in (data.get("batch_axes") or {}).items()},
                    value_ranges={k: (float(v[0]), float(v[1])) for k, v in (data.get("value_ranges") or {}).items()})
+
+
+def _named_dims(inputs: list[TensorInfo]) -> set[str]:
+    return {d for i in inputs for a, d in i.dynamic_axes.items() if a not in i.anonymous}
+
+
+def options_per_model(options: ShapeOptions,
+                      models: list[tuple[list[TensorInfo], list[TensorInfo]]]) -> list[ShapeOptions]:
+    """One set of options given for several models at once (bench, package, a served repository), as
+    ``(inputs, outputs)`` per model: each model gets the sizes of the dims it names and the shapes, batch axes
+    and ranges of its own inputs and outputs. A name no model has is a typo (said with the nearest name)."""
+    import difflib
+
+    names = [(_named_dims(inputs), {t.name for t in (*inputs, *outputs)}) for inputs, outputs in models]
+    all_dims = set().union(*(d for d, _ in names)) if names else set()
+    all_tensors = set().union(*(t for _, t in names)) if names else set()
+
+    def typo(kind: str, name: str, known: set[str]) -> EdgeDLError:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        return EdgeDLError(f"no model has a {kind} named '{name}'; {hint}their {kind}s: {', '.join(sorted(known)) or 'none'}")
+
+    for name in options.dims:
+        if name not in all_dims:
+            raise typo("dynamic dim", name, all_dims)
+    for group in (options.input_shapes, options.batch_axes, options.value_ranges):
+        for name in group:
+            if name not in all_tensors:
+                raise typo("input or output", name, all_tensors)
+    return [options.only_for(inputs, outputs) for inputs, outputs in models]
 
 
 @dataclass(frozen=True)

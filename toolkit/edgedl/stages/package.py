@@ -32,6 +32,7 @@ from pathlib import Path
 import edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import FORMAT, MANIFEST, SIGNATURE, SIGNATURE_NAMESPACE, hash_tree, sha256_file
+from edgedl.runtime.signature import ShapeOptions, options_per_model
 from edgedl.stages.deploy.values import serve_host, tcp_port
 from edgedl.stages.files import atomic_output_dir, writable_output
 from edgedl.stages.profiles import DeviceProfile, load_profile
@@ -59,6 +60,9 @@ class PackageConfig:
     progress: bool = True
     ort_format: bool = False  # also write each model in onnxruntime's .ort format (for minimal onnxruntime builds)
     sign_key: Path | None = None  # OpenSSH ed25519 private key (or its .pub, with the key in ssh-agent) to sign with
+    # sizes, batch axes, value ranges for the models that have those names: the device server's options (start.sh)
+    # and the sizes of the reference outputs
+    shape_options: ShapeOptions = field(default_factory=ShapeOptions)
 
 
 def cache_root(explicit: Path | None = None) -> Path:
@@ -234,7 +238,34 @@ def _model_entry(path: Path, name: str) -> dict:
     }
 
 
-def _ort_format(model: Path, name: str, staging: Path, arch: str) -> dict:
+def _model_options(models: list[Path], names: list[str], options: ShapeOptions) -> dict[str, ShapeOptions]:
+    """The size options each model gets (those naming its dims, inputs and outputs), checked now: a name no
+    model has, a name several models have (the one server of a bundle could not tell whose it is), or a shape the
+    input cannot take is refused before anything is written."""
+    from edgedl.runtime import load
+    from edgedl.runtime.signature import Signature
+
+    runners = [load(Path(p)) for p in models]
+    per_model = options_per_model(options, [(r.inputs, r.outputs) for r in runners])
+    owners: dict[str, list[str]] = {}
+    for name, own in zip(names, per_model):
+        for option in (own.dims, own.input_shapes, own.batch_axes, own.value_ranges):
+            for key in option:
+                owners.setdefault(key, []).append(name)
+    for key, shared in owners.items():
+        if len(set(shared)) > 1:
+            raise EdgeDLError(f"the size option for '{key}' would apply to models {', '.join(dict.fromkeys(shared))}, "
+                              f"which all have a '{key}'; package them in bundles of their own, each with its sizes "
+                              "(nothing was written)")
+    for name, runner, own in zip(names, runners, per_model):
+        try:
+            Signature.of_runner(runner, own)
+        except EdgeDLError as exc:
+            raise EdgeDLError(f"model {name}: {exc} (nothing was written)") from None
+    return dict(zip(names, per_model))
+
+
+def _ort_format(model: Path, name: str, staging: Path, arch: str, options: ShapeOptions) -> dict:
     """Convert to onnxruntime's .ort format (onnxruntime.tools, needs onnx), prove it computes what the .onnx
     does, and keep the operator config a minimal onnxruntime build (--include_ops_by_config) needs."""
     import numpy as np
@@ -260,8 +291,10 @@ def _ort_format(model: Path, name: str, staging: Path, arch: str) -> dict:
         configs = sorted((Path(tmp) / "out").glob("*.config"))
         if configs:
             shutil.copyfile(configs[0], dest / "required_operators.config")
+    from edgedl.stages.fleet.reference import reference_feeds
+
     ref, ort = load(model), load(dest / "model.ort")
-    feeds = ref.example_inputs({d: 2 for i in ref.inputs for d in i.dynamic_axes.values()})
+    feeds = reference_feeds(ref, options)
     want, got = ref.run(feeds), ort.run(feeds)
     worst = max(float(np.max(np.abs(np.asarray(want[k], dtype=np.float64) - np.asarray(got[k], dtype=np.float64))))
                 for k in want)
@@ -300,6 +333,7 @@ def package(config: PackageConfig) -> dict:
         check_signing_key(config.sign_key)
 
     entries = [_model_entry(Path(p), n) for p, n in zip(config.models, names)]
+    options = _model_options(config.models, names, config.shape_options)
     cache = cache_root(config.cache_dir)
     with progress("packaging", total=5, enabled=config.progress) as advance:
         # built in a staging directory next to OUT and renamed into place only when complete
@@ -312,11 +346,11 @@ def package(config: PackageConfig) -> dict:
                     f'name: "{entry["name"]}"\nplatform: "onnxruntime_onnx"\n')
                 entry["sha256"] = sha256_file(dest)
                 if config.ort_format:
-                    entry["ort"] = _ort_format(Path(src), entry["name"], staging, profile.arch)
+                    entry["ort"] = _ort_format(Path(src), entry["name"], staging, profile.arch, options[entry["name"]])
             # reference outputs for the smoke inference a device must pass after a rollout (edgedl fleet)
             from edgedl.stages.fleet.reference import reference_outputs
 
-            reference = reference_outputs(staging, {"models": entries})
+            reference = reference_outputs(staging, {"models": entries}, options)
             reference["source"] = f"computed at package time with onnxruntime {_ort_version()} on the packaging host"
             (staging / "reference.json").write_text(json.dumps(reference) + "\n")
             advance(info="models")
@@ -335,6 +369,7 @@ def package(config: PackageConfig) -> dict:
             advance(info="edgedl wheel")
             # HOST/PORT land in start.sh (sh, quoted); BUNDLE in the unit's Description= (systemd: % is a specifier)
             values = {"HOST": shlex.quote(host), "PORT": port, "LIMITS": shlex.quote(profile.serve_limits),
+                      "SERVE_OPTIONS": " ".join(map(shlex.quote, config.shape_options.to_args())),
                       "PROFILE": profile.name, "DESCRIPTION": profile.description,
                       "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
                       "WHEEL_NOTE": profile.wheel_note or "see the profile", "REMOTE_DIR": "/opt/edgedl",
@@ -353,7 +388,8 @@ def package(config: PackageConfig) -> dict:
                 "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
                 "python": python,
                 "platforms": list(profile.platforms),
-                "server": {"host": host, "port": port, "limits": profile.serve_limits},
+                "server": {"host": host, "port": port, "limits": profile.serve_limits,
+                           "shape_options": config.shape_options.to_json()},
                 "models": entries,
                 "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,
                             "wheels": sorted(p.name for p in wheels.glob("*.whl"))},

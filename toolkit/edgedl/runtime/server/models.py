@@ -19,7 +19,7 @@ from edgedl.runtime.server.config import ServerConfig, model_limits
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.protocol import HTTPError, InferRequest
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover
-from edgedl.runtime.signature import Signature
+from edgedl.runtime.signature import Signature, options_per_model
 from edgedl.runtime.timing import measure
 
 log = logging.getLogger("edgedl.serve")
@@ -64,8 +64,12 @@ class ServedModel:
                         ", ".join(self.runner.fallbacks), ", ".join(self.runner.providers))
         self.inputs = {i.name: i for i in self.runner.inputs}
         self.output_names = list(self.runner.output_names)
-        # batch axes and warm-up sizes: options, the model's metadata, then the repository config's hints
-        self.signature = Signature.of_runner(self.runner, config.shape_options, hints=source.shape_hints)
+        # batch axes and warm-up sizes: options, the model's metadata, then the repository config's hints; the
+        # options given for a repository apply to the models that have those names (load_all warns of the rest)
+        options = config.shape_options
+        if config.model_repository is not None:
+            options = options.only_for(self.runner.inputs, self.runner.outputs)
+        self.signature = Signature.of_runner(self.runner, options, hints=source.shape_hints)
         self.batchable = self.signature.batchable
         wants_batching = self.policy.dynamic_batching and self.policy.max_batch_size > 1
         self.batching = wants_batching and self.batchable
@@ -335,6 +339,12 @@ class Registry:
                 f"{n}: {r}" for n, r in self.failed.items()))
         for name, reason in self.failed.items():
             log.error("model %s: UNAVAILABLE - %s", name, reason)
+        if self.config.model_repository is not None and self.config.shape_options:
+            try:
+                options_per_model(self.config.shape_options, [(m.runner.inputs, m.runner.outputs)
+                                                              for e in self.models.values() for m in e.versions.values()])
+            except EdgeDLError as exc:
+                log.warning("%s: that option applies to no model", exc)
 
     def get(self, name: str, version: str | None) -> ServedModel:
         entry = self.models.get(name)

@@ -13,7 +13,6 @@ from typing import Any, Callable
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.providers import short_name
-from edgedl.runtime.signature import ShapeOptions
 from edgedl.stages.bench.config import BenchConfig, WorkerConfig
 from edgedl.stages.bench.report import BenchReport
 
@@ -82,40 +81,19 @@ def run_worker(cfg: WorkerConfig, extra: dict[str, Any] | None = None, timeout_s
 def _apply_shapes(config: BenchConfig, configs: list[WorkerConfig]) -> None:
     """Sizes, batch axes and ranges apply to the models that have that dim, input or output; a name that no
     model has is a typo."""
-    options = config.shape_options
-    if not options:
+    if not config.shape_options:
         return
     from edgedl.runtime import Runner
+    from edgedl.runtime.signature import options_per_model
 
-    names: dict[str, tuple[set[str], set[str]]] = {}
-    for model in {c.model for c in configs}:
+    models = sorted({c.model for c in configs}, key=str)
+    tensors = []
+    for model in models:
         with Runner(model) as runner:
-            dims = {d for i in runner.inputs for a, d in i.dynamic_axes.items() if a not in i.anonymous}
-            tensors = {i.name for i in runner.inputs} | {o.name for o in runner.outputs}
-        names[model] = (dims, tensors)
-    all_dims = set().union(*(d for d, _ in names.values()))
-    all_tensors = set().union(*(t for _, t in names.values()))
-    import difflib
-
-    def typo(kind: str, name: str, known: set[str]) -> EdgeDLError:
-        close = difflib.get_close_matches(name, sorted(known), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
-        return EdgeDLError(f"no model has a {kind} named '{name}'; {hint}their {kind}s: {', '.join(sorted(known)) or 'none'}")
-
-    for name in options.dims:
-        if name not in all_dims:
-            raise typo("dynamic dim", name, all_dims)
-    for group in (options.input_shapes, options.batch_axes, options.value_ranges):
-        for name in group:
-            if name not in all_tensors:
-                raise typo("input or output", name, all_tensors)
+            tensors.append((runner.inputs, runner.outputs))
+    per_model = dict(zip(models, options_per_model(config.shape_options, tensors)))
     for c in configs:
-        dims, tensors = names[c.model]
-        c.shape_options = ShapeOptions(
-            dims={k: v for k, v in options.dims.items() if k in dims},
-            input_shapes={k: v for k, v in options.input_shapes.items() if k in tensors},
-            batch_axes={k: v for k, v in options.batch_axes.items() if k in tensors},
-            value_ranges={k: v for k, v in options.value_ranges.items() if k in tensors}).to_json()
+        c.shape_options = per_model[c.model].to_json()
 
 
 def run_bench(config: BenchConfig, show_progress: bool = True,
