@@ -301,38 +301,15 @@ def test_gpu_target_that_is_not_here_is_an_error(zoo, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-# --- layer debugging and fallback --------------------------------------------------------------------------
-def test_debug_layers_and_fallback_worst(zoo, tmp_path):
+# --- layer debugging moved: debug compare and quantize --bisect (tests/test_debug_compare_bisect.py) ---------
+@pytest.mark.parametrize("flags, says", [(["--debug-layers"], "edgedl debug compare"),
+                                         (["--fallback-worst", "2"], "--bisect keeps in float")])
+def test_removed_layer_debugging_flags_say_where_their_job_went(zoo, tmp_path, flags, says):
     out = tmp_path / "t.onnx"
-    result = run_edgedl_inprocess("quantize", zoo["transformer"].onnx, "-o", out, "--mode", "static",
-                                  "--debug-layers", "--fallback-worst", "2", "--speed-seconds", "0", "--json")
-    assert result.returncode == 0, result.stderr
-    data = json.loads(result.stdout)
-    acts = data["layers"]["activations"]
-    sqnr = [a["model_sqnr_db"] for a in acts if a["model_sqnr_db"] is not None]
-    assert len(sqnr) > 10 and sqnr == sorted(sqnr)  # worst first
-    assert data["layers"]["weights"] and all(w["sqnr_db"] > 10 for w in data["layers"]["weights"])
-    steps = data["fallback_steps"]
-    assert [s["step"] for s in steps] == [1, 2]
-    worst_nodes = [a["nodes"][0] for a in acts[:2]]
-    assert [s["kept_float"] for s in steps] == worst_nodes
-    assert all(s["accuracy"] is not None for s in steps)
-    assert data["candidates"][0]["excluded_nodes"] == worst_nodes
-    plain = tmp_path / "plain.onnx"
-    quantize(zoo["transformer"].onnx, QuantizeConfig(output=plain, mode="static", gates=GateConfig(speed_seconds=0),
-                                                     progress=False))
-
-    def qdq_around(path: Path) -> dict[str, int]:
-        """Per worst node: how many of its inputs/outputs pass through Q/DQ in this graph."""
-        graph = onnx.load(str(path)).graph
-        dq_out = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
-        q_in = {n.input[0] for n in graph.node if n.op_type == "QuantizeLinear"}
-        nodes = {n.name: n for n in graph.node}
-        return {name: sum(i in dq_out for i in nodes[name].input) + sum(o in q_in for o in nodes[name].output)
-                for name in worst_nodes}
-
-    before, after = qdq_around(plain), qdq_around(out)
-    assert all(after[n] <= before[n] for n in worst_nodes) and after != before, (before, after)
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", *flags)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and f"{flags[0]} was replaced" in lines[0] and says in lines[0]
+    assert not out.exists()
 
 
 # --- presets and options -----------------------------------------------------------------------------------
@@ -394,7 +371,7 @@ def test_never_overwrites_its_input(zoo, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["not_onnx_suffix", "garbage_onnx", "missing", "already_int8", "already_fp16",
-                                  "bad_mode", "bad_method", "out_not_onnx", "fallback_with_dynamic", "unknown_node",
+                                  "bad_mode", "bad_method", "out_not_onnx", "bisect_with_fp16", "unknown_node",
                                   "npz_missing_input", "npz_label_count", "metric_not_found",
                                   "unknown_data_source",
                                   "bad_npz", "bad_provider", "auto_without_speed"])
@@ -426,9 +403,9 @@ def test_bad_input_is_a_one_line_error(zoo, tmp_path, case):
         expect = "choose one of minmax, percentile, entropy"
     elif case == "out_not_onnx":
         args[2], expect = tmp_path / "out.txt", "must be a .onnx file"
-    elif case == "fallback_with_dynamic":
-        args += ["--mode", "dynamic", "--fallback-worst", "2"]
-        expect = "--mode static --format qdq"
+    elif case == "bisect_with_fp16":
+        args += ["--mode", "fp16", "--bisect"]
+        expect = "--bisect finds nodes to keep in float for int8"
     elif case == "unknown_node":
         args += ["--mode", "static", "--exclude-nodes", "node_linar"]
         expect = "did you mean 'node_linear'"

@@ -19,6 +19,9 @@ OPTION_FLAGS = {
     "torch_checkpoint": "--torch-checkpoint",
     "torch_model": "--torch-model",
     "torch_init_args": "--torch-init-args",
+    "samples": "--samples",
+    "top": "--top",
+    "atol": "--atol",
 }
 
 

@@ -10,7 +10,29 @@ from edgedl.cli._shapes import shape_options
 
 
 def _split_names(values) -> tuple[str, ...]:
-    return tuple(n.strip() for v in values for n in v.split(",") if n.strip())
+    """NAME[,NAME] values; @FILE reads names from a file, one per line (what --bisect writes)."""
+    names: list[str] = []
+    for v in values:
+        if v.strip().startswith("@"):
+            from edgedl.stages.quantize.debug import read_exclude_file
+
+            names.extend(read_exclude_file(Path(v.strip()[1:])))
+        else:
+            names.extend(n.strip() for n in v.split(",") if n.strip())
+    return tuple(dict.fromkeys(names))
+
+
+def _moved(flag: str, instead: str):
+    """A removed option that still says where its job went."""
+
+    def fail(ctx, param, value):
+        if value:
+            from edgedl.errors import EdgeDLError
+
+            raise EdgeDLError(f"{flag} was replaced: {instead}")
+        return value
+
+    return fail
 
 
 @click.command()
@@ -28,7 +50,8 @@ def _split_names(values) -> tuple[str, ...]:
 @click.option("--calibration-samples", type=int, help="Use the first N calibration samples [default: all].")
 @click.option("--activation-type", metavar="uint8|int8", help="[default: uint8, or the preset's]")
 @click.option("--weight-type", metavar="int8|uint8", help="[default: int8]")
-@click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]", help="Keep these nodes in float.")
+@click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]|@FILE",
+              help="Keep these nodes in float (@FILE: one name per line, as --bisect writes).")
 @click.option("--exclude-op-types", multiple=True, metavar="OP[,OP]", help="Keep these op types in float.")
 @click.option("--fp16-io", is_flag=True, help="fp16 mode: make model inputs/outputs fp16 too [default: keep fp32].")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, metavar="POINTS",
@@ -55,9 +78,20 @@ def _split_names(values) -> tuple[str, ...]:
 @click.option("--require-speedup", is_flag=True, help="Exit non-zero unless the result is faster than fp32.")
 @click.option("--target-provider", default="cpu", show_default=True,
               help="Execution provider to evaluate and time on; a GPU one lets auto consider fp16.")
-@click.option("--debug-layers", is_flag=True, help="Per-tensor SQNR float vs QDQ, worst first (static qdq).")
-@click.option("--fallback-worst", type=int, default=0, metavar="K",
-              help="Keep the K worst nodes in float, re-quantizing after each (static qdq).")
+@click.option("--bisect", is_flag=True,
+              help="When an int8 candidate fails the accuracy gate: find a small set of nodes to keep in float so it "
+                   "passes (ranked by per-layer error, then bisection on the gate), report accuracy and speed per "
+                   "step, and write the set for --exclude-nodes @FILE.")
+@click.option("--bisect-steps", type=int, default=12, show_default=True, metavar="N",
+              help="--bisect: models built and judged at most, per candidate.")
+@click.option("--bisect-out", type=click.Path(path_type=Path), metavar="FILE",
+              help="--bisect: where to write the nodes  [default: OUTPUT with .exclude-nodes.txt].")
+@click.option("--debug-layers", is_flag=True, hidden=True, expose_value=False, callback=_moved(
+    "--debug-layers", "edgedl debug compare FLOAT.onnx QUANT.onnx --data ... gives the error of every tensor with its "
+    "PyTorch source; quantize --bisect finds the nodes to keep in float"))
+@click.option("--fallback-worst", type=int, hidden=True, expose_value=False, callback=_moved(
+    "--fallback-worst", "--bisect keeps in float only the nodes the accuracy gate needs (ranked by per-layer "
+    "error), for any int8 mode"))
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @json_option
 @debug_option
@@ -65,7 +99,7 @@ def quantize(model, output, mode, preset, data_options, shape_options, fmt, per_
              calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, fp16_io,
              max_accuracy_drop, metric, max_metric_drop, min_agreement, min_top_k_agreement, top_k, min_sqnr,
              min_cosine, accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup,
-             target_provider, debug_layers, fallback_worst, no_progress, as_json, debug):
+             target_provider, bisect, bisect_steps, bisect_out, no_progress, as_json, debug):
     """Quantize MODEL (an fp32 .onnx) to int8 or fp16 behind an accuracy gate and a speed gate.
 
     Data defaults to the recipe recorded in MODEL's metadata (exported zoo models carry it), else synthetic inputs
@@ -87,7 +121,7 @@ def quantize(model, output, mode, preset, data_options, shape_options, fmt, per_
                                    weight_type=weight_type).items() if v is not None}
     common = dict(mode=mode, gates=gates, data=data_options, shape_options=shape_options,
                   exclude_nodes=_split_names(exclude_nodes), exclude_op_types=_split_names(exclude_op_types),
-                  fp16_keep_io_types=not fp16_io, debug_layers=debug_layers, fallback_worst=fallback_worst,
+                  fp16_keep_io_types=not fp16_io, bisect=bisect, bisect_steps=bisect_steps, bisect_out=bisect_out,
                   progress=not no_progress and not as_json)
     if preset:
         base = make_preset(preset, output, **common)
@@ -178,20 +212,35 @@ def print_report(report) -> None:
                       for k, v in data["ops_left_float"].items()) or "none"
         console.print(f"{'fp16' if report.chosen.mode == 'fp16' else 'int8'} (incl. folded into quantized ops): {q}")
         console.print(f"left float: {f}")
-    for step in report.fallback_steps:
-        console.print(f"fallback step {step['step']}: kept {escape(step['kept_float'])} in float -> top-1 "
-                      f"{_fmt(step['accuracy'])} %, agreement {_fmt(step['agreement'], '.1f')} %")
-    if report.layers:
-        console.print(f"worst tensors: SQNR of the quantized model's tensor vs the float model's, "
-                      f"{report.layers['samples']} calibration samples (lower is worse; --json lists all, and weights)")
-        lt = Table(show_edge=False, pad_edge=False)
-        for col in ("tensor", "node", "op", "SQNR dB"):
-            lt.add_column(col)
-        for act in report.layers["activations"][:10]:
-            lt.add_row(escape(act["tensor"]), escape(",".join(act["nodes"])), ",".join(act["op_types"]),
-                       _fmt(act["model_sqnr_db"], ".1f"))
-        console.print(lt)
+    for cand in report.candidates:
+        if cand.bisection is not None:
+            print_bisection(console, cand.bisection)
     for note in data["notes"]:
         console.print(f"note: {escape(note)}", soft_wrap=True)
     for reason in report.reasons:
         console.print(f"[red]rejected:[/] {escape(reason)}", soft_wrap=True)
+
+
+def print_bisection(console, bisection) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console.print(f"[bold]bisect ({bisection.mode})[/]: {len(bisection.ranked)} group(s) of nodes ranked by the "
+                  "error they add (debug compare on calibration data), worst first: " + ", ".join(
+                      f"{escape('+'.join(g.nodes))} (+{g.added:.2g})" for g in bisection.ranked[:6])
+                  + (" ..." if len(bisection.ranked) > 6 else ""), soft_wrap=True)
+    table = Table(show_edge=False, pad_edge=False)
+    for col in ("step", "kept in float", "gate", "top-1 %", "agree %", "SQNR dB",
+                f"ms b{bisection.speed_batch}" if bisection.speed_batch else "ms", "speed-up", "tried"):
+        table.add_column(col, justify="right" if col not in ("kept in float", "gate", "tried") else "left")
+    for s in bisection.steps:
+        kept = ", ".join(s.kept_float)
+        table.add_row(str(s.step), escape(kept if len(kept) <= 60 else f"{len(s.kept_float)} nodes"),
+                      "[green]pass[/]" if s.passed else "[red]fail[/]", _fmt(s.accuracy), _fmt(s.agreement, ".1f"),
+                      _fmt(s.sqnr_db, ".1f"), _fmt(s.latency_ms, ".4f"), _fmt(s.speedup, ".2f"), escape(s.why))
+    console.print(table)
+    if bisection.fix is not None:
+        console.print(f"[green]kept in float:[/] {escape(', '.join(bisection.fix))} -> {escape(str(bisection.file))} "
+                      f"(use: --exclude-nodes @{escape(str(bisection.file))})", soft_wrap=True)
+    for note in bisection.notes:
+        console.print(f"note: {escape(note)}", soft_wrap=True)

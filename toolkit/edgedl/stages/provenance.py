@@ -49,18 +49,18 @@ class ProvenanceStats:
 def torch_dirs() -> tuple[str, ...]:
     """Folders of torch's own code (and onnxscript's), whose frames are not where a node "came from"."""
     torch = require("torch")
-    dirs = [str(Path(torch.__file__).resolve().parent)]
-    try:
-        import onnxscript
+    import importlib.util
 
-        dirs.append(str(Path(onnxscript.__file__).resolve().parent))
-    except ImportError:
-        pass
+    dirs = [str(Path(torch.__file__).resolve().parent)]
+    spec = importlib.util.find_spec("onnxscript")  # where it is, without importing it (~0.5 s)
+    if spec is not None and spec.origin:
+        dirs.append(str(Path(spec.origin).resolve().parent))
     return tuple(d + "/" for d in dirs)
 
 
-def _outside(frames: list[tuple[str, int]], skip: tuple[str, ...]) -> tuple[str, int] | None:
-    """The first frame (innermost first) whose file is not torch's own."""
+def user_frame(frames: list[tuple[str, int]], skip: tuple[str, ...]) -> tuple[str, int] | None:
+    """The first frame (innermost first) whose file is not torch's own (``skip``: ``torch_dirs()``); also what
+    ``edgedl debug compare`` records for each PyTorch op it captures, so both sides name the same line."""
     for file, line in frames:
         resolved = str(Path(file).resolve()) if file.startswith("/") else file
         if not resolved.startswith(skip) and not file.startswith(("torch/", "<")):
@@ -80,7 +80,7 @@ def _dynamo_entry(props: dict[str, str], skip: tuple[str, ...]) -> tuple[str, tu
     if not isinstance(module, str) or module.startswith("_empty_nn_module_stack"):
         module = ""
     frames = [(f, int(n)) for f, n in _DYNAMO_FRAME.findall(props.get("pkg.torch.onnx.stack_trace", ""))]
-    return module, _outside(list(reversed(frames)), skip)  # the stack trace lists the outermost frame first
+    return module, user_frame(list(reversed(frames)), skip)  # the stack trace lists the outermost frame first
 
 
 def _script_entry(name: str, doc: str, skip: tuple[str, ...]) -> tuple[str, tuple[str, int] | None]:
@@ -91,7 +91,7 @@ def _script_entry(name: str, doc: str, skip: tuple[str, ...]) -> tuple[str, tupl
         m = _SCRIPT_FRAME.match(line.strip())
         if m:
             frames.append((m.group(1), int(m.group(2))))
-    return module, _outside(frames, skip)  # innermost frame first
+    return module, user_frame(frames, skip)  # innermost frame first
 
 
 def collect(proto, exporter: str) -> dict[str, tuple[str, tuple[str, int] | None]]:
@@ -142,21 +142,30 @@ def attach(proto, table: dict[str, tuple[str, tuple[str, int] | None]]) -> Prove
     return ProvenanceStats(nodes, mapped, size)
 
 
-def read(model) -> dict[str, NodeSource]:
-    """``{node name: NodeSource(module path, 'file:line')}`` for an ONNX model (path or ModelProto) whose
-    ``edgedl.provenance`` key export wrote; nodes without a known origin are left out."""
+def tensor_sources(model) -> dict[str, NodeSource]:
+    """``{output tensor name: NodeSource}`` from the ``edgedl.provenance`` key of an ONNX model (path or
+    ModelProto), for every tensor recorded, whether or not a node of this graph still produces it (a quantized
+    model renames the outputs of the nodes it rewrites; ``edgedl debug compare`` maps them back)."""
     onnx = require("onnx")
     proto = model if hasattr(model, "graph") else onnx.load(str(model), load_external_data=False)
     value = next((p.value for p in proto.metadata_props if p.key == KEY), None)
     if value is None:
         return {}
     data: dict[str, Any] = json.loads(value)
-    modules, files, tensors = data.get("modules", []), data.get("files", []), data.get("tensors", {})
+    modules, files = data.get("modules", []), data.get("files", [])
+    return {tensor: NodeSource(modules[m], f"{files[f]}:{line}" if f >= 0 else None)
+            for tensor, (m, f, line) in data.get("tensors", {}).items()}
+
+
+def read(model) -> dict[str, NodeSource]:
+    """``{node name: NodeSource(module path, 'file:line')}`` for an ONNX model (path or ModelProto) whose
+    ``edgedl.provenance`` key export wrote; nodes without a known origin are left out."""
+    onnx = require("onnx")
+    proto = model if hasattr(model, "graph") else onnx.load(str(model), load_external_data=False)
+    tensors = tensor_sources(proto)
     out: dict[str, NodeSource] = {}
     for node in proto.graph.node:
-        entry = next((tensors[o] for o in node.output if o in tensors), None)
-        if entry is None:
-            continue
-        m, f, line = entry
-        out[node.name] = NodeSource(modules[m], f"{files[f]}:{line}" if f >= 0 else None)
+        source = next((tensors[o] for o in node.output if o in tensors), None)
+        if source is not None:
+            out[node.name] = source
     return out

@@ -1,10 +1,12 @@
 """Reports a person looks at: one self-contained HTML file (inline CSS and SVG, no scripts) or a PNG chart
-(matplotlib, the ``plot`` extra) of the time per operator, float vs int8."""
+(matplotlib, the ``plot`` extra) of the time per operator, float vs int8. ``CSS`` and ``write`` serve every
+debug report (``layers_report`` draws compare's)."""
 
 from __future__ import annotations
 
 from html import escape
 from pathlib import Path
+from typing import Callable
 
 from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
@@ -12,7 +14,7 @@ from edgedl.stages.debug.speed import OperatorRow, SpeedReport
 from edgedl.stages.files import atomic_output
 
 FLOAT_COLOR, INT8_COLOR, QDQ_COLOR = "#4c78a8", "#f58518", "#e45756"
-_CSS = """
+CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;color:#222}
 h1{font-size:20px;margin:0 0 4px} h2{font-size:16px;margin:22px 0 6px}
 .verdict{font-size:16px;font-weight:600} .slower{color:#c62828} .faster{color:#2e7d32} .same{color:#8d6e00}
@@ -96,7 +98,7 @@ def html_report(report: SpeedReport) -> str:
     shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in report.shapes.items())
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>edgedl debug speed: {escape(report.int8.path.name)}</title>
-<style>{_CSS}</style></head><body>
+<style>{CSS}</style></head><body>
 <h1>{escape(report.float.path.name)} (float) vs {escape(report.int8.path.name)} (int8)</h1>
 <div class="muted">batch {report.batch} ({escape(shapes)}), {report.threads} thread(s), {escape(report.provider)};
 {escape(report.cpu.describe())}</div>
@@ -146,14 +148,19 @@ def png_report(report: SpeedReport, path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(report: SpeedReport, path: str | Path) -> Path:
+def write(path: str | Path, html: Callable[[], str], png: Callable[[Path], None]) -> Path:
+    """Write a report atomically: ``html()``'s text for .html/.htm, ``png(tmp)`` for .png."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".html", ".htm", ".png"):
         raise EdgeDLError(f"report {path}: use a .html or .png file name")
     with atomic_output(path) as tmp:
         if suffix == ".png":
-            png_report(report, tmp)
+            png(tmp)
         else:
-            tmp.write_text(html_report(report), encoding="utf-8")
+            tmp.write_text(html(), encoding="utf-8")
     return path
+
+
+def write_report(report: SpeedReport, path: str | Path) -> Path:
+    return write(path, lambda: html_report(report), lambda tmp: png_report(report, tmp))

@@ -2,7 +2,7 @@
 
 Modules: ``config`` (typed settings, hardware presets), ``preprocess`` (input checks, quant_pre_process),
 ``data`` (calibration/evaluation data, the calibration reader), ``passes`` (one function per mode),
-``gates`` (accuracy and speed measurement through edgedl.runtime), ``debug`` (per-layer SQNR, fallback),
+``gates`` (accuracy and speed measurement through edgedl.runtime), ``debug`` (--bisect: which nodes to keep in float),
 ``ops`` (what got quantized), ``report``, ``pipeline`` (the flow, auto mode, atomic write).
 Importing this package is cheap: onnx and onnxruntime.quantization load inside the functions that use them.
 """

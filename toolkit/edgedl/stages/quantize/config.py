@@ -130,8 +130,9 @@ class QuantizeConfig:
     exclude_nodes: tuple[str, ...] = ()
     exclude_op_types: tuple[str, ...] = ()
     fp16_keep_io_types: bool = True
-    debug_layers: bool = False
-    fallback_worst: int = 0
+    bisect: bool = False  # an int8 candidate that fails the accuracy gate: find nodes to keep in float
+    bisect_steps: int = 12  # models built and judged at most, per candidate
+    bisect_out: Path | None = None  # the node list written (default: next to the output, .exclude-nodes.txt)
     preset: str | None = None
     progress: bool = True
 
@@ -140,18 +141,23 @@ class QuantizeConfig:
         self.mode = choose("--mode", self.mode, MODES)
         if self.output.suffix.lower() != ".onnx":
             raise EdgeDLError(f"output must be a .onnx file, got '{self.output}'; pass -o NAME.onnx")
-        if self.fallback_worst < 0:
-            raise EdgeDLError(f"--fallback-worst must be >= 0, got {self.fallback_worst}")
+        if self.bisect_steps < 1:
+            raise EdgeDLError(f"--bisect-steps must be >= 1, got {self.bisect_steps}")
         if self.mode == "auto" and self.gates.speed_seconds == 0:
             raise EdgeDLError("--mode auto chooses the fastest accurate candidate: it needs the speed gate "
                               "(--speed-seconds > 0)")
-        if (self.debug_layers or self.fallback_worst) and (self.mode != "static" or self.static.format != "qdq"):
-            raise EdgeDLError("--debug-layers/--fallback-worst compare float and QDQ tensors: use them with "
-                              "--mode static --format qdq")
+        if self.bisect and self.mode == "fp16":
+            raise EdgeDLError("--bisect finds nodes to keep in float for int8: use it with --mode static, dynamic "
+                              "or auto")
+        if self.bisect and not self.gates.accuracy_gate:
+            raise EdgeDLError("--bisect searches for what passes the accuracy gate: drop --no-accuracy-gate")
+        if self.bisect_out is not None:
+            self.bisect_out = Path(self.bisect_out)
 
     def to_json(self) -> dict:
         data = asdict(self)
-        data.update(output=str(self.output), data=self.data.to_json(), shape_options=self.shape_options.to_json())
+        data.update(output=str(self.output), data=self.data.to_json(), shape_options=self.shape_options.to_json(),
+                    bisect_out=str(self.bisect_out) if self.bisect_out else None)
         return data
 
     # --- hardware presets ------------------------------------------------------------------------------------

@@ -96,7 +96,11 @@ def load_metric(target: str) -> Metric:
 
 # --- evaluation --------------------------------------------------------------------------------------------
 @dataclass
-class _OutputSums:
+class ErrorSums:
+    """Running sums of how far ``got`` is from ``ref`` (any shapes, equal): enough for SQNR, cosine, max and mean
+    absolute difference over many batches. The accuracy gate keeps one per output; ``edgedl debug compare`` one
+    per intermediate tensor (and one per sample)."""
+
     signal: float = 0.0
     noise: float = 0.0
     dot: float = 0.0
@@ -118,11 +122,34 @@ class _OutputSums:
         self.abs_sum += float(d.sum())
         self.count += d.size
 
-    def to_json(self) -> dict:
+    def merge(self, other: "ErrorSums") -> None:
+        self.signal += other.signal
+        self.noise += other.noise
+        self.dot += other.dot
+        self.actual_sq += other.actual_sq
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.abs_sum += other.abs_sum
+        self.count += other.count
+
+    @property
+    def sqnr_db(self) -> float:
+        return _sqnr(self.signal, self.noise)
+
+    @property
+    def cosine(self) -> float:
         denominator = math.sqrt(self.signal * self.actual_sq)
-        cosine = self.dot / denominator if denominator > 0 else (1.0 if self.noise == 0 else 0.0)
+        return self.dot / denominator if denominator > 0 else (1.0 if self.noise == 0 else 0.0)
+
+    @property
+    def relative(self) -> float:
+        """Relative L2 error, ||ref - got|| / ||ref|| (inf when ref is all zeros and got is not)."""
+        if self.noise == 0.0:
+            return 0.0
+        return math.sqrt(self.noise / self.signal) if self.signal > 0 else math.inf
+
+    def to_json(self) -> dict:
         return {"max_abs_diff": self.max_abs, "mean_abs_diff": self.abs_sum / max(self.count, 1),
-                "sqnr_db": _sqnr(self.signal, self.noise), "cosine": cosine}
+                "sqnr_db": self.sqnr_db, "cosine": self.cosine}
 
 
 @dataclass
@@ -159,7 +186,7 @@ def evaluate(model: Runner, dataset: Dataset, signature: Signature, reference: l
     agreement mean something). Returns the evaluation and this model's per-batch outputs."""
     first = model.output_names[0]
     produced: list[dict] = []
-    sums = {name: _OutputSums() for name in model.output_names} if reference is not None else {}
+    sums = {name: ErrorSums() for name in model.output_names} if reference is not None else {}
     samples = correct = 0
     classified = True  # every batch gave one row of class scores per labelled sample
     agree = agree_k = positions = 0

@@ -27,7 +27,7 @@ class PassContext:
     calibration: Dataset | None
     workdir: Path
     debug: bool = False
-    exclude_nodes: list[str] = field(default_factory=list)  # grows during --fallback-worst
+    exclude_nodes: list[str] = field(default_factory=list)  # changes during --bisect
     _ranges: dict = field(default_factory=dict)  # calibration cache per settings, reused on re-quantization
 
 
@@ -72,7 +72,7 @@ def calibration_cache(source: Path, op_types: list[str], static: StaticConfig, c
 
     ``quantize_static`` cannot pass ``num_bins``/``num_quantized_bins`` to the entropy calibrator, whose defaults
     (128/128) make its answer equal to min-max; calling ``create_calibrator`` ourselves fixes that. The ranges are
-    saved in onnxruntime's calibration cache format and reused when re-quantizing (``--fallback-worst``).
+    saved in onnxruntime's calibration cache format and reused when re-quantizing (``--bisect``).
     """
     if ctx.calibration is None:
         raise EdgeDLError("static quantization needs calibration data; pass --data or --calibration")

@@ -158,27 +158,63 @@ def _write(cand: Candidate, original, output: Path, record: dict) -> None:
         onnx.save(model, str(tmp))
 
 
-def _fallback(report_steps: list, cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext,
-              judge: _Judge, advance) -> tuple[Candidate, dict]:
-    """--debug-layers / --fallback-worst: rank tensors by SQNR, keep the K worst nodes in float one at a time."""
+def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext, judge: _Judge,
+            model_path: Path, advance) -> Candidate:
+    """--bisect: the candidate failed its accuracy gate; find nodes to keep in float until it passes (see
+    ``quantize.debug``). Returns the passing candidate (or the failing one) with ``bisection`` set."""
+    gates = config.gates
+    qoperator = cand.mode == "static" and config.static.format == "qoperator"
     # ranked on calibration data: choosing what to keep float on the test split would tune on the gate's data
-    errors = layer_debug.layer_errors(pre, cand.path, judge.plan.calibration, ctx.workdir, ctx.debug)
-    advance(info="layer SQNR")
-    order = layer_debug.worst_nodes(errors, config.fallback_worst, list(ctx.exclude_nodes))
-    best = cand
-    for step, node in enumerate(order, 1):
-        ctx.exclude_nodes.append(node)
-        nxt = _convert("static", pre, config, ctx, tag=f"-fallback{step}")
+    ranking_data = judge.plan.calibration or judge.plan.evaluation
+    groups, ranking = layer_debug.rank(pre, cand.path, ranking_data, cand.mode, qoperator)
+    advance(info=f"{cand.mode}: ranked {len(groups)} group(s)")
+    result = layer_debug.Bisection(cand.mode, groups, ranking=ranking)
+    timed = gates.speed_seconds > 0
+    batch = feeds = None
+    if timed:
+        batches = timing_batches(judge.signature, gates.speed_batch)
+        batch = gates.speed_batch if gates.speed_batch in batches else max(batches)
+        feeds = timing_feeds(judge.signature, judge.plan.evaluation or judge.plan.calibration, batch)
+        result.speed_batch = batch
+    built: dict[tuple[str, ...], Candidate] = {}
+
+    def measure(nodes: tuple[str, ...], why: str) -> layer_debug.Step:
+        ctx.exclude_nodes = list(dict.fromkeys([*config.exclude_nodes, *nodes]))
+        nxt = _convert(cand.mode, pre, config, ctx, tag=f"-bisect{len(built)}")
         judge.judge(nxt)
-        report_steps.append({"step": step, "kept_float": node, "excluded_nodes": list(ctx.exclude_nodes),
-                             "accuracy": nxt.evaluation.accuracy if nxt.evaluation else None,
-                             "agreement": nxt.evaluation.agreement if nxt.evaluation else None,
-                             "size_bytes": nxt.size_bytes})
-        advance(info=f"fallback {step}: {node}")
-        best = nxt
-    if order and len(order) < config.fallback_worst:
-        cand.notes.append(f"only {len(order)} node(s) could be kept in float")
-    return best, errors
+        ev = nxt.evaluation
+        step = layer_debug.Step(len(built) + 1, why, nodes, bool(nxt.accuracy_ok), [c.to_json() for c in nxt.checks],
+                                ev.accuracy if ev else None, ev.agreement if ev else None, ev.metric if ev else None,
+                                min((o["sqnr_db"] for o in ev.outputs.values()), default=None) if ev else None,
+                                nxt.size_bytes)
+        if timed:
+            with runner(model_path, gates.threads, gates.target_provider) as fp32_r, \
+                    runner(nxt.path, gates.threads, gates.target_provider) as step_r:
+                medians = compare_speed({"fp32": fp32_r, "step": step_r}, feeds, gates.speed_seconds)
+            step.latency_ms, step.fp32_latency_ms = medians["step"], medians["fp32"]
+            step.speedup = medians["fp32"] / medians["step"]
+        built[nodes] = nxt
+        advance(info=f"bisect step {step.step}: {len(nodes)} node(s) float, {'pass' if step.passed else 'fail'}")
+        return step
+
+    fix, result.steps = layer_debug.search(groups, measure, config.bisect_steps)
+    ctx.exclude_nodes = list(config.exclude_nodes)
+    if fix is None:
+        result.notes.append("no set of nodes kept in float passed the accuracy gate"
+                            + (f" within {config.bisect_steps} steps" if len(result.steps) >= config.bisect_steps
+                               else " (not even all ranked nodes; the error may come from ops this mode does not "
+                                    "rank, or the gate is stricter than float rounding allows)"))
+        cand.bisection = result
+        return cand
+    result.fix = fix
+    best = built[fix]
+    best.notes.append(f"--bisect: kept {len(fix)} node(s) in float: {', '.join(fix)}")
+    target = config.bisect_out or Path(config.output).with_suffix(".exclude-nodes.txt")
+    verdict = "; ".join(c.describe() for c in best.checks)
+    result.file = layer_debug.write_exclude_file(target, tuple([*config.exclude_nodes, *fix]), model_path,
+                                                 cand.mode, verdict)
+    best.bisection = result
+    return best
 
 
 def _plan(config: QuantizeConfig, signature: Signature, metadata: dict, modes: list[str]) -> DataPlan:
@@ -193,7 +229,8 @@ def _plan(config: QuantizeConfig, signature: Signature, metadata: dict, modes: l
                               f"{problems[0]}); pass --data (a folder of images, FILE.npz, file.py:function), or "
                               "--input-shape/--shape for synthetic inputs, or --no-accuracy-gate to write the model "
                               "unchecked")
-    plan = plan_data(config.data, signature, metadata, calibration="static" in modes,
+    # --bisect ranks nodes on calibration data (never on the gate's), whatever the mode
+    plan = plan_data(config.data, signature, metadata, calibration="static" in modes or config.bisect,
                      synthetic_fallback=gates.accuracy_gate or "static" in modes)
     if plan.calibration is not None and config.static.calibration_samples is not None:
         plan = DataPlan(plan.calibration.head(config.static.calibration_samples), plan.evaluation, plan.notes)
@@ -214,8 +251,7 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
     with tempfile.TemporaryDirectory(prefix="edgedl-quantize-") as tmp:
         work = Path(tmp)
         pre = work / "preprocessed.onnx"
-        steps = 3 + 2 * len(modes) + (1 if gates.speed_seconds > 0 else 0) + (
-            1 + config.fallback_worst if config.debug_layers or config.fallback_worst else 0)
+        steps = 3 + 2 * len(modes) + (1 if gates.speed_seconds > 0 else 0)
         with progress(f"quantize {model_path.name}", steps, enabled=config.progress) as advance:
             with runner(model_path, gates.threads, gates.target_provider) as fp32_runner:
                 signature = Signature.of_runner(fp32_runner, config.shape_options)
@@ -231,22 +267,20 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
             advance(info="preprocessed")
             ctx = PassContext(pre_model, plan.calibration, work, debug, list(config.exclude_nodes))
             candidates: list[Candidate] = []
-            layers, fallback_steps = None, []
             for mode in modes:
                 ctx.exclude_nodes = list(config.exclude_nodes)
                 cand = _convert(mode, pre, config, ctx)
                 advance(info=f"{mode} converted")
                 judge.judge(cand)
                 advance(info=f"{mode} evaluated")
-                if mode == "static" and (config.debug_layers or config.fallback_worst):
-                    cand, layers = _fallback(fallback_steps, cand, pre, config, ctx, judge, advance)
+                if config.bisect and mode != "fp16" and cand.accuracy_ok is False:
+                    cand = _bisect(cand, pre, config, ctx, judge, model_path, advance)
                 candidates.append(cand)
             speed_batch, timed_shapes = gates.speed_batch, {}
             if gates.speed_seconds > 0:
                 speed_batch, timed_shapes = _speed(fp32, candidates, plan, signature, gates)
                 advance(info="timed")
-        report = _decide(model_path, config, fp32, candidates, original, notes, plan, layers, fallback_steps,
-                         speed_batch)
+        report = _decide(model_path, config, fp32, candidates, original, notes, plan, speed_batch)
         report.timed_shapes = timed_shapes
         if report.accepted and report.chosen is not None:
             record = {"mode": report.chosen.mode, "source": str(model_path), "source_size_bytes": fp32.size_bytes,
@@ -286,14 +320,15 @@ def _speed(fp32: Candidate, candidates: list[Candidate], plan: DataPlan, signatu
 
 _CONTROL_FLOW = {"If", "Loop", "Scan"}
 _REJECT_HINTS = {
-    "static": "try --calibration-method percentile or entropy, --per-channel, more --calibration-samples, "
-              "--debug-layers --fallback-worst K, or --mode dynamic",
-    "dynamic": "try --exclude-op-types/--exclude-nodes for sensitive layers, or --mode static",
+    "static": "try --bisect (finds the nodes to keep in float), --calibration-method percentile or entropy, "
+              "--per-channel, more --calibration-samples, or --mode dynamic",
+    "dynamic": "try --bisect (finds the nodes to keep in float), --exclude-op-types/--exclude-nodes, or --mode "
+               "static",
     "fp16": "try --exclude-op-types for ops that overflow in fp16",
 }
 
 
-def _decide(model_path, config, fp32, candidates, original, notes, plan, layers, fallback_steps, speed_batch):
+def _decide(model_path, config, fp32, candidates, original, notes, plan, speed_batch):
     gates = config.gates
     reasons: list[str] = []
     provider = gates.target_provider
@@ -340,4 +375,4 @@ def _decide(model_path, config, fp32, candidates, original, notes, plan, layers,
         input_path=model_path, requested_mode=config.mode, fp32=fp32, chosen=chosen, candidates=candidates,
         accepted=accepted, output_path=None, speed_batch=speed_batch, threads=gates.threads,
         provider=provider, op_types_before=op_histogram(original), reasons=reasons, notes=notes,
-        data=plan.to_json(), layers=layers, fallback_steps=fallback_steps, config=config.to_json())
+        data=plan.to_json(), config=config.to_json())

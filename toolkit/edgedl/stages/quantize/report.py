@@ -10,7 +10,8 @@ from typing import Any
 from edgedl.stages.quantize.gates import Check, Evaluation
 
 
-def _num(x):
+def json_number(x):
+    """A float for JSON: inf/-inf as strings, NaN as null (JSON has neither)."""
     if isinstance(x, float) and not math.isfinite(x):
         return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
     return x
@@ -32,6 +33,7 @@ class Candidate:
     accuracy_ok: bool | None = None  # None: not judged (no evaluation data, or the gate is off)
     faster: bool | None = None  # None: speed not measured
     excluded_nodes: list[str] = field(default_factory=list)
+    bisection: Any = None  # quantize.debug.Bisection when --bisect searched nodes to keep in float
 
     def to_json(self, fp32: Evaluation | None) -> dict:
         return {
@@ -44,6 +46,7 @@ class Candidate:
             "accuracy_ok": self.accuracy_ok,
             "faster": self.faster,
             "excluded_nodes": self.excluded_nodes,
+            "bisection": self.bisection.to_json() if self.bisection is not None else None,
             "notes": self.notes,
             **{k: v for k, v in self.ops.items() if k in ("ops_quantized", "ops_left_float")},
         }
@@ -63,7 +66,7 @@ def accuracy_json(fp32: Evaluation | None, ev: Evaluation | None) -> dict:
         "agreement": ev.agreement if ev else None,
         "agreement_top_k": ev.agreement_top_k if ev else None,
         "top_k": ev.top_k if ev else None,
-        "outputs": {k: {m: _num(v) for m, v in o.items()} for k, o in ev.outputs.items()} if ev else {},
+        "outputs": {k: {m: json_number(v) for m, v in o.items()} for k, o in ev.outputs.items()} if ev else {},
     }
 
 
@@ -83,8 +86,6 @@ class QuantizeReport:
     reasons: list[str] = field(default_factory=list)  # why rejected / what to try
     notes: list[str] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
-    layers: dict | None = None
-    fallback_steps: list[dict] = field(default_factory=list)
     config: dict = field(default_factory=dict)
     timed_shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # batch -> input -> shape
 
@@ -127,7 +128,6 @@ class QuantizeReport:
             "candidates": [c.to_json(fp32) for c in self.candidates],
             "data": self.data,
             "notes": self.notes + (q.notes if q else []),
-            "layers": self.layers,
-            "fallback_steps": self.fallback_steps,
+            "bisection": [c.bisection.to_json() for c in self.candidates if c.bisection is not None],
             "config": self.config,
         }
