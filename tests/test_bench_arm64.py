@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
@@ -17,9 +15,6 @@ from edgedl_testing import ROOT
 arm64 = pytest.importorskip("deploy.arm64_sysroot")
 
 CACHE = ROOT / "build" / "bench-arm64"
-PLATFORM = ["--only-binary=:all:", "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64",
-            "--python-version", "3.11", "--implementation", "cp"]
-RUNTIME = ["onnxruntime==1.32.0", "numpy"]  # the device side: nothing else
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +23,7 @@ def device_python():
     if reason:
         pytest.skip(reason)
     root = arm64.sysroot(ROOT / "build" / "arm64")
-    site = CACHE / "site-ort1.32.0"
-    if not (site / ".complete").is_file():
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), *PLATFORM, *RUNTIME],
-                       check=True, capture_output=True)
-        (site / ".complete").touch()
+    site = arm64.runtime_site(CACHE)
     env = {**os.environ, "PYTHONPATH": f"{site}:{ROOT / 'toolkit'}", "PYTHONNOUSERSITE": "1"}
 
     def run(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -101,5 +101,25 @@ def _build(work: Path, tarball: Path) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
+RUNTIME = ["onnxruntime==1.32.0", "numpy"]  # what a device needs to run a model: nothing else
+_PLATFORM = ["--only-binary=:all:", "--platform", "manylinux_2_28_aarch64", "--platform", "manylinux2014_aarch64",
+             "--python-version", "3.11", "--implementation", "cp"]
+
+
+def runtime_site(cache: Path) -> Path:
+    """A folder of aarch64 wheels of ``RUNTIME`` installed for the sysroot's Python (put it on PYTHONPATH)."""
+    import sys
+
+    site = cache / "site-ort1.32.0"
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".site.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (site / ".complete").is_file():
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(site), *_PLATFORM,
+                            *RUNTIME], check=True, capture_output=True)
+            (site / ".complete").touch()
+    return site
+
+
 def python_cmd(root: Path) -> list[str]:
     return [QEMU, "-L", str(root), str(root / "usr" / "bin" / "python3.11")]
