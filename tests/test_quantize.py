@@ -301,7 +301,7 @@ def test_gpu_target_that_is_not_here_is_an_error(zoo, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-# --- layer debugging moved: debug compare and quantize --bisect (tests/test_debug_compare_bisect.py) ---------
+# --- layer debugging moved: debug compare (test_debug_compare.py), --bisect (test_quantize_real.py) --------
 @pytest.mark.parametrize("flags, says", [(["--debug-layers"], "edgedl debug compare"),
                                          (["--fallback-worst", "2"], "--bisect keeps in float")])
 def test_removed_layer_debugging_flags_say_where_their_job_went(zoo, tmp_path, flags, says):

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 import real_models
-from edgedl_testing import ROOT, run_edgedl_inprocess
+from edgedl_testing import ROOT, assert_one_line_error, run_edgedl_inprocess
 
 METRICS = ROOT / "tests" / "fixtures" / "task_metrics.py"
 WORDS = ["hello world", "edge device", "quantize me", "batch axis", "onnx runtime", "per channel", "text line",
@@ -178,6 +178,42 @@ def test_vad_metric_rejects_an_int8_model_that_misses_speech(vad_models, speech,
     result = run_edgedl_inprocess(*args, "--max-metric-drop", "100")
     assert result.returncode == 0 and out.is_file()
     assert json.loads(result.stdout)["accuracy"]["metric_drop"] == pytest.approx(acc["metric_drop"])
+
+
+def test_bisect_finds_the_convs_to_keep_float_for_the_vad_metric(vad_models, speech, tmp_path):
+    """The real divergence: silero-vad's dynamic int8 model misses speech on real speech (the test above), where
+    its fp32 model finds it. --bisect ranks the Convs by the error each adds (debug compare on the calibration half),
+    bisects on the task metric, and writes the passing set; quantize --exclude-nodes @FILE takes it as it is."""
+    model, out, nodes = vad_models["silero_vad_16k_op15"], tmp_path / "vad.int8.onnx", tmp_path / "keep.txt"
+    args = ["quantize", model, "--mode", "dynamic", "--data", speech, "--metric", f"{METRICS}:vad_frame_f1",
+            "--speed-seconds", "0.05", "--speed-batch", "8", "--json"]
+    result = run_edgedl_inprocess(*args, "-o", out, "--bisect", "--bisect-out", nodes)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    fp32_metric, (bisection,) = data["accuracy"]["fp32_metric"], data["bisection"]
+    ranked = [n for g in bisection["ranked"] for n in g["nodes"]]
+    conv = {n.name for n in onnx.load(str(model)).graph.node if n.op_type == "Conv"}
+    assert len(ranked) >= 3 and set(ranked) <= conv
+    start, *steps = bisection["steps"]
+    assert not start["passed"] and start["kept_float"] == [] and start["metric"] < fp32_metric - 1
+    fix = bisection["fix"]
+    assert fix and len(fix) < len(ranked) and set(fix) <= set(ranked)
+    last = next(s for s in reversed(steps) if s["kept_float"] == fix)
+    assert last["passed"] and last["metric"] >= fp32_metric - 1
+    assert all(s["latency_ms"] > 0 and s["speedup"] > 0 and s["checks"] for s in bisection["steps"])
+    assert data["accepted"] and data["candidates"][0]["excluded_nodes"] == fix and out.is_file()
+    written = [line for line in nodes.read_text().splitlines() if not line.startswith("#")]
+    assert written == fix
+    # the list as quantize reads it back: the same model, passing, those Convs left in float
+    again = tmp_path / "again.onnx"
+    result = run_edgedl_inprocess(*args, "-o", again, "--exclude-nodes", f"@{nodes}")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["accepted"] and data["accuracy"]["metric_drop"] <= 1.0
+    assert set(fix) <= set(data["ops_left_float"]["Conv"])
+    assert_one_line_error(run_edgedl_inprocess(*args, "-o", tmp_path / "x.onnx", "--exclude-nodes",
+                                               f"@{tmp_path / 'missing.txt'}"), "cannot read it")
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_compute_inside_if_subgraphs_is_refused_as_quantizing_nothing(vad_models, speech, tmp_path):

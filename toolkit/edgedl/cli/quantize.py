@@ -229,14 +229,20 @@ def print_bisection(console, bisection) -> None:
                   "error they add (debug compare on calibration data), worst first: " + ", ".join(
                       f"{escape('+'.join(g.nodes))} (+{g.added:.2g})" for g in bisection.ranked[:6])
                   + (" ..." if len(bisection.ranked) > 6 else ""), soft_wrap=True)
+    steps = bisection.steps
+    # the figures the gate had: top-1 and agreement for a classifier with labels, the task metric when one was given
+    figures = [(name, attr, fmt) for name, attr, fmt in (("top-1 %", "accuracy", ".2f"), ("agree %", "agreement", ".1f"),
+                                                         ("metric", "metric", ".2f"))
+               if any(getattr(s, attr) is not None for s in steps)]
     table = Table(show_edge=False, pad_edge=False)
-    for col in ("step", "kept in float", "gate", "top-1 %", "agree %", "SQNR dB",
+    for col in ("step", "kept in float", "gate", *(f[0] for f in figures), "SQNR dB",
                 f"ms b{bisection.speed_batch}" if bisection.speed_batch else "ms", "speed-up", "tried"):
         table.add_column(col, justify="right" if col not in ("kept in float", "gate", "tried") else "left")
-    for s in bisection.steps:
-        kept = ", ".join(s.kept_float)
+    for s in steps:
+        kept = ", ".join(s.kept_float) or "-"
         table.add_row(str(s.step), escape(kept if len(kept) <= 60 else f"{len(s.kept_float)} nodes"),
-                      "[green]pass[/]" if s.passed else "[red]fail[/]", _fmt(s.accuracy), _fmt(s.agreement, ".1f"),
+                      "[green]pass[/]" if s.passed else "[red]fail[/]",
+                      *(_fmt(getattr(s, attr), fmt) for _, attr, fmt in figures),
                       _fmt(s.sqnr_db, ".1f"), _fmt(s.latency_ms, ".4f"), _fmt(s.speedup, ".2f"), escape(s.why))
     console.print(table)
     if bisection.fix is not None:

@@ -178,12 +178,10 @@ def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext
         result.speed_batch = batch
     built: dict[tuple[str, ...], Candidate] = {}
 
-    def measure(nodes: tuple[str, ...], why: str) -> layer_debug.Step:
-        ctx.exclude_nodes = list(dict.fromkeys([*config.exclude_nodes, *nodes]))
-        nxt = _convert(cand.mode, pre, config, ctx, tag=f"-bisect{len(built)}")
-        judge.judge(nxt)
+    def record(nxt: Candidate, number: int, nodes: tuple[str, ...], why: str) -> layer_debug.Step:
+        """The figures of one judged model: its gate, accuracy and (when timed) speed against fp32."""
         ev = nxt.evaluation
-        step = layer_debug.Step(len(built) + 1, why, nodes, bool(nxt.accuracy_ok), [c.to_json() for c in nxt.checks],
+        step = layer_debug.Step(number, why, nodes, bool(nxt.accuracy_ok), [c.to_json() for c in nxt.checks],
                                 ev.accuracy if ev else None, ev.agreement if ev else None, ev.metric if ev else None,
                                 min((o["sqnr_db"] for o in ev.outputs.values()), default=None) if ev else None,
                                 nxt.size_bytes)
@@ -193,15 +191,24 @@ def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext
                 medians = compare_speed({"fp32": fp32_r, "step": step_r}, feeds, gates.speed_seconds)
             step.latency_ms, step.fp32_latency_ms = medians["step"], medians["fp32"]
             step.speedup = medians["fp32"] / medians["step"]
+        return step
+
+    def measure(nodes: tuple[str, ...], why: str) -> layer_debug.Step:
+        ctx.exclude_nodes = list(dict.fromkeys([*config.exclude_nodes, *nodes]))
+        nxt = _convert(cand.mode, pre, config, ctx, tag=f"-bisect{len(built)}")
+        judge.judge(nxt)
+        step = record(nxt, len(built) + 1, nodes, why)
         built[nodes] = nxt
         advance(info=f"bisect step {step.step}: {len(nodes)} node(s) float, {'pass' if step.passed else 'fail'}")
         return step
 
-    fix, result.steps = layer_debug.search(groups, measure, config.bisect_steps)
+    start = record(cand, 0, (), "the candidate: nothing more kept in float")
+    fix, steps = layer_debug.search(groups, measure, config.bisect_steps)
+    result.steps = [start, *steps]
     ctx.exclude_nodes = list(config.exclude_nodes)
     if fix is None:
         result.notes.append("no set of nodes kept in float passed the accuracy gate"
-                            + (f" within {config.bisect_steps} steps" if len(result.steps) >= config.bisect_steps
+                            + (f" within {config.bisect_steps} steps" if len(steps) >= config.bisect_steps
                                else " (not even all ranked nodes; the error may come from ops this mode does not "
                                     "rank, or the gate is stricter than float rounding allows)"))
         cand.bisection = result
