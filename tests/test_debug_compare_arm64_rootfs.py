@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import arm64_rootfs  # noqa: E402
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1", reason="slow arm64 root filesystem test: set EDGEDL_ARM64_ROOTFS=1"),
+    pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1",
+                       reason="slow arm64 root filesystem test: set EDGEDL_ARM64_ROOTFS=1"),
     pytest.mark.skipif(arm64_rootfs.available() is not None, reason=str(arm64_rootfs.available())),
 ]
 

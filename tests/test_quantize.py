@@ -371,7 +371,8 @@ def test_never_overwrites_its_input(zoo, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["not_onnx_suffix", "garbage_onnx", "missing", "already_int8", "already_fp16",
-                                  "bad_mode", "bad_method", "out_not_onnx", "bisect_with_fp16", "unknown_node",
+                                  "bad_mode", "bad_method", "out_not_onnx", "bisect_with_fp16", "bisect_steps_zero",
+                                  "bisect_without_gate", "unknown_node", "unknown_node_in_file",
                                   "npz_missing_input", "npz_label_count", "metric_not_found",
                                   "unknown_data_source",
                                   "bad_npz", "bad_provider", "auto_without_speed"])
@@ -406,8 +407,19 @@ def test_bad_input_is_a_one_line_error(zoo, tmp_path, case):
     elif case == "bisect_with_fp16":
         args += ["--mode", "fp16", "--bisect"]
         expect = "--bisect finds nodes to keep in float for int8"
+    elif case == "bisect_steps_zero":
+        args += ["--mode", "static", "--bisect", "--bisect-steps", "0"]
+        expect = "--bisect-steps must be >= 1"
+    elif case == "bisect_without_gate":
+        args += ["--mode", "static", "--bisect", "--no-accuracy-gate"]
+        expect = "drop --no-accuracy-gate"
     elif case == "unknown_node":
         args += ["--mode", "static", "--exclude-nodes", "node_linar"]
+        expect = "did you mean 'node_linear'"
+    elif case == "unknown_node_in_file":  # a list as --bisect writes it, one name mistyped
+        names = tmp_path / "keep.txt"
+        names.write_text("# kept in float\nnode_linar\n")
+        args += ["--mode", "static", "--exclude-nodes", f"@{names}"]
         expect = "did you mean 'node_linear'"
     elif case in ("npz_missing_input", "npz_label_count", "bad_npz"):
         npz = tmp_path / "d.npz"

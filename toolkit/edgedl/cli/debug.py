@@ -195,8 +195,17 @@ def print_compare(report) -> None:
     if not console.is_terminal:
         console.width = max(console.width, 160)
     tol = report.tolerance
-    console.print(f"[bold]reference[/] {escape(report.reference.label)} ({report.reference.precision})\n"
-                  f"[bold]candidate[/] {escape(report.candidate.label)} ({report.candidate.precision})", soft_wrap=True)
+    def where(side) -> str:
+        """Where an off-host side ran, as its worker reported it."""
+        env = side.environment
+        if "machine" not in env:
+            return ""
+        return (f"; ran on {escape(str(env['machine']))}, Python {escape(str(env.get('python', '?')))}, "
+                f"onnxruntime {escape(str(env.get('onnxruntime', '?')))}")
+
+    console.print("\n".join(f"[bold]{name}[/] {escape(side.label)} ({side.precision}){where(side)}"
+                            for name, side in (("reference", report.reference), ("candidate", report.candidate))),
+                  soft_wrap=True)
     console.print(f"{report.samples} sample(s) of {escape(report.data.get('source', '?'))}; {len(report.layers)} "
                   f"tensors compared; a tensor diverges below SQNR {tol.min_sqnr_db:g} dB"
                   f"{'' if tol.given else f' (the default for {tol.precision})'} with max abs diff > {tol.atol:g}",

@@ -364,8 +364,8 @@ def _report(config, ref, cand, dataset, samples, batch, alignment, naming, stats
                          "(relative): onnxruntime cannot fuse nodes whose outputs are read (a quantized model then "
                          "runs its Q/DQ pairs in float); the outputs reported come from the model as it is")
     weights = _weights(ref, cand) if isinstance(ref, OnnxSide) and isinstance(cand, OnnxSide) else ()
-    return CompareReport(_side_info(ref), _side_info(cand), dataset.to_json(), samples, batch, tolerance, tuple(rows), output_rows, samples_worst, weights,
-                         tuple(unmapped), tuple(notes), config.top)
+    return CompareReport(_side_info(ref), _side_info(cand), dataset.to_json(), samples, batch, tolerance, tuple(rows),
+                         output_rows, samples_worst, weights, tuple(unmapped), tuple(notes), config.top)
 
 
 def _weights(ref: OnnxSide, cand: OnnxSide) -> tuple[WeightError, ...]:

@@ -9,7 +9,8 @@ set of nodes to keep in float so that it passes.
    bisection on ``k`` for the smallest prefix that passes (more float is taken never to hurt), then each group of
    that prefix is dropped in turn, least harmful first, where the gate still passes without it.
 3. Every step converts, runs the accuracy gate and times the model against fp32 (the speed gate's batch); the
-   report lists them all, after step 0: the failing candidate itself. The passing set is written one node per line, a file ``--exclude-nodes @FILE`` reads.
+   report lists them all, after step 0: the failing candidate itself. The passing set is written one node per
+   line, a file ``--exclude-nodes @FILE`` reads.
 """
 
 from __future__ import annotations
