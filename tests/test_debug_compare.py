@@ -1,8 +1,8 @@
 """`edgedl debug compare` on planted faults: one weight tensor of the zoo CNN and of the transformer's attention
-scaled, one quantization scale of an int8 model corrupted, one operator of a user module changed. Each time the
-tool must name the planted node and the PyTorch source line it came from - and find nothing in the same
-comparison without the fault. Then the same compare between x86 onnxruntime and aarch64 onnxruntime (an emulated
-arm64 Python, and a device over SSH), the outputs a person reads, and bad input."""
+scaled, one quantization scale of an int8 model and one weight of an fp16 model corrupted, one operator of a user
+module changed. Each time the tool must name the planted node and the PyTorch source line it came from - and find
+nothing in the same comparison without the fault. Then the same compare between x86 onnxruntime and aarch64
+onnxruntime (an emulated arm64 Python, and a device over SSH), the outputs a person reads, and bad input."""
 
 from __future__ import annotations
 
@@ -139,6 +139,22 @@ def test_a_corrupted_quantization_scale_is_named_through_the_qdq_nodes(zoo, cnn_
     report = compare(fp32, qop)
     no_divergence(report)
     assert {x["candidate_op_type"] for x in report["layers"]} >= {"QLinearConv", "QGemm"}
+
+
+def test_an_fp16_model_is_judged_at_the_fp16_tolerance_and_a_scaled_fp16_weight_is_named(zoo, tmp_path):
+    fp32, fp16 = zoo["cnn"].onnx, tmp_path / "cnn.fp16.onnx"
+    result = run_edgedl_inprocess("quantize", fp32, "-o", fp16, "--mode", "fp16", "--speed-seconds", "0",
+                                  "--no-progress")
+    assert result.returncode == 0, result.stderr
+    report = compare(fp32, fp16)
+    no_divergence(report)
+    assert report["tolerance"]["precision"] == "fp16" and report["tolerance"]["min_sqnr_db"] == 30
+    assert all(float(x["sqnr_db"]) > 40 for x in report["layers"])  # fp16 rounding, not a fault
+    weight = next(i.name for i in onnx.load(str(fp16)).graph.initializer if i.name.startswith("features.3.weight"))
+    bad = scaled(fp16, tmp_path / "cnn.fp16.bad.onnx", weight, 3.0)
+    first = compare(fp32, bad)["first_divergence"]
+    assert first["node"] == consumer(bad, weight) and first["op_type"] == "Conv" and first["module"] == "features.3"
+    assert first["source"].endswith(line_of(ROOT / "models" / "cnn.py", "self.classifier(self.features(image))"))
 
 
 @pytest.fixture(scope="module")
