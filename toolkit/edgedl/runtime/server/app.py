@@ -99,11 +99,15 @@ class InferenceApp:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    self.draining = True
-                    await self.registry.close()
-                    self._workers.shutdown(wait=False)
+                    await self.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+    async def close(self) -> None:
+        """Stop taking requests; finish the queued ones, then free the models and worker threads."""
+        self.draining = True
+        await self.registry.close()
+        self._workers.shutdown(wait=False)
 
     async def _http(self, scope, receive, send):
         t0 = perf_counter()
