@@ -25,19 +25,20 @@ from time import perf_counter
 
 import numpy as np
 
-from edgedl import __version__
 from edgedl.errors import EdgeDLError
+from edgedl.runtime.server import documents
 from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry, ServedModel
-from edgedl.runtime.server.protocol import HTTPError, datatype_of, encode_response, parse_infer_request, v2_shape
+from edgedl.runtime.server.protocol import HTTPError, encode_response, parse_infer_request
+from edgedl.runtime.server.routes import Router
 from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES
 
 log = logging.getLogger("edgedl.serve")
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
 _JSON = b"application/json"
 _REASON = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request", 411: "bad_request",
            413: "too_large", 503: "unavailable"}
+REPOSITORY_BODY_BYTES = 64 * 1024  # a repository request's body (index, load, unload)
 LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the streaming decoder, off the event loop
 # a large batch runs in pieces of this much input: onnxruntime keeps the memory of its largest run's intermediate
 # results (a CNN's first layer alone can be 32x its input), so pieces the size of a small request keep that small
@@ -61,14 +62,16 @@ def _dumps(doc) -> bytes:
 
 
 class _Ctx:
-    """What one request learned along the way, for metrics and the access log."""
+    """One request: what a handler reads (its body's receive channel and size headers) and what it learned
+    along the way, for metrics and the access log."""
 
-    __slots__ = ("model", "version", "request_id", "endpoint", "large")
+    __slots__ = ("model", "version", "request_id", "endpoint", "large", "receive", "header_length", "content_length")
 
     def __init__(self):
         self.model = self.version = self.request_id = None
         self.endpoint = "other"
         self.large = False  # a large request: its memory is handed back to the OS once answered
+        self.receive = self.header_length = self.content_length = None
 
 
 class InferenceApp:
@@ -82,6 +85,8 @@ class InferenceApp:
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="edgedl-decode")  # large requests' (de)coding
         self._trim = _malloc_trim()
         self._log_stream = None
+        self.router = Router([(method, path, getattr(self, handler), endpoint, public)
+                              for method, path, handler, endpoint, public in ROUTES])
         if config.access_log != "off":
             self._log_stream = open(config.access_log_path, "a", buffering=1) if config.access_log_path else sys.stderr
 
@@ -183,90 +188,82 @@ class InferenceApp:
     # --- routing -----------------------------------------------------------------------------------------
     async def _route(self, scope, receive, ctx, header_length, content_length, auth):
         path, method = scope["path"], scope["method"]
-        if path == "/v2/health/live":
-            ctx.endpoint = "health"
-            return 200, b"", None
-        if self._api_key is not None:
+        found = self.router.match(path)
+        if self._api_key is not None and (found is None or not found[0].public):
             if auth is None or auth[:7].lower() != b"bearer " or not hmac.compare_digest(auth[7:].strip(),
                                                                                         self._api_key):
                 raise HTTPError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'")
-        parts = path.rstrip("/").split("/")
-        if len(parts) < 2 or parts[1] != "v2":
-            if path == "/metrics":
-                ctx.endpoint = "metrics"
-                return 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
-            raise HTTPError(404, f"no endpoint {path}; see /v2, /v2/models/NAME/infer, /metrics")
-        rest = parts[2:]
-        if not rest:
-            ctx.endpoint = "metadata"
-            self._method(method, "GET")
-            return 200, _dumps({"name": "edgedl", "version": __version__, "extensions": EXTENSIONS}), None
-        head = rest[0]
-        if head == "health" and len(rest) == 2 and rest[1] == "ready":
-            ctx.endpoint = "health"
-            if not self.ready:
-                raise HTTPError(503, "server is not ready (loading, draining or no model loaded)")
-            return 200, b"", None
-        if head == "models" and len(rest) >= 2:
-            name = rest[1]
-            tail = rest[2:]
-            version = None
-            if len(tail) >= 2 and tail[0] == "versions":
-                version, tail = tail[1], tail[2:]
-            if name == "stats" and not tail and version is None:
-                ctx.endpoint = "stats"
-                return 200, _dumps({"model_stats": self._stats(None)}), None
-            ctx.model = name
-            if tail == ["infer"]:
-                ctx.endpoint = "infer"
-                self._method(method, "POST")
-                return await self._infer(receive, name, version, ctx, header_length, content_length)
-            if len(tail) > 1:
+        if found is None:
+            if path.startswith("/v2/") or path == "/v2":
                 raise HTTPError(404, f"no endpoint {path}")
-            action = tail[0] if tail else ""
-            ctx.endpoint = action or "metadata"
-            self._method(method, "GET")
-            model = self.registry.get(name, version)
-            if action == "":
-                return 200, _dumps(self._model_metadata(model)), None
-            if action == "ready":
-                if not self.started or self.draining:
-                    raise HTTPError(503, f"model '{name}' is loaded but the server is starting or draining")
-                return 200, b"", None
-            if action == "config":
-                return 200, _dumps(self._model_config(model)), None
-            if action == "stats":
-                return 200, _dumps({"model_stats": self._stats(name, version)}), None
-            raise HTTPError(404, f"no endpoint {path}")
-        if head == "repository":
-            ctx.endpoint = "repository"
-            self._method(method, "POST")
-            await self._read_body(receive, content_length, 64 * 1024)
-            if rest[1:] == ["index"]:
-                return 200, _dumps(self._index()), None
-            if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload"):
-                self.require_model_control()
-                ctx.model = rest[2]
-                if rest[3] == "unload":
-                    await self.registry.unload(rest[2])
-                else:
-                    try:
-                        await self.registry.reload(rest[2])
-                    except EdgeDLError as exc:
-                        raise HTTPError(400, f"failed to load '{rest[2]}': {exc}") from None
-                return 200, b"", None
-        raise HTTPError(404, f"no endpoint {path}")
+            raise HTTPError(404, f"no endpoint {path}; see /v2, /v2/models/NAME/infer, /metrics")
+        methods, params = found
+        ctx.endpoint = methods.endpoint
+        ctx.model = params.get("model")
+        route = methods.get(method)
+        if route is None:
+            raise HTTPError(405, f"use {' or '.join(methods)} for this endpoint, not {method}")
+        ctx.receive, ctx.header_length, ctx.content_length = receive, header_length, content_length
+        return await route(ctx, **params)
+
+    # --- handlers (ROUTES below maps paths to them) --------------------------------------------------------
+    async def _live(self, ctx):
+        return 200, b"", None
+
+    async def _ready(self, ctx):
+        if not self.ready:
+            raise HTTPError(503, "server is not ready (loading, draining or no model loaded)")
+        return 200, b"", None
+
+    async def _metrics(self, ctx):
+        return 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
+
+    async def _server_metadata(self, ctx):
+        return 200, _dumps(documents.server_metadata()), None
+
+    async def _all_stats(self, ctx):
+        return 200, _dumps({"model_stats": documents.statistics(self.registry, None)}), None
+
+    async def _model_metadata(self, ctx, model, version=None):
+        return 200, _dumps(documents.model_metadata(self.registry, self.registry.get(model, version))), None
+
+    async def _model_ready(self, ctx, model, version=None):
+        self.registry.get(model, version)
+        if not self.started or self.draining:
+            raise HTTPError(503, f"model '{model}' is loaded but the server is starting or draining")
+        return 200, b"", None
+
+    async def _model_config(self, ctx, model, version=None):
+        return 200, _dumps(documents.model_config(self.registry.get(model, version))), None
+
+    async def _model_stats(self, ctx, model, version=None):
+        self.registry.get(model, version)
+        return 200, _dumps({"model_stats": documents.statistics(self.registry, model, version)}), None
+
+    async def _index(self, ctx):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        return 200, _dumps(documents.index(self.registry, self.config.model_repository)), None
+
+    async def _load(self, ctx, model):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        self.require_model_control()
+        try:
+            await self.registry.reload(model)
+        except EdgeDLError as exc:
+            raise HTTPError(400, f"failed to load '{model}': {exc}") from None
+        return 200, b"", None
+
+    async def _unload(self, ctx, model):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        self.require_model_control()
+        await self.registry.unload(model)
+        return 200, b"", None
 
     def require_model_control(self) -> None:
         """Repository load/unload (HTTP and gRPC) need --model-control explicit; otherwise 503, as Triton answers
         in its NONE mode."""
         if self.config.model_control != "explicit":
             raise HTTPError(503, _MODEL_CONTROL_OFF)
-
-    @staticmethod
-    def _method(method: str, want: str) -> None:
-        if method != want:
-            raise HTTPError(405, f"use {want} for this endpoint, not {method}")
 
     async def _read_body(self, receive, content_length, limit: int) -> bytes | bytearray:
         """The whole body, refused with 413 past ``limit`` bytes; read into one buffer when its length is known."""
@@ -303,7 +300,10 @@ class InferenceApp:
             body = message.get("body", b"")
 
     # --- infer ---------------------------------------------------------------------------------------------
-    async def _infer(self, receive, name, version, ctx, header_length, content_length):
+    async def _infer(self, ctx, model, version=None):
+        return await self._run_infer(ctx.receive, model, version, ctx, ctx.header_length, ctx.content_length)
+
+    async def _run_infer(self, receive, name, version, ctx, header_length, content_length):
         if header_length is not None:
             try:
                 header_length = int(header_length)
@@ -397,75 +397,21 @@ class InferenceApp:
         out = await self._off_loop(lambda: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
         return out, queue_s, compute_s, rows
 
-    # --- metadata ------------------------------------------------------------------------------------------
-    def _model_metadata(self, model: ServedModel) -> dict:
-        entry = self.registry.models[model.name]
-        return {
-            "name": model.name,
-            "versions": list(entry.versions),
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": i.name, "datatype": datatype_of(i.dtype), "shape": v2_shape(i)}
-                       for i in model.runner.inputs],
-            "outputs": [{"name": o.name, "datatype": datatype_of(o.dtype), "shape": v2_shape(o)}
-                        for o in model.runner.outputs],
-            "parameters": {"edgedl": {k: model.runner.metadata[k] for k in ("labels", "preprocessing")
-                                      if k in model.runner.metadata}, "execution": model.mode},
-        }
 
-    def _model_config(self, model: ServedModel) -> dict:
-        p = model.policy
-        batched = p.max_batch_size > 0 and model.batchable
-
-        def dims(info):
-            shape = v2_shape(info)
-            return shape[1:] if batched else shape
-
-        cfg = {
-            "name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
-            "max_batch_size": p.max_batch_size if batched else 0,
-            "input": [{"name": i.name, "data_type": "TYPE_" + ("STRING" if datatype_of(i.dtype) == "BYTES"
-                                                                else datatype_of(i.dtype)), "dims": dims(i)}
-                      for i in model.runner.inputs],
-            "output": [{"name": o.name, "data_type": "TYPE_" + ("STRING" if datatype_of(o.dtype) == "BYTES"
-                                                                 else datatype_of(o.dtype)), "dims": dims(o)}
-                       for o in model.runner.outputs],
-            "instance_group": [{"count": p.instances, "kind": "KIND_CPU"}],
-        }
-        if model.batching:
-            cfg["dynamic_batching"] = {"max_queue_delay_microseconds": p.max_queue_delay_us,
-                                       "default_queue_policy": {"max_queue_size": p.max_queue}}
-        return cfg
-
-    def _stats(self, name: str | None, version: str | None = None) -> list[dict]:
-        out = []
-        for model_name, entry in self.registry.models.items():
-            if name is not None and model_name != name:
-                continue
-            for v, model in entry.versions.items():
-                if version is not None and v != version:
-                    continue
-                s = model.stats
-                out.append({
-                    "name": model_name, "version": v, "last_inference": s.last_ms,
-                    "inference_count": s.success, "execution_count": s.executions,
-                    "inference_stats": {
-                        "success": {"count": s.success, "ns": s.success_ns},
-                        "fail": {"count": s.fail, "ns": s.fail_ns},
-                        "queue": {"count": s.success, "ns": s.queue_ns},
-                        "compute_infer": {"count": s.success, "ns": s.compute_ns},
-                    },
-                })
-        return out
-
-    def _index(self) -> list[dict]:
-        out = []
-        for name, entry in self.registry.models.items():
-            for v in entry.versions:
-                out.append({"name": name, "version": v, "state": "READY"})
-        repo = self.config.model_repository
-        if repo is not None and repo.is_dir():  # models on disk but not loaded (unloaded, or added since start)
-            for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                if folder.name not in self.registry.models:
-                    reason = self.registry.failed.get(folder.name, "not loaded")
-                    out.append({"name": folder.name, "state": "UNAVAILABLE", "reason": reason})
-        return out
+# (method, path, handler, endpoint label for metrics, reachable without the API key). A /v2/models/{model}/...
+# path also matches with /versions/{version} after the model; the router tries literal segments first.
+ROUTES = (
+    ("GET", "/v2/health/live", "_live", "health", True),
+    ("GET", "/v2/health/ready", "_ready", "health", False),
+    ("GET", "/metrics", "_metrics", "metrics", False),
+    ("GET", "/v2", "_server_metadata", "metadata", False),
+    ("GET", "/v2/models/stats", "_all_stats", "stats", False),
+    ("GET", "/v2/models/{model}", "_model_metadata", "metadata", False),
+    ("GET", "/v2/models/{model}/ready", "_model_ready", "ready", False),
+    ("GET", "/v2/models/{model}/config", "_model_config", "config", False),
+    ("GET", "/v2/models/{model}/stats", "_model_stats", "stats", False),
+    ("POST", "/v2/models/{model}/infer", "_infer", "infer", False),
+    ("POST", "/v2/repository/index", "_index", "repository", False),
+    ("POST", "/v2/repository/models/{model}/load", "_load", "repository", False),
+    ("POST", "/v2/repository/models/{model}/unload", "_unload", "repository", False),
+)

@@ -20,8 +20,8 @@ from time import perf_counter
 
 import grpc
 
-from edgedl import __version__
 from edgedl.errors import EdgeDLError
+from edgedl.runtime.server import documents
 from edgedl.runtime.server.grpc_server.messages import SERVICE, json_format, message, methods
 from edgedl.runtime.server.protocol import HTTPError, encode_response, parse_infer_request
 
@@ -125,22 +125,20 @@ class InferenceService:
         return message("ModelReadyResponse")(ready=ready)
 
     async def ServerMetadata(self, request):
-        from edgedl.runtime.server.app import EXTENSIONS
-
-        return message("ServerMetadataResponse")(name="edgedl", version=__version__, extensions=EXTENSIONS)
+        return message("ServerMetadataResponse")(**documents.server_metadata())
 
     async def ModelMetadata(self, request):
         model = self.registry.get(request.name, request.version or None)
-        return self._parse(self.app._model_metadata(model), "ModelMetadataResponse")
+        return self._parse(documents.model_metadata(self.registry, model), "ModelMetadataResponse")
 
     async def ModelConfig(self, request):
         model = self.registry.get(request.name, request.version or None)
-        return self._parse({"config": self.app._model_config(model)}, "ModelConfigResponse")
+        return self._parse({"config": documents.model_config(model)}, "ModelConfigResponse")
 
     async def ModelStatistics(self, request):
         if request.name:
             self.registry.get(request.name, request.version or None)
-        stats = self.app._stats(request.name or None, request.version or None)
+        stats = documents.statistics(self.registry, request.name or None, request.version or None)
         return self._parse({"model_stats": stats}, "ModelStatisticsResponse")
 
     @staticmethod
@@ -149,7 +147,8 @@ class InferenceService:
 
     # --- repository ----------------------------------------------------------------------------------------
     async def RepositoryIndex(self, request):
-        models = [m for m in self.app._index() if not request.ready or m["state"] == "READY"]
+        models = [m for m in documents.index(self.registry, self.app.config.model_repository)
+                  if not request.ready or m["state"] == "READY"]
         return self._parse({"models": models}, "RepositoryIndexResponse")
 
     async def RepositoryModelLoad(self, request):
