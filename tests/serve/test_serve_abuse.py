@@ -131,15 +131,15 @@ BYTES_IN = {"name": "text", "shape": [2], "datatype": "BYTES"}
 
 BODY_PROBES = {
     # name: (path, body, headers, status, words the one-line error must contain)
-    "100k nested '['": ("/v2/models/mlp/infer", DEEP, {}, 400, "nested deeper"),
-    "100k nested '{'": ("/v2/models/mlp/infer", b'{"a":' * 100_000, {}, 400, "nested deeper"),
+    "100k nested '['": ("/v2/models/mlp/infer", DEEP, {}, 400, "nesting depth exceeds"),
+    "100k nested '{'": ("/v2/models/mlp/infer", b'{"a":' * 100_000, {}, 400, "nesting depth exceeds"),
     "100k '[' inside data": ("/v2/models/mlp/infer", b'{"inputs":[{"name":"pixels","data":' + DEEP, {}, 400,
-                             "nested deeper"),
+                             "nesting depth exceeds"),
     "ragged 2 MB JSON": ("/v2/models/mlp/infer", BIG_RAGGED, {}, 400, "not a regular array"),
     "'+1' in 300 kB of numbers": ("/v2/models/mlp/infer", BIG_BAD_NUMBER, {}, 400, "malformed number"),
     "shape of 2^62 rows": ("/v2/models/mlp/infer", json.dumps({"inputs": [{**MLP, "shape": [2 ** 62, 64],
-                                                                          "data": [1]}]}).encode(), {}, 413,
-                           "more than this model's limit"),
+                                                                          "data": [1]}]}).encode(), {}, 400,
+                           "causes total element count to exceed maximum size"),
     "a billion elements": ("/v2/models/mlp/infer", json.dumps({"inputs": [{**MLP, "shape": [2 ** 24, 64],
                                                                            "data": [1]}]}).encode(), {}, 413,
                            "more than this model's limit of 1048576 per tensor"),

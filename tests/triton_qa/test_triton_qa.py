@@ -54,34 +54,15 @@ TRITON_FAILS = {
     "HttpTest.test_repository_index_deeply_nested_json": "ignores the body of an index request",
 }
 
-_RAW = "raw binary bodies (Inference-Header-Content-Length: 0) are refused: 400 'malformed JSON'"
-_CLASSIFICATION = "the classification extension is not supported: 400"
-# Why a QA test fails on edgedl: a difference still to fix, or an intentional one (the README's Triton section)
+# Why a QA test fails on edgedl: each an intentional difference, listed in the README's Triton section
 EDGEDL_FAILS = {
-    "HttpTest.test_raw_binary": _RAW,
-    "HttpTest.test_raw_binary_longer": _RAW,
-    "HttpTest.test_byte": _RAW,
-    "HttpTest.test_byte_too_many_elements": _RAW,
-    "HttpTest.test_multi_inputs": _RAW,
-    "HttpTest.test_multi_variable_dimensions": _RAW,
-    "HttpTest.test_content_encoding_chunked_manually": _RAW,
-    "HttpTest.test_descriptive_status_code": _RAW + " (its requests are raw; a full queue does answer 503)",
-    "HttpTest.test_buffer_size_overflow": "400, but not with the newer Triton's overflow messages (2.51 fails it too)",
-    "HttpTest.test_duplicate_output_names": "an output asked for twice is answered: 200 (2.51 fails it too)",
-    "HttpTest.test_json_recursion_depth_limit": "120 nested lists get a 400, but not the newer Triton's 'JSON nesting "
-                                                "depth exceeds maximum allowed limit (100)'",
-    "HttpTest.test_load_oversized_file_parameter": "a load's 'config' and 'file:' parameters are ignored: 200",
+    "HttpTest.test_load_oversized_file_parameter": "intentional: a file override with a 256-byte name is the "
+                                                   "client's error, 400 (newer Tritons: 500; 2.51 aborts)",
+    "HttpTest.test_content_encoding_chunked_manually": "intentional: its request has both Content-Length and "
+                                                       "Transfer-Encoding: chunked, which is ambiguous (request "
+                                                       "smuggling): 400 and close, as RFC 9112 allows",
     "HttpTest.test_negative_dimensions": "intentional: a negative dimension is the client's error, 400 (Triton: 500)",
-    "HttpTest.test_repository_index_deeply_nested_json": "the index request's body is not read: 200 (2.51 too)",
     "HttpAioClient.test_get_server_metadata": "intentional: the server's name is 'edgedl', not 'triton'",
-    "HttpAioClient.test_get_system_shared_memory_status": "no system shared memory extension: 404",
-    "HttpAioClient.test_unregister_system_shared_memory": "no system shared memory extension: 404",
-    "HttpAioClient.test_get_cuda_shared_memory_status": "no CUDA shared memory extension: 404 (Triton: empty status)",
-    "HttpAioClient.test_unregister_cuda_shared_memory": "no CUDA shared memory extension: 404 (Triton: a no-op)",
-    "HttpAioClient.test_get_trace_settings": "no trace extension: 404",
-    "HttpAioClient.test_update_trace_settings": "no trace extension: 404",
-    **{f"InferTest.test_{kind}_{types}": _CLASSIFICATION for kind in ("class", "mix")
-       for types in ("bbb", "sss", "iii", "lll", "fff", "iff")},
 }
 
 # Not run on either server, and why

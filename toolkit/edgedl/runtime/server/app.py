@@ -11,11 +11,15 @@ memory the request used is handed back to the operating system.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import ctypes
 import ctypes.util
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 import traceback
@@ -23,14 +27,16 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 
-import numpy as np
-
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server import documents
 from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry, ServedModel
-from edgedl.runtime.server.protocol import HTTPError, encode_response, parse_infer_request
+from edgedl.runtime.server import tensorjson
+from edgedl.runtime.server.protocol import HTTPError, encode_response, select_outputs
+from edgedl.runtime.server.repository import config_from_json
+from edgedl.runtime.server.settings import LogSettings, Tracer
+from edgedl.runtime.server.shm import SystemSharedMemory
 from edgedl.runtime.server.routes import Router
 from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES
 
@@ -38,11 +44,9 @@ log = logging.getLogger("edgedl.serve")
 _JSON = b"application/json"
 _REASON = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request", 411: "bad_request",
            413: "too_large", 503: "unavailable"}
-REPOSITORY_BODY_BYTES = 64 * 1024  # a repository request's body (index, load, unload)
+_READY_NOT_BOOLEAN = re.compile(rb'\s*\{\s*"ready"\s*:\s*[\[{]')
+REPOSITORY_BODY_BYTES = 1024 * 1024  # a repository request's body (index, load, unload)
 LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the streaming decoder, off the event loop
-# a large batch runs in pieces of this much input: onnxruntime keeps the memory of its largest run's intermediate
-# results (a CNN's first layer alone can be 32x its input), so pieces the size of a small request keep that small
-RUN_INPUT_BYTES = 16 * 1024
 # Triton's words in its NONE mode (clients and Triton's own tests match on them), then edgedl's
 _MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed if polling is enabled: this server runs with "
                       "--model-control none (models load at startup and reload on SIGHUP); start it with "
@@ -85,6 +89,9 @@ class InferenceApp:
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="edgedl-decode")  # large requests' (de)coding
         self._trim = _malloc_trim()
         self._log_stream = None
+        self.shared_memory = SystemSharedMemory()
+        self.tracer = Tracer(config.trace_file)
+        self.logs = LogSettings()
         self.router = Router([(method, path, getattr(self, handler), endpoint, public)
                               for method, path, handler, endpoint, public in ROUTES])
         if config.access_log != "off":
@@ -113,6 +120,9 @@ class InferenceApp:
         self.draining = True
         await self.registry.close()
         self._workers.shutdown(wait=False)
+        self.shared_memory.close()
+        self.tracer.flush()
+        self.logs.close()
 
     async def _http(self, scope, receive, send):
         t0 = perf_counter()
@@ -240,15 +250,34 @@ class InferenceApp:
         self.registry.get(model, version)
         return 200, _dumps({"model_stats": documents.statistics(self.registry, model, version)}), None
 
+    async def _json_body(self, ctx, limit: int = REPOSITORY_BODY_BYTES):
+        """The request's JSON body (None when empty), refused with 400 when it is not JSON."""
+        body = await self._read_body(ctx.receive, ctx.content_length, limit)
+        if not body.strip():
+            return None
+        try:
+            return tensorjson.loads(bytes(body))
+        except (ValueError, UnicodeDecodeError) as exc:
+            if _READY_NOT_BOOLEAN.match(body):  # a value too deep to parse, where a boolean belongs
+                raise HTTPError(400, "Invalid value for 'ready': expected a boolean") from None
+            raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
+
     async def _index(self, ctx):
-        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
-        return 200, _dumps(documents.index(self.registry, self.config.model_repository)), None
+        doc = await self._json_body(ctx)
+        ready = doc.get("ready", False) if isinstance(doc, dict) else False
+        if not isinstance(ready, bool):
+            raise HTTPError(400, "Invalid value for 'ready': expected a boolean")
+        models = documents.index(self.registry, self.config.model_repository)
+        if ready:
+            models = [m for m in models if m["state"] == "READY"]
+        return 200, _dumps(models), None
 
     async def _load(self, ctx, model):
-        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        doc = await self._json_body(ctx, self.config.limits.max_body_bytes)  # file overrides carry models
         self.require_model_control()
+        config, files = load_parameters(doc)
         try:
-            await self.registry.reload(model)
+            await self.registry.reload(model, config, files)
         except EdgeDLError as exc:
             raise HTTPError(400, f"failed to load '{model}': {exc}") from None
         return 200, b"", None
@@ -258,6 +287,57 @@ class InferenceApp:
         self.require_model_control()
         await self.registry.unload(model)
         return 200, b"", None
+
+    # --- shared memory, trace, logging ---------------------------------------------------------------------
+    async def _shm_status(self, ctx, region=None):
+        if region is not None and region not in self.shared_memory.regions:
+            raise HTTPError(404, f"Unable to find system shared memory region: '{region}'")
+        return 200, _dumps(self.shared_memory.status(region)), None
+
+    async def _shm_register(self, ctx, region):
+        doc = await self._json_body(ctx)
+        if not isinstance(doc, dict):
+            raise HTTPError(400, "register a shared memory region with {\"key\": ..., \"offset\": ..., "
+                                 "\"byte_size\": ...}")
+        self.shared_memory.register(region, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        return 200, b"", None
+
+    async def _shm_unregister(self, ctx, region=None):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        self.shared_memory.unregister(region)
+        return 200, b"", None
+
+    async def _cuda_status(self, ctx, region=None):
+        if region is not None:
+            raise HTTPError(404, f"Unable to find cuda shared memory region: '{region}'")
+        return 200, b"[]", None
+
+    async def _cuda_register(self, ctx, region):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        raise HTTPError(400, "CUDA shared memory is not available: this server keeps tensors in CPU memory; "
+                             "register system shared memory instead")
+
+    async def _cuda_unregister(self, ctx, region=None):  # nothing is ever registered: a no-op, as on Triton's CPU
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        return 200, b"", None
+
+    async def _trace_get(self, ctx, model=None):
+        if model is not None:
+            self.registry.get(model, None)
+        return 200, _dumps(self.tracer.of(model).to_json()), None
+
+    async def _trace_update(self, ctx, model=None):
+        doc = await self._json_body(ctx)
+        if model is not None:
+            self.registry.get(model, None)
+        return 200, _dumps(self.tracer.update({} if doc is None else doc, model).to_json()), None
+
+    async def _log_get(self, ctx):
+        return 200, _dumps(self.logs.values), None
+
+    async def _log_update(self, ctx):
+        doc = await self._json_body(ctx)
+        return 200, _dumps(self.logs.update({} if doc is None else doc)), None
 
     def require_model_control(self) -> None:
         """Repository load/unload (HTTP and gRPC) need --model-control explicit; otherwise 503, as Triton answers
@@ -301,101 +381,65 @@ class InferenceApp:
 
     # --- infer ---------------------------------------------------------------------------------------------
     async def _infer(self, ctx, model, version=None):
-        return await self._run_infer(ctx.receive, model, version, ctx, ctx.header_length, ctx.content_length)
-
-    async def _run_infer(self, receive, name, version, ctx, header_length, content_length):
+        header_length = ctx.header_length
         if header_length is not None:
             try:
                 header_length = int(header_length)
             except ValueError:
                 raise HTTPError(400, "Inference-Header-Content-Length is not a number") from None
-        model = self.registry.get(name, version)
-        ctx.version = model.version
-        if self._in_flight >= self._max_in_flight:
-            raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit "
-                                 f"{self._max_in_flight}, --max-in-flight); retry later")
-        limits = model.limits
-        t0 = perf_counter()
-        self._in_flight += 1
-        try:
-            try:
-                body = await self._read_body(receive, content_length, limits.max_body_bytes)
-                large = ctx.large = len(body) >= LARGE_BODY_BYTES
-                model.in_flight += 1  # from here to the run's end: being decoded, queued or run
-                gauge = self.metrics.in_flight
-                gauge.inc((model.name,), 1)
-                try:
-                    decode = partial(parse_infer_request, body, header_length, model.inputs, model.output_names,
-                                     allow_nonfinite=model.allow_nonfinite,
-                                     max_elements=limits.max_tensor_elements, max_rows=limits.max_batch_rows)
-                    del body  # the feeds may still view its memory; nothing else needs it
-                    request = await self._off_loop(decode) if large else decode()
-                    del decode
-                    ctx.request_id = request.id
-                    names = [n for n, _ in request.outputs] if request.outputs else None
-                    if large:
-                        out, queue_s, compute_s, rows = await self._run_large(model, request.feeds, request.rows, names)
-                    else:
-                        out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
-                finally:
-                    model.in_flight -= 1
-                    gauge.inc((model.name,), -1)
-            except BaseException:
-                model.stats.fail += 1
-                model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
-                raise
-            if request.outputs is None:
-                outputs = [(n, out[n], request.binary_default) for n in model.output_names]
-            else:
-                outputs = [(n, out[n], binary) for n, binary in request.outputs]
-            del out, request
-            encode = partial(encode_response, model.name, model.version, ctx.request_id, outputs, parts=True)
-            if not large:
-                out_bytes = 0
-                for output in outputs:
-                    out_bytes += output[1].nbytes
-                large = out_bytes >= LARGE_BODY_BYTES
-            if large:
-                ctx.large = True
-                body, json_len = await self._off_loop(encode)
-            else:
-                body, json_len = encode()
-        finally:
-            self._in_flight -= 1
-        labels = (model.name, model.version)
-        m = self.metrics
-        m.queue.observe(labels, queue_s)
-        m.compute.observe(labels, compute_s)
-        m.batch.observe(labels, rows)
-        s = model.stats
-        s.success += 1
-        s.success_ns += int((perf_counter() - t0) * 1e9)
-        s.queue_ns += int(queue_s * 1e9)
-        s.compute_ns += int(compute_s * 1e9)
-        s.executions += 1
-        s.last_ms = int(time.time() * 1000)
+        served = self.registry.get(model, version)
+        ctx.version = served.version
+        started = perf_counter()
+        with self.admitted():  # from the first byte of the body: a client that never sends it holds a place
+            body = await self._read_body(ctx.receive, ctx.content_length, served.limits.max_body_bytes)
+            ctx.large = len(body) >= LARGE_BODY_BYTES
+            decode = partial(served.decode, body, header_length, self.shared_memory)
+            del body  # the feeds may still view its memory; nothing else needs it
+            body, json_len = await self.infer(served, decode, ctx.large, started, ctx)
         extra = None if json_len is None else [(b"inference-header-content-length", str(json_len).encode())]
         return 200, body, extra
 
+    @contextlib.contextmanager
+    def admitted(self):
+        """One infer request being served (HTTP or gRPC); 503 beyond --max-in-flight."""
+        if self._in_flight >= self._max_in_flight:
+            raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit "
+                                 f"{self._max_in_flight}, --max-in-flight); retry later")
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def infer(self, model: ServedModel, decode, large: bool, started: float, ctx: _Ctx | None = None,
+                    encode=None):
+        """Decode, run and encode one request for ``model``: the path HTTP and gRPC share. ``decode()`` gives
+        the InferRequest; ``large``: decode, run and encode off the event loop; ``encode(model, request_id,
+        outputs)`` (default: the HTTP body in parts) gives the result."""
+        with model.busy(self.metrics):
+            request = await self._off_loop(decode) if large else decode()
+            if ctx is not None:
+                ctx.request_id = request.id
+            out = await model.serve(request, self.metrics, started, large)
+        outputs = select_outputs(request, out, model.output_names, model.labels, model.row_outputs,
+                                 self.shared_memory)
+        del out
+        if not large:
+            out_bytes = 0
+            for output in outputs:
+                out_bytes += output[1].nbytes
+            large = out_bytes >= LARGE_BODY_BYTES
+            if large and ctx is not None:
+                ctx.large = True
+        if encode is None:
+            encode = partial(encode_response, model.name, model.version, request.id, outputs, parts=True)
+        else:
+            encode = partial(encode, model, request.id, outputs)
+        del request, outputs
+        return await self._off_loop(encode) if large else encode()
+
     async def _off_loop(self, fn):
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn)
-
-    async def _run_large(self, model: ServedModel, feeds: dict, rows: int, names):
-        """``model.infer`` of a large request: off the event loop, and a batch of many rows as several runs of
-        about RUN_INPUT_BYTES of input each (for a model whose axis 0 is the batch: the same rows out)."""
-        step = max(RUN_INPUT_BYTES * rows // max(sum(v.nbytes for v in feeds.values()), 1), 1)
-        if rows <= step or not model.batchable or any(v.ndim == 0 or v.shape[0] != rows for v in feeds.values()):
-            return await model.infer(feeds, rows, names, offload=True)
-        parts, queue_s, compute_s = [], 0.0, 0.0
-        for start in range(0, rows, step):
-            n = min(step, rows - start)
-            out, q, c, _ = await model.infer({k: v[start:start + n] for k, v in feeds.items()}, n, names, offload=True)
-            if any(a.ndim == 0 or a.shape[0] != n for a in out.values()):  # outputs not per row: run it whole
-                return await model.infer(feeds, rows, names, offload=True)
-            parts.append(out)
-            queue_s, compute_s = queue_s + q, compute_s + c
-        out = await self._off_loop(lambda: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-        return out, queue_s, compute_s, rows
 
 
 # (method, path, handler, endpoint label for metrics, reachable without the API key). A /v2/models/{model}/...
@@ -414,4 +458,54 @@ ROUTES = (
     ("POST", "/v2/repository/index", "_index", "repository", False),
     ("POST", "/v2/repository/models/{model}/load", "_load", "repository", False),
     ("POST", "/v2/repository/models/{model}/unload", "_unload", "repository", False),
+    ("GET", "/v2/systemsharedmemory/status", "_shm_status", "shared_memory", False),
+    ("GET", "/v2/systemsharedmemory/region/{region}/status", "_shm_status", "shared_memory", False),
+    ("POST", "/v2/systemsharedmemory/region/{region}/register", "_shm_register", "shared_memory", False),
+    ("POST", "/v2/systemsharedmemory/unregister", "_shm_unregister", "shared_memory", False),
+    ("POST", "/v2/systemsharedmemory/region/{region}/unregister", "_shm_unregister", "shared_memory", False),
+    ("GET", "/v2/cudasharedmemory/status", "_cuda_status", "shared_memory", False),
+    ("GET", "/v2/cudasharedmemory/region/{region}/status", "_cuda_status", "shared_memory", False),
+    ("POST", "/v2/cudasharedmemory/region/{region}/register", "_cuda_register", "shared_memory", False),
+    ("POST", "/v2/cudasharedmemory/unregister", "_cuda_unregister", "shared_memory", False),
+    ("POST", "/v2/cudasharedmemory/region/{region}/unregister", "_cuda_unregister", "shared_memory", False),
+    ("GET", "/v2/trace/setting", "_trace_get", "trace", False),
+    ("POST", "/v2/trace/setting", "_trace_update", "trace", False),
+    ("GET", "/v2/models/{model}/trace/setting", "_trace_get", "trace", False),
+    ("POST", "/v2/models/{model}/trace/setting", "_trace_update", "trace", False),
+    ("GET", "/v2/logging", "_log_get", "logging", False),
+    ("POST", "/v2/logging", "_log_update", "logging", False),
 )
+
+
+def load_parameters(doc) -> tuple[dict | None, dict[str, bytes]]:
+    """A repository load's body, ``{"parameters": {"config": "<JSON>", "file:1/model.onnx": "<base64>"}}``, as
+    (the parsed configuration or None, the files by path); anything else in it is refused, never ignored."""
+    if doc is None:
+        return None, {}
+    params = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(params, dict) or set(doc) - {"parameters"}:
+        raise HTTPError(400, "a load's body is {\"parameters\": {\"config\": ..., \"file:PATH\": ...}}")
+    config, files = None, {}
+    for key, value in params.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise HTTPError(400, "the load parameter 'config' must be a string holding the model configuration "
+                                     "as JSON")
+            try:
+                config = config_from_json(json.loads(value))
+            except ValueError as exc:
+                raise HTTPError(400, f"the load parameter 'config' is not JSON: {exc}") from None
+            except EdgeDLError as exc:
+                raise HTTPError(400, str(exc)) from None
+        elif key.startswith("file:"):
+            if not isinstance(value, str):
+                raise HTTPError(400, f"the load parameter '{key[:60]}' must be the file's content in base64")
+            try:
+                files[key[5:]] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPError(400, f"the load parameter '{key[:60]}' is not valid base64") from None
+        else:
+            raise HTTPError(400, f"unknown load parameter '{key[:60]}'; a load takes 'config' and 'file:PATH'")
+    if files and config is None:
+        raise HTTPError(400, "failed to load: file overrides need the 'config' parameter too (as in Triton)")
+    return config, files

@@ -130,6 +130,7 @@ class ServerConfig:
     intra_op_threads: int = field(default_factory=_default_threads)
     access_log: str = "off"
     access_log_path: Path | None = None  # default: stderr
+    trace_file: Path | None = None  # where Triton's trace extension writes traces (TIMESTAMPS needs one)
     drain_timeout_s: float = 30.0
     allow_nonfinite: bool = False  # NaN/Inf inputs are refused unless the model expects them
     warmup_iterations: int = 5
