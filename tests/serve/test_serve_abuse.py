@@ -398,7 +398,8 @@ def test_a_thousand_idle_connections_under_ulimit_256_do_not_lock_clients_out(zo
 def test_explicit_model_control_is_behind_the_api_key(zoo, tmp_path):
     repo = tmp_path / "repo"
     place(repo, "mlp", 1, zoo["mlp"].onnx)
-    with ServerProcess("--model-repository", repo, "--model-control", "explicit", "--api-key", "k3y") as proc:
+    with ServerProcess("--model-repository", repo, "--model-control", "explicit", "--load-model", "*",
+                       "--api-key", "k3y") as proc:
         status, _, body = _exchange(proc.port, _request("POST", "/v2/repository/models/mlp/unload"))
         assert status == 401 and "API key" in _error(body)
         client = httpclient.InferenceServerClient(proc.url)

@@ -373,3 +373,29 @@ def test_grpc_startup_errors_are_one_line(tmp_path):
     with _serve(repo) as running:
         taken = running.grpc.rsplit(":", 1)[1]
         assert "cannot listen for gRPC" in _serve_fails("--model-repository", repo, "--port", "0", "--grpc-port", taken)
+
+
+def test_a_large_grpc_request_runs_off_the_event_loop(zoo, tmp_path):
+    """A 12 MB ModelInfer (47,000 rows for the zoo MLP, an inline model) is decoded, run and encoded on worker
+    threads, as over HTTP: /metrics answers while it is in flight (it reports it), which the event loop could
+    not do if it were doing that work itself."""
+    root = tmp_path / "models"
+    place(root, "mlp", 1, zoo["mlp"].onnx)
+    x = np.random.default_rng(0).random((47_000, 64), dtype=np.float32)
+    result, seen = {}, []
+    with _serve(root, "--threads", "1") as s:
+        def big():
+            c = grpcclient.InferenceServerClient(s.grpc)
+            result["y"] = c.infer("mlp", _inputs(grpcclient, {"pixels": x}, "FP32"), client_timeout=120)
+
+        worker = threading.Thread(target=big)
+        worker.start()
+        deadline = time.monotonic() + 120
+        with requests.Session() as http:
+            while worker.is_alive() and time.monotonic() < deadline:
+                text = http.get(f"http://{s.url}/metrics", timeout=30).text
+                seen.append('edgedl_inference_in_flight{model="mlp"} 1' in text)
+                time.sleep(0.005)
+        worker.join(120)
+    assert result["y"].as_numpy("logits").shape == (47_000, 10)
+    assert any(seen), f"/metrics never answered while the request was in flight ({len(seen)} answers)"

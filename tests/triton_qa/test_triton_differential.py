@@ -69,7 +69,8 @@ def servers(tmp_path_factory, triton_install):
     edgedl_repo = qa_models.write_repository(root / "edgedl", MODELS, "edgedl")
     triton_repo = qa_models.write_repository(root / "triton", MODELS, "triton")
     grpc_port = free_port()
-    edgedl = ServerProcess("--model-repository", edgedl_repo, "--grpc-port", grpc_port, "--model-control", "explicit")
+    edgedl = ServerProcess("--model-repository", edgedl_repo, "--grpc-port", grpc_port, "--model-control", "explicit",
+                           "--load-model", "*")
     edgedl.grpc = f"127.0.0.1:{grpc_port}"
     try:
         triton = TritonServer(triton_install, triton_repo)

@@ -91,10 +91,15 @@ class _QAServer:
             http, grpc = self.process.http, self.process.grpc
         else:
             grpc_port = free_port()
+            mode = TRITON_MODES[self.kind]
             self.process = ServerProcess("--model-repository", self.repo, "--grpc-port", grpc_port,
-                                         "--model-control", TRITON_MODES[self.kind])
+                                         "--model-control", mode, *(("--load-model", "*") if mode == "explicit" else ()))
             http, grpc = self.process.url, f"127.0.0.1:{grpc_port}"
-        os.environ.update({"TRITON_QA_HTTP": http, "TRITON_QA_GRPC": grpc,
+        self.http, self.grpc = http, grpc
+        self.point_here()
+
+    def point_here(self) -> None:
+        os.environ.update({"TRITON_QA_HTTP": self.http, "TRITON_QA_GRPC": self.grpc,
                            "TRITON_QA_MODEL_COUNT": str(len(self.models))})
 
     def ensure_alive(self) -> None:
@@ -111,17 +116,31 @@ class _QAServer:
 _ADDRESS_ENV = ("TRITON_QA_HTTP", "TRITON_QA_GRPC", "TRITON_QA_MODEL_COUNT")
 
 
-@pytest.fixture(scope="class", autouse=True)
-def qa_server(request, tmp_path_factory, triton_reaper):
-    """Start the server the class names (edgedl or triton) on its repository; point the QA helpers at it."""
+@pytest.fixture(scope="module")
+def qa_servers(triton_reaper):
+    """The server of the classes running now: consecutive classes on the same server and repository (InferTest
+    and its shared-memory run) share it; the next one stops it first."""
+    current: dict = {}
     saved = {k: os.environ.get(k) for k in _ADDRESS_ENV}
-    server = _QAServer(request.cls.qa_target, request.cls.qa_repository, request, tmp_path_factory, triton_reaper)
-    try:
-        yield server
-    finally:
+    yield current
+    for server in current.values():
         server.stop()
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="class", autouse=True)
+def qa_server(request, tmp_path_factory, qa_servers, triton_reaper):
+    """Start the server the class names (edgedl or triton) on its repository; point the QA helpers at it."""
+    key = (request.cls.qa_target, request.cls.qa_repository)
+    if key not in qa_servers:
+        for server in qa_servers.values():
+            server.stop()
+        qa_servers.clear()
+        qa_servers[key] = _QAServer(*key, request, tmp_path_factory, triton_reaper)
+    server = qa_servers[key]
+    server.point_here()
+    return server
 
 
 @pytest.fixture(autouse=True)
@@ -137,7 +156,8 @@ def _whole_test(*args, **kwargs):
 def _qa_case(base: type, target: str, repository: str, failures: dict[str, str]) -> type:
     """A subclass of the QA TestCase ``base`` bound to a server, with its known failures marked xfail(strict)."""
     name = f"Test{base.__name__.removeprefix('Test')}_{target}"
-    cls = type(name, (base,), {"qa_target": target, "qa_repository": repository, "__module__": __name__})
+    cls = type(name, (base,), {"qa_target": target, "qa_repository": repository, "__module__": __name__,
+                               "__test__": True})
     prefix = base.__name__.removeprefix("Test") + "."
     for test, reason in SKIPPED.items():
         if test.startswith(prefix):
@@ -164,9 +184,25 @@ def _qa_case(base: type, target: str, repository: str, failures: dict[str, str])
     return cls
 
 
+class InferTestSharedMemory(infer_test.InferTest):
+    """infer_test.py as Triton's L0_infer also runs it, with TEST_SYSTEM_SHARED_MEMORY=1: every input and output
+    of the raw tests in system shared memory (registered through the client; shared memory has no class
+    outputs, and the version tests repeat the raw ones)."""
+
+    __test__ = False  # run through the classes _qa_case makes of it
+
+    @pytest.fixture(autouse=True)
+    def _in_shared_memory(self, monkeypatch):
+        monkeypatch.setattr(infer_test, "TEST_SYSTEM_SHARED_MEMORY", True)
+
+
+for _name in dir(InferTestSharedMemory):
+    if _name.startswith("test_") and not (_name.startswith("test_raw_") and "version" not in _name):
+        setattr(InferTestSharedMemory, _name, None)
+
 for _target, _failures in (("edgedl", EDGEDL_FAILS), ("triton", TRITON_FAILS)):
     for _base, _repo in ((http_test.HttpTest, "http"), (python_http_aio_test.TestHttpAioClient, "examples"),
-                         (infer_test.InferTest, "infer")):
+                         (infer_test.InferTest, "infer"), (InferTestSharedMemory, "infer")):
         _case = _qa_case(_base, _target, _repo, _failures)
         globals()[_case.__name__] = _case
-del _target, _failures, _base, _repo, _case
+del _target, _failures, _base, _repo, _case, _name

@@ -49,7 +49,7 @@ REPOSITORY_BODY_BYTES = 1024 * 1024  # a repository request's body (index, load,
 LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the streaming decoder, off the event loop
 # Triton's words in its NONE mode (clients and Triton's own tests match on them), then edgedl's
 _MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed if polling is enabled: this server runs with "
-                      "--model-control none (models load at startup and reload on SIGHUP); start it with "
+                      "--model-control {mode} (models load at startup{poll} and reload on SIGHUP); start it with "
                       "--model-control explicit to load and unload models through the API")
 
 
@@ -79,7 +79,8 @@ class _Ctx:
 
 
 class InferenceApp:
-    def __init__(self, registry: Registry, config: ServerConfig, metrics: ServerMetrics):
+    def __init__(self, registry: Registry, config: ServerConfig, metrics: ServerMetrics,
+                 logs: LogSettings | None = None):
         self.registry, self.config, self.metrics = registry, config, metrics
         self.started = False
         self.draining = False
@@ -91,7 +92,7 @@ class InferenceApp:
         self._log_stream = None
         self.shared_memory = SystemSharedMemory()
         self.tracer = Tracer(config.trace_file)
-        self.logs = LogSettings()
+        self.logs = logs if logs is not None else LogSettings()
         self.router = Router([(method, path, getattr(self, handler), endpoint, public)
                               for method, path, handler, endpoint, public in ROUTES])
         if config.access_log != "off":
@@ -99,7 +100,10 @@ class InferenceApp:
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and bool(self.registry.models)
+        """Started and not draining, with a model loaded (explicit model control may start with none, as in
+        Triton, and is ready then too)."""
+        return self.started and not self.draining and (bool(self.registry.models) or
+                                                       self.config.model_control == "explicit")
 
     # --- ASGI entry ----------------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -343,7 +347,9 @@ class InferenceApp:
         """Repository load/unload (HTTP and gRPC) need --model-control explicit; otherwise 503, as Triton answers
         in its NONE mode."""
         if self.config.model_control != "explicit":
-            raise HTTPError(503, _MODEL_CONTROL_OFF)
+            mode = self.config.model_control
+            raise HTTPError(503, _MODEL_CONTROL_OFF.format(mode=mode, poll=", follow the repository" if mode == "poll"
+                                                                           else ""))
 
     async def _read_body(self, receive, content_length, limit: int) -> bytes | bytearray:
         """The whole body, refused with 413 past ``limit`` bytes; read into one buffer when its length is known."""
@@ -420,10 +426,13 @@ class InferenceApp:
             request = await self._off_loop(decode) if large else decode()
             if ctx is not None:
                 ctx.request_id = request.id
-            out = await model.serve(request, self.metrics, started, large)
+            decoded = perf_counter()
+            out, timing = await model.serve(request, self.metrics, started, large)
         outputs = select_outputs(request, out, model.output_names, model.labels, model.row_outputs,
                                  self.shared_memory)
         del out
+        if self.tracer.enabled and self.tracer.sample(model.name):
+            self._trace(model, request.id, started, decoded, timing)
         if not large:
             out_bytes = 0
             for output in outputs:
@@ -437,6 +446,13 @@ class InferenceApp:
             encode = partial(encode, model, request.id, outputs)
         del request, outputs
         return await self._off_loop(encode) if large else encode()
+
+    def _trace(self, model: ServedModel, request_id, started: float, queued: float, t) -> None:
+        compute = queued + t.queue
+        self.tracer.record(model.name, model.version, request_id, [
+            ("REQUEST_START", started), ("QUEUE_START", queued), ("COMPUTE_START", compute),
+            ("COMPUTE_INPUT_END", compute + t.input), ("COMPUTE_OUTPUT_START", compute + t.input + t.infer),
+            ("COMPUTE_END", compute + t.input + t.infer + t.output), ("REQUEST_END", perf_counter())])
 
     async def _off_loop(self, fn):
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -22,7 +23,7 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
 from edgedl.runtime.server.config import ServerConfig, model_limits
 from edgedl.runtime.server.metrics import ServerMetrics
-from edgedl.runtime.server.protocol import HTTPError, InferRequest, parse_infer_request
+from edgedl.runtime.server.protocol import HTTPError, InferRequest, bytes_elements, parse_infer_request
 from edgedl.runtime.server.pbtxt import first
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover, override_source
 from edgedl.runtime.signature import Signature, options_per_model
@@ -119,14 +120,21 @@ class ServedModel:
             log.warning("model %s: dynamic batching is OFF - its inputs cannot be stacked safely (%s)", self.name,
                         "; ".join(self.signature.describe() + [o.describe() for o in self.signature.outputs]))
         # warm-up doubles as the timing that picks the execution mode (no extra runs for big models); a model
-        # that rejects synthetic inputs is served without warm-up: its own requests are what count
+        # that rejects synthetic inputs is served without warm-up: its own requests are what count. Text (BYTES)
+        # inputs are never made up: such a model warms up from the samples its config declares, or not at all
         self.single_ms, self.warmup_error = None, None
         try:
-            example = self.signature.feeds()
+            example = self._declared_warmup(source)
+            if example is None:
+                strings = [i.name for i in self.runner.inputs if i.dtype.kind == "O"]
+                if strings:
+                    raise EdgeDLError(f"its text input {strings[0]} has no declared sample: give one in "
+                                      "config.pbtxt's model_warmup (zero_data or input_data_file)")
+                example = self.signature.feeds()
             self.single_ms = measure(lambda: self.runner.run(example), warmup=1,
                                      iterations=max(config.warmup_iterations, 1)).p50_ms
-            if self.batching:
-                self.runner.run(self.signature.feeds(self.policy.max_batch_size))
+            if self.batching and self.signature.samples(example) < self.policy.max_batch_size:
+                self.runner.run(self.signature.tile(example, self.policy.max_batch_size))
         except EdgeDLError as exc:
             self.warmup_error = str(exc)
             log.warning("model %s: served without warm-up (%s); give sizes or value ranges for its inputs "
@@ -147,6 +155,43 @@ class ServedModel:
         self._wake: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
         self.load_s = perf_counter() - t0
+
+    def _declared_warmup(self, source: ModelSource) -> dict[str, np.ndarray] | None:
+        """The first model_warmup sample of the config.pbtxt that gives data for every input (Triton's
+        ``zero_data``, ``random_data`` or ``input_data_file`` under the model's warmup/ folder), or None."""
+        batched = self.leading_batch
+        for sample in source.config.get("model_warmup", []):
+            rows = int(first(sample, "batch_size", 1) or 1)
+            given = {first(item, "key"): first(item, "value") or {} for item in sample.get("inputs", [])}
+            if set(given) != set(self.inputs):
+                continue
+            feeds = {}
+            for name, spec in given.items():
+                info = self.inputs[name]
+                dims = [int(d) for d in spec.get("dims", [])]
+                shape = ([rows] if batched else []) + dims
+                count = int(np.prod(shape)) if shape else 1
+                if first(spec, "input_data_file"):
+                    path = source.warmup_file(first(spec, "input_data_file"))
+                    try:
+                        raw = path.read_bytes()
+                    except OSError as exc:
+                        raise EdgeDLError(f"cannot read the warm-up sample {path} ({exc.strerror})") from None
+                    one = bytes_elements(memoryview(raw), count // max(rows, 1) if batched else count, name) \
+                        if info.dtype.kind == "O" else np.frombuffer(raw, info.dtype)
+                    value = np.resize(one, count)  # every row of the batch is the file's sample
+                elif info.dtype.kind == "O":  # zero_data and random_data: empty strings (made-up text is none)
+                    value = np.full(count, "", dtype=object)
+                elif first(spec, "random_data"):
+                    value = self.signature.feeds().get(name)
+                    value = np.resize(value, count).astype(info.dtype) if value is not None else None
+                else:
+                    value = np.zeros(count, info.dtype)
+                if value is None or value.size != count:
+                    raise EdgeDLError(f"model_warmup input '{name}' does not hold {count} values for dims {dims}")
+                feeds[name] = value.reshape(shape)
+            return feeds
+        return None
 
     def _labels(self, source: ModelSource) -> dict[str, list[str]]:
         """Class labels per output for the classification extension: the config's ``label_filename`` (one label
@@ -338,7 +383,7 @@ class ServedModel:
         return out, Timing(queue_s, 0.0, infer_s, perf_counter() - t0, rows)
 
     async def serve(self, request: InferRequest, metrics: ServerMetrics, started: float,
-                    large: bool = False) -> dict[str, np.ndarray]:
+                    large: bool = False) -> tuple[dict[str, np.ndarray], Timing]:
         """Run one decoded request and count it (statistics extension, Prometheus metrics): the path every
         protocol front end shares. ``started``: perf_counter() when the request arrived; ``large``: a large
         request (off the event loop, in pieces). A request that fails here (a full queue, a failed run) is
@@ -365,7 +410,7 @@ class ServedModel:
         s.output_ns += int(t.output * 1e9)
         s.inferences += request.rows if self.leading_batch else 1
         s.last_ms = int(time.time() * 1000)
-        return out
+        return out, t
 
     async def retire(self) -> None:
         """Stop taking work; finish what is queued or running, then free the threads."""
@@ -399,6 +444,7 @@ class Registry:
         self.unloaded: dict[str, list[str]] = {}  # models unloaded through the API -> the versions they had
         self._lock: asyncio.Lock | None = None
         self._workdir: Path | None = None  # the files of models loaded with file overrides
+        self.polled: dict[str, tuple] = {}  # poll mode: each model's files as last seen
 
     def _discover(self, only: str | None = None, failures: dict[str, str] | None = None) -> list[ModelSource]:
         c = self.config
@@ -436,13 +482,25 @@ class Registry:
         return old
 
     def load_all(self) -> None:
-        """Startup: discover, load and warm up every model. One model file: its errors are the user's to fix
-        (raise). A repository: a model that fails is UNAVAILABLE with its reason and the others serve; if none
-        loads, raise with every reason."""
-        failures: dict[str, str] | None = {} if self.config.model_repository is not None else None
-        for name, entry in self._load(self._discover(failures=failures), failures).items():
+        """Startup: discover, load and warm up the models to serve (every model, or in explicit model control
+        only those named to load, as Triton does). One model file: its errors are the user's to fix (raise). A
+        repository: a model that fails is UNAVAILABLE with its reason and the others serve; if none loads,
+        raise with every reason."""
+        c = self.config
+        failures: dict[str, str] | None = {} if c.model_repository is not None else None
+        sources = self._discover(failures=failures) if c.loads_everything or c.load_models else []
+        if not c.loads_everything:
+            unknown = [n for n in c.load_models if n not in {s.name for s in sources} and n not in (failures or {})]
+            if unknown:
+                raise EdgeDLError(f"model '{unknown[0]}' to load at startup is not in the repository; name a model "
+                                  "folder of it")
+            sources = [s for s in sources if s.name in c.load_models]
+            if failures is not None:
+                failures = {n: r for n, r in failures.items() if n in c.load_models}
+        for name, entry in self._load(sources, failures).items():
             self._publish(name, entry)
         self.failed = dict(failures or {})
+        self.polled = self._snapshot()
         if not self.models and self.failed:
             if len(self.failed) == 1:
                 raise EdgeDLError(next(iter(self.failed.values())))
@@ -456,6 +514,61 @@ class Registry:
                                                               for e in self.models.values() for m in e.versions.values()])
             except EdgeDLError as exc:
                 log.warning("%s: that option applies to no model", exc)
+
+    # --- poll mode ---------------------------------------------------------------------------------------
+    def _snapshot(self) -> dict[str, tuple]:
+        """Per model (repository folder, or the one model file): the size and mtime of each of its files."""
+        c = self.config
+        if c.model_repository is None:
+            try:
+                st = c.model.stat()
+            except OSError:
+                return {}
+            return {c.model_name or c.model.stem: ((c.model.name, st.st_size, st.st_mtime_ns),)}
+        out = {}
+        try:
+            folders = [e for e in os.scandir(c.model_repository) if e.is_dir() and not e.name.startswith(".")]
+        except OSError:
+            return {}
+        for folder in folders:
+            files = []
+            for root, dirs, names in os.walk(folder.path):
+                dirs[:] = [d for d in dirs if not d.startswith(".")] if root == folder.path else []
+                for name in names:
+                    try:
+                        st = os.stat(os.path.join(root, name))
+                    except OSError:
+                        continue
+                    files.append((os.path.relpath(os.path.join(root, name), folder.path), st.st_size, st.st_mtime_ns))
+            out[folder.name] = tuple(sorted(files))
+        return out
+
+    async def poll(self, interval_s: float) -> None:
+        """Triton's poll mode: every ``interval_s``, load models added to the repository, reload those whose
+        files changed, unload those removed. A model that fails to load is UNAVAILABLE with its reason (its
+        previous version, if any, keeps serving) until its files change again."""
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(interval_s)
+            now = await loop.run_in_executor(None, self._snapshot)
+            before, self.polled = self.polled, now
+            for name in sorted(set(before) | set(now)):
+                if before.get(name) == now.get(name):
+                    continue
+                try:
+                    if name not in now:
+                        if name in self.models:
+                            await self.unload(name)
+                        self.unloaded.pop(name, None)
+                        self.failed.pop(name, None)
+                        log.info("model %s: removed from the repository, unloaded", name)
+                    else:
+                        await self.reload(name)
+                        log.info("model %s: %s from the repository", name,
+                                 "loaded" if name not in before else "reloaded")
+                except (EdgeDLError, HTTPError) as exc:
+                    self.failed[name] = str(exc)
+                    log.error("model %s: UNAVAILABLE - %s", name, exc)
 
     def get(self, name: str, version: str | None) -> ServedModel:
         entry = self.models.get(name)

@@ -114,7 +114,8 @@ def _loads(raw) -> Any:
         raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
 
 
-def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
+def bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
+    """``count`` BYTES elements, each a 4-byte little-endian length and its UTF-8 bytes, as a str object array."""
     out = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
     for i in range(count):
@@ -228,7 +229,7 @@ def _check_count(name: str, shape: list[int], dtype: np.dtype, datatype: str, ma
 
 def _tensor_from_bytes(raw, dtype: np.dtype, count: int, shape: list[int], name: str, datatype: str) -> np.ndarray:
     if dtype.kind == "O":
-        return _bytes_elements(raw, count, name)
+        return bytes_elements(raw, count, name)
     if len(raw) != count * dtype.itemsize:
         raise HTTPError(400, f"input '{name}': shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
                              f"got {len(raw)}")

@@ -34,6 +34,14 @@ class ModelSource:
     config: dict = field(default_factory=dict)  # the parsed config.pbtxt
     label_files: dict[str, Path] = field(default_factory=dict)  # output -> its config label_filename
 
+    def warmup_file(self, filename: str) -> Path:
+        """A model_warmup input_data_file: in the model folder's warmup/ (as Triton keeps them), never outside."""
+        folder = (self.config_path.parent if self.config_path else self.versions[self.latest].parent.parent)
+        path = folder / "warmup" / filename
+        if not path.resolve().is_relative_to((folder / "warmup").resolve()):
+            raise EdgeDLError(f"model '{self.name}': warm-up file {filename!r} is outside {folder / 'warmup'}")
+        return path
+
     @property
     def latest(self) -> int:
         return max(self.versions)

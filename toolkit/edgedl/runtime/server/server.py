@@ -28,6 +28,7 @@ from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.connections import FD_RESERVE, ConnectionGuard, protocol_class, raise_fd_limit
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry
+from edgedl.runtime.server.settings import LogSettings
 
 log = logging.getLogger("edgedl.serve")
 WATCH_S = 0.05  # how often the watcher looks at uvicorn's should_exit (uvicorn's own main loop: every 0.1 s)
@@ -44,9 +45,14 @@ def _uvicorn():
 def build(config: ServerConfig) -> InferenceApp:
     """Load and warm up every model (raising EdgeDLError on any problem) and return the ASGI app."""
     metrics = ServerMetrics()
-    registry = Registry(config, metrics)
-    registry.load_all()
-    return InferenceApp(registry, config, metrics)
+    logs = LogSettings()  # before loading: what loading says goes to the server's log
+    try:
+        registry = Registry(config, metrics)
+        registry.load_all()
+    except BaseException:
+        logs.close()
+        raise
+    return InferenceApp(registry, config, metrics, logs)
 
 
 def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | None = None) -> None:
@@ -127,10 +133,14 @@ class Server:
         app.started = True
         self._announce(sock, grpc_port)
         watcher = self.loop.create_task(self._stop_with_http())
+        poller = self.loop.create_task(app.registry.poll(config.poll_interval_s)) \
+            if config.model_control == "poll" else None
         try:
             await self.http.serve(sockets=[sock])
         finally:
             self.http.should_exit = True
+            if poller is not None:
+                poller.cancel()
             await watcher
             await app.close()
 

@@ -5,8 +5,9 @@ per model (a model's setting set to null follows the global one again). With ``t
 trace file given at start (``ServerConfig.trace_file``; never through the API, as in Triton), one request in
 ``trace_rate`` is traced, ``trace_count`` times at most (-1: no limit): its timestamps (request received,
 queued, compute start, inputs ready, outputs start, compute end, request end) in nanoseconds of a monotonic
-clock. Traces are written as a JSON array into the trace file when the server stops, or with ``log_frequency``
-N into ``FILE.0``, ``FILE.1``, ... every N traces. The TENSORS level (tensor contents) is not offered.
+clock. Traces are written as a JSON array into the trace file when the server stops (at most
+``MAX_HELD_TRACES`` are held), or with ``log_frequency`` N into ``FILE.0``, ``FILE.1``, ... every N traces. The
+TENSORS level (tensor contents) is not offered.
 
 Logging (``/v2/logging``): which of the server's messages are written to stderr (info, warning, error,
 verbose level) and their format (``default`` or ``ISO8601`` timestamps); the log file is not changed through
@@ -27,6 +28,7 @@ from edgedl.runtime.server.protocol import HTTPError
 TRACE_LEVELS = ("OFF", "TIMESTAMPS")
 _NUMBERS = {"trace_rate": "rate", "trace_count": "count", "log_frequency": "log_frequency"}
 LOGGER = "edgedl.serve"
+MAX_HELD_TRACES = 100_000
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,17 @@ class Tracer:
         self._written = 0
         self._next_id = 1
         self._lock = threading.Lock()
+        self._enabled = False
+        self._dropped = 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any request may be traced (a level other than OFF, globally or for a model)."""
+        return self._enabled
+
+    def _settle(self) -> None:
+        self._enabled = self.settings.level != ("OFF",) or any(
+            own.get("level", ("OFF",)) != ("OFF",) for own in self.overrides.values())
 
     def of(self, model: str | None) -> TraceSettings:
         if model is None:
@@ -119,6 +132,7 @@ class Tracer:
             for key, value in changes.items():
                 own.pop(key, None) if value is None else own.__setitem__(key, value)
             self._left.pop(model, None)
+        self._settle()
         return self.of(model)
 
     def sample(self, model: str) -> bool:
@@ -138,6 +152,13 @@ class Tracer:
         return True
 
     def record(self, model: str, version: str, request_id: str | None, stamps: list[tuple[str, float]]) -> None:
+        if len(self._traces) >= MAX_HELD_TRACES:  # log_frequency 0 holds them until the end: not without bound
+            if not self._dropped:
+                logging.getLogger(LOGGER).warning("holding %d traces: later ones are dropped until they are "
+                                                  "written; set log_frequency to write them as they come",
+                                                  MAX_HELD_TRACES)
+            self._dropped += 1
+            return
         trace = {"id": self._next_id, "model_name": model, "model_version": int(version) if version.isdigit()
                  else version, "request_id": request_id or "",
                  "timestamps": [{"name": name, "ns": int(t * 1e9)} for name, t in stamps]}

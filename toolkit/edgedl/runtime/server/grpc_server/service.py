@@ -246,7 +246,7 @@ class InferenceService:
         model, status = None, 500
         try:
             model = self.registry.get(request.model_name, request.model_version or None)
-            large = sum(len(raw) for raw in request.raw_input_contents) >= LARGE_BODY_BYTES
+            large = request.ByteSize() >= LARGE_BODY_BYTES  # typed contents too
             shared = self.app.shared_memory
 
             def decode():
