@@ -387,3 +387,52 @@ def test_text_models_warm_up_from_declared_samples_or_not_at_all(tmp_path):
         assert c.infer("plain", [_text_input(["hello"])]).as_numpy("is_hello").tolist() == [True]
     assert "model plain: served without warm-up (its text input text has no declared sample" in log
     assert "model zero: served without" not in log and "model file: served without" not in log
+
+
+# --- server metadata names exactly what is implemented ------------------------------------------------------------
+def _infer_cnn(server, output: dict, **params):
+    x = _image(5)
+    head = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                                   "data": x.ravel().tolist()}], "outputs": [output], **params}).encode()
+    return _call(server, "POST", "/v2/models/cnn/infer", raw=head)
+
+
+def _classification(server):
+    status, body, _ = _infer_cnn(server, {"name": "logits", "parameters": {"classification": 2}})
+    return status == 200 and body["outputs"][0]["datatype"] == "BYTES" and len(body["outputs"][0]["data"]) == 2
+
+
+def _binary_tensor_data(server):
+    status, body, headers = _infer_cnn(server, {"name": "logits", "parameters": {"binary_data": True}})
+    return status == 200 and int(headers["inference-header-content-length"]) < len(body)
+
+
+def _statistics(server):
+    status, body, _ = _call(server, "GET", "/v2/models/cnn/stats")
+    stats = body["model_stats"][0]["inference_stats"] if status == 200 else {}
+    return {"success", "fail", "queue", "compute_input", "compute_infer", "compute_output"} <= stats.keys()
+
+
+# what a client of each extension does first, as Triton's documents define them (docs/protocol/extension_*.md)
+PROBES = {
+    "classification": _classification,
+    "binary_tensor_data": _binary_tensor_data,
+    "statistics": _statistics,
+    "model_repository": lambda s: any(m["name"] == "cnn" for m in _call(s, "POST", "/v2/repository/index", {})[1]),
+    "model_configuration": lambda s: _call(s, "GET", "/v2/models/cnn/config")[1].get("name") == "cnn",
+    "system_shared_memory": lambda s: _call(s, "GET", "/v2/systemsharedmemory/status")[:2] == (200, []),
+    "trace": lambda s: "trace_level" in _call(s, "GET", "/v2/trace/setting")[1],
+    "logging": lambda s: "log_info" in _call(s, "GET", "/v2/logging")[1],
+}
+
+
+def test_server_metadata_names_exactly_the_implemented_extensions(server):
+    """Every extension listed answers its probe; the ones Triton has and this server does not (CUDA shared memory:
+    registering is refused; generate; sequence batching; schedule_policy's priority and timeout) are absent."""
+    status, meta, _ = _call(server, "GET", "/v2")
+    assert status == 200 and sorted(meta["extensions"]) == sorted(PROBES)
+    assert {name: probe(server) for name, probe in PROBES.items()} == dict.fromkeys(PROBES, True)
+    status, body, _ = _call(server, "POST", "/v2/cudasharedmemory/region/r/register",
+                            {"raw_handle": {"b64": ""}, "device_id": 0, "byte_size": 64})
+    assert status == 400 and "CUDA shared memory is not available" in body["error"]
+    assert _call(server, "POST", "/v2/models/cnn/generate", {"text_input": "x"})[0] == 404

@@ -9,7 +9,7 @@ from edgedl.runtime.server.pbtxt import first
 from edgedl.runtime.server.protocol import datatype_of, v2_shape
 
 # the extensions this server implements, as Triton names them in its server metadata
-EXTENSIONS = ["classification", "model_repository", "schedule_policy", "model_configuration", "system_shared_memory",
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "system_shared_memory",
               "binary_tensor_data", "statistics", "trace", "logging"]
 
 
