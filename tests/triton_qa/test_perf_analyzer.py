@@ -44,10 +44,11 @@ def server(tmp_path_factory):
 def test_perf_analyzer_runs_to_the_end(perf_analyzer, server, tmp_path, protocol, model):
     report = tmp_path / "perf.csv"
     url = server.url if protocol == "http" else server.grpc
+    # stability is not what this checks (the machine is shared): any window counts, up to 10 of them per level
     args = [str(perf_analyzer.binary), "-m", model, "-u", url, "-i", protocol,
             "--concurrency-range", f"{LEVELS[0]}:{LEVELS[-1]}:{LEVELS[-1] - LEVELS[0]}",
             "--measurement-mode", "count_windows", "--measurement-request-count", "100",
-            "--stability-percentage", "100", "--max-trials", "5", "--input-data", "zero", "-f", str(report)]
+            "--stability-percentage", "1000", "--max-trials", "10", "--input-data", "zero", "-f", str(report)]
     result = subprocess.run(args, capture_output=True, text=True, timeout=120, env=perf_analyzer.env())
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
