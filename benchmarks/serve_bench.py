@@ -338,6 +338,19 @@ class Peer:
         time.sleep(1.0)
         self.idle_rss_mib = sum(rss_mib(pid) for pid in self.pids)
 
+    def cpu_s(self) -> float:
+        from serve_loadgen import cpu_seconds
+
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def measured(self, measure, seconds: float) -> dict:
+        """``measure()``'s result plus requests per second of CPU time all the server's processes used meanwhile:
+        on a machine shared with other jobs the raw rate depends on them, the rate per CPU-second much less."""
+        cpu0 = self.cpu_s()
+        result = measure()
+        cpu = self.cpu_s() - cpu0
+        return result | {"requests_per_server_cpu_s": result["requests_per_s"] * seconds / cpu if cpu else float("nan")}
+
     def stop(self):
         self.server.stop()
 
@@ -449,14 +462,15 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
             add("in_process|resnet", inproc(resnet, xl.shape, n_large, 0.005))
             for kind, p in peers.items():
                 add(f"{kind}|cnn_sequential_binary", sequential(p.http, v2_binary(p.http, "cnn", "image", x), seq_n))
-                add(f"{kind}|cnn_wrk_32", wrk_throughput(p.http, "/v2/models/cnn/infer", body, headers, 32,
-                                                         args.seconds, work))
+                seconds = max(1, round(args.seconds))  # wrk takes whole seconds
+                add(f"{kind}|cnn_wrk_32", p.measured(lambda: wrk_throughput(
+                    p.http, "/v2/models/cnn/infer", body, headers, 32, seconds, work), seconds))
                 for c in (1, 32):
-                    add(f"{kind}|cnn_batched_wrk_{c}", wrk_throughput(p.http, "/v2/models/cnn_batched/infer", body,
-                                                                      headers, c, args.seconds, work))
+                    add(f"{kind}|cnn_batched_wrk_{c}", p.measured(lambda: wrk_throughput(
+                        p.http, "/v2/models/cnn_batched/infer", body, headers, c, seconds, work), seconds))
                 for proto in ("http", "unary", "stream"):  # Python clients, each in a fresh process
-                    add(f"{kind}|cnn_{proto}_py_32", grpc_measure(proto, p.grpc if proto != "http" else p.http,
-                                                                  p.pid, 32, args.seconds))
+                    add(f"{kind}|cnn_{proto}_py_32", p.measured(lambda: grpc_measure(
+                        proto, p.grpc if proto != "http" else p.http, p.pid, 32, args.seconds), args.seconds))
                 add(f"{kind}|resnet_binary", sequential(p.http, v2_binary(p.http, "resnet", "image", xl), n_large))
                 add(f"{kind}|resnet_json", sequential(p.http, json_large[kind], max(4, n_large // 2)))
                 add(f"{kind}|resnet_shared_memory", shared[kind].sequential(n_large))
@@ -475,6 +489,7 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
 def render_triton(t: dict) -> list[str]:
     e, tr, ip = t["edgedl"], t["triton"], t["in_process"]["resnet"]["p50_ms"]
     rps = lambda side, key: side[key]["requests_per_s"]  # noqa: E731
+    cpu = lambda side, key: side[key]["requests_per_server_cpu_s"]  # noqa: E731
     rows = [
         ("sequential p50, binary, zoo CNN (ms)", e["cnn_sequential_binary"]["p50_ms"], tr["cnn_sequential_binary"]["p50_ms"], "{:.3f}", "lower"),
         ("req/s, wrk 32 connections, batching off", rps(e, "cnn_wrk_32"), rps(tr, "cnn_wrk_32"), "{:,.0f}", "higher"),
@@ -483,6 +498,11 @@ def render_triton(t: dict) -> list[str]:
         ("req/s, 32 Python clients, HTTP binary", rps(e, "cnn_http_py_32"), rps(tr, "cnn_http_py_32"), "{:,.0f}", "higher"),
         ("req/s, 32 Python clients, gRPC unary", rps(e, "cnn_unary_py_32"), rps(tr, "cnn_unary_py_32"), "{:,.0f}", "higher"),
         ("req/s, 32 Python clients, gRPC stream", rps(e, "cnn_stream_py_32"), rps(tr, "cnn_stream_py_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, wrk 32, batching off", cpu(e, "cnn_wrk_32"), cpu(tr, "cnn_wrk_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, wrk 32, batching on", cpu(e, "cnn_batched_wrk_32"), cpu(tr, "cnn_batched_wrk_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, 32 Python clients, HTTP binary", cpu(e, "cnn_http_py_32"), cpu(tr, "cnn_http_py_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, 32 Python clients, gRPC unary", cpu(e, "cnn_unary_py_32"), cpu(tr, "cnn_unary_py_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, 32 Python clients, gRPC stream", cpu(e, "cnn_stream_py_32"), cpu(tr, "cnn_stream_py_32"), "{:,.0f}", "higher"),
         ("idle RSS, all processes (MiB)", t["peers"]["edgedl"]["idle_rss_mib"], t["peers"]["triton"]["idle_rss_mib"], "{:.0f}", "lower"),
         ("start to ready (s)", t["peers"]["edgedl"]["startup_to_ready_s"], t["peers"]["triton"]["startup_to_ready_s"], "{:.2f}", "lower"),
         (f"1x3x224x224, {t['json_request_bytes'] / 1e6:.1f} MB JSON request, p50 (ms)", e["resnet_json"]["p50_ms"], tr["resnet_json"]["p50_ms"], "{:.1f}", "lower"),
@@ -499,7 +519,10 @@ def render_triton(t: dict) -> list[str]:
         wins = (ours > theirs) if better == "higher" else (ours < theirs)
         out.append(f"| {label} | {fmt.format(ours)} | {fmt.format(theirs)} | {ratio:.2f}x | "
                    f"{'edgedl' if wins else 'Triton'} |")
-    out += ["", "Added to the in-process run (1x3x224x224): " + "; ".join(
+    out += ["", f"Load average {', '.join(f'{v:.1f}' for v in t['load_average_at_start'])} at the start (other jobs "
+            "ran on both CPUs): req/s depend on them, 'req per server CPU-s' (responses / CPU time of all the server's "
+            "processes in the window) much less.", "",
+            "Added to the in-process run (1x3x224x224): " + "; ".join(
         f"{kind} binary +{side['resnet_binary']['p50_ms'] - ip:.2f} ms, shared memory "
         f"+{side['resnet_shared_memory']['p50_ms'] - ip:.2f} ms" for kind, side in (("edgedl", e), ("Triton", tr))) + "."]
     return out
@@ -681,8 +704,7 @@ def render(r: dict) -> str:
         t = r["triton_side_by_side"]
         out += render_triton(t)
         if t.get("date") != r["date"]:
-            out += ["", f"(The side-by-side section was measured {t['date']} with `{t['command']}`, load average "
-                        f"{', '.join(f'{v:.1f}' for v in t['load_average_at_start'])} at its start.)"]
+            out += ["", f"(The side-by-side section was measured {t['date']} with `{t['command']}`.)"]
     return "\n".join(out) + "\n"
 
 

@@ -389,7 +389,7 @@ class GrpcServer:
         for name, (request_type, response_type, streaming) in methods().items():
             handler = getattr(self.service, name, None)
             if handler is None:
-                continue  # shared memory, trace, logging: grpc answers UNIMPLEMENTED
+                continue  # a method the service does not define: grpc answers UNIMPLEMENTED
             kind = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
             handlers[name] = kind(handler if streaming else _unary(handler),
                                   request_deserializer=request_type.FromString,
