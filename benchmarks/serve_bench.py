@@ -5,9 +5,12 @@ Measures, for the zoo CNN: startup to ready, idle and under-load RSS, sequential
 in-process `Runner.run`, throughput at 1/8/32 clients (edgedl binary and JSON, with and without dynamic
 batching; FastAPI JSON). For a dense model costing >= 1 ms per inference: throughput with and without batching
 and the single-client latency batching adds. For a ResNet-18-sized model: a 1x3x224x224 input sent as binary
-and as JSON vs the in-process run.
+and as JSON vs the in-process run. Then, side by side with the real Triton 2.51 on the same models and
+config.pbtxt (every process of both on the server CPU): sequential latency, wrk at 1 and 32 connections with and
+without dynamic batching, Python HTTP / gRPC unary / gRPC stream clients at 32, a 3 MB JSON request, and a
+1x3x224x224 input as binary, through system shared memory and in-process (needs wrk: apt-get install wrk).
 
-usage: python benchmarks/serve_bench.py [--seconds 3] [--quick]
+usage: python benchmarks/serve_bench.py [--seconds 3] [--quick] [--triton with|only|skip]
 Writes benchmarks/results/serve_bench.{json,md}.
 """
 

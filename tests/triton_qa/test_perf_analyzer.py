@@ -19,16 +19,6 @@ LEVELS = (1, 4)
 
 
 @pytest.fixture(scope="module")
-def perf_analyzer():
-    from real_triton import TritonUnavailable, perf_analyzer_install
-
-    try:
-        return perf_analyzer_install()
-    except TritonUnavailable as exc:
-        pytest.skip(f"perf_analyzer cannot be installed here ({exc}); it needs PyPI for tritonclient 2.40")
-
-
-@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     d = tmp_path_factory.mktemp("perf-analyzer")
     models = [qa_models.example_models()[0], qa_models.identity("batched", np.float32, (16,), extra_config=BATCHED)]
@@ -53,7 +43,7 @@ def test_perf_analyzer_runs_to_the_end(perf_analyzer, server, tmp_path, protocol
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-3000:]
     rows = list(csv.DictReader(report.open()))
-    assert [int(r["Concurrency"]) for r in rows] == list(LEVELS), rows
+    assert sorted(int(r["Concurrency"]) for r in rows) == list(LEVELS), rows  # rows come sorted by throughput
     assert all(float(r["Inferences/Second"]) > 0 for r in rows), rows
     # the server-side figures it read from the statistics extension: a queue and a compute time per request
     assert all(int(r["Server Compute Infer"]) > 0 for r in rows), rows
