@@ -5,9 +5,12 @@ Measures, for the zoo CNN: startup to ready, idle and under-load RSS, sequential
 in-process `Runner.run`, throughput at 1/8/32 clients (edgedl binary and JSON, with and without dynamic
 batching; FastAPI JSON). For a dense model costing >= 1 ms per inference: throughput with and without batching
 and the single-client latency batching adds. For a ResNet-18-sized model: a 1x3x224x224 input sent as binary
-and as JSON vs the in-process run.
+and as JSON vs the in-process run. Then, side by side with the real Triton 2.51 on the same models and
+config.pbtxt (every process of both on the server CPU): sequential latency, wrk at 1 and 32 connections with and
+without dynamic batching, Python HTTP / gRPC unary / gRPC stream clients at 32, a 3 MB JSON request, and a
+1x3x224x224 input as binary, through system shared memory and in-process (needs wrk: apt-get install wrk).
 
-usage: python benchmarks/serve_bench.py [--seconds 3] [--quick]
+usage: python benchmarks/serve_bench.py [--seconds 3] [--quick] [--triton with|only|skip]
 Writes benchmarks/results/serve_bench.{json,md}.
 """
 
@@ -142,17 +145,19 @@ def rss_mib(pid: int, key: str = "VmRSS") -> float:
 
 
 class Server:
-    def __init__(self, kind: str, model: Path, *extra: str):
+    def __init__(self, kind: str, model: Path | None, *extra: str, session: bool = False):
         self.port = free_port()
         if kind == "edgedl":
-            cmd = [sys.executable, "-m", "edgedl", "serve", str(model), "--port", str(self.port), "--threads", "1", *extra]
+            cmd = [sys.executable, "-m", "edgedl", "serve", *([str(model)] if model else []), "--port", str(self.port),
+                   "--threads", "1", *extra]
             ready = "/v2/health/ready"
         else:
             cmd = [sys.executable, str(ROOT / "benchmarks" / "fastapi_baseline.py"), str(model), str(self.port)]
             ready = "/health"
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(["taskset", "-c", str(SERVER_CPU), *cmd], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env={**os.environ, "THREADS": "1"})
+                                     stderr=subprocess.PIPE, env={**os.environ, "THREADS": "1"},
+                                     start_new_session=session)
         while True:
             try:
                 if urllib.request.urlopen(f"http://{HOST}:{self.port}{ready}", timeout=5).status == 200:
@@ -243,12 +248,298 @@ def median_of(rounds: list[dict]) -> dict:
             for k in keys} | {"rounds": len(rounds)}
 
 
+# --- the real Triton 2.51, side by side ---------------------------------------------------------------------------
+# Triton's Python backend hands model.py every request the dynamic batcher gathered; this one runs them as one
+# onnxruntime call (concatenated along the batch axis, one intra-op thread) and splits the result, as Triton's
+# onnxruntime backend would - so Triton batches for real. (tests/triton_qa's model.py runs requests one by one.)
+TRITON_BATCHING_MODEL_PY = '''\
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.output = self.session.get_outputs()[0].name
+
+    def execute(self, requests):
+        parts = [pb_utils.get_input_tensor_by_name(r, self.input).as_numpy() for r in requests]
+        out = self.session.run(None, {self.input: parts[0] if len(parts) == 1 else np.concatenate(parts)})[0]
+        ends = np.cumsum([len(p) for p in parts])[:-1]
+        return [pb_utils.InferenceResponse([pb_utils.Tensor(self.output, np.ascontiguousarray(o))])
+                for o in np.split(out, ends)]
+'''
+
+# name -> (input dims, output dims, max_batch_size, extra config)
+PEER_MODELS = {
+    "cnn": ((1, 8, 8), (10,), 32, ""),
+    "cnn_batched": ((1, 8, 8), (10,), 32, "dynamic_batching { max_queue_delay_microseconds: 500 }"),
+    "resnet": ((3, 224, 224), (1000,), 1, ""),
+}
+
+
+def peer_repository(root: Path, flavour: str, onnx_files: dict[str, Path]) -> Path:
+    """The same models and config.pbtxt for both servers; Triton's run model.onnx from a Python-backend model.py."""
+    for name, (dims, out_dims, max_batch, extra) in PEER_MODELS.items():
+        folder = root / name
+        (folder / "1").mkdir(parents=True)
+        backend = 'backend: "python"' if flavour == "triton" else 'platform: "onnxruntime_onnx"'
+        (folder / "config.pbtxt").write_text(
+            f'name: "{name}"\n{backend}\nmax_batch_size: {max_batch}\n'
+            f'input [ {{ name: "image" data_type: TYPE_FP32 dims: [ {", ".join(map(str, dims))} ] }} ]\n'
+            f'output [ {{ name: "logits" data_type: TYPE_FP32 dims: [ {", ".join(map(str, out_dims))} ] }} ]\n'
+            f'instance_group [ {{ count: 1 kind: KIND_CPU }} ]\n{extra}\n')
+        (folder / "1" / "model.onnx").write_bytes(onnx_files[name].read_bytes())
+        if flavour == "triton":
+            (folder / "1" / "model.py").write_text(TRITON_BATCHING_MODEL_PY)
+    return root
+
+
+def _group(pid: int) -> list[int]:
+    """The processes of the session ``pid`` leads (Triton and its Python backend stubs)."""
+    out = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == pid:
+                out.append(int(proc.name))
+        except (OSError, ProcessLookupError):
+            continue
+    return out
+
+
+class Peer:
+    """One server of the side-by-side run: ``http`` / ``grpc`` ports, ``pid`` (the process whose CPU time the gRPC
+    and HTTP clients read), ``pids`` (all of its processes), startup time and idle RSS (all processes)."""
+
+    def __init__(self, kind: str, repo: Path, install=None):
+        self.kind = kind
+        t0 = time.perf_counter()
+        if kind == "edgedl":
+            grpc_port = free_port()
+            self.server = Server("edgedl", None, "--model-repository", str(repo), "--grpc-port", str(grpc_port),
+                                 session=True)
+            self.http, self.grpc, self.pid = self.server.port, grpc_port, self.server.proc.pid
+            self.startup_s = self.server.startup_s
+        else:
+            from real_triton import TritonServer
+
+            self.server = TritonServer(install, repo, log=repo.parent / "triton.log")
+            self.startup_s = time.perf_counter() - t0
+            self.http, self.grpc = int(self.server.http.split(":")[1]), int(self.server.grpc.split(":")[1])
+            self.pid = self.server.proc.pid
+        self.pids = _group(self.pid)
+        for pid in self.pids:  # every thread of every process onto the server CPU (Triton was started unpinned)
+            subprocess.run(["taskset", "-a", "-p", "-c", str(SERVER_CPU), str(pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+        time.sleep(1.0)
+        self.idle_rss_mib = sum(rss_mib(pid) for pid in self.pids)
+
+    def cpu_s(self) -> float:
+        from serve_loadgen import cpu_seconds
+
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def measured(self, measure, seconds: float) -> dict:
+        """``measure()``'s result plus requests per second of CPU time all the server's processes used meanwhile:
+        on a machine shared with other jobs the raw rate depends on them, the rate per CPU-second much less."""
+        cpu0 = self.cpu_s()
+        result = measure()
+        cpu = self.cpu_s() - cpu0
+        return result | {"requests_per_server_cpu_s": result["requests_per_s"] * seconds / cpu if cpu else float("nan")}
+
+    def stop(self):
+        self.server.stop()
+
+
+def wrk_throughput(port: int, request_path: str, body: bytes, headers: dict, connections: int, seconds: float,
+                   work: Path) -> dict:
+    """wrk (one thread, on the client CPU) posting ``body`` over ``connections`` keep-alive connections."""
+    body_file = work / f"wrk-{port}-{len(body)}.bin"
+    body_file.write_bytes(body)
+    script = work / f"wrk-{port}-{len(body)}.lua"
+    script.write_text('wrk.method = "POST"\n' + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+                      + f'local f = assert(io.open("{body_file}", "rb"))\nwrk.body = f:read("*a")\nf:close()\n')
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script),
+                          f"http://{HOST}:{port}{request_path}"], capture_output=True, text=True, timeout=seconds + 60,
+                         check=True).stdout
+    if "Requests/sec:" not in out:
+        raise RuntimeError(f"wrk printed no rate:\n{out}")
+    rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec:")))
+    errors = sum(int(line.split()[-1]) for line in out.splitlines() if line.strip().startswith("Non-2xx"))
+    return {"requests_per_s": rps, "errors": errors}
+
+
+def _binary_body(x: np.ndarray) -> tuple[bytes, dict]:
+    head = json.dumps({"inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                                   "parameters": {"binary_data_size": x.nbytes}}],
+                       "parameters": {"binary_data_output": True}}).encode()
+    return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head)),
+                                "Content-Type": "application/octet-stream"}
+
+
+class SharedMemoryPath:
+    """A 1x3x224x224 input handed over in a system shared-memory region and the output read back from another, as a
+    camera process on the device would: per request, copy the frame into the region, send the small JSON request,
+    read the logits out of the output region."""
+
+    def __init__(self, port: int, tag: str, x: np.ndarray, out_bytes: int = 4000):
+        import tritonclient.utils.shared_memory as shm
+
+        self.shm, self.port, self.x = shm, port, x
+        self.names = (f"bench_in_{tag}", f"bench_out_{tag}")
+        self.handles = [shm.create_shared_memory_region(n, f"/{n}", size)
+                        for n, size in zip(self.names, (x.nbytes, out_bytes))]
+        for name, size in zip(self.names, (x.nbytes, out_bytes)):
+            body = json.dumps({"key": f"/{name}", "offset": 0, "byte_size": size}).encode()
+            req = http_request(HOST, port, f"/v2/systemsharedmemory/region/{name}/register", body)
+            client = SyncClient(HOST, port)
+            status, reply = client.roundtrip(req)
+            client.close()
+            assert status == 200, reply
+        self.request = http_request(HOST, port, "/v2/models/resnet/infer", json.dumps({
+            "inputs": [{"name": "image", "shape": list(x.shape), "datatype": "FP32",
+                        "parameters": {"shared_memory_region": self.names[0], "shared_memory_byte_size": x.nbytes}}],
+            "outputs": [{"name": "logits", "parameters": {"shared_memory_region": self.names[1],
+                                                          "shared_memory_byte_size": out_bytes}}]}).encode())
+
+    def sequential(self, iterations: int) -> dict:
+        from edgedl.runtime import measure
+
+        client = SyncClient(HOST, self.port)
+
+        def once():
+            self.shm.set_shared_memory_region(self.handles[0], [self.x])
+            status, body = client.roundtrip(self.request)
+            assert status == 200, body[:300]
+            return self.shm.get_contents_as_numpy(self.handles[1], np.float32, [1, 1000]).copy()
+
+        once()
+        stats = measure(once, warmup=2, iterations=iterations)
+        client.close()
+        return {"p50_ms": stats.p50_ms, "p99_ms": stats.percentile_ms(99)}
+
+    def close(self):
+        client = SyncClient(HOST, self.port)
+        client.roundtrip(http_request(HOST, self.port, "/v2/systemsharedmemory/unregister", b""))
+        client.close()
+        for handle in self.handles:
+            self.shm.destroy_shared_memory_region(handle)
+
+
+def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet: Path) -> dict:
+    """edgedl and the real Triton 2.51 serving the same models (zoo CNN unbatched and batched 32 rows / 500 us, a
+    ResNet-18-sized network), both pinned to the server CPU, measured round by round by the same clients."""
+    sys.path.insert(0, str(ROOT / "tests" / "triton_qa"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    from grpc_bench import _measure as grpc_measure
+    from real_triton import triton_install
+
+    install = triton_install()
+    onnx_files = {"cnn": cnn, "cnn_batched": cnn, "resnet": resnet}
+    peers = {kind: Peer(kind, peer_repository(work / f"repo-{kind}", kind, onnx_files), install)
+             for kind in ("edgedl", "triton")}
+    x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    xl = np.random.default_rng(2).random((1, 3, 224, 224), dtype=np.float32)
+    body, headers = _binary_body(x)
+    seq_n, n_large = (300, 8) if args.quick else (1000, 15)
+    json_large = {k: v2_json(p.http, "resnet", "image", xl) for k, p in peers.items()}
+    shared = {k: SharedMemoryPath(p.http, k, xl) for k, p in peers.items()}
+    R = {"models": {k: list(v) for k, v in PEER_MODELS.items()}, "json_request_bytes": len(json_large["edgedl"]),
+         "triton_build": "tritonserver 2.51 (nvidia-pytriton 0.7.0), Python backend running the same model.onnx",
+         "peers": {k: {"startup_to_ready_s": p.startup_s, "idle_rss_mib": p.idle_rss_mib, "processes": len(p.pids)}
+                   for k, p in peers.items()}}
+    rounds: dict[str, list] = {}
+
+    def add(key, value):
+        rounds.setdefault(key, []).append(value)
+
+    try:
+        for k in range(args.rounds):
+            add("in_process|resnet", inproc(resnet, xl.shape, n_large, 0.005))
+            for kind, p in peers.items():
+                add(f"{kind}|cnn_sequential_binary", sequential(p.http, v2_binary(p.http, "cnn", "image", x), seq_n))
+                seconds = max(1, round(args.seconds))  # wrk takes whole seconds
+                add(f"{kind}|cnn_wrk_32", p.measured(lambda: wrk_throughput(
+                    p.http, "/v2/models/cnn/infer", body, headers, 32, seconds, work), seconds))
+                for c in (1, 32):
+                    add(f"{kind}|cnn_batched_wrk_{c}", p.measured(lambda: wrk_throughput(
+                        p.http, "/v2/models/cnn_batched/infer", body, headers, c, seconds, work), seconds))
+                for proto in ("http", "unary", "stream"):  # Python clients, each in a fresh process
+                    add(f"{kind}|cnn_{proto}_py_32", p.measured(lambda: grpc_measure(
+                        proto, p.grpc if proto != "http" else p.http, p.pid, 32, args.seconds), args.seconds))
+                add(f"{kind}|resnet_binary", sequential(p.http, v2_binary(p.http, "resnet", "image", xl), n_large))
+                add(f"{kind}|resnet_json", sequential(p.http, json_large[kind], max(4, n_large // 2)))
+                add(f"{kind}|resnet_shared_memory", shared[kind].sequential(n_large))
+            print(f"triton side by side: round {k + 1}/{args.rounds} done", flush=True)
+    finally:
+        for s in shared.values():
+            s.close()
+        for p in peers.values():
+            p.stop()
+    for key, values in rounds.items():
+        kind, metric = key.split("|")
+        R.setdefault(kind, {})[metric] = median_of(values)
+    return R
+
+
+def render_triton(t: dict) -> list[str]:
+    e, tr, ip = t["edgedl"], t["triton"], t["in_process"]["resnet"]["p50_ms"]
+    rps = lambda side, key: side[key]["requests_per_s"]  # noqa: E731
+    cpu = lambda side, key: side[key]["requests_per_server_cpu_s"]  # noqa: E731
+    rows = [
+        ("sequential p50, binary, zoo CNN (ms)", e["cnn_sequential_binary"]["p50_ms"], tr["cnn_sequential_binary"]["p50_ms"], "{:.3f}", "lower"),
+        ("req/s, wrk 32 connections, batching off", rps(e, "cnn_wrk_32"), rps(tr, "cnn_wrk_32"), "{:,.0f}", "higher"),
+        ("req/s, wrk 32 connections, batching on (32 rows, 500 µs)", rps(e, "cnn_batched_wrk_32"), rps(tr, "cnn_batched_wrk_32"), "{:,.0f}", "higher"),
+        ("req/s, wrk 1 connection, batching on", rps(e, "cnn_batched_wrk_1"), rps(tr, "cnn_batched_wrk_1"), "{:,.0f}", "higher"),
+        ("req/s, 32 Python clients, HTTP binary", rps(e, "cnn_http_py_32"), rps(tr, "cnn_http_py_32"), "{:,.0f}", "higher"),
+        ("req/s, 32 Python clients, gRPC unary", rps(e, "cnn_unary_py_32"), rps(tr, "cnn_unary_py_32"), "{:,.0f}", "higher"),
+        ("req/s, 32 Python clients, gRPC stream", rps(e, "cnn_stream_py_32"), rps(tr, "cnn_stream_py_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, wrk 32, batching off", cpu(e, "cnn_wrk_32"), cpu(tr, "cnn_wrk_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, wrk 32, batching on", cpu(e, "cnn_batched_wrk_32"), cpu(tr, "cnn_batched_wrk_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, 32 Python clients, HTTP binary", cpu(e, "cnn_http_py_32"), cpu(tr, "cnn_http_py_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, 32 Python clients, gRPC unary", cpu(e, "cnn_unary_py_32"), cpu(tr, "cnn_unary_py_32"), "{:,.0f}", "higher"),
+        ("req per server CPU-s, 32 Python clients, gRPC stream", cpu(e, "cnn_stream_py_32"), cpu(tr, "cnn_stream_py_32"), "{:,.0f}", "higher"),
+        ("idle RSS, all processes (MiB)", t["peers"]["edgedl"]["idle_rss_mib"], t["peers"]["triton"]["idle_rss_mib"], "{:.0f}", "lower"),
+        ("start to ready (s)", t["peers"]["edgedl"]["startup_to_ready_s"], t["peers"]["triton"]["startup_to_ready_s"], "{:.2f}", "lower"),
+        (f"1x3x224x224, {t['json_request_bytes'] / 1e6:.1f} MB JSON request, p50 (ms)", e["resnet_json"]["p50_ms"], tr["resnet_json"]["p50_ms"], "{:.1f}", "lower"),
+        ("1x3x224x224 binary, p50 (ms)", e["resnet_binary"]["p50_ms"], tr["resnet_binary"]["p50_ms"], "{:.2f}", "lower"),
+        ("1x3x224x224 system shared memory, p50 (ms)", e["resnet_shared_memory"]["p50_ms"], tr["resnet_shared_memory"]["p50_ms"], "{:.2f}", "lower"),
+    ]
+    out = ["", "## Side by side with the real Triton 2.51", "",
+           f"{t['triton_build']}; both servers and all their processes on CPU {SERVER_CPU}, clients on CPU {CLIENT_CPU}, "
+           "the same models and config.pbtxt (Triton's model.py runs a gathered batch as one onnxruntime call). "
+           f"In-process `Runner.run` of the ResNet-18-sized model: {ip:.2f} ms.", "",
+           "| | edgedl | Triton 2.51 | edgedl / Triton | better |", "|---|---:|---:|---:|---|"]
+    for label, ours, theirs, fmt, better in rows:
+        ratio = ours / theirs if theirs else float("nan")
+        wins = (ours > theirs) if better == "higher" else (ours < theirs)
+        out.append(f"| {label} | {fmt.format(ours)} | {fmt.format(theirs)} | {ratio:.2f}x | "
+                   f"{'edgedl' if wins else 'Triton'} |")
+    out += ["", f"Load average {', '.join(f'{v:.1f}' for v in t['load_average_at_start'])} at the start (other jobs "
+            "ran on both CPUs): req/s depend on them, 'req per server CPU-s' (responses / CPU time of all the server's "
+            "processes in the window) much less.", "",
+            "Added to the in-process run (1x3x224x224): " + "; ".join(
+        f"{kind} binary +{side['resnet_binary']['p50_ms'] - ip:.2f} ms, shared memory "
+        f"+{side['resnet_shared_memory']['p50_ms'] - ip:.2f} ms" for kind, side in (("edgedl", e), ("Triton", tr))) + "."]
+    return out
+
+
 # --- the benchmark -----------------------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.5, help="per throughput measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; figures are medians over rounds")
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    ap.add_argument("--triton", choices=("with", "only", "skip"), default="with",
+                    help="the side-by-side run with the real Triton 2.51 (downloaded once into build/triton-2.51; "
+                         "needs wrk): after the rest, only it (kept with the other figures of the last run), or not")
     args = ap.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})
     seq_n = 300 if args.quick else 1000
@@ -262,6 +553,16 @@ def main() -> None:
               "pinning": f"servers taskset -c {SERVER_CPU}, clients on CPU {CLIENT_CPU}",
               "load_average_at_start": load, "cnn": {}, "dense": {}, "large": {}}
     inproc = InProcess()
+    if args.triton == "only":
+        previous = json.loads((RESULTS / "serve_bench.json").read_text())
+        previous["triton_side_by_side"] = triton_side_by_side(args, work, inproc, cnn, resnet)
+        previous["triton_side_by_side"] |= {"date": report["date"], "command": report["command"],
+                                            "load_average_at_start": load}
+        inproc.close()
+        (RESULTS / "serve_bench.json").write_text(json.dumps(previous, indent=2))
+        (RESULTS / "serve_bench.md").write_text(render(previous))
+        print("\n".join(render_triton(previous["triton_side_by_side"])))
+        return
 
     # --- CNN: edgedl (no batching), edgedl (batching), FastAPI; all up at once, measured round by round -----------
     x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
@@ -331,6 +632,9 @@ def main() -> None:
     for key, values in rounds.items():
         L[key] = median_of(values)
     server.stop()
+    if args.triton == "with":
+        report["triton_side_by_side"] = triton_side_by_side(args, work, inproc, cnn, resnet) | {
+            "date": report["date"], "command": report["command"], "load_average_at_start": load}
     inproc.close()
     print("large", L, flush=True)
 
@@ -399,6 +703,11 @@ def render(r: dict) -> str:
                 f"response, of which {b['compute_ms']:.2f} ms onnxruntime and {b['queue_ms']:.2f} ms queue: the protocol "
                 f"work is {b['request_ms'] - b['compute_ms']:.2f} ms; the rest of the round trip is loopback TCP and "
                 "the client."]
+    if "triton_side_by_side" in r:
+        t = r["triton_side_by_side"]
+        out += render_triton(t)
+        if t.get("date") != r["date"]:
+            out += ["", f"(The side-by-side section was measured {t['date']} with `{t['command']}`.)"]
     return "\n".join(out) + "\n"
 
 

@@ -40,6 +40,20 @@ class ZooModel:
     metrics: dict
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback TCP ports (bound together, then released)."""
+    import socket
+
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def run_edgedl(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None,
                cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the real CLI (python -m edgedl ...) and return the completed process (text mode)."""

@@ -7,13 +7,17 @@ import json
 import os
 import subprocess
 import shutil
+import sys
 import tarfile
+import time
+import urllib.request
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from edgedl_testing import ROOT, run_edgedl
+from edgedl_testing import ROOT, free_ports, run_edgedl
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import sha256_file, verify_manifest
 
@@ -161,6 +165,70 @@ def test_bad_inputs_fail_in_one_line_and_write_nothing(zoo, tmp_path):
     proc = run_edgedl("package", zoo["mlp"].onnx, zoo["mlp"].onnx, "--target", "rpi5", "-o", tmp_path / "o2",
                       check=False, env=CACHE_ENV)
     assert proc.returncode == 1 and "both be named 'mlp'" in proc.stderr
+    proc = run_edgedl("package", zoo["mlp"].onnx, "--target", "rpi5", "-o", tmp_path / "o3", "--port", "8000",
+                      "--grpc-port", "8000", check=False, env=CACHE_ENV)
+    assert proc.returncode == 1 and "--grpc-port 8000 is the HTTP --port too" in proc.stderr
+    assert not (tmp_path / "o3").exists()
+
+
+def test_grpc_port_is_carried_into_the_bundle(zoo, tmp_path):
+    """--grpc-port: grpcio and protobuf for the target in the wheelhouse, the port in start.sh, the Dockerfile and
+    the manifest; the bundle's start.sh (run with this machine's Python) serves gRPC there, and
+    EDGEDL_GRPC_PORT= (empty) turns it off."""
+    import grpc
+    import tritonclient.grpc as grpcclient
+
+    out = tmp_path / "digits-grpc"
+    run_edgedl("package", zoo["cnn"].onnx, "--target", "rpi5", "-o", out, "--grpc-port", "8001", "--no-tarball",
+               env=CACHE_ENV)
+    manifest = verify_manifest(out)
+    assert (manifest["server"]["port"], manifest["server"]["grpc_port"]) == (8000, 8001)
+    wheels = [p.name for p in (out / "wheels").glob("*.whl")]
+    assert any(w.startswith("grpcio-") and "aarch64" in w for w in wheels), wheels
+    assert any(w.startswith("protobuf-") for w in wheels), wheels
+    assert "DEFAULT_GRPC_PORT=8001" in (out / "start.sh").read_text()
+    assert "EXPOSE 8000 8001" in (out / "Dockerfile").read_text()
+    http, rpc = free_ports(2)
+    env = {**os.environ, "EDGEDL_PYTHON": sys.executable, "EDGEDL_HOST": "127.0.0.1", "EDGEDL_PORT": str(http),
+           "EDGEDL_GRPC_PORT": str(rpc)}
+    server = subprocess.Popen(["sh", str(out / "start.sh")], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{rpc}")
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if client.is_model_ready("cnn"):
+                    break
+            except Exception:  # not listening yet
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.2)
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        image = grpcclient.InferInput("image", list(x.shape), "FP32")
+        image.set_data_from_numpy(x)
+        assert client.infer("cnn", [image]).as_numpy("logits").shape == (1, 10)
+    finally:
+        server.terminate()
+        server.wait(30)
+    # an empty EDGEDL_GRPC_PORT serves HTTP only
+    server = subprocess.Popen(["sh", str(out / "start.sh")], env={**env, "EDGEDL_GRPC_PORT": ""},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{http}/v2/health/ready", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, server.stderr.read()
+            time.sleep(0.2)
+        with grpc.insecure_channel(f"127.0.0.1:{rpc}") as channel, pytest.raises(grpc.FutureTimeoutError):
+            grpc.channel_ready_future(channel).result(timeout=1)
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def test_ort_format_is_written_checked_and_hashed(zoo, tmp_path):

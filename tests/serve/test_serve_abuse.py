@@ -131,15 +131,15 @@ BYTES_IN = {"name": "text", "shape": [2], "datatype": "BYTES"}
 
 BODY_PROBES = {
     # name: (path, body, headers, status, words the one-line error must contain)
-    "100k nested '['": ("/v2/models/mlp/infer", DEEP, {}, 400, "nested deeper"),
-    "100k nested '{'": ("/v2/models/mlp/infer", b'{"a":' * 100_000, {}, 400, "nested deeper"),
+    "100k nested '['": ("/v2/models/mlp/infer", DEEP, {}, 400, "nesting depth exceeds"),
+    "100k nested '{'": ("/v2/models/mlp/infer", b'{"a":' * 100_000, {}, 400, "nesting depth exceeds"),
     "100k '[' inside data": ("/v2/models/mlp/infer", b'{"inputs":[{"name":"pixels","data":' + DEEP, {}, 400,
-                             "nested deeper"),
+                             "nesting depth exceeds"),
     "ragged 2 MB JSON": ("/v2/models/mlp/infer", BIG_RAGGED, {}, 400, "not a regular array"),
     "'+1' in 300 kB of numbers": ("/v2/models/mlp/infer", BIG_BAD_NUMBER, {}, 400, "malformed number"),
     "shape of 2^62 rows": ("/v2/models/mlp/infer", json.dumps({"inputs": [{**MLP, "shape": [2 ** 62, 64],
-                                                                          "data": [1]}]}).encode(), {}, 413,
-                           "more than this model's limit"),
+                                                                          "data": [1]}]}).encode(), {}, 400,
+                           "causes total element count to exceed maximum size"),
     "a billion elements": ("/v2/models/mlp/infer", json.dumps({"inputs": [{**MLP, "shape": [2 ** 24, 64],
                                                                            "data": [1]}]}).encode(), {}, 413,
                            "more than this model's limit of 1048576 per tensor"),
@@ -398,7 +398,8 @@ def test_a_thousand_idle_connections_under_ulimit_256_do_not_lock_clients_out(zo
 def test_explicit_model_control_is_behind_the_api_key(zoo, tmp_path):
     repo = tmp_path / "repo"
     place(repo, "mlp", 1, zoo["mlp"].onnx)
-    with ServerProcess("--model-repository", repo, "--model-control", "explicit", "--api-key", "k3y") as proc:
+    with ServerProcess("--model-repository", repo, "--model-control", "explicit", "--load-model", "*",
+                       "--api-key", "k3y") as proc:
         status, _, body = _exchange(proc.port, _request("POST", "/v2/repository/models/mlp/unload"))
         assert status == 401 and "API key" in _error(body)
         client = httpclient.InferenceServerClient(proc.url)

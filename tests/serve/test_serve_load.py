@@ -136,7 +136,7 @@ def test_reload_under_load_loses_nothing(built, tmp_path, reference):
     errors = []
     stop = threading.Event()
 
-    with ServerProcess("--model-repository", repo, "--model-control", "explicit") as proc:
+    with ServerProcess("--model-repository", repo, "--model-control", "explicit", "--load-model", "*") as proc:
         def hammer(model):
             c = httpclient.InferenceServerClient(proc.url, network_timeout=60)
             try:

@@ -101,11 +101,16 @@ def test_streaming_decoder_agrees_with_the_stdlib(case):
     assert _same(reference, streamed), (text, reference, streamed)
 
 
+TOO_DEEP = "JSON nesting depth exceeds maximum allowed limit (100)"  # Triton's words
+
+
 @pytest.mark.parametrize("body, words", [
-    (b"[" * 100_000, "nested deeper than 64 levels"),
-    (b'{"a":' * 100_000, "nested deeper than 64 levels"),
-    (b"[" * 30_000, "nested deeper"),  # small enough for the stdlib parser: its RecursionError is a 400 too
-    (b'{"inputs": [' + b"[" * 70 + b"1" + b"]" * 70 + b"]}" + b" " * 70_000, "nested deeper than 64 levels"),
+    (b"[" * 100_000, TOO_DEEP),
+    (b'{"a":' * 100_000, TOO_DEEP),
+    (b"[" * 30_000, TOO_DEEP),  # small enough for the stdlib parser: its RecursionError is a 400 too
+    (b"[" * 500 + b"]" * 500, TOO_DEEP),  # parsed by the stdlib, then found too deep
+    (b'{"inputs": [' + b"[" * 110 + b"1" + b"]" * 110 + b"]}", TOO_DEEP),
+    (b'{"inputs": [' + b"[" * 110 + b"1" + b"]" * 110 + b"]}" + b" " * 70_000, TOO_DEEP),  # the streaming decoder
 ])
 def test_pathological_nesting_is_a_400(body, words):
     inputs = {"x": TensorInfo("x", np.dtype(np.float32), ("batch",), "tensor(float)")}
@@ -124,3 +129,12 @@ def test_large_body_is_parsed_into_numpy_without_python_numbers():
     assert isinstance(data, tensorjson.NumberArray) and data.shape == (3000, 64) and not isinstance(data, list)
     inputs = {"x": TensorInfo("x", np.dtype(np.float32), ("batch", 64), "tensor(float)")}
     np.testing.assert_array_equal(parse_infer_request(body, None, inputs, ["y"]).feeds["x"], x)
+
+
+def test_data_nested_deeper_than_numpy_dimensions_but_within_the_limit_is_read():
+    """90 levels of [[...[1.5]...]] (Triton accepts up to 100 levels in all; numpy arrays have at most 64 axes)."""
+    inputs = {"x": TensorInfo("x", np.dtype(np.float32), ("batch", 1), "tensor(float)")}
+    for pad in (b"", b" " * 70_000):
+        body = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": ' + b"[" * 90 + b"1.5" + \
+            b"]" * 90 + b"}]}" + pad
+        assert parse_infer_request(body, None, inputs, ["y"]).feeds["x"].tolist() == [[1.5]]

@@ -19,15 +19,29 @@ for path in (HERE / "qa", HERE.parent / "serve"):
 collect_ignore = ["qa"]
 
 
-@pytest.fixture(scope="session")
-def triton_install():
-    """The real tritonserver from the nvidia-pytriton wheel (downloaded once into build/triton-2.51)."""
-    from real_triton import TritonUnavailable, triton_install as install
+def _installed(install, what: str):
+    from real_triton import TritonUnavailable
 
     try:
         return install()
     except TritonUnavailable as exc:
-        pytest.skip(f"the real Triton cannot be installed here ({exc}); it needs PyPI to download nvidia-pytriton")
+        pytest.skip(f"{what} cannot be installed here ({exc}); it needs PyPI")
+
+
+@pytest.fixture(scope="session")
+def triton_install():
+    """The real tritonserver from the nvidia-pytriton wheel (downloaded once into build/triton-2.51)."""
+    from real_triton import triton_install as install
+
+    return _installed(install, "the real Triton (nvidia-pytriton)")
+
+
+@pytest.fixture(scope="session")
+def perf_analyzer():
+    """Triton's perf_analyzer from the tritonclient 2.40 wheel (downloaded once into build/perf-analyzer-2.40)."""
+    from real_triton import perf_analyzer_install
+
+    return _installed(perf_analyzer_install, "perf_analyzer (tritonclient 2.40)")
 
 
 @pytest.fixture(scope="session")

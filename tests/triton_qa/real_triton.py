@@ -4,7 +4,8 @@ PyPI's ``tritonserver`` is a placeholder; the ``nvidia-pytriton`` 0.7.0 wheel sh
 its Python backend. ``triton_install()`` downloads that wheel once with pip, extracts the server, and makes a
 small venv (numpy<2 - the backend stub is built against numpy 1 - and onnxruntime) for the backend's model.py;
 all of it is cached under build/triton-2.51 like the zoo. ``TritonServer`` runs it on a repository over
-loopback and stops it by its PID.
+loopback and stops it by its PID. ``perf_analyzer_install()`` does the same for Triton's perf_analyzer binary
+(it ships in the tritonclient 2.40 wheel; cached under build/perf-analyzer-2.40).
 """
 
 from __future__ import annotations
@@ -21,11 +22,14 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgedl_testing import ROOT
+from edgedl_testing import ROOT, free_ports
 
 PYTRITON = "nvidia-pytriton==0.7.0"
 TRITON_VERSION = "2.51.0"
 CACHE = ROOT / "build" / "triton-2.51"
+PERF_ANALYZER_WHEEL = "tritonclient==2.40.0"
+CUDART = "nvidia-cuda-runtime-cu12==12.9.79"  # perf_analyzer links libcudart even when it never uses a GPU
+PA_CACHE = ROOT / "build" / "perf-analyzer-2.40"
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,40 @@ def triton_install() -> TritonInstall:
     return install
 
 
+@dataclass(frozen=True)
+class PerfAnalyzer:
+    binary: Path
+    libs: Path  # libcudart.so.12
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "LD_LIBRARY_PATH": f"{self.libs}:{os.environ.get('LD_LIBRARY_PATH', '')}"}
+
+
+def perf_analyzer_install() -> PerfAnalyzer:
+    """Triton's perf_analyzer from the tritonclient 2.40 wheel (PyPI's perf-analyzer is a placeholder without it),
+    with the CUDA runtime library it links, made once under a lock. It also needs libb64 (Debian: libb64-0d,
+    installed by .ci/run)."""
+    PA_CACHE.mkdir(parents=True, exist_ok=True)
+    tool = PerfAnalyzer(PA_CACHE / "perf_analyzer", PA_CACHE / "cudart" / "nvidia" / "cuda_runtime" / "lib")
+    done = PA_CACHE / ".complete"
+    with open(PA_CACHE / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if done.is_file():
+            return tool
+        for stale in (PA_CACHE / "wheel", PA_CACHE / "cudart"):
+            shutil.rmtree(stale, ignore_errors=True)
+        _pip("download", "--no-deps", PERF_ANALYZER_WHEEL, "-d", str(PA_CACHE / "wheel"))
+        wheel = next((PA_CACHE / "wheel").glob("tritonclient-*.whl"))
+        member = f"{wheel.name.split('-py3')[0]}.data/data/bin/perf_analyzer"
+        with zipfile.ZipFile(wheel) as archive, archive.open(member) as src, open(tool.binary, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        tool.binary.chmod(0o755)
+        shutil.rmtree(PA_CACHE / "wheel")
+        _pip("install", "--no-deps", "--target", str(PA_CACHE / "cudart"), CUDART)
+        done.write_text(f"{PERF_ANALYZER_WHEEL}\n{CUDART}\n")
+    return tool
+
+
 def _installed_version(package: str) -> str | None:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -98,19 +136,6 @@ def _installed_version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-def free_ports(count: int) -> list[int]:
-    import socket
-
-    socks = [socket.socket() for _ in range(count)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class TritonServer:

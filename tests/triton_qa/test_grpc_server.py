@@ -180,10 +180,50 @@ def test_malformed_requests_get_invalid_argument(server, case):
     assert err.value.code() == code and fragment in err.value.details(), err.value.details()
 
 
-def test_unimplemented_extensions_say_so(server):
-    with pytest.raises(grpc.RpcError) as err:
-        _raw(server).SystemSharedMemoryStatus(service_pb2.SystemSharedMemoryStatusRequest())
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+def test_shared_memory_trace_and_log_settings(server):
+    """System shared memory registered over gRPC holds the inputs and receives the outputs; HTTP sees the same
+    regions; trace and log settings are the HTTP ones; CUDA shared memory is refused, its status empty."""
+    import tritonclient.utils.shared_memory as shm
+
+    c, h = grpcclient.InferenceServerClient(server.grpc), httpclient.InferenceServerClient(server.url)
+    x = _pair(np.random.default_rng(3), rows=2)
+    size = x["INPUT0"].nbytes
+    region = shm.create_shared_memory_region("io", "/edgedl_grpc_io", 4 * size)
+    try:
+        shm.set_shared_memory_region(region, [x["INPUT0"], x["INPUT1"]])
+        c.register_system_shared_memory("io", "/edgedl_grpc_io", 4 * size)
+        assert [r["name"] for r in h.get_system_shared_memory_status()] == ["io"]
+        inputs = [grpcclient.InferInput(n, [2, 16], "INT32") for n in ("INPUT0", "INPUT1")]
+        for i, tensor in enumerate(inputs):
+            tensor.set_shared_memory("io", size, offset=i * size)
+        outputs = [grpcclient.InferRequestedOutput(n) for n in ("OUTPUT0", "OUTPUT1")]
+        for i, tensor in enumerate(outputs):
+            tensor.set_shared_memory("io", size, offset=(2 + i) * size)
+        result = c.infer("simple", inputs, outputs=outputs)
+        assert [o.name for o in result.get_response().outputs] == ["OUTPUT0", "OUTPUT1"]
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(region, np.int32, [2, 16], offset=2 * size),
+                                      x["INPUT0"] + x["INPUT1"])
+        np.testing.assert_array_equal(shm.get_contents_as_numpy(region, np.int32, [2, 16], offset=3 * size),
+                                      x["INPUT0"] - x["INPUT1"])
+        with pytest.raises(InferenceServerException, match="already in manager"):
+            c.register_system_shared_memory("io", "/edgedl_grpc_io", size)
+        c.unregister_system_shared_memory("io")
+        assert h.get_system_shared_memory_status() == [] and not c.get_system_shared_memory_status().regions
+    finally:
+        shm.destroy_shared_memory_region(region)
+    assert not c.get_cuda_shared_memory_status().regions
+    with pytest.raises(InferenceServerException, match="CUDA shared memory is not available"):
+        c.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64)
+    c.unregister_cuda_shared_memory()
+    settings = c.update_trace_settings("simple", {"trace_rate": "7"}, as_json=True)["settings"]
+    assert settings["trace_rate"]["value"] == ["7"] == [h.get_trace_settings("simple")["trace_rate"]]
+    assert h.get_trace_settings()["trace_rate"] == "1000"
+    c.update_trace_settings("simple", {"trace_rate": None})
+    assert h.get_trace_settings("simple")["trace_rate"] == "1000"
+    assert c.update_log_settings({"log_verbose_level": 1}, as_json=True)["settings"]["log_verbose_level"] == \
+           {"uint32_param": 1}
+    assert h.get_log_settings()["log_verbose_level"] == 1
+    c.update_log_settings({"log_verbose_level": 0})
 
 
 def test_aio_concurrent_requests_batch_and_count_once(server):
@@ -333,3 +373,29 @@ def test_grpc_startup_errors_are_one_line(tmp_path):
     with _serve(repo) as running:
         taken = running.grpc.rsplit(":", 1)[1]
         assert "cannot listen for gRPC" in _serve_fails("--model-repository", repo, "--port", "0", "--grpc-port", taken)
+
+
+def test_a_large_grpc_request_runs_off_the_event_loop(zoo, tmp_path):
+    """A 12 MB ModelInfer (47,000 rows for the zoo MLP, an inline model) is decoded, run and encoded on worker
+    threads, as over HTTP: /metrics answers while it is in flight (it reports it), which the event loop could
+    not do if it were doing that work itself."""
+    root = tmp_path / "models"
+    place(root, "mlp", 1, zoo["mlp"].onnx)
+    x = np.random.default_rng(0).random((47_000, 64), dtype=np.float32)
+    result, seen = {}, []
+    with _serve(root, "--threads", "1") as s:
+        def big():
+            c = grpcclient.InferenceServerClient(s.grpc)
+            result["y"] = c.infer("mlp", _inputs(grpcclient, {"pixels": x}, "FP32"), client_timeout=120)
+
+        worker = threading.Thread(target=big)
+        worker.start()
+        deadline = time.monotonic() + 120
+        with requests.Session() as http:
+            while worker.is_alive() and time.monotonic() < deadline:
+                text = http.get(f"http://{s.url}/metrics", timeout=30).text
+                seen.append('edgedl_inference_in_flight{model="mlp"} 1' in text)
+                time.sleep(0.005)
+        worker.join(120)
+    assert result["y"].as_numpy("logits").shape == (47_000, 10)
+    assert any(seen), f"/metrics never answered while the request was in flight ({len(seen)} answers)"

@@ -54,34 +54,15 @@ TRITON_FAILS = {
     "HttpTest.test_repository_index_deeply_nested_json": "ignores the body of an index request",
 }
 
-_RAW = "raw binary bodies (Inference-Header-Content-Length: 0) are refused: 400 'malformed JSON'"
-_CLASSIFICATION = "the classification extension is not supported: 400"
-# Why a QA test fails on edgedl: a difference still to fix, or an intentional one (the README's Triton section)
+# Why a QA test fails on edgedl: each an intentional difference, listed in the README's Triton section
 EDGEDL_FAILS = {
-    "HttpTest.test_raw_binary": _RAW,
-    "HttpTest.test_raw_binary_longer": _RAW,
-    "HttpTest.test_byte": _RAW,
-    "HttpTest.test_byte_too_many_elements": _RAW,
-    "HttpTest.test_multi_inputs": _RAW,
-    "HttpTest.test_multi_variable_dimensions": _RAW,
-    "HttpTest.test_content_encoding_chunked_manually": _RAW,
-    "HttpTest.test_descriptive_status_code": _RAW + " (its requests are raw; a full queue does answer 503)",
-    "HttpTest.test_buffer_size_overflow": "400, but not with the newer Triton's overflow messages (2.51 fails it too)",
-    "HttpTest.test_duplicate_output_names": "an output asked for twice is answered: 200 (2.51 fails it too)",
-    "HttpTest.test_json_recursion_depth_limit": "120 nested lists get a 400, but not the newer Triton's 'JSON nesting "
-                                                "depth exceeds maximum allowed limit (100)'",
-    "HttpTest.test_load_oversized_file_parameter": "a load's 'config' and 'file:' parameters are ignored: 200",
+    "HttpTest.test_load_oversized_file_parameter": "intentional: a file override with a 256-byte name is the "
+                                                   "client's error, 400 (newer Tritons: 500; 2.51 aborts)",
+    "HttpTest.test_content_encoding_chunked_manually": "intentional: its request has both Content-Length and "
+                                                       "Transfer-Encoding: chunked, which is ambiguous (request "
+                                                       "smuggling): 400 and close, as RFC 9112 allows",
     "HttpTest.test_negative_dimensions": "intentional: a negative dimension is the client's error, 400 (Triton: 500)",
-    "HttpTest.test_repository_index_deeply_nested_json": "the index request's body is not read: 200 (2.51 too)",
     "HttpAioClient.test_get_server_metadata": "intentional: the server's name is 'edgedl', not 'triton'",
-    "HttpAioClient.test_get_system_shared_memory_status": "no system shared memory extension: 404",
-    "HttpAioClient.test_unregister_system_shared_memory": "no system shared memory extension: 404",
-    "HttpAioClient.test_get_cuda_shared_memory_status": "no CUDA shared memory extension: 404 (Triton: empty status)",
-    "HttpAioClient.test_unregister_cuda_shared_memory": "no CUDA shared memory extension: 404 (Triton: a no-op)",
-    "HttpAioClient.test_get_trace_settings": "no trace extension: 404",
-    "HttpAioClient.test_update_trace_settings": "no trace extension: 404",
-    **{f"InferTest.test_{kind}_{types}": _CLASSIFICATION for kind in ("class", "mix")
-       for types in ("bbb", "sss", "iii", "lll", "fff", "iff")},
 }
 
 # Not run on either server, and why
@@ -110,10 +91,15 @@ class _QAServer:
             http, grpc = self.process.http, self.process.grpc
         else:
             grpc_port = free_port()
+            mode = TRITON_MODES[self.kind]
             self.process = ServerProcess("--model-repository", self.repo, "--grpc-port", grpc_port,
-                                         "--model-control", TRITON_MODES[self.kind])
+                                         "--model-control", mode, *(("--load-model", "*") if mode == "explicit" else ()))
             http, grpc = self.process.url, f"127.0.0.1:{grpc_port}"
-        os.environ.update({"TRITON_QA_HTTP": http, "TRITON_QA_GRPC": grpc,
+        self.http, self.grpc = http, grpc
+        self.point_here()
+
+    def point_here(self) -> None:
+        os.environ.update({"TRITON_QA_HTTP": self.http, "TRITON_QA_GRPC": self.grpc,
                            "TRITON_QA_MODEL_COUNT": str(len(self.models))})
 
     def ensure_alive(self) -> None:
@@ -130,17 +116,31 @@ class _QAServer:
 _ADDRESS_ENV = ("TRITON_QA_HTTP", "TRITON_QA_GRPC", "TRITON_QA_MODEL_COUNT")
 
 
-@pytest.fixture(scope="class", autouse=True)
-def qa_server(request, tmp_path_factory, triton_reaper):
-    """Start the server the class names (edgedl or triton) on its repository; point the QA helpers at it."""
+@pytest.fixture(scope="module")
+def qa_servers(triton_reaper):
+    """The server of the classes running now: consecutive classes on the same server and repository (InferTest
+    and its shared-memory run) share it; the next one stops it first."""
+    current: dict = {}
     saved = {k: os.environ.get(k) for k in _ADDRESS_ENV}
-    server = _QAServer(request.cls.qa_target, request.cls.qa_repository, request, tmp_path_factory, triton_reaper)
-    try:
-        yield server
-    finally:
+    yield current
+    for server in current.values():
         server.stop()
-        for key, value in saved.items():
-            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    for key, value in saved.items():
+        os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+
+
+@pytest.fixture(scope="class", autouse=True)
+def qa_server(request, tmp_path_factory, qa_servers, triton_reaper):
+    """Start the server the class names (edgedl or triton) on its repository; point the QA helpers at it."""
+    key = (request.cls.qa_target, request.cls.qa_repository)
+    if key not in qa_servers:
+        for server in qa_servers.values():
+            server.stop()
+        qa_servers.clear()
+        qa_servers[key] = _QAServer(*key, request, tmp_path_factory, triton_reaper)
+    server = qa_servers[key]
+    server.point_here()
+    return server
 
 
 @pytest.fixture(autouse=True)
@@ -156,7 +156,8 @@ def _whole_test(*args, **kwargs):
 def _qa_case(base: type, target: str, repository: str, failures: dict[str, str]) -> type:
     """A subclass of the QA TestCase ``base`` bound to a server, with its known failures marked xfail(strict)."""
     name = f"Test{base.__name__.removeprefix('Test')}_{target}"
-    cls = type(name, (base,), {"qa_target": target, "qa_repository": repository, "__module__": __name__})
+    cls = type(name, (base,), {"qa_target": target, "qa_repository": repository, "__module__": __name__,
+                               "__test__": True})
     prefix = base.__name__.removeprefix("Test") + "."
     for test, reason in SKIPPED.items():
         if test.startswith(prefix):
@@ -183,9 +184,25 @@ def _qa_case(base: type, target: str, repository: str, failures: dict[str, str])
     return cls
 
 
+class InferTestSharedMemory(infer_test.InferTest):
+    """infer_test.py as Triton's L0_infer also runs it, with TEST_SYSTEM_SHARED_MEMORY=1: every input and output
+    of the raw tests in system shared memory (registered through the client; shared memory has no class
+    outputs, and the version tests repeat the raw ones)."""
+
+    __test__ = False  # run through the classes _qa_case makes of it
+
+    @pytest.fixture(autouse=True)
+    def _in_shared_memory(self, monkeypatch):
+        monkeypatch.setattr(infer_test, "TEST_SYSTEM_SHARED_MEMORY", True)
+
+
+for _name in dir(InferTestSharedMemory):
+    if _name.startswith("test_") and not (_name.startswith("test_raw_") and "version" not in _name):
+        setattr(InferTestSharedMemory, _name, None)
+
 for _target, _failures in (("edgedl", EDGEDL_FAILS), ("triton", TRITON_FAILS)):
     for _base, _repo in ((http_test.HttpTest, "http"), (python_http_aio_test.TestHttpAioClient, "examples"),
-                         (infer_test.InferTest, "infer")):
+                         (infer_test.InferTest, "infer"), (InferTestSharedMemory, "infer")):
         _case = _qa_case(_base, _target, _repo, _failures)
         globals()[_case.__name__] = _case
-del _target, _failures, _base, _repo, _case
+del _target, _failures, _base, _repo, _case, _name

@@ -17,6 +17,8 @@ from edgedl.cli._shapes import shape_options
 @click.option("--python", "python", default=None, help="Python version on the device (default: the profile's first).")
 @click.option("--name", "names", multiple=True, help="Model name in the bundle's repository, one per MODEL (default: file stem).")
 @click.option("--port", default=8000, show_default=True, help="Port the server listens on by default.")
+@click.option("--grpc-port", type=int, default=None,
+              help="Also serve gRPC (KServe v2 / Triton) on this port by default; the wheelhouse then carries grpcio.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds to by default.")
 @click.option("--no-tarball", is_flag=True, help="Do not write DIR.tar.gz.")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write each model in onnxruntime's .ort format (minimal builds).")
@@ -27,15 +29,16 @@ from edgedl.cli._shapes import shape_options
 @shape_options
 @json_option
 @debug_option
-def package(models, target, output, python, names, port, host, no_tarball, ort_format, edgedl_wheel, sign_key,
-            shape_options, as_json, debug) -> None:
+def package(models, target, output, python, names, port, grpc_port, host, no_tarball, ort_format, edgedl_wheel,
+            sign_key, shape_options, as_json, debug) -> None:
     """Bundle MODELS (.onnx) for a device profile: model repository, manifest with sha256 of every file, pinned
     requirements, an offline wheelhouse for the target's platform, start script, systemd unit and Dockerfile."""
     from edgedl.stages.package import PackageConfig, package as build
 
     result = build(PackageConfig(models=list(models), target=target, output=output, python=python, names=list(names),
-                                 port=port, host=host, tarball=not no_tarball, edgedl_wheel=edgedl_wheel, ort_format=ort_format,
-                                 sign_key=sign_key, shape_options=shape_options, progress=not as_json))
+                                 port=port, grpc_port=grpc_port, host=host, tarball=not no_tarball,
+                                 edgedl_wheel=edgedl_wheel, ort_format=ort_format, sign_key=sign_key,
+                                 shape_options=shape_options, progress=not as_json))
     if as_json:
         emit_json(result)
         return

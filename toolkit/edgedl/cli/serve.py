@@ -58,15 +58,24 @@ def _presets(field: str) -> str:
 @click.option("--body-timeout", type=float, help="Seconds for a request's body to arrive " + _presets("body_timeout_s") + ".")
 @click.option("--keep-alive-timeout", type=float,
               help="Seconds an idle keep-alive connection stays open " + _presets("keep_alive_timeout_s") + ".")
-@click.option("--model-control", type=click.Choice(["none", "explicit"]), default="none", show_default=True,
-              help="As Triton's --model-control-mode: 'explicit' allows POST /v2/repository/models/NAME/load and "
-                   "unload (behind --api-key when set); 'none' answers them 503.")
+@click.option("--model-control", type=click.Choice(["none", "explicit", "poll"]), default="none", show_default=True,
+              help="As Triton's --model-control-mode: 'none' loads every model and answers load/unload requests "
+                   "503; 'explicit' loads the --load-model ones and takes POST /v2/repository/models/NAME/load "
+                   "and unload (behind --api-key when set); 'poll' loads every model and follows the repository.")
+@click.option("--load-model", "load_models", multiple=True,
+              help="Explicit model control: a model to load at startup (repeatable; '*' loads every model).")
+@click.option("--repository-poll-secs", type=float, default=15.0, show_default=True,
+              help="Poll model control: seconds between looks at the repository for added, changed and removed "
+                   "models.")
 @click.option("--allow-outside-repository", is_flag=True,
               help="Serve repository models whose file resolves outside the repository (symlinks, '..', absolute "
                    "default_model_filename); refused by default.")
 @click.option("--access-log", type=click.Choice(["off", "text", "json"]), default="off", show_default=True,
               help="One line per request on stderr (or --access-log-file): plain text or JSON lines.")
 @click.option("--access-log-file", type=click.Path(path_type=Path), help="Append the access log to this file.")
+@click.option("--trace-file", type=click.Path(path_type=Path, dir_okay=False),
+              help="Where Triton's trace extension writes traces (JSON) once POST /v2/trace/setting asks for "
+                   "trace_level TIMESTAMPS.")
 @click.option("--drain-timeout", default=30.0, show_default=True, type=float,
               help="Seconds to finish in-flight requests after SIGTERM/SIGINT.")
 @click.option("--allow-nan", is_flag=True, help="Accept NaN/Inf in float inputs (refused with 400 by default).")
@@ -80,14 +89,14 @@ def _presets(field: str) -> str:
 def serve(model, model_repository, model_name, host, port, api_key, max_batch_size, max_queue_delay_us, max_queue,
           instances, threads, providers, allow_fallback, limits_preset, max_body_bytes, max_tensor_elements,
           max_batch_rows, max_connections, max_in_flight, header_timeout, body_timeout, keep_alive_timeout,
-          model_control, allow_outside_repository, access_log, access_log_file, drain_timeout, allow_nan,
+          model_control, load_models, repository_poll_secs, allow_outside_repository, access_log, access_log_file, trace_file, drain_timeout, allow_nan,
           shape_options, verify_key, allow_missing_manifest, debug, grpc_port) -> None:
     """Serve MODEL.onnx, a BUNDLE made by `edgedl package` (its directory or .tar.gz; its manifest is checked), or
     --model-repository DIR over the Open Inference Protocol v2 - the HTTP/REST API of Triton and KServe, with
     binary tensors - so tritonclient, curl or any KServe v2 client can call it.
 
-    Reload with SIGHUP (or, with --model-control explicit, POST /v2/repository/models/NAME/load); stop with
-    SIGTERM/Ctrl-C (drains first).
+    Reload with SIGHUP (or, with --model-control explicit, POST /v2/repository/models/NAME/load; with poll, by
+    changing the repository); stop with SIGTERM/Ctrl-C (drains first).
     """
     import contextlib
 
@@ -104,6 +113,7 @@ def serve(model, model_repository, model_name, host, port, api_key, max_batch_si
     config = ServerConfig(
         model=model, model_repository=model_repository, model_name=model_name, host=host, port=port,
         grpc_port=grpc_port, api_key=api_key, verify_key=verify_key, model_control=model_control,
+        load_models=tuple(load_models), poll_interval_s=repository_poll_secs,
         allow_outside_repository=allow_outside_repository,
         limits=LIMITS[limits_preset].replace(
             max_body_bytes=max_body_bytes, max_tensor_elements=max_tensor_elements, max_batch_rows=max_batch_rows,
@@ -112,7 +122,8 @@ def serve(model, model_repository, model_name, host, port, api_key, max_batch_si
         batching=BatchPolicy(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us,
                              max_queue=max_queue, instances=instances),
         providers=tuple(providers), allow_fallback=allow_fallback, access_log=access_log,
-        access_log_path=access_log_file, drain_timeout_s=drain_timeout, allow_nonfinite=allow_nan,
+        access_log_path=access_log_file, trace_file=trace_file, drain_timeout_s=drain_timeout,
+        allow_nonfinite=allow_nan,
         shape_options=shape_options, **options,
     )
     with bundle:

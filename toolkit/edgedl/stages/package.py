@@ -43,6 +43,7 @@ SOURCE_ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = deploy_dir("templates")  # deploy/templates in a checkout, edgedl/_deploy/templates when installed
 # what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools)
 RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools")
+GRPC_REQUIREMENTS = ("grpcio", "protobuf")  # edgedl[grpc]: only in a bundle that serves gRPC (--grpc-port)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class PackageConfig:
     output: Path
     python: str | None = None  # default: the profile's first Python version
     port: int = 8000
+    grpc_port: int | None = None  # also serve gRPC on this port (the bundle's wheelhouse then carries grpcio)
     host: str = "0.0.0.0"
     names: list[str] = field(default_factory=list)  # model names in the repository; default: file stems
     tarball: bool = True
@@ -92,9 +94,9 @@ def _locked_cache(path: Path):
     return lock
 
 
-def wheelhouse(profile: DeviceProfile, python: str, cache: Path) -> tuple[Path, list[str]]:
+def wheelhouse(profile: DeviceProfile, python: str, cache: Path, grpc: bool = False) -> tuple[Path, list[str]]:
     """The target's runtime wheels, downloaded once per (platforms, python, requirements); returns (dir, specs)."""
-    specs = [f"onnxruntime=={profile.onnxruntime_pin(python)}", *RUNTIME_REQUIREMENTS]
+    specs = [f"onnxruntime=={profile.onnxruntime_pin(python)}", *RUNTIME_REQUIREMENTS, *(GRPC_REQUIREMENTS if grpc else ())]
     key = hashlib.sha256(json.dumps([profile.platforms, python, specs]).encode()).hexdigest()[:16]
     target = cache / "wheelhouse" / f"{profile.arch}-py{python}-{key}"
     lock = _locked_cache(target)
@@ -327,6 +329,9 @@ def package(config: PackageConfig) -> dict:
     if any(ord(c) < 32 or ord(c) == 127 for c in out.name):
         raise EdgeDLError(f"-o {str(out)!r}: the bundle's name holds a line break or control character; choose another")
     port = tcp_port(config.port, "--port")
+    grpc_port = None if config.grpc_port is None else tcp_port(config.grpc_port, "--grpc-port")
+    if grpc_port == port:
+        raise EdgeDLError(f"--grpc-port {grpc_port} is the HTTP --port too; give gRPC a port of its own (nothing was written)")
     host = serve_host(config.host, "--host")
     writable_output(out, "bundle directory", directory=True)
     if config.sign_key is not None:
@@ -354,7 +359,7 @@ def package(config: PackageConfig) -> dict:
             reference["source"] = f"computed at package time with onnxruntime {_ort_version()} on the packaging host"
             (staging / "reference.json").write_text(json.dumps(reference) + "\n")
             advance(info="models")
-            wheels_src, specs = wheelhouse(profile, python, cache)
+            wheels_src, specs = wheelhouse(profile, python, cache, grpc=grpc_port is not None)
             wheels = staging / "wheels"
             shutil.copytree(wheels_src, wheels, ignore=shutil.ignore_patterns(".complete"))
             advance(info="wheelhouse")
@@ -368,7 +373,8 @@ def package(config: PackageConfig) -> dict:
                 "#   pip install --no-index --find-links wheels -r requirements.txt\n" + "\n".join(pins) + "\n")
             advance(info="edgedl wheel")
             # HOST/PORT land in start.sh (sh, quoted); BUNDLE in the unit's Description= (systemd: % is a specifier)
-            values = {"HOST": shlex.quote(host), "PORT": port, "LIMITS": shlex.quote(profile.serve_limits),
+            values = {"HOST": shlex.quote(host), "PORT": port, "GRPC_PORT": grpc_port or "",
+                      "LIMITS": shlex.quote(profile.serve_limits),
                       "SERVE_OPTIONS": " ".join(map(shlex.quote, config.shape_options.to_args())),
                       "PROFILE": profile.name, "DESCRIPTION": profile.description,
                       "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
@@ -388,7 +394,7 @@ def package(config: PackageConfig) -> dict:
                 "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
                 "python": python,
                 "platforms": list(profile.platforms),
-                "server": {"host": host, "port": port, "limits": profile.serve_limits,
+                "server": {"host": host, "port": port, "grpc_port": grpc_port, "limits": profile.serve_limits,
                            "shape_options": config.shape_options.to_json()},
                 "models": entries,
                 "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,

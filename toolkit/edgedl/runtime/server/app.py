@@ -11,11 +11,15 @@ memory the request used is handed back to the operating system.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import contextlib
 import ctypes
 import ctypes.util
 import hmac
 import json
 import logging
+import re
 import sys
 import time
 import traceback
@@ -23,28 +27,29 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from time import perf_counter
 
-import numpy as np
-
-from edgedl import __version__
 from edgedl.errors import EdgeDLError
+from edgedl.runtime.server import documents
 from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry, ServedModel
-from edgedl.runtime.server.protocol import HTTPError, datatype_of, encode_response, parse_infer_request, v2_shape
+from edgedl.runtime.server import tensorjson
+from edgedl.runtime.server.protocol import HTTPError, encode_response, select_outputs
+from edgedl.runtime.server.repository import config_from_json
+from edgedl.runtime.server.settings import LogSettings, Tracer
+from edgedl.runtime.server.shm import SystemSharedMemory
+from edgedl.runtime.server.routes import Router
 from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES
 
 log = logging.getLogger("edgedl.serve")
-EXTENSIONS = ["binary_tensor_data", "model_repository", "statistics", "schedule_policy"]
 _JSON = b"application/json"
 _REASON = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "bad_request", 411: "bad_request",
            413: "too_large", 503: "unavailable"}
+_READY_NOT_BOOLEAN = re.compile(rb'\s*\{\s*"ready"\s*:\s*[\[{]')
+REPOSITORY_BODY_BYTES = 1024 * 1024  # a repository request's body (index, load, unload)
 LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the streaming decoder, off the event loop
-# a large batch runs in pieces of this much input: onnxruntime keeps the memory of its largest run's intermediate
-# results (a CNN's first layer alone can be 32x its input), so pieces the size of a small request keep that small
-RUN_INPUT_BYTES = 16 * 1024
 # Triton's words in its NONE mode (clients and Triton's own tests match on them), then edgedl's
 _MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed if polling is enabled: this server runs with "
-                      "--model-control none (models load at startup and reload on SIGHUP); start it with "
+                      "--model-control {mode} (models load at startup{poll} and reload on SIGHUP); start it with "
                       "--model-control explicit to load and unload models through the API")
 
 
@@ -61,18 +66,21 @@ def _dumps(doc) -> bytes:
 
 
 class _Ctx:
-    """What one request learned along the way, for metrics and the access log."""
+    """One request: what a handler reads (its body's receive channel and size headers) and what it learned
+    along the way, for metrics and the access log."""
 
-    __slots__ = ("model", "version", "request_id", "endpoint", "large")
+    __slots__ = ("model", "version", "request_id", "endpoint", "large", "receive", "header_length", "content_length")
 
     def __init__(self):
         self.model = self.version = self.request_id = None
         self.endpoint = "other"
         self.large = False  # a large request: its memory is handed back to the OS once answered
+        self.receive = self.header_length = self.content_length = None
 
 
 class InferenceApp:
-    def __init__(self, registry: Registry, config: ServerConfig, metrics: ServerMetrics):
+    def __init__(self, registry: Registry, config: ServerConfig, metrics: ServerMetrics,
+                 logs: LogSettings | None = None):
         self.registry, self.config, self.metrics = registry, config, metrics
         self.started = False
         self.draining = False
@@ -82,12 +90,20 @@ class InferenceApp:
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="edgedl-decode")  # large requests' (de)coding
         self._trim = _malloc_trim()
         self._log_stream = None
+        self.shared_memory = SystemSharedMemory()
+        self.tracer = Tracer(config.trace_file)
+        self.logs = logs if logs is not None else LogSettings()
+        self.router = Router([(method, path, getattr(self, handler), endpoint, public)
+                              for method, path, handler, endpoint, public in ROUTES])
         if config.access_log != "off":
             self._log_stream = open(config.access_log_path, "a", buffering=1) if config.access_log_path else sys.stderr
 
     @property
     def ready(self) -> bool:
-        return self.started and not self.draining and bool(self.registry.models)
+        """Started and not draining, with a model loaded (explicit model control may start with none, as in
+        Triton, and is ready then too)."""
+        return self.started and not self.draining and (bool(self.registry.models) or
+                                                       self.config.model_control == "explicit")
 
     # --- ASGI entry ----------------------------------------------------------------------------------------
     async def __call__(self, scope, receive, send):
@@ -99,11 +115,18 @@ class InferenceApp:
                 if message["type"] == "lifespan.startup":
                     await send({"type": "lifespan.startup.complete"})
                 elif message["type"] == "lifespan.shutdown":
-                    self.draining = True
-                    await self.registry.close()
-                    self._workers.shutdown(wait=False)
+                    await self.close()
                     await send({"type": "lifespan.shutdown.complete"})
                     return
+
+    async def close(self) -> None:
+        """Stop taking requests; finish the queued ones, then free the models and worker threads."""
+        self.draining = True
+        await self.registry.close()
+        self._workers.shutdown(wait=False)
+        self.shared_memory.close()
+        self.tracer.flush()
+        self.logs.close()
 
     async def _http(self, scope, receive, send):
         t0 = perf_counter()
@@ -179,90 +202,154 @@ class InferenceApp:
     # --- routing -----------------------------------------------------------------------------------------
     async def _route(self, scope, receive, ctx, header_length, content_length, auth):
         path, method = scope["path"], scope["method"]
-        if path == "/v2/health/live":
-            ctx.endpoint = "health"
-            return 200, b"", None
-        if self._api_key is not None:
+        found = self.router.match(path)
+        if self._api_key is not None and (found is None or not found[0].public):
             if auth is None or auth[:7].lower() != b"bearer " or not hmac.compare_digest(auth[7:].strip(),
                                                                                         self._api_key):
                 raise HTTPError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'")
-        parts = path.rstrip("/").split("/")
-        if len(parts) < 2 or parts[1] != "v2":
-            if path == "/metrics":
-                ctx.endpoint = "metrics"
-                return 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
-            raise HTTPError(404, f"no endpoint {path}; see /v2, /v2/models/NAME/infer, /metrics")
-        rest = parts[2:]
-        if not rest:
-            ctx.endpoint = "metadata"
-            self._method(method, "GET")
-            return 200, _dumps({"name": "edgedl", "version": __version__, "extensions": EXTENSIONS}), None
-        head = rest[0]
-        if head == "health" and len(rest) == 2 and rest[1] == "ready":
-            ctx.endpoint = "health"
-            if not self.ready:
-                raise HTTPError(503, "server is not ready (loading, draining or no model loaded)")
-            return 200, b"", None
-        if head == "models" and len(rest) >= 2:
-            name = rest[1]
-            tail = rest[2:]
-            version = None
-            if len(tail) >= 2 and tail[0] == "versions":
-                version, tail = tail[1], tail[2:]
-            if name == "stats" and not tail and version is None:
-                ctx.endpoint = "stats"
-                return 200, _dumps({"model_stats": self._stats(None)}), None
-            ctx.model = name
-            if tail == ["infer"]:
-                ctx.endpoint = "infer"
-                self._method(method, "POST")
-                return await self._infer(receive, name, version, ctx, header_length, content_length)
-            if len(tail) > 1:
+        if found is None:
+            if path.startswith("/v2/") or path == "/v2":
                 raise HTTPError(404, f"no endpoint {path}")
-            action = tail[0] if tail else ""
-            ctx.endpoint = action or "metadata"
-            self._method(method, "GET")
-            model = self.registry.get(name, version)
-            if action == "":
-                return 200, _dumps(self._model_metadata(model)), None
-            if action == "ready":
-                if not self.started or self.draining:
-                    raise HTTPError(503, f"model '{name}' is loaded but the server is starting or draining")
-                return 200, b"", None
-            if action == "config":
-                return 200, _dumps(self._model_config(model)), None
-            if action == "stats":
-                return 200, _dumps({"model_stats": self._stats(name, version)}), None
-            raise HTTPError(404, f"no endpoint {path}")
-        if head == "repository":
-            ctx.endpoint = "repository"
-            self._method(method, "POST")
-            await self._read_body(receive, content_length, 64 * 1024)
-            if rest[1:] == ["index"]:
-                return 200, _dumps(self._index()), None
-            if len(rest) == 4 and rest[1] == "models" and rest[3] in ("load", "unload"):
-                self.require_model_control()
-                ctx.model = rest[2]
-                if rest[3] == "unload":
-                    await self.registry.unload(rest[2])
-                else:
-                    try:
-                        await self.registry.reload(rest[2])
-                    except EdgeDLError as exc:
-                        raise HTTPError(400, f"failed to load '{rest[2]}': {exc}") from None
-                return 200, b"", None
-        raise HTTPError(404, f"no endpoint {path}")
+            raise HTTPError(404, f"no endpoint {path}; see /v2, /v2/models/NAME/infer, /metrics")
+        methods, params = found
+        ctx.endpoint = methods.endpoint
+        ctx.model = params.get("model")
+        route = methods.get(method)
+        if route is None:
+            raise HTTPError(405, f"use {' or '.join(methods)} for this endpoint, not {method}")
+        ctx.receive, ctx.header_length, ctx.content_length = receive, header_length, content_length
+        return await route(ctx, **params)
+
+    # --- handlers (ROUTES below maps paths to them) --------------------------------------------------------
+    async def _live(self, ctx):
+        return 200, b"", None
+
+    async def _ready(self, ctx):
+        if not self.ready:
+            raise HTTPError(503, "server is not ready (loading, draining or no model loaded)")
+        return 200, b"", None
+
+    async def _metrics(self, ctx):
+        return 200, self.metrics.render(), [(b"content-type", b"text/plain; version=0.0.4")]
+
+    async def _server_metadata(self, ctx):
+        return 200, _dumps(documents.server_metadata()), None
+
+    async def _all_stats(self, ctx):
+        return 200, _dumps({"model_stats": documents.statistics(self.registry, None)}), None
+
+    async def _model_metadata(self, ctx, model, version=None):
+        return 200, _dumps(documents.model_metadata(self.registry, self.registry.get(model, version))), None
+
+    async def _model_ready(self, ctx, model, version=None):
+        self.registry.get(model, version)
+        if not self.started or self.draining:
+            raise HTTPError(503, f"model '{model}' is loaded but the server is starting or draining")
+        return 200, b"", None
+
+    async def _model_config(self, ctx, model, version=None):
+        return 200, _dumps(documents.model_config(self.registry.get(model, version))), None
+
+    async def _model_stats(self, ctx, model, version=None):
+        self.registry.get(model, version)
+        return 200, _dumps({"model_stats": documents.statistics(self.registry, model, version)}), None
+
+    async def _json_body(self, ctx, limit: int = REPOSITORY_BODY_BYTES):
+        """The request's JSON body (None when empty), refused with 400 when it is not JSON."""
+        body = await self._read_body(ctx.receive, ctx.content_length, limit)
+        if not body.strip():
+            return None
+        try:
+            return tensorjson.loads(bytes(body))
+        except (ValueError, UnicodeDecodeError) as exc:
+            if _READY_NOT_BOOLEAN.match(body):  # a value too deep to parse, where a boolean belongs
+                raise HTTPError(400, "Invalid value for 'ready': expected a boolean") from None
+            raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
+
+    async def _index(self, ctx):
+        doc = await self._json_body(ctx)
+        ready = doc.get("ready", False) if isinstance(doc, dict) else False
+        if not isinstance(ready, bool):
+            raise HTTPError(400, "Invalid value for 'ready': expected a boolean")
+        models = documents.index(self.registry, self.config.model_repository)
+        if ready:
+            models = [m for m in models if m["state"] == "READY"]
+        return 200, _dumps(models), None
+
+    async def _load(self, ctx, model):
+        doc = await self._json_body(ctx, self.config.limits.max_body_bytes)  # file overrides carry models
+        self.require_model_control()
+        config, files = load_parameters(doc)
+        try:
+            await self.registry.reload(model, config, files)
+        except EdgeDLError as exc:
+            raise HTTPError(400, f"failed to load '{model}': {exc}") from None
+        return 200, b"", None
+
+    async def _unload(self, ctx, model):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        self.require_model_control()
+        await self.registry.unload(model)
+        return 200, b"", None
+
+    # --- shared memory, trace, logging ---------------------------------------------------------------------
+    async def _shm_status(self, ctx, region=None):
+        if region is not None and region not in self.shared_memory.regions:
+            raise HTTPError(404, f"Unable to find system shared memory region: '{region}'")
+        return 200, _dumps(self.shared_memory.status(region)), None
+
+    async def _shm_register(self, ctx, region):
+        doc = await self._json_body(ctx)
+        if not isinstance(doc, dict):
+            raise HTTPError(400, "register a shared memory region with {\"key\": ..., \"offset\": ..., "
+                                 "\"byte_size\": ...}")
+        self.shared_memory.register(region, doc.get("key"), doc.get("offset", 0), doc.get("byte_size"))
+        return 200, b"", None
+
+    async def _shm_unregister(self, ctx, region=None):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        self.shared_memory.unregister(region)
+        return 200, b"", None
+
+    async def _cuda_status(self, ctx, region=None):
+        if region is not None:
+            raise HTTPError(404, f"Unable to find cuda shared memory region: '{region}'")
+        return 200, b"[]", None
+
+    async def _cuda_register(self, ctx, region):
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        raise HTTPError(400, "CUDA shared memory is not available: this server keeps tensors in CPU memory; "
+                             "register system shared memory instead")
+
+    async def _cuda_unregister(self, ctx, region=None):  # nothing is ever registered: a no-op, as on Triton's CPU
+        await self._read_body(ctx.receive, ctx.content_length, REPOSITORY_BODY_BYTES)
+        return 200, b"", None
+
+    async def _trace_get(self, ctx, model=None):
+        if model is not None:
+            self.registry.get(model, None)
+        return 200, _dumps(self.tracer.of(model).to_json()), None
+
+    async def _trace_update(self, ctx, model=None):
+        doc = await self._json_body(ctx)
+        if model is not None:
+            self.registry.get(model, None)
+        return 200, _dumps(self.tracer.update({} if doc is None else doc, model).to_json()), None
+
+    async def _log_get(self, ctx):
+        return 200, _dumps(self.logs.values), None
+
+    async def _log_update(self, ctx):
+        doc = await self._json_body(ctx)
+        return 200, _dumps(self.logs.update({} if doc is None else doc)), None
 
     def require_model_control(self) -> None:
         """Repository load/unload (HTTP and gRPC) need --model-control explicit; otherwise 503, as Triton answers
         in its NONE mode."""
         if self.config.model_control != "explicit":
-            raise HTTPError(503, _MODEL_CONTROL_OFF)
-
-    @staticmethod
-    def _method(method: str, want: str) -> None:
-        if method != want:
-            raise HTTPError(405, f"use {want} for this endpoint, not {method}")
+            mode = self.config.model_control
+            raise HTTPError(503, _MODEL_CONTROL_OFF.format(mode=mode, poll=", follow the repository" if mode == "poll"
+                                                                           else ""))
 
     async def _read_body(self, receive, content_length, limit: int) -> bytes | bytearray:
         """The whole body, refused with 413 past ``limit`` bytes; read into one buffer when its length is known."""
@@ -299,169 +386,142 @@ class InferenceApp:
             body = message.get("body", b"")
 
     # --- infer ---------------------------------------------------------------------------------------------
-    async def _infer(self, receive, name, version, ctx, header_length, content_length):
+    async def _infer(self, ctx, model, version=None):
+        header_length = ctx.header_length
         if header_length is not None:
             try:
                 header_length = int(header_length)
             except ValueError:
                 raise HTTPError(400, "Inference-Header-Content-Length is not a number") from None
-        model = self.registry.get(name, version)
-        ctx.version = model.version
+        served = self.registry.get(model, version)
+        ctx.version = served.version
+        started = perf_counter()
+        with self.admitted():  # from the first byte of the body: a client that never sends it holds a place
+            body = await self._read_body(ctx.receive, ctx.content_length, served.limits.max_body_bytes)
+            ctx.large = len(body) >= LARGE_BODY_BYTES
+            decode = partial(served.decode, body, header_length, self.shared_memory)
+            del body  # the feeds may still view its memory; nothing else needs it
+            body, json_len = await self.infer(served, decode, ctx.large, started, ctx)
+        extra = None if json_len is None else [(b"inference-header-content-length", str(json_len).encode())]
+        return 200, body, extra
+
+    @contextlib.contextmanager
+    def admitted(self):
+        """One infer request being served (HTTP or gRPC); 503 beyond --max-in-flight."""
         if self._in_flight >= self._max_in_flight:
             raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit "
                                  f"{self._max_in_flight}, --max-in-flight); retry later")
-        limits = model.limits
-        t0 = perf_counter()
         self._in_flight += 1
         try:
-            try:
-                body = await self._read_body(receive, content_length, limits.max_body_bytes)
-                large = ctx.large = len(body) >= LARGE_BODY_BYTES
-                model.in_flight += 1  # from here to the run's end: being decoded, queued or run
-                gauge = self.metrics.in_flight
-                gauge.inc((model.name,), 1)
-                try:
-                    decode = partial(parse_infer_request, body, header_length, model.inputs, model.output_names,
-                                     allow_nonfinite=model.allow_nonfinite,
-                                     max_elements=limits.max_tensor_elements, max_rows=limits.max_batch_rows)
-                    del body  # the feeds may still view its memory; nothing else needs it
-                    request = await self._off_loop(decode) if large else decode()
-                    del decode
-                    ctx.request_id = request.id
-                    names = [n for n, _ in request.outputs] if request.outputs else None
-                    if large:
-                        out, queue_s, compute_s, rows = await self._run_large(model, request.feeds, request.rows, names)
-                    else:
-                        out, queue_s, compute_s, rows = await model.infer(request.feeds, request.rows, names)
-                finally:
-                    model.in_flight -= 1
-                    gauge.inc((model.name,), -1)
-            except BaseException:
-                model.stats.fail += 1
-                model.stats.fail_ns += int((perf_counter() - t0) * 1e9)
-                raise
-            if request.outputs is None:
-                outputs = [(n, out[n], request.binary_default) for n in model.output_names]
-            else:
-                outputs = [(n, out[n], binary) for n, binary in request.outputs]
-            del out, request
-            encode = partial(encode_response, model.name, model.version, ctx.request_id, outputs, parts=True)
-            if not large:
-                out_bytes = 0
-                for output in outputs:
-                    out_bytes += output[1].nbytes
-                large = out_bytes >= LARGE_BODY_BYTES
-            if large:
-                ctx.large = True
-                body, json_len = await self._off_loop(encode)
-            else:
-                body, json_len = encode()
+            yield
         finally:
             self._in_flight -= 1
-        labels = (model.name, model.version)
-        m = self.metrics
-        m.queue.observe(labels, queue_s)
-        m.compute.observe(labels, compute_s)
-        m.batch.observe(labels, rows)
-        s = model.stats
-        s.success += 1
-        s.success_ns += int((perf_counter() - t0) * 1e9)
-        s.queue_ns += int(queue_s * 1e9)
-        s.compute_ns += int(compute_s * 1e9)
-        s.executions += 1
-        s.last_ms = int(time.time() * 1000)
-        extra = None if json_len is None else [(b"inference-header-content-length", str(json_len).encode())]
-        return 200, body, extra
+
+    async def infer(self, model: ServedModel, decode, large: bool, started: float, ctx: _Ctx | None = None,
+                    encode=None):
+        """Decode, run and encode one request for ``model``: the path HTTP and gRPC share. ``decode()`` gives
+        the InferRequest; ``large``: decode, run and encode off the event loop; ``encode(model, request_id,
+        outputs)`` (default: the HTTP body in parts) gives the result."""
+        with model.busy(self.metrics):
+            request = await self._off_loop(decode) if large else decode()
+            if ctx is not None:
+                ctx.request_id = request.id
+            decoded = perf_counter()
+            out, timing = await model.serve(request, self.metrics, started, large)
+        outputs = select_outputs(request, out, model.output_names, model.labels, model.row_outputs,
+                                 self.shared_memory)
+        del out
+        if self.tracer.enabled and self.tracer.sample(model.name):
+            self._trace(model, request.id, started, decoded, timing)
+        if not large:
+            out_bytes = 0
+            for output in outputs:
+                out_bytes += output[1].nbytes
+            large = out_bytes >= LARGE_BODY_BYTES
+            if large and ctx is not None:
+                ctx.large = True
+        if encode is None:
+            encode = partial(encode_response, model.name, model.version, request.id, outputs, parts=True)
+        else:
+            encode = partial(encode, model, request.id, outputs)
+        del request, outputs
+        return await self._off_loop(encode) if large else encode()
+
+    def _trace(self, model: ServedModel, request_id, started: float, queued: float, t) -> None:
+        compute = queued + t.queue
+        self.tracer.record(model.name, model.version, request_id, [
+            ("REQUEST_START", started), ("QUEUE_START", queued), ("COMPUTE_START", compute),
+            ("COMPUTE_INPUT_END", compute + t.input), ("COMPUTE_OUTPUT_START", compute + t.input + t.infer),
+            ("COMPUTE_END", compute + t.input + t.infer + t.output), ("REQUEST_END", perf_counter())])
 
     async def _off_loop(self, fn):
         return await asyncio.get_running_loop().run_in_executor(self._workers, fn)
 
-    async def _run_large(self, model: ServedModel, feeds: dict, rows: int, names):
-        """``model.infer`` of a large request: off the event loop, and a batch of many rows as several runs of
-        about RUN_INPUT_BYTES of input each (for a model whose axis 0 is the batch: the same rows out)."""
-        step = max(RUN_INPUT_BYTES * rows // max(sum(v.nbytes for v in feeds.values()), 1), 1)
-        if rows <= step or not model.batchable or any(v.ndim == 0 or v.shape[0] != rows for v in feeds.values()):
-            return await model.infer(feeds, rows, names, offload=True)
-        parts, queue_s, compute_s = [], 0.0, 0.0
-        for start in range(0, rows, step):
-            n = min(step, rows - start)
-            out, q, c, _ = await model.infer({k: v[start:start + n] for k, v in feeds.items()}, n, names, offload=True)
-            if any(a.ndim == 0 or a.shape[0] != n for a in out.values()):  # outputs not per row: run it whole
-                return await model.infer(feeds, rows, names, offload=True)
-            parts.append(out)
-            queue_s, compute_s = queue_s + q, compute_s + c
-        out = await self._off_loop(lambda: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
-        return out, queue_s, compute_s, rows
 
-    # --- metadata ------------------------------------------------------------------------------------------
-    def _model_metadata(self, model: ServedModel) -> dict:
-        entry = self.registry.models[model.name]
-        return {
-            "name": model.name,
-            "versions": list(entry.versions),
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": i.name, "datatype": datatype_of(i.dtype), "shape": v2_shape(i)}
-                       for i in model.runner.inputs],
-            "outputs": [{"name": o.name, "datatype": datatype_of(o.dtype), "shape": v2_shape(o)}
-                        for o in model.runner.outputs],
-            "parameters": {"edgedl": {k: model.runner.metadata[k] for k in ("labels", "preprocessing")
-                                      if k in model.runner.metadata}, "execution": model.mode},
-        }
+# (method, path, handler, endpoint label for metrics, reachable without the API key). A /v2/models/{model}/...
+# path also matches with /versions/{version} after the model; the router tries literal segments first.
+ROUTES = (
+    ("GET", "/v2/health/live", "_live", "health", True),
+    ("GET", "/v2/health/ready", "_ready", "health", False),
+    ("GET", "/metrics", "_metrics", "metrics", False),
+    ("GET", "/v2", "_server_metadata", "metadata", False),
+    ("GET", "/v2/models/stats", "_all_stats", "stats", False),
+    ("GET", "/v2/models/{model}", "_model_metadata", "metadata", False),
+    ("GET", "/v2/models/{model}/ready", "_model_ready", "ready", False),
+    ("GET", "/v2/models/{model}/config", "_model_config", "config", False),
+    ("GET", "/v2/models/{model}/stats", "_model_stats", "stats", False),
+    ("POST", "/v2/models/{model}/infer", "_infer", "infer", False),
+    ("POST", "/v2/repository/index", "_index", "repository", False),
+    ("POST", "/v2/repository/models/{model}/load", "_load", "repository", False),
+    ("POST", "/v2/repository/models/{model}/unload", "_unload", "repository", False),
+    ("GET", "/v2/systemsharedmemory/status", "_shm_status", "shared_memory", False),
+    ("GET", "/v2/systemsharedmemory/region/{region}/status", "_shm_status", "shared_memory", False),
+    ("POST", "/v2/systemsharedmemory/region/{region}/register", "_shm_register", "shared_memory", False),
+    ("POST", "/v2/systemsharedmemory/unregister", "_shm_unregister", "shared_memory", False),
+    ("POST", "/v2/systemsharedmemory/region/{region}/unregister", "_shm_unregister", "shared_memory", False),
+    ("GET", "/v2/cudasharedmemory/status", "_cuda_status", "shared_memory", False),
+    ("GET", "/v2/cudasharedmemory/region/{region}/status", "_cuda_status", "shared_memory", False),
+    ("POST", "/v2/cudasharedmemory/region/{region}/register", "_cuda_register", "shared_memory", False),
+    ("POST", "/v2/cudasharedmemory/unregister", "_cuda_unregister", "shared_memory", False),
+    ("POST", "/v2/cudasharedmemory/region/{region}/unregister", "_cuda_unregister", "shared_memory", False),
+    ("GET", "/v2/trace/setting", "_trace_get", "trace", False),
+    ("POST", "/v2/trace/setting", "_trace_update", "trace", False),
+    ("GET", "/v2/models/{model}/trace/setting", "_trace_get", "trace", False),
+    ("POST", "/v2/models/{model}/trace/setting", "_trace_update", "trace", False),
+    ("GET", "/v2/logging", "_log_get", "logging", False),
+    ("POST", "/v2/logging", "_log_update", "logging", False),
+)
 
-    def _model_config(self, model: ServedModel) -> dict:
-        p = model.policy
-        batched = p.max_batch_size > 0 and model.batchable
 
-        def dims(info):
-            shape = v2_shape(info)
-            return shape[1:] if batched else shape
-
-        cfg = {
-            "name": model.name, "platform": "onnxruntime_onnx", "backend": "onnxruntime",
-            "max_batch_size": p.max_batch_size if batched else 0,
-            "input": [{"name": i.name, "data_type": "TYPE_" + ("STRING" if datatype_of(i.dtype) == "BYTES"
-                                                                else datatype_of(i.dtype)), "dims": dims(i)}
-                      for i in model.runner.inputs],
-            "output": [{"name": o.name, "data_type": "TYPE_" + ("STRING" if datatype_of(o.dtype) == "BYTES"
-                                                                 else datatype_of(o.dtype)), "dims": dims(o)}
-                       for o in model.runner.outputs],
-            "instance_group": [{"count": p.instances, "kind": "KIND_CPU"}],
-        }
-        if model.batching:
-            cfg["dynamic_batching"] = {"max_queue_delay_microseconds": p.max_queue_delay_us,
-                                       "default_queue_policy": {"max_queue_size": p.max_queue}}
-        return cfg
-
-    def _stats(self, name: str | None, version: str | None = None) -> list[dict]:
-        out = []
-        for model_name, entry in self.registry.models.items():
-            if name is not None and model_name != name:
-                continue
-            for v, model in entry.versions.items():
-                if version is not None and v != version:
-                    continue
-                s = model.stats
-                out.append({
-                    "name": model_name, "version": v, "last_inference": s.last_ms,
-                    "inference_count": s.success, "execution_count": s.executions,
-                    "inference_stats": {
-                        "success": {"count": s.success, "ns": s.success_ns},
-                        "fail": {"count": s.fail, "ns": s.fail_ns},
-                        "queue": {"count": s.success, "ns": s.queue_ns},
-                        "compute_infer": {"count": s.success, "ns": s.compute_ns},
-                    },
-                })
-        return out
-
-    def _index(self) -> list[dict]:
-        out = []
-        for name, entry in self.registry.models.items():
-            for v in entry.versions:
-                out.append({"name": name, "version": v, "state": "READY"})
-        repo = self.config.model_repository
-        if repo is not None and repo.is_dir():  # models on disk but not loaded (unloaded, or added since start)
-            for folder in sorted(p for p in repo.iterdir() if p.is_dir() and not p.name.startswith(".")):
-                if folder.name not in self.registry.models:
-                    reason = self.registry.failed.get(folder.name, "not loaded")
-                    out.append({"name": folder.name, "state": "UNAVAILABLE", "reason": reason})
-        return out
+def load_parameters(doc) -> tuple[dict | None, dict[str, bytes]]:
+    """A repository load's body, ``{"parameters": {"config": "<JSON>", "file:1/model.onnx": "<base64>"}}``, as
+    (the parsed configuration or None, the files by path); anything else in it is refused, never ignored."""
+    if doc is None:
+        return None, {}
+    params = doc.get("parameters", {}) if isinstance(doc, dict) else None
+    if not isinstance(params, dict) or set(doc) - {"parameters"}:
+        raise HTTPError(400, "a load's body is {\"parameters\": {\"config\": ..., \"file:PATH\": ...}}")
+    config, files = None, {}
+    for key, value in params.items():
+        if key == "config":
+            if not isinstance(value, str):
+                raise HTTPError(400, "the load parameter 'config' must be a string holding the model configuration "
+                                     "as JSON")
+            try:
+                config = config_from_json(json.loads(value))
+            except ValueError as exc:
+                raise HTTPError(400, f"the load parameter 'config' is not JSON: {exc}") from None
+            except EdgeDLError as exc:
+                raise HTTPError(400, str(exc)) from None
+        elif key.startswith("file:"):
+            if not isinstance(value, str):
+                raise HTTPError(400, f"the load parameter '{key[:60]}' must be the file's content in base64")
+            try:
+                files[key[5:]] = base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPError(400, f"the load parameter '{key[:60]}' is not valid base64") from None
+        else:
+            raise HTTPError(400, f"unknown load parameter '{key[:60]}'; a load takes 'config' and 'file:PATH'")
+    if files and config is None:
+        raise HTTPError(400, "failed to load: file overrides need the 'config' parameter too (as in Triton)")
+    return config, files

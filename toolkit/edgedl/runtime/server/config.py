@@ -19,7 +19,7 @@ from edgedl.runtime.server.repository import BatchPolicy
 from edgedl.runtime.signature import ShapeOptions
 
 ACCESS_LOG_FORMATS = ("off", "text", "json")
-MODEL_CONTROL_MODES = ("none", "explicit")  # Triton's --model-control-mode values that edgedl implements
+MODEL_CONTROL_MODES = ("none", "explicit", "poll")  # Triton's --model-control-mode values
 API_KEY_ENV = "EDGEDL_API_KEY"
 MIB = 1024 * 1024
 
@@ -122,7 +122,12 @@ class ServerConfig:
     api_key: str | None = None  # bearer token for everything but liveness
     verify_key: Path | None = None  # OpenSSH ed25519 public key: serve only bundles it signed (runtime.manifest)
     limits: Limits = LIMITS["default"]
-    model_control: str = "none"  # "explicit": POST /v2/repository/models/NAME/load|unload are allowed
+    # Triton's model control modes: "none" loads every model at start and refuses load/unload requests;
+    # "explicit" loads those in load_models ("*": every model) and takes POST /v2/repository/models/NAME/load|unload;
+    # "poll" loads every model and follows the repository every poll_interval_s
+    model_control: str = "none"
+    load_models: tuple[str, ...] = ()
+    poll_interval_s: float = 15.0
     allow_outside_repository: bool = False  # serve repository models whose files resolve outside it
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     providers: tuple[str, ...] = ("cpu",)
@@ -130,11 +135,17 @@ class ServerConfig:
     intra_op_threads: int = field(default_factory=_default_threads)
     access_log: str = "off"
     access_log_path: Path | None = None  # default: stderr
+    trace_file: Path | None = None  # where Triton's trace extension writes traces (TIMESTAMPS needs one)
     drain_timeout_s: float = 30.0
     allow_nonfinite: bool = False  # NaN/Inf inputs are refused unless the model expects them
     warmup_iterations: int = 5
     inline_below_ms: float = 1.0  # models faster than this run on the event loop (a thread hop costs more)
     shape_options: ShapeOptions = field(default_factory=ShapeOptions)  # warm-up sizes, batch axes, value ranges
+
+    @property
+    def loads_everything(self) -> bool:
+        """Whether every model loads at startup (explicit model control: only those named, '*' for all)."""
+        return self.model_control != "explicit" or "*" in self.load_models
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.model_repository is None):
@@ -144,6 +155,12 @@ class ServerConfig:
         if self.model_control not in MODEL_CONTROL_MODES:
             raise EdgeDLError(f"model control mode must be one of {', '.join(MODEL_CONTROL_MODES)}, "
                               f"got '{self.model_control}'")
+        if self.load_models and self.model_control != "explicit":
+            raise EdgeDLError("models to load at startup are named in explicit model control only; in the other "
+                              "modes every model loads")
+        if not self.poll_interval_s > 0:
+            raise EdgeDLError(f"the repository poll interval must be a positive number of seconds, got "
+                              f"{self.poll_interval_s}")
         if not 0 <= self.port <= 65535:
             raise EdgeDLError(f"port must be between 0 and 65535, got {self.port}")
         if self.grpc_port is not None and (not 0 <= self.grpc_port <= 65535 or self.grpc_port == self.port != 0):

@@ -174,8 +174,10 @@ def protocol_class(guard: ConnectionGuard):
                 self.parser.feed_data(data)
             except httptools.HttpParserUpgrade:
                 self._reject(400, "protocol upgrades are not supported")
-            except httptools.HttpParserError:
-                self._reject(400, "invalid HTTP request")
+            except httptools.HttpParserError as exc:  # the parser's reason, e.g. both Content-Length and chunked
+                reason = str(exc).strip()
+                self._reject(400, "invalid HTTP request" + (f": {reason}" if reason else "") + "; the connection "
+                                  "is closed")
 
         def _reject(self, status: int, message: str) -> None:
             guard.drop("rejected")

@@ -61,13 +61,37 @@ def v2_shape(info: TensorInfo) -> list[int]:
     return [d if isinstance(d, int) else -1 for d in info.shape]
 
 
+INT64_MAX = 2 ** 63 - 1  # Triton's bound on a tensor's element count and byte size
+
+
+@dataclass(frozen=True)
+class SharedSlice:
+    """Where a tensor's bytes are in a registered system shared memory region."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+@dataclass(frozen=True)
+class OutputRequest:
+    name: str
+    binary: bool
+    classes: int = 0  # the classification extension: the top N as "value:index[:label]" strings
+    shared: SharedSlice | None = None  # write it into system shared memory instead of the response
+
+
 @dataclass
 class InferRequest:
     id: str | None
     feeds: dict[str, np.ndarray]
-    outputs: list[tuple[str, bool]] | None  # (name, binary) in the order asked; None = all, default binary
+    outputs: list[OutputRequest] | None  # in the order asked; None = all, in binary_default form
     binary_default: bool
     rows: int  # size of axis 0 of the first input (the batch, for batching models)
+
+    @property
+    def output_names(self) -> list[str] | None:
+        return None if self.outputs is None else [o.name for o in self.outputs]
 
 
 def _header_split(body: bytes, header_length: int | None) -> tuple[bytes, memoryview]:
@@ -90,7 +114,8 @@ def _loads(raw) -> Any:
         raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
 
 
-def _bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
+def bytes_elements(raw: memoryview, count: int, name: str) -> np.ndarray:
+    """``count`` BYTES elements, each a 4-byte little-endian length and its UTF-8 bytes, as a str object array."""
     out = np.empty(count, dtype=object)
     pos, end = 0, len(raw)
     for i in range(count):
@@ -141,6 +166,8 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str,
             data = tensorjson.plain(data)
         except tensorjson.DecodeError as exc:
             raise HTTPError(400, f"malformed JSON in request body: {exc}") from None
+    while len(data) == 1 and data[0].__class__ is list:  # [[[x]]]: deeper than numpy's 64 dimensions allow
+        data = data[0]
     try:
         arr = np.array(data)
     except (ValueError, TypeError) as exc:
@@ -171,6 +198,82 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str,
     return arr.astype(dtype, copy=False).ravel()
 
 
+def _shared_slice(params: dict, what: str) -> SharedSlice | None:
+    """The system shared memory a tensor's parameters name, or None."""
+    region = params.get("shared_memory_region")
+    if region is None:
+        return None
+    size, offset = params.get("shared_memory_byte_size"), params.get("shared_memory_offset", 0)
+    if not isinstance(region, str) or type(size) is not int or size < 0 or type(offset) is not int or offset < 0:
+        raise HTTPError(400, f"{what}: shared_memory_region must be a string and shared_memory_byte_size / "
+                             "shared_memory_offset non-negative integers")
+    return SharedSlice(region, offset, size)
+
+
+def _check_count(name: str, shape: list[int], dtype: np.dtype, datatype: str, max_elements, max_rows) -> int:
+    count = math.prod(shape)
+    if count > INT64_MAX:
+        raise HTTPError(400, f"input '{name}': shape {shape} causes total element count to exceed maximum size of "
+                             f"{INT64_MAX}")
+    if dtype.kind != "O" and count * dtype.itemsize > INT64_MAX:
+        raise HTTPError(400, f"byte size overflow for input '{name}': shape {shape} of {datatype} is more than "
+                             f"{INT64_MAX} bytes")
+    if max_elements is not None and count > max_elements:
+        raise HTTPError(413, f"input '{name}' has {count} elements (shape {shape}), more than this model's "
+                             f"limit of {max_elements} per tensor; send smaller requests")
+    if max_rows is not None and shape and shape[0] > max_rows:  # 400, as Triton answers past max_batch_size
+        raise HTTPError(400, f"input '{name}' has {shape[0]} rows, more than this model's limit of {max_rows} "
+                             "per request (its max_batch_size, or --max-batch-rows); split the batch")
+    return count
+
+
+def _tensor_from_bytes(raw, dtype: np.dtype, count: int, shape: list[int], name: str, datatype: str) -> np.ndarray:
+    if dtype.kind == "O":
+        return bytes_elements(raw, count, name)
+    if len(raw) != count * dtype.itemsize:
+        raise HTTPError(400, f"input '{name}': shape {shape} of {datatype} needs {count * dtype.itemsize} bytes, "
+                             f"got {len(raw)}")
+    arr = np.frombuffer(raw, dtype=dtype if _NATIVE_LE else dtype.newbyteorder("<"), count=count)
+    return arr if _NATIVE_LE else arr.astype(dtype)
+
+
+def _raw_request(body, inputs: dict[str, TensorInfo], model_name: str, leading_batch: bool, max_elements,
+                 max_rows) -> InferRequest:
+    """A body that is the raw bytes of the model's one input (``Inference-Header-Content-Length: 0``): its
+    shape deduced from the byte count, as Triton does; every output comes back binary."""
+    if len(inputs) != 1:
+        raise HTTPError(400, f"Raw request must only have 1 input (found 1) to be deduced but got {len(inputs)} "
+                             f"inputs in '{model_name}' model configuration")
+    (info,) = inputs.values()
+    name, dtype, datatype = info.name, info.dtype, datatype_of(info.dtype)
+    dims = list(info.shape)
+    if leading_batch and dims:
+        dims[0] = 1  # one row
+    variable = [i for i, d in enumerate(dims) if not isinstance(d, int) or d < 0]
+    if dtype.kind == "O":
+        if variable or math.prod(dims) != 1:
+            raise HTTPError(400, f"For BYTE datatype raw input '{name}', the model must have input shape [1]")
+        arr = np.empty(1, dtype=object)
+        try:
+            arr[0] = str(body, "utf-8")
+        except UnicodeDecodeError:
+            raise HTTPError(400, f"BYTES input '{name}': the raw body is not valid UTF-8") from None
+        return InferRequest(None, {name: arr.reshape(dims)}, None, True, 1)
+    if len(variable) > 1:
+        raise HTTPError(400, f"The shape of the raw input '{name}' can not be deduced because there are more than "
+                             "one variable-sized dimension")
+    fixed = math.prod(d for i, d in enumerate(dims) if i not in variable) * dtype.itemsize
+    if variable:
+        if fixed == 0 or len(body) % fixed or not body:
+            raise HTTPError(400, f"The size of the raw input '{name}' ({len(body)} bytes) is not a positive "
+                                 f"multiple of the {fixed} bytes its other dimensions take; its shape can not be "
+                                 "deduced")
+        dims[variable[0]] = len(body) // fixed
+    count = _check_count(name, dims, dtype, datatype, max_elements, max_rows)
+    arr = _tensor_from_bytes(memoryview(body), dtype, count, dims, name, datatype)
+    return InferRequest(None, {name: arr.reshape(dims)}, None, True, dims[0] if dims else 1)
+
+
 def parse_infer_request(
     body: bytes,
     header_length: int | None,
@@ -180,9 +283,22 @@ def parse_infer_request(
     allow_nonfinite: bool = False,
     max_elements: int | None = None,
     max_rows: int | None = None,
+    model_name: str = "model",
+    leading_batch: bool = False,
+    shared_memory=None,
 ) -> InferRequest:
     """Validate and decode one infer request against a model's inputs and outputs (and, when given, the
-    model's limits on elements per tensor, 413 beyond, and rows per request, 400 beyond as in Triton)."""
+    model's limits on elements per tensor, 413 beyond, and rows per request, 400 beyond as in Triton).
+
+    ``header_length`` 0 is a raw body (the one input's bytes; ``leading_batch``: its axis 0 is one row);
+    ``shared_memory`` (a ``shm.SystemSharedMemory``) resolves inputs given as shared memory regions."""
+    if header_length == 0:
+        request = _raw_request(body, inputs, model_name, leading_batch, max_elements, max_rows)
+        (arr,) = request.feeds.values()
+        if arr.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(arr).all():
+            raise HTTPError(400, f"input '{next(iter(request.feeds))}' contains NaN or infinite values; send "
+                                 "finite numbers")
+        return request
     json_part, binary = _header_split(body, header_length)
     streamed = len(json_part) >= tensorjson.STREAM_ABOVE_BYTES
     doc = _loads(json_part)
@@ -231,19 +347,23 @@ def parse_infer_request(
                                      f"got shape {shape}")
         if 0 in shape:
             raise HTTPError(400, f"input '{name}' has an empty dimension (shape {shape}); send at least one row")
-        count = math.prod(shape)
-        if max_elements is not None and count > max_elements:
-            raise HTTPError(413, f"input '{name}' has {count} elements (shape {shape}), more than this model's "
-                                 f"limit of {max_elements} per tensor; send smaller requests")
-        if max_rows is not None and shape and shape[0] > max_rows:  # 400, as Triton answers past max_batch_size
-            raise HTTPError(400, f"input '{name}' has {shape[0]} rows, more than this model's limit of {max_rows} "
-                                 "per request (its max_batch_size, or --max-batch-rows); split the batch")
         dtype = info.dtype
+        count = _check_count(name, shape, dtype, datatype, max_elements, max_rows)
         item_params = item.get("parameters") or {}
         if not isinstance(item_params, dict):
             raise HTTPError(400, f"input '{name}': 'parameters' must be an object")
         size = item_params.get("binary_data_size")
-        if size is not None:
+        shared = _shared_slice(item_params, f"input '{name}'") if item_params else None
+        if shared is not None:
+            if size is not None or "data" in item:
+                raise HTTPError(400, f"input '{name}' is in shared memory and also has 'data' or "
+                                     "binary_data_size; send one")
+            if shared_memory is None:
+                raise HTTPError(400, f"input '{name}' names a shared memory region, which this endpoint does not "
+                                     "serve")
+            raw = shared_memory.view(shared.region, shared.offset, shared.byte_size)
+            arr = _tensor_from_bytes(raw, dtype, count, shape, name, datatype)
+        elif size is not None:
             if type(size) is not int or size < 0:
                 raise HTTPError(400, f"input '{name}': binary_data_size must be a non-negative integer")
             if "data" in item:
@@ -253,15 +373,7 @@ def parse_infer_request(
                                      f"{len(binary) - offset} remain in the body (truncated payload?)")
             raw = binary[offset:offset + size]
             offset += size
-            if dtype.kind == "O":
-                arr = _bytes_elements(raw, count, name)
-            else:
-                if size != count * dtype.itemsize:
-                    raise HTTPError(400, f"input '{name}': shape {shape} of {datatype} needs "
-                                         f"{count * dtype.itemsize} bytes, binary_data_size is {size}")
-                arr = np.frombuffer(raw, dtype=dtype if _NATIVE_LE else dtype.newbyteorder("<"), count=count)
-                if not _NATIVE_LE:
-                    arr = arr.astype(dtype)
+            arr = _tensor_from_bytes(raw, dtype, count, shape, name, datatype)
         else:
             if "data" not in item:
                 raise HTTPError(400, f"input '{name}' has neither 'data' nor parameters.binary_data_size")
@@ -282,24 +394,90 @@ def parse_infer_request(
     outputs = None
     wanted = doc.get("outputs")
     if wanted is not None:
-        if not isinstance(wanted, list):
-            raise HTTPError(400, "'outputs' must be a list of {\"name\": ...} objects")
-        outputs = []
-        for out in wanted:
-            if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-                raise HTTPError(400, "each entry of 'outputs' needs a string 'name'")
-            if out["name"] not in output_names:
-                raise HTTPError(400, f"unknown output '{out['name']}'; the model's outputs are {', '.join(output_names)}")
-            oparams = out.get("parameters") or {}
-            if not isinstance(oparams, dict):
-                raise HTTPError(400, f"output '{out['name']}': 'parameters' must be an object")
-            if oparams.get("classification"):
-                raise HTTPError(400, "the classification extension is not supported; ask for the raw output")
-            as_binary = oparams.get("binary_data", binary_default)
-            if not isinstance(as_binary, bool):
-                raise HTTPError(400, f"output '{out['name']}': binary_data must be true or false")
-            outputs.append((out["name"], as_binary))
+        outputs = _requested_outputs(wanted, output_names, binary_default, shared_memory)
     return InferRequest(req_id, feeds, outputs, binary_default, max(rows, 1))
+
+
+def _requested_outputs(wanted, output_names: list[str], binary_default: bool, shared_memory) -> list[OutputRequest]:
+    if not isinstance(wanted, list):
+        raise HTTPError(400, "'outputs' must be a list of {\"name\": ...} objects")
+    outputs, seen = [], set()
+    for out in wanted:
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise HTTPError(400, "each entry of 'outputs' needs a string 'name'")
+        name = out["name"]
+        if name not in output_names:
+            raise HTTPError(400, f"unknown output '{name}'; the model's outputs are {', '.join(output_names)}")
+        if name in seen:  # as newer Tritons answer (2.51 answered it once)
+            raise HTTPError(400, f"output '{name}' already exists in request; ask for each output once")
+        seen.add(name)
+        oparams = out.get("parameters") or {}
+        if not isinstance(oparams, dict):
+            raise HTTPError(400, f"output '{name}': 'parameters' must be an object")
+        as_binary = oparams.get("binary_data", binary_default)
+        if not isinstance(as_binary, bool):
+            raise HTTPError(400, f"output '{name}': binary_data must be true or false")
+        classes = oparams.get("classification", 0)
+        if type(classes) is not int or classes < 0:
+            raise HTTPError(400, f"output '{name}': classification must be a non-negative integer (how many of "
+                                 "the top classes to return)")
+        shared = _shared_slice(oparams, f"output '{name}'") if oparams else None
+        if shared is not None:
+            if shared_memory is None:
+                raise HTTPError(400, f"output '{name}' names a shared memory region, which this endpoint does not "
+                                     "serve")
+            if classes:
+                raise HTTPError(400, f"output '{name}': classification results cannot go to shared memory; ask "
+                                     "for one or the other")
+            shared_memory.slice(shared.region, shared.offset, shared.byte_size)  # the region exists and fits
+        outputs.append(OutputRequest(name, as_binary, classes, shared))
+    return outputs
+
+
+_CLASSIFIABLE = frozenset("iuf")
+
+
+def classify(values: np.ndarray, count: int, labels: list[str] | None, per_row: bool, name: str) -> np.ndarray:
+    """Triton's classification extension: the ``count`` largest values (of each row when ``per_row``) as BYTES
+    "value:index[:label]" strings, largest first (floats with 9 decimals, as Triton prints them)."""
+    if values.dtype.kind not in _CLASSIFIABLE or values.dtype == np.float16:
+        raise HTTPError(400, f"class result not available for output '{name}' due to unsupported type "
+                             f"'{datatype_of(values.dtype)}'")
+    rows = values.reshape(values.shape[0], -1) if per_row and values.ndim > 1 else values.reshape(1, -1)
+    top = min(count, rows.shape[1])
+    out = np.empty((rows.shape[0], top), dtype=object)
+    floating = values.dtype.kind == "f"
+    for r, row in enumerate(rows):
+        order = np.argsort(row, kind="stable")[::-1][:top]
+        for k, idx in enumerate(order.tolist()):
+            v = row[idx]
+            text = f"{float(v):.9f}:{idx}" if floating else f"{int(v)}:{idx}"
+            if labels is not None and idx < len(labels):
+                text += ":" + labels[idx]
+            out[r, k] = text
+    return out if per_row and values.ndim > 1 else out.reshape(top)
+
+
+def select_outputs(request: InferRequest, out: dict[str, np.ndarray], output_names: list[str],
+                   labels: dict[str, list[str]], row_outputs: frozenset, shared_memory=None) -> list[tuple]:
+    """(name, array, binary, shared slice) of each output to send: those asked for (every output, in the
+    request's default form, when none is named), classified where asked, and copied into system shared memory
+    where asked (the response then only names the region)."""
+    if request.outputs is None:
+        return [(n, out[n], request.binary_default, None) for n in output_names]
+    chosen = []
+    for o in request.outputs:
+        value = out[o.name]
+        if o.classes:
+            value = classify(value, o.classes, labels.get(o.name), o.name in row_outputs, o.name)
+        elif o.shared is not None:
+            data = _bytes_blob(value) if value.dtype.kind in "OUS" else np.ascontiguousarray(
+                value, dtype=value.dtype if _NATIVE_LE else value.dtype.newbyteorder("<")).reshape(-1).view(np.uint8)
+            shared_memory.write(o.shared.region, o.shared.offset, o.shared.byte_size, data)
+            chosen.append((o.name, value, False, SharedSlice(o.shared.region, o.shared.offset, len(data))))
+            continue
+        chosen.append((o.name, value, o.binary, None))
+    return chosen
 
 
 def _bytes_blob(arr: np.ndarray) -> bytes:
@@ -330,7 +508,7 @@ def _json_pieces(values: np.ndarray) -> list[bytes]:
 
 
 def encode_response(
-    model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool]],
+    model_name: str, version: str, req_id: str | None, outputs: list[tuple[str, np.ndarray, bool, Any]],
     parts: bool = False,
 ) -> tuple[bytes | list, int | None]:
     """-> (body, the JSON header's length or None when no binary data follows). With ``parts``, a large body
@@ -346,10 +524,14 @@ def _encode(model_name, version, req_id, outputs):
     blobs = []
     blob_bytes = 0
     large_json = {}  # entry index -> data too large for one json.dumps call
-    for name, arr, as_binary in outputs:
+    for name, arr, as_binary, shared in outputs:
         datatype = datatype_of(arr.dtype) if arr.dtype.kind != "U" else "BYTES"
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
-        if as_binary or datatype == "FP16":
+        if shared is not None:  # already written to the region
+            entry["parameters"] = {"shared_memory_region": shared.region, "shared_memory_byte_size": shared.byte_size}
+            if shared.offset:
+                entry["parameters"]["shared_memory_offset"] = shared.offset
+        elif as_binary or datatype == "FP16":
             if datatype == "BYTES":
                 blob = _bytes_blob(arr)
             else:

@@ -32,6 +32,15 @@ class ModelSource:
     policy: BatchPolicy
     config_path: Path | None = None
     config: dict = field(default_factory=dict)  # the parsed config.pbtxt
+    label_files: dict[str, Path] = field(default_factory=dict)  # output -> its config label_filename
+
+    def warmup_file(self, filename: str) -> Path:
+        """A model_warmup input_data_file: in the model folder's warmup/ (as Triton keeps them), never outside."""
+        folder = (self.config_path.parent if self.config_path else self.versions[self.latest].parent.parent)
+        path = folder / "warmup" / filename
+        if not path.resolve().is_relative_to((folder / "warmup").resolve()):
+            raise EdgeDLError(f"model '{self.name}': warm-up file {filename!r} is outside {folder / 'warmup'}")
+        return path
 
     @property
     def latest(self) -> int:
@@ -65,9 +74,14 @@ def read_config(path: Path, defaults: BatchPolicy) -> tuple[dict, BatchPolicy]:
         raise EdgeDLError(f"{path} is not a text file; write config.pbtxt in protobuf text format") from None
     except EdgeDLError as exc:
         raise EdgeDLError(f"{path}: {exc}") from None
+    return cfg, policy_of(cfg, defaults, str(path))
+
+
+def policy_of(cfg: dict, defaults: BatchPolicy, where: str) -> BatchPolicy:
+    """The BatchPolicy a parsed model configuration gives (``where`` names it in errors)."""
     platform = first(cfg, "platform") or first(cfg, "backend")
     if platform not in (None, "onnxruntime_onnx", "onnxruntime"):
-        raise EdgeDLError(f"{path}: platform '{platform}' is not supported; edgedl serves onnxruntime_onnx models")
+        raise EdgeDLError(f"{where}: platform '{platform}' is not supported; edgedl serves onnxruntime_onnx models")
     max_batch = first(cfg, "max_batch_size", defaults.max_batch_size)
     dyn = first(cfg, "dynamic_batching")
     delay = first(dyn, "max_queue_delay_microseconds", defaults.max_queue_delay_us) if dyn is not None else 0
@@ -76,11 +90,24 @@ def read_config(path: Path, defaults: BatchPolicy) -> tuple[dict, BatchPolicy]:
     instances = sum(int(first(g, "count", 1)) for g in cfg.get("instance_group", [])) or defaults.instances
     for key, value in (("max_batch_size", max_batch), ("max_queue_delay_microseconds", delay),
                        ("max_queue_size", max_queue), ("instance_group count", instances)):
-        if not isinstance(value, int) or value < 0:
-            raise EdgeDLError(f"{path}: {key} must be a non-negative integer, got {value!r}")
-    policy = BatchPolicy(max_batch_size=max_batch, max_queue_delay_us=delay, max_queue=max_queue or defaults.max_queue,
-                         instances=max(instances, 1), dynamic_batching=dyn is not None)
-    return cfg, policy
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise EdgeDLError(f"{where}: {key} must be a non-negative integer, got {value!r}")
+    return BatchPolicy(max_batch_size=max_batch, max_queue_delay_us=delay, max_queue=max_queue or defaults.max_queue,
+                       instances=max(instances, 1), dynamic_batching=dyn is not None)
+
+
+def config_from_json(doc) -> dict:
+    """A model configuration in Triton's JSON form (as a repository load's ``config`` parameter carries it) in
+    the form parse_pbtxt gives: every field a list of values, messages dicts of the same form."""
+    def value(v):
+        return {k: values(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+    def values(v):
+        return [value(x) for x in v] if isinstance(v, list) else [value(v)]
+
+    if not isinstance(doc, dict):
+        raise EdgeDLError("the load's 'config' must be a JSON object (a model configuration)")
+    return {k: values(v) for k, v in doc.items()}
 
 
 def _verify_bundle(directory: Path, verify_key: Path | None) -> None:
@@ -144,9 +171,12 @@ def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
     return sources
 
 
-def _model_source(repository: Path, entry: Path, defaults: BatchPolicy, allow_outside: bool) -> ModelSource:
+def _model_source(repository: Path, entry: Path, defaults: BatchPolicy, allow_outside: bool,
+                  override: dict | None = None) -> ModelSource:
     config_path = entry / "config.pbtxt"
-    if config_path.is_file():
+    if override is not None:  # a load request's configuration, instead of config.pbtxt
+        cfg, policy = override, policy_of(override, defaults, f"the configuration given to load '{entry.name}'")
+    elif config_path.is_file():
         cfg, policy = read_config(_inside(repository, entry.name, config_path, allow_outside), defaults)
     else:
         cfg, policy = {}, defaults
@@ -164,7 +194,14 @@ def _model_source(repository: Path, entry: Path, defaults: BatchPolicy, allow_ou
     if cfg and first(cfg, "name", entry.name) != entry.name:
         raise EdgeDLError(f"{config_path}: name '{first(cfg, 'name')}' differs from its folder '{entry.name}'; "
                           "make them equal (Triton requires it)")
-    return ModelSource(entry.name, versions, policy, config_path if cfg else None, cfg)
+    labels = {}
+    for output in cfg.get("output", []):
+        name, filename = first(output, "name"), first(output, "label_filename")
+        if isinstance(name, str) and filename is not None:
+            if not isinstance(filename, str) or not filename:
+                raise EdgeDLError(f"{config_path}: label_filename of output '{name}' must be a non-empty string")
+            labels[name] = _inside(repository, entry.name, entry / filename, allow_outside)
+    return ModelSource(entry.name, versions, policy, config_path if cfg else None, cfg, labels)
 
 
 def _apply_version_policy(versions: dict[int, Path], policy: dict, config_path: Path) -> dict[int, Path]:
@@ -189,3 +226,32 @@ def _apply_version_policy(versions: dict[int, Path], policy: dict, config_path: 
                               f"{', '.join(map(str, sorted(versions)))}; list versions that exist")
         return {v: versions[v] for v in wanted}
     raise EdgeDLError(f"{config_path}: version_policy must hold latest, specific or all")
+
+
+def override_source(repository: Path, name: str, config: dict, files: dict[str, bytes], defaults: BatchPolicy,
+                    workdir: Path, allow_outside: bool) -> ModelSource:
+    """The model ``name`` as a repository load with overrides gives it (Triton's load parameters): ``config``
+    (parsed with config_from_json) instead of its config.pbtxt, and, when ``files`` ("1/model.onnx" -> bytes)
+    are given, a model folder made of just those files under ``workdir`` instead of the repository's."""
+    if not files:
+        entry = repository / name
+        if not entry.is_dir():
+            raise EdgeDLError(f"model '{name}' not found in {repository}; lay models out as "
+                              f"{repository}/NAME/1/model.onnx")
+        return _model_source(repository, entry, defaults, allow_outside, config)
+    import shutil
+
+    entry = workdir / name
+    shutil.rmtree(entry, ignore_errors=True)
+    for relative, content in files.items():
+        parts = relative.split("/")
+        if relative.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\\" in relative:
+            raise EdgeDLError(f"failed to poll from model repository: file override 'file:{relative[:60]}' must be a "
+                              "relative path inside the model folder, such as 'file:1/model.onnx'")
+        if any(len(p.encode()) > 255 for p in parts):
+            raise EdgeDLError(f"failed to poll from model repository: a file override's name has a part longer than "
+                              "255 bytes; use shorter names")
+        target = entry.joinpath(*parts)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    return _model_source(workdir, entry, defaults, False, config)

@@ -1,13 +1,22 @@
-"""Run the app under uvicorn (httptools parser, uvloop when installed): load and warm up every model first,
-report ready only once the socket is bound, reload on SIGHUP, drain in-flight requests on SIGTERM/SIGINT.
-Connections go through ``connections.GuardedProtocol`` (timeouts, header size, a cap on open connections)."""
+"""Run the app: load and warm up every model first, bind the socket, report ready, then serve under uvicorn
+(httptools parser, uvloop when installed) until SIGTERM/SIGINT; reload on SIGHUP.
+
+``Server`` composes a ``uvicorn.Server`` (it does not subclass it) and drives it through its public surface: the
+listening socket is bound here and handed to ``uvicorn.Server.serve(sockets=...)``; SIGINT/SIGTERM go to uvicorn's
+own ``handle_exit`` (the first drains in-flight requests for up to ``--drain-timeout``, a second SIGINT forces),
+and a watcher that follows ``should_exit`` - as uvicorn's own main loop does - marks the app draining, says so,
+and stops the gRPC endpoint alongside. The models are closed once both front ends are done. Connections go
+through ``connections.GuardedProtocol`` (timeouts, header size, a cap on open connections).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import os
+import contextlib
 import logging
+import os
 import signal
+import socket
 import sys
 import threading
 from time import perf_counter
@@ -19,8 +28,10 @@ from edgedl.runtime.server.config import ServerConfig
 from edgedl.runtime.server.connections import FD_RESERVE, ConnectionGuard, protocol_class, raise_fd_limit
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry
+from edgedl.runtime.server.settings import LogSettings
 
 log = logging.getLogger("edgedl.serve")
+WATCH_S = 0.05  # how often the watcher looks at uvicorn's should_exit (uvicorn's own main loop: every 0.1 s)
 
 
 def _uvicorn():
@@ -31,22 +42,21 @@ def _uvicorn():
     return uvicorn
 
 
-def _best(module: str, fast: str, fallback: str) -> str:
-    import importlib.util
-
-    return fast if importlib.util.find_spec(module) is not None else fallback
-
-
 def build(config: ServerConfig) -> InferenceApp:
     """Load and warm up every model (raising EdgeDLError on any problem) and return the ASGI app."""
     metrics = ServerMetrics()
-    registry = Registry(config, metrics)
-    registry.load_all()
-    return InferenceApp(registry, config, metrics)
+    logs = LogSettings()  # before loading: what loading says goes to the server's log
+    try:
+        registry = Registry(config, metrics)
+        registry.load_all()
+    except BaseException:
+        logs.close()
+        raise
+    return InferenceApp(registry, config, metrics, logs)
 
 
 def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | None = None) -> None:
-    """Serve until SIGTERM/SIGINT; ``on_ready(app, url)`` runs once the socket is bound and models are warm."""
+    """Serve until SIGTERM/SIGINT; ``on_ready(app, url)`` runs once the socket listens and models are warm."""
     uvicorn = _uvicorn()
     t0 = perf_counter()
     grpc_server = _grpc_server() if config.grpc_port is not None else None  # a missing extra fails before loading
@@ -59,13 +69,11 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
               f"{limits.max_connections + FD_RESERVE}", file=sys.stderr, flush=True)
     # uvicorn's own log stays at errors: a client that sends garbage must not be able to fill the log
     uv_config = uvicorn.Config(
-        app, host=config.host, port=config.port, lifespan="on", access_log=False, log_level="error",
-        loop=_best("uvloop", "uvloop", "asyncio"), http=protocol_class(guard),
-        timeout_graceful_shutdown=config.drain_timeout_s, server_header=False, date_header=False,
-        timeout_keep_alive=limits.keep_alive_timeout_s, proxy_headers=False,
+        app, host=config.host, port=config.port, lifespan="off", access_log=False, log_level="error",
+        http=protocol_class(guard), timeout_graceful_shutdown=config.drain_timeout_s, server_header=False,
+        date_header=False, timeout_keep_alive=limits.keep_alive_timeout_s, proxy_headers=False,
     )
-    server = _Server(uv_config, app, on_ready, t0, grpc_server)
-    server.run()
+    Server(app, uvicorn.Server(uv_config), grpc_server, on_ready, t0).run()
 
 
 def _grpc_server():
@@ -77,83 +85,133 @@ def _grpc_server():
     return GrpcServer
 
 
-class _Server:
-    """uvicorn.Server with edgedl's signals: SIGHUP reloads, SIGTERM/SIGINT drain (a second SIGINT forces),
-    and a clean exit status instead of re-raising the signal."""
+class Server:
+    """One ``edgedl serve`` process: the app, its HTTP server (a ``uvicorn.Server``), its optional gRPC server,
+    and the signals that reload, drain and stop them."""
 
-    def __new__(cls, uv_config, app, on_ready, t0, grpc_server=None):
-        uvicorn = _uvicorn()
+    def __init__(self, app: InferenceApp, http, grpc_server=None, on_ready=None, t0: float | None = None):
+        self.app, self.http = app, http
+        self.grpc = grpc_server(app) if grpc_server is not None else None
+        self.on_ready = on_ready
+        self.t0 = perf_counter() if t0 is None else t0
+        self.loop: asyncio.AbstractEventLoop | None = None
 
-        class Server(uvicorn.Server):
-            def capture_signals(self):
-                import contextlib
+    def run(self) -> None:
+        with self._signals():
+            _run(self.serve())
 
-                @contextlib.contextmanager
-                def handlers():
-                    if threading.current_thread() is not threading.main_thread():
-                        yield
-                        return
-                    previous = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
-                    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._reload)
-                    try:
-                        yield
-                    finally:
-                        for sig, handler in previous.items():
-                            signal.signal(sig, handler)
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGINT/SIGTERM -> uvicorn's handle_exit (also while uvicorn is not serving yet: it then stops at once;
+        uvicorn re-raises the signal it stopped on into this handler, so the process exits 0), SIGHUP -> reload."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        handlers = {signal.SIGINT: self.http.handle_exit, signal.SIGTERM: self.http.handle_exit,
+                    signal.SIGHUP: self._reload}
+        previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
-                return handlers()
+    def _reload(self, sig, frame) -> None:
+        loop = self.loop
+        if loop is not None:
+            loop.call_soon_threadsafe(lambda: loop.create_task(_reload_all(self.app)))
 
-            def handle_exit(self, sig, frame):
-                if not app.draining:
-                    # os.write, not print: a signal can arrive while the main thread is inside sys.stderr's
-                    # buffered writer, and print would then raise "reentrant call"
-                    os.write(2, b"edgedl serve: draining in-flight requests, then stopping (Ctrl-C again to force)\n")
-                app.draining = True
-                super().handle_exit(sig, frame)
+    async def serve(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        app, config = self.app, self.app.config
+        sock = _listen(config.host, config.port, self.http.config.backlog)
+        try:
+            grpc_port = await self.grpc.start(config.host, config.grpc_port) if self.grpc is not None else None
+        except BaseException:
+            sock.close()
+            raise
+        app.started = True
+        self._announce(sock, grpc_port)
+        watcher = self.loop.create_task(self._stop_with_http())
+        poller = self.loop.create_task(app.registry.poll(config.poll_interval_s)) \
+            if config.model_control == "poll" else None
+        try:
+            await self.http.serve(sockets=[sock])
+        finally:
+            self.http.should_exit = True
+            if poller is not None:
+                poller.cancel()
+            await watcher
+            await app.close()
 
-            def _reload(self, sig, frame):
-                loop = self._loop
-                if loop is not None:
-                    loop.call_soon_threadsafe(lambda: loop.create_task(_reload_all(app)))
+    async def _stop_with_http(self) -> None:
+        """Once uvicorn is told to stop: stop reporting ready, and drain gRPC while HTTP drains."""
+        while not self.http.should_exit:
+            await asyncio.sleep(WATCH_S)
+        if not self.app.draining:
+            self.app.draining = True
+            print("edgedl serve: draining in-flight requests, then stopping (Ctrl-C again to force)",
+                  file=sys.stderr, flush=True)
+        if self.grpc is not None:  # gRPC calls in flight finish before the models are retired
+            await self.grpc.stop(self.app.config.drain_timeout_s)
 
-            async def startup(self, sockets=None):
-                self._loop = asyncio.get_running_loop()
-                if grpc_server is not None:  # on this loop, which the models' batchers live on too
-                    self.grpc = grpc_server(app)
-                    grpc_port = await self.grpc.start(app.config.host, app.config.grpc_port)
-                await super().startup(sockets)
-                if self.should_exit:
-                    return
-                app.started = True
-                host, port = self.servers[0].sockets[0].getsockname()[:2]
-                url = f"http://{host}:{port}"
-                where = url if self.grpc is None else f"{url} and gRPC {host}:{grpc_port}"
-                models = ", ".join(f"{name} v{','.join(e.versions)} ({e.latest.mode})"
-                                   for name, e in app.registry.models.items())
-                if config_host_is_public(app.config.host) and app.config.api_key is None:
-                    print(f"edgedl serve: WARNING listening on {app.config.host} without --api-key: anyone who can "
-                          "reach this port can run the models", file=sys.stderr, flush=True)
-                age = _process_age_s()
-                since = f"{age:.2f} s after process start" if age is not None else f"{perf_counter() - t0:.2f} s"
-                print(f"edgedl serve: ready in {since} (models loaded and warm) at {where} - {models}",
-                      file=sys.stderr, flush=True)
-                if on_ready is not None:
-                    on_ready(app, url)
+    def _announce(self, sock: socket.socket, grpc_port: int | None) -> None:
+        app, config = self.app, self.app.config
+        host, port = sock.getsockname()[:2]
+        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        where = url if grpc_port is None else f"{url} and gRPC {host}:{grpc_port}"
+        models = ", ".join(f"{name} v{','.join(e.versions)} ({e.latest.mode})"
+                           for name, e in app.registry.models.items())
+        if config_host_is_public(config.host) and config.api_key is None:
+            print(f"edgedl serve: WARNING listening on {config.host} without --api-key: anyone who can "
+                  "reach this port can run the models", file=sys.stderr, flush=True)
+        age = _process_age_s()
+        since = f"{age:.2f} s after process start" if age is not None else f"{perf_counter() - self.t0:.2f} s"
+        print(f"edgedl serve: ready in {since} (models loaded and warm) at {where} - {models}",
+              file=sys.stderr, flush=True)
+        if self.on_ready is not None:
+            self.on_ready(app, url)
 
-            async def shutdown(self, sockets=None):
-                if self.grpc is not None:  # gRPC calls in flight finish before the models are retired
-                    await self.grpc.stop(app.config.drain_timeout_s)
-                await super().shutdown(sockets)
 
-        server = Server(uv_config)
-        server._loop = None
-        server.grpc = None
-        return server
+def _listen(host: str, port: int, backlog: int) -> socket.socket:
+    """The listening socket, bound and listening before the server reports ready (connections made from then on
+    wait in the backlog until uvicorn takes them)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(backlog)
+    except OSError as exc:
+        sock.close()
+        raise EdgeDLError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another port, or stop "
+                          "the process that holds it") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+def _run(main) -> None:
+    """``asyncio.run`` on uvloop when it is installed."""
+    try:
+        import uvloop
+    except ImportError:
+        factory = asyncio.new_event_loop
+    else:
+        factory = uvloop.new_event_loop
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(main)
+        return
+    loop = factory()  # pragma: no cover - Python 3.10
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 def _process_age_s() -> float | None:
     """Seconds since this process started (Linux /proc; None elsewhere) - startup cost includes imports."""
-    import os
     import time
 
     try:

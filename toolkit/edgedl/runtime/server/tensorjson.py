@@ -10,7 +10,7 @@ Every scan works on ``CHUNK``-sized pieces: numpy's text parser releases the GIL
 pieces lets the event loop run.
 
 Number syntax is JSON's (with NaN and Infinity, as Python's json reads them), checked per piece where numpy's
-parser is more lenient. Nesting is limited to ``MAX_DEPTH`` levels (a 400, not a RecursionError).
+parser is more lenient. Nesting is limited to ``MAX_DEPTH`` levels, as in Triton (a 400, not a RecursionError).
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ import numpy as np
 
 STREAM_ABOVE_BYTES = 64 * 1024
 CHUNK = 256 * 1024
-MAX_DEPTH = 64
+MAX_DEPTH = 100
+TOO_DEEP = f"JSON nesting depth exceeds maximum allowed limit ({MAX_DEPTH})"  # Triton's words
 _SMALL_ARRAY = 4096  # numeric arrays shorter than this (shapes, small data) become plain lists
 
 _SPACE = re.compile(rb"[ \t\n\r]*")
@@ -48,10 +49,27 @@ def loads(raw: bytes | bytearray) -> Any:
     """Parse a request body; large numeric arrays come back as ``NumberArray`` (only from large bodies)."""
     if len(raw) < STREAM_ABOVE_BYTES:
         try:
-            return json.loads(raw)
+            doc = json.loads(raw)
         except RecursionError:
-            raise DecodeError(f"JSON nested deeper than the parser allows (keep it under {MAX_DEPTH} levels)") from None
+            raise DecodeError(TOO_DEEP) from None
+        if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and _deeper_than(doc, MAX_DEPTH):
+            raise DecodeError(TOO_DEEP)
+        return doc
     return _Parser(raw).document()
+
+
+def _deeper_than(doc, limit: int) -> bool:
+    """Whether objects and arrays nest more than ``limit`` levels in ``doc`` (iteratively: no recursion)."""
+    stack = [(doc, 1)] if doc.__class__ is list or doc.__class__ is dict else []
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = value.values() if value.__class__ is dict else value
+        for child in children:
+            if child.__class__ is list or child.__class__ is dict:
+                stack.append((child, depth + 1))
+    return False
 
 
 def plain(value):
@@ -219,7 +237,7 @@ class _Parser:
 
     def _deeper(self, depth: int, pos: int) -> None:
         if depth > MAX_DEPTH:
-            self.fail(f"JSON nested deeper than {MAX_DEPTH} levels", pos)
+            self.fail(TOO_DEEP, pos)
 
     def _items(self, pos: int, close: bytes, item) -> int:
         """``item(pos) -> end`` for each comma-separated item after the opening bracket at ``pos``, up to

@@ -5,12 +5,14 @@ One codec for both protocols: a ModelInferRequest is rewritten into the HTTP bin
 raw tensors) and decoded by ``protocol.parse_infer_request``, so every check and message is the HTTP one; the
 response is encoded by ``protocol.encode_response`` (all outputs binary) and split into ``raw_output_contents``.
 Metadata, config, statistics and the index are the HTTP documents converted with protobuf's JSON mapping
-(Triton's HTTP documents are that mapping). Shared memory, trace and logging are not offered: UNIMPLEMENTED.
+(Triton's HTTP documents are that mapping); shared memory, trace and log settings go to the same objects as
+HTTP's. A large request is decoded, run and encoded off the event loop, as over HTTP.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
 import json
 import logging
@@ -20,10 +22,12 @@ from time import perf_counter
 
 import grpc
 
-from edgedl import __version__
 from edgedl.errors import EdgeDLError
+from edgedl.runtime.server import documents
+from edgedl.runtime.server.app import load_parameters
 from edgedl.runtime.server.grpc_server.messages import SERVICE, json_format, message, methods
-from edgedl.runtime.server.protocol import HTTPError, encode_response, parse_infer_request
+from edgedl.runtime.server.protocol import HTTPError, encode_response
+from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES as LARGE_BODY_BYTES
 
 log = logging.getLogger("edgedl.serve")
 
@@ -92,17 +96,35 @@ def http_form(request) -> tuple[bytes, int]:
     return b"".join([header, *blobs]), len(header)
 
 
-def grpc_response(body: bytes, json_length: int):
-    """The HTTP response body of ``encode_response`` (every output binary) as a ModelInferResponse."""
-    doc = json.loads(body[:json_length])
+def grpc_response(body: bytes, json_length: int | None):
+    """The HTTP response body of ``encode_response`` (every output binary, or in shared memory) as a
+    ModelInferResponse; an output in shared memory gets an empty raw_output_contents entry, so that the
+    entries stay in the order of the outputs."""
+    doc = json.loads(body if json_length is None else body[:json_length])
     response = InferResponse(model_name=doc["model_name"], model_version=doc["model_version"], id=doc.get("id", ""))
-    offset = json_length
+    offset = json_length or 0
     for out in doc["outputs"]:
-        size = out["parameters"]["binary_data_size"]
-        response.outputs.append(OutputTensor(name=out["name"], datatype=out["datatype"], shape=out["shape"]))
-        response.raw_output_contents.append(body[offset:offset + size])
-        offset += size
+        params = out.get("parameters", {})
+        tensor = OutputTensor(name=out["name"], datatype=out["datatype"], shape=out["shape"])
+        size = params.get("binary_data_size")
+        if size is None:  # in a shared memory region
+            for key, value in params.items():
+                if isinstance(value, str):
+                    tensor.parameters[key].string_param = value
+                else:
+                    tensor.parameters[key].int64_param = value
+            response.raw_output_contents.append(b"")
+        else:
+            response.raw_output_contents.append(body[offset:offset + size])
+            offset += size
+        response.outputs.append(tensor)
     return response
+
+
+def _encode_grpc(model, request_id, outputs):
+    body, json_length = encode_response(model.name, model.version, request_id,
+                                        [(n, a, True, shared) for n, a, _, shared in outputs])
+    return grpc_response(body, json_length)
 
 
 class InferenceService:
@@ -125,22 +147,20 @@ class InferenceService:
         return message("ModelReadyResponse")(ready=ready)
 
     async def ServerMetadata(self, request):
-        from edgedl.runtime.server.app import EXTENSIONS
-
-        return message("ServerMetadataResponse")(name="edgedl", version=__version__, extensions=EXTENSIONS)
+        return message("ServerMetadataResponse")(**documents.server_metadata())
 
     async def ModelMetadata(self, request):
         model = self.registry.get(request.name, request.version or None)
-        return self._parse(self.app._model_metadata(model), "ModelMetadataResponse")
+        return self._parse(documents.model_metadata(self.registry, model), "ModelMetadataResponse")
 
     async def ModelConfig(self, request):
         model = self.registry.get(request.name, request.version or None)
-        return self._parse({"config": self.app._model_config(model)}, "ModelConfigResponse")
+        return self._parse({"config": documents.model_config(model)}, "ModelConfigResponse")
 
     async def ModelStatistics(self, request):
         if request.name:
             self.registry.get(request.name, request.version or None)
-        stats = self.app._stats(request.name or None, request.version or None)
+        stats = documents.statistics(self.registry, request.name or None, request.version or None)
         return self._parse({"model_stats": stats}, "ModelStatisticsResponse")
 
     @staticmethod
@@ -149,13 +169,19 @@ class InferenceService:
 
     # --- repository ----------------------------------------------------------------------------------------
     async def RepositoryIndex(self, request):
-        models = [m for m in self.app._index() if not request.ready or m["state"] == "READY"]
+        models = [m for m in documents.index(self.registry, self.app.config.model_repository)
+                  if not request.ready or m["state"] == "READY"]
         return self._parse({"models": models}, "RepositoryIndexResponse")
 
     async def RepositoryModelLoad(self, request):
         self.app.require_model_control()
+        params = {}
+        for key, value in request.parameters.items():
+            kind = value.WhichOneof("parameter_choice")
+            params[key] = base64.b64encode(value.bytes_param).decode() if kind == "bytes_param" else _param(value)
+        config, files = load_parameters({"parameters": params} if params else None)
         try:
-            await self.registry.reload(request.model_name)
+            await self.registry.reload(request.model_name, config, files)
         except EdgeDLError as exc:
             raise HTTPError(400, f"failed to load '{request.model_name}': {exc}") from None
         return message("RepositoryModelLoadResponse")()
@@ -165,27 +191,71 @@ class InferenceService:
         await self.registry.unload(request.model_name)
         return message("RepositoryModelUnloadResponse")()
 
+    # --- shared memory, trace, logging ---------------------------------------------------------------------
+    async def SystemSharedMemoryStatus(self, request):
+        shm = self.app.shared_memory
+        if request.name and request.name not in shm.regions:
+            raise HTTPError(404, f"Unable to find system shared memory region: '{request.name}'")
+        return self._parse({"regions": {r["name"]: r for r in shm.status(request.name or None)}},
+                           "SystemSharedMemoryStatusResponse")
+
+    async def SystemSharedMemoryRegister(self, request):
+        self.app.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        return message("SystemSharedMemoryRegisterResponse")()
+
+    async def SystemSharedMemoryUnregister(self, request):
+        self.app.shared_memory.unregister(request.name or None)
+        return message("SystemSharedMemoryUnregisterResponse")()
+
+    async def CudaSharedMemoryStatus(self, request):
+        if request.name:
+            raise HTTPError(404, f"Unable to find cuda shared memory region: '{request.name}'")
+        return message("CudaSharedMemoryStatusResponse")()
+
+    async def CudaSharedMemoryRegister(self, request):
+        raise HTTPError(400, "CUDA shared memory is not available: this server keeps tensors in CPU memory; "
+                             "register system shared memory instead")
+
+    async def CudaSharedMemoryUnregister(self, request):
+        return message("CudaSharedMemoryUnregisterResponse")()
+
+    async def TraceSetting(self, request):
+        model = request.model_name or None
+        if model is not None:
+            self.registry.get(model, None)
+        changes = {key: (list(v.value) if key == "trace_level" else v.value[0]) if v.value else None
+                   for key, v in request.settings.items()}
+        settings = (self.app.tracer.update(changes, model) if changes else self.app.tracer.of(model)).to_json()
+        response = message("TraceSettingResponse")()
+        for key, value in settings.items():
+            response.settings[key].value.extend(value if isinstance(value, list) else [value])
+        return response
+
+    async def LogSettings(self, request):
+        changes = {key: _param(v) for key, v in request.settings.items()}
+        values = self.app.logs.update(changes) if changes else self.app.logs.values
+        response = message("LogSettingsResponse")()
+        for key, value in values.items():
+            field = {bool: "bool_param", int: "uint32_param", str: "string_param"}[type(value)]
+            setattr(response.settings[key], field, value)
+        return response
+
     # --- inference -----------------------------------------------------------------------------------------
     async def ModelInfer(self, request):
         started = perf_counter()
         model, status = None, 500
         try:
             model = self.registry.get(request.model_name, request.model_version or None)
-            try:
-                body, header_length = http_form(request)
-                decoded = parse_infer_request(body, header_length, model.inputs, model.output_names,
-                                              allow_nonfinite=model.allow_nonfinite,
-                                              max_elements=model.limits.max_tensor_elements,
-                                              max_rows=model.limits.max_batch_rows)
-                out = await model.serve(decoded, self.metrics, started)
-            except BaseException:
-                model.count_failure(started)
-                raise
-            names = [n for n, _ in decoded.outputs] if decoded.outputs else model.output_names
-            body, json_length = encode_response(model.name, model.version, decoded.id,
-                                                [(n, out[n], True) for n in names])
+            large = request.ByteSize() >= LARGE_BODY_BYTES  # typed contents too
+            shared = self.app.shared_memory
+
+            def decode():
+                return model.decode(*http_form(request), shared)
+
+            with self.app.admitted():
+                response = await self.app.infer(model, decode, large, started, encode=_encode_grpc)
             status = 200
-            return grpc_response(body, json_length)
+            return response
         except HTTPError as exc:
             status = exc.status
             raise
@@ -319,7 +389,7 @@ class GrpcServer:
         for name, (request_type, response_type, streaming) in methods().items():
             handler = getattr(self.service, name, None)
             if handler is None:
-                continue  # shared memory, trace, logging: grpc answers UNIMPLEMENTED
+                continue  # a method the service does not define: grpc answers UNIMPLEMENTED
             kind = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
             handlers[name] = kind(handler if streaming else _unary(handler),
                                   request_deserializer=request_type.FromString,
