@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.tensors import TensorInfo, check_synthetic
+from edgedl.runtime.tensors import TensorInfo, check_memory, check_synthetic
 
 DEFAULT_FLOAT_RANGE = (0.0, 1.0)
 DEFAULT_INT_RANGE = (0.0, 9.0)  # inclusive; small non-negative ids are valid for most embedding inputs
@@ -455,7 +455,18 @@ class Signature:
     def tile(self, arrays: Mapping[str, np.ndarray], batch: int) -> dict[str, np.ndarray]:
         """``batch`` samples: the first ones, repeated when the arrays hold fewer."""
         n = self.samples(arrays)
+        if batch > n:  # refuse, before allocating, a tiling this machine cannot hold (a --max-batch-size warm-up)
+            shapes = {name: self._tiled_shape(name, arr.shape, batch) for name, arr in arrays.items()}
+            check_memory(sum(int(np.prod(s, dtype=np.float64)) * np.asarray(arrays[k]).itemsize
+                             for k, s in shapes.items()) + 8 * batch,
+                         "inputs of shape " + ", ".join(f"{k}={'x'.join(map(str, s))}" for k, s in shapes.items()))
         return self.take(arrays, np.arange(batch) % n if batch > n else slice(0, batch))
+
+    def _tiled_shape(self, name: str, shape: tuple[int, ...], batch: int) -> tuple[int, ...]:
+        spec = next((s for s in self.inputs if s.name == name), None)
+        if spec is None or not spec.batched:
+            return tuple(shape)
+        return tuple(batch if axis == spec.batch_axis else d for axis, d in enumerate(shape))
 
     def batches(self, arrays: Mapping[str, np.ndarray], batch_size: int):
         """The one data protocol, batch-axis aware: ``{input_name: ndarray}`` batches of ``batch_size`` samples."""
