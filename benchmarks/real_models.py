@@ -1,15 +1,18 @@
 """The real-model acceptance models, measured: the trained ONNX models shipped in PyPI wheels (PP-OCRv4 text
-detector and recognizer, PP-OCR direction classifier, silero-vad, nudenet's YOLOv8n) and models/silero_vad.py
-exported from the package's weights.
+detector and recognizer, PP-OCR direction classifier, silero-vad, nudenet's YOLOv8n), models/silero_vad.py
+exported from the package's weights, and the transformers architectures of tests/acceptance/hf_architectures.py.
 
-Per shipped model: file size; `edgedl bench` p50 at batch 1 and 8 on 1 and 2 intra-op threads (synthetic inputs
-at the acceptance sizes, each configuration in its own process); `edgedl serve` round trip p50 of one real request
-(tritonclient HTTP, binary tensors, sequential, server on 1 thread) vs the same request in process (onnxruntime,
-1 thread), median over interleaved rounds. For the recipe: export time, size, validation against PyTorch, and the
-match with the shipped silero_vad.onnx on espeak-ng speech, chunk by chunk with the state carried.
+Per shipped model: file size; `edgedl quantize` with the acceptance suite's options and task metric (its fp32 and
+int8 task scores on the real evaluation data, int8 size); `edgedl bench` p50 of fp32 and int8 at batch 1 and 8 on
+1 and 2 intra-op threads (synthetic inputs at the acceptance sizes; int8 speed-up = fp32 p50 / int8 p50);
+`edgedl serve` round trip p50 of one real request (tritonclient HTTP, binary tensors, sequential, server on 1
+thread) vs the same request in process (onnxruntime, 1 thread), median over interleaved rounds. For the recipe:
+export time, size, validation against PyTorch, the match with the shipped silero_vad.onnx on espeak-ng speech,
+chunk by chunk with the state carried, and its int8 model's VAD F1 and speed-up. Per transformers architecture:
+`edgedl export` wall time (its own process, torch and transformers imports included), size, validation.
 
 usage: python benchmarks/real_models.py [--seconds 1] [--bench-rounds 3] [--rounds 5] [--requests 100]
-                                         [--only NAME ...]
+                                         [--only NAME ...] [--skip-exports]
 Writes benchmarks/results/real_models.{json,md}.
 """
 
@@ -31,7 +34,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "acceptance")]  # tests/real_models.py, not this file
 import real_models  # noqa: E402
-from real_tasks import MODELS, frame_f1, onnxruntime_run, triton_run, vad_probabilities  # noqa: E402
+from acceptance_cli import TaskFiles, quantize_args  # noqa: E402
+from real_tasks import (MODELS, TASK_METRICS, _vad_data, frame_f1, onnxruntime_run, triton_run,  # noqa: E402
+                        vad_probabilities)
+from test_real_hf_export import ARCHITECTURES, FILE as HF_FILE  # noqa: E402
 from serve_helpers import ServerProcess  # noqa: E402 - put on the path by real_tasks
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -39,25 +45,49 @@ EDGEDL = [sys.executable, "-m", "edgedl"]
 BATCHES, THREADS = (1, 8), (1, 2)
 
 
-def edgedl(*args, timeout: float = 900) -> subprocess.CompletedProcess:
+def edgedl(*args, timeout: float = 900, check: bool = True) -> subprocess.CompletedProcess:
     proc = subprocess.run([*EDGEDL, *map(str, args)], capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
+    if check and proc.returncode != 0:
         raise SystemExit(f"edgedl {' '.join(map(str, args))} failed:\n{proc.stderr}")
     return proc
 
 
-def bench(name: str, seconds: float, rounds: int) -> dict[str, float]:
-    """p50 per configuration, the median over ``rounds`` separate `edgedl bench` runs (load on a shared machine
-    comes and goes; a run takes all configurations in turn)."""
-    model = MODELS[name]
-    p50: dict[str, list[float]] = {}
+def bench(paths: dict[str, Path], options: tuple[str, ...], seconds: float, rounds: int) -> dict[str, dict]:
+    """p50 per model file and configuration, the median over ``rounds`` separate `edgedl bench` runs, the files
+    interleaved within a round (load on a shared machine comes and goes; a run takes all configurations in turn)."""
+    p50: dict[str, dict[str, list[float]]] = {key: {} for key in paths}
     for _ in range(rounds):
-        report = json.loads(edgedl("bench", model.path, *model.options, "-b", ",".join(map(str, BATCHES)),
-                                   "-t", ",".join(map(str, THREADS)), "-d", seconds, "--warmup", "2",
-                                   "--no-placement", "--quiet", "--json").stdout)
-        for r in report["results"]:
-            p50.setdefault(f"b{r['batch']}_t{r['threads']}", []).append(r["latency_ms"]["p50_ms"])
-    return {key: statistics.median(values) for key, values in p50.items()}
+        for key, path in paths.items():
+            report = json.loads(edgedl("bench", path, *options, "-b", ",".join(map(str, BATCHES)),
+                                       "-t", ",".join(map(str, THREADS)), "-d", seconds, "--warmup", "2",
+                                       "--no-placement", "--quiet", "--json").stdout)
+            for r in report["results"]:
+                p50[key].setdefault(f"b{r['batch']}_t{r['threads']}", []).append(r["latency_ms"]["p50_ms"])
+    return {key: {c: statistics.median(v) for c, v in configs.items()} for key, configs in p50.items()}
+
+
+def speedup(fp32: dict[str, float], int8: dict[str, float]) -> dict[str, float]:
+    return {config: fp32[config] / int8[config] for config in fp32}
+
+
+def quantize(name: str, directory: Path) -> dict:
+    """`edgedl quantize` as the acceptance suite runs it (its options, task metric, separate real calibration and
+    evaluation data): the task scores it judged, or the one line it refused with."""
+    model = MODELS[name]
+    files = TaskFiles(directory / f"{name}.eval.npz", directory / f"{name}.calibration.npz")
+    data = model.data()
+    np.savez(files.evaluation, **data.inputs, labels=data.labels)
+    np.savez(files.calibration, **model.calibration())
+    out = directory / f"{name}.int8.onnx"
+    t0 = time.perf_counter()
+    proc = edgedl(*quantize_args(model.path, model, files, out), check=False)
+    quantize_s = time.perf_counter() - t0
+    if proc.returncode != 0:
+        return {"options": list(model.quantize), "refused": proc.stderr.strip()}
+    acc = json.loads(proc.stdout)["accuracy"]
+    return {"options": list(model.quantize), "path": str(out), "quantize_s": quantize_s,
+            "size_bytes": out.stat().st_size, "metric": model.metric, "samples": acc["samples"],
+            "fp32_metric": acc["fp32_metric"], "int8_metric": acc["metric"], "metric_drop": acc["metric_drop"]}
 
 
 def one_row(name: str) -> dict[str, np.ndarray]:
@@ -96,8 +126,47 @@ def torch_baseline(path: Path, seconds: float) -> dict[str, float]:
             for r in report["results"]}
 
 
-def silero_recipe(seconds: float) -> list[dict]:
-    """models/silero_vad.py exported from each of the package's weight files, next to the shipped ONNX."""
+def silero_int8(source: Path, directory: Path, seconds: float, rounds: int) -> dict:
+    """The recipe's export quantized statically (as test_real_quantize does) with the VAD metric on the speech;
+    the int8 model streamed over the speech with its own state, and its speed-up."""
+    data = _vad_data()
+    evaluation, calibration = directory / "speech.npz", directory / "speech-calibration.npz"
+    np.savez(evaluation, input=data.inputs["input"], state=data.inputs["state"], labels=data.labels)
+    np.savez(calibration, input=data.inputs["input"][1::2], state=data.inputs["state"][:, 1::2])
+    out = directory / f"{source.stem}.int8.onnx"
+    acc = json.loads(edgedl("quantize", source, "-o", out, "--mode", "static", "--calibration", calibration,
+                            "--eval", evaluation, "--metric", f"{TASK_METRICS}:vad_frame_f1", "--speed-seconds",
+                            "0", "--no-progress", "--json").stdout)["accuracy"]
+    streamed = vad_probabilities(onnxruntime_run(out), data.inputs["input"], sr=False)
+    p50 = bench({"fp32": source, "int8": out}, (), seconds, rounds)
+    return {"size_bytes": out.stat().st_size, "fp32_metric": acc["fp32_metric"], "int8_metric": acc["metric"],
+            "streamed_int8_f1": frame_f1(streamed > 0.5, data.labels), "bench_p50_ms": p50,
+            "speedup": speedup(p50["fp32"], p50["int8"])}
+
+
+def hf_exports() -> list[dict]:
+    """Each transformers architecture through `edgedl export` in its own process, as the acceptance test runs it."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for arch in ARCHITECTURES:
+            out = Path(tmp) / f"{arch.name}.onnx"
+            names = () if "--output-name" in arch.args else tuple(a for o in arch.outputs for a in ("--output-name", o))
+            t0 = time.perf_counter()
+            report = json.loads(edgedl("export", f"{HF_FILE}:{arch.name}", *arch.args, *names, "-o", out,
+                                       "--json").stdout)
+            v = report["validation"]
+            rows.append({"architecture": arch.name, "export_s": time.perf_counter() - t0,
+                         "size_bytes": report["size_bytes"], "exporter": report["exporter"],
+                         "opset": report["opset"], "input_shapes": v["checks"][0]["input_shapes"],
+                         "validation_max_abs_diff": v["max_abs_diff"], "validation_max_rel_diff": v["max_rel_diff"],
+                         "degenerate": v["degenerate"]})
+            print(arch.name, rows[-1], flush=True)
+    return rows
+
+
+def silero_recipe(seconds: float, rounds: int) -> list[dict]:
+    """models/silero_vad.py exported from each of the package's weight files, next to the shipped ONNX; the export
+    of silero_vad.jit (the shipped model's weights) also quantized."""
     windows = real_models.vad_windows(real_models.speech().audio)
     truth = real_models.speech().chunk_labels()
     shipped = vad_probabilities(onnxruntime_run(real_models.shipped("silero_vad")), windows)
@@ -114,11 +183,13 @@ def silero_recipe(seconds: float) -> list[dict]:
             rows.append({"weights": weights, "export_s": export_s, "size_bytes": report["size_bytes"],
                          "opset": report["opset"], "validation_max_abs_diff": report["validation"]["max_abs_diff"],
                          # of the probability: the state's near-zero elements make its relative error meaningless
-                         "validation_max_rel_diff": max(c["outputs"]["output"]["max_rel_diff"] for c in checks),
+                         "validation_max_rel_diff": max(c["outputs"]["output"]["rel_diff"] for c in checks),
                          "bench_b1_p50_ms": torch_baseline(out, seconds),
                          "chunks": len(windows), "vs_shipped_max_abs_diff": float(np.abs(ours - shipped).max()),
                          "decision_agreement": float(((ours > 0.5) == (shipped > 0.5)).mean()),
                          "f1": frame_f1(ours > 0.5, truth), "shipped_f1": frame_f1(shipped > 0.5, truth)})
+            if weights == "silero_vad.jit":
+                rows[-1]["int8"] = silero_int8(out, Path(tmp), seconds, rounds)
             print(weights, {k: v for k, v in rows[-1].items() if k != "weights"}, flush=True)
     return rows
 
@@ -158,7 +229,48 @@ def markdown(report: dict) -> str:
                          f"{b['onnxruntime']:.3f} / {b['torch']:.3f} | {r['chunks']} | "
                          f"{r['vs_shipped_max_abs_diff']:.1e} | {r['decision_agreement']:.1%} | "
                          f"{r['f1']:.3f} ({r['shipped_f1']:.3f}) |")
+    lines += _int8_table(report)
+    if report.get("transformers"):
+        lines += ["", "transformers architectures built from tiny configs (`tests/acceptance/hf_architectures.py`, "
+                  "random weights made to give unit-scale outputs) through `edgedl export FILE:CLASS` with a dynamic "
+                  "batch, validated at batch 2 and 5 (export s: the whole process, torch and transformers imports "
+                  "included):", "",
+                  "| architecture | input | exporter | export s | KiB | max abs diff | max rel diff |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for r in report["transformers"]:
+            shapes = ", ".join(f"{k} {'x'.join(map(str, v))}" for k, v in r["input_shapes"].items())
+            lines.append(f"| {r['architecture']} | {shapes} | {r['exporter']} | {r['export_s']:.1f} | "
+                         f"{r['size_bytes'] / 1024:.0f} | {r['validation_max_abs_diff']:.1e} | "
+                         f"{r['validation_max_rel_diff']:.1e} |")
     return "\n".join(lines) + "\n"
+
+
+def _int8_table(report: dict) -> list[str]:
+    rows = [(name, r["int8"], r["size_bytes"]) for name, r in report["models"].items() if "int8" in r]
+    recipe = next((r for r in report.get("silero_recipe", ()) if "int8" in r), None)
+    if recipe:
+        rows.append(("silero_vad recipe (silero_vad.jit)", {**recipe["int8"], "options": ["--mode", "static"],
+                                                            "metric": "vad_frame_f1"}, recipe["size_bytes"]))
+    if not rows:
+        return []
+    lines = ["", "int8: `edgedl quantize` with the acceptance suite's options, its task metric (`--metric "
+             "tests/fixtures/task_metrics.py:FUNCTION`) on real evaluation data, separate real calibration data; "
+             "speed-up = fp32 p50 / int8 p50 of `edgedl bench` at batch (b) and threads (t), the files "
+             "interleaved:", "",
+             "| model | quantize | task metric | fp32 | int8 | MiB fp32 -> int8 | b1 t1 | b1 t2 | b8 t1 | b8 t2 |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, q, size in rows:
+        if "refused" in q:
+            lines.append(f"| {name} | `{' '.join(q['options'])}` | refused: "
+                         f"{q['refused'].removeprefix('error: ').split(' - nothing written')[0]}"
+                         " | | | | | | | |")
+            continue
+        up = q["speedup"]
+        lines.append(f"| {name} | `{' '.join(q['options'])}` | {q['metric'].replace('_', ' ')} | "
+                     f"{q['fp32_metric']:.1f} | {q['int8_metric']:.1f} | {size / 2**20:.2f} -> "
+                     f"{q['size_bytes'] / 2**20:.2f} | "
+                     + " | ".join(f"{up[f'b{n}_t{t}']:.2f}x" for n in BATCHES for t in THREADS) + " |")
+    return lines
 
 
 def main() -> None:
@@ -168,6 +280,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=100, help="serve: requests per round (at most 1 s of them)")
     ap.add_argument("--only", nargs="*", choices=list(MODELS), help="measure only these models (printed, not written)")
+    ap.add_argument("--skip-exports", action="store_true", help="leave out the transformers architectures")
     args = ap.parse_args()
     import onnxruntime
 
@@ -178,15 +291,23 @@ def main() -> None:
               "load_average_start": os.getloadavg(),
               "rounds": args.rounds, "requests": args.requests,
               "command": "python benchmarks/real_models.py " + " ".join(sys.argv[1:]), "models": {}}
-    for name in args.only or MODELS:
-        report["models"][name] = {"size_bytes": MODELS[name].path.stat().st_size,
-                                  "bench_p50_ms": bench(name, args.seconds, args.bench_rounds),
-                                  "serve": serve_overhead(name, args.rounds, args.requests)}
-        print(name, report["models"][name], flush=True)
+    if not args.only:  # first: the exports (a failure there costs least)
+        report["silero_recipe"] = silero_recipe(args.seconds, args.bench_rounds)
+        report["transformers"] = [] if args.skip_exports else hf_exports()
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only or MODELS:
+            model = MODELS[name]
+            int8 = quantize(name, Path(tmp))
+            paths = {"fp32": model.path, **({"int8": Path(int8["path"])} if "path" in int8 else {})}
+            p50 = bench(paths, model.options, args.seconds, args.bench_rounds)
+            if "int8" in p50:
+                int8.update(bench_p50_ms=p50["int8"], speedup=speedup(p50["fp32"], p50["int8"]))
+            report["models"][name] = {"size_bytes": model.path.stat().st_size, "bench_p50_ms": p50["fp32"],
+                                      "int8": int8, "serve": serve_overhead(name, args.rounds, args.requests)}
+            print(name, report["models"][name], flush=True)
     if args.only:  # a partial run is printed, never written over the full results
         print(markdown(report))
         return
-    report["silero_recipe"] = silero_recipe(args.seconds)
     report["load_average_end"] = os.getloadavg()
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "real_models.json").write_text(json.dumps(report, indent=2))

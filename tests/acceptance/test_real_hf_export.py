@@ -2,7 +2,7 @@
 (tests/acceptance/hf_architectures.py), through `edgedl export file.py:Class` with a dynamic batch: each export is
 validated against PyTorch at two batch sizes and its check is not weak (outputs of unit scale that change with
 the input). transformers' own initialisation, which gives outputs that prove nothing, is flagged in the report
-and refused with --strict."""
+(--strict turning that into a refusal is tested in tests/test_export_sources.py)."""
 
 from __future__ import annotations
 
@@ -68,19 +68,13 @@ def test_exports_validated_with_a_check_that_can_fail(tmp_path, arch):
     assert all(i.shape[0] == "batch" for i in session.get_inputs())
 
 
-def test_transformers_own_initialisation_is_a_weak_check_said_so_and_refused_when_strict(tmp_path):
+def test_transformers_own_initialisation_is_reported_as_a_check_that_proves_nothing(tmp_path):
     """EfficientNet as transformers initialises it without a checkpoint: BatchNorm's initial statistics make every
-    logit 0, so 'onnxruntime matches PyTorch' would prove nothing."""
+    logit 0, so 'onnxruntime matches PyTorch' would prove nothing; export says so and the report carries it."""
     arch = next(a for a in ARCHITECTURES if a.name == "EfficientNet")
-    raw = ("--init-args", '{"calibrate": false}')
-    out, result = export(tmp_path, arch, *raw, "--json")
-    assert result.returncode == 0, result.stderr
+    out, result = export(tmp_path, arch, "--init-args", '{"calibrate": false}', "--json")
+    assert result.returncode == 0 and out.exists(), result.stderr
     validation = json.loads(result.stdout)["validation"]
     assert validation["passed"] and set(validation["degenerate"]) == {"logits"}, validation
+    assert validation["degenerate"]["logits"].startswith("every value is exactly 0"), validation["degenerate"]
     assert "validation proves nothing about output 'logits'" in result.stderr
-    out.unlink()
-    refused = edgedl("export", f"{FILE}:{arch.name}", *arch.args, "--output-name", "logits", *raw, "-o", out,
-                     "--strict")
-    assert refused.returncode != 0 and not out.exists()
-    lines = refused.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: validation proves nothing about output 'logits'"), lines
