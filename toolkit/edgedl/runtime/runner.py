@@ -20,6 +20,7 @@ from edgedl.runtime.providers import resolve_provider, short_name
 from edgedl.runtime.tensors import TensorInfo, random_inputs
 
 _OPT_LEVELS = ("disable", "basic", "extended", "all")
+EXECUTION_MODES = ("sequential", "parallel")  # parallel: independent branches of the graph on the inter-op pool
 _NDARRAY = np.ndarray
 
 
@@ -42,6 +43,7 @@ class RunnerConfig:
     intra_op_threads: int = 0  # 0 = onnxruntime's default (one per physical core)
     inter_op_threads: int = 0
     spinning: bool | None = None  # None = onnxruntime's default (spin)
+    execution_mode: str = "sequential"
     graph_optimization: str = "all"
     enable_mem_arena: bool = True
     enable_mem_pattern: bool = True
@@ -54,6 +56,8 @@ class RunnerConfig:
             raise EdgeDLError(
                 f"graph optimization level must be one of {', '.join(_OPT_LEVELS)}, got '{self.graph_optimization}'"
             )
+        if self.execution_mode not in EXECUTION_MODES:
+            raise EdgeDLError(f"execution mode must be one of {', '.join(EXECUTION_MODES)}, got '{self.execution_mode}'")
         if self.intra_op_threads < 0 or self.inter_op_threads < 0:
             raise EdgeDLError("thread counts must be >= 0 (0 lets onnxruntime choose)")
         self.providers = tuple(resolve_provider(p) for p in self.providers) or ("CPUExecutionProvider",)
@@ -73,6 +77,8 @@ def _session_options(config: RunnerConfig):
         flag = "1" if config.spinning else "0"
         so.add_session_config_entry("session.intra_op.allow_spinning", flag)
         so.add_session_config_entry("session.inter_op.allow_spinning", flag)
+    if config.execution_mode == "parallel":
+        so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
     so.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

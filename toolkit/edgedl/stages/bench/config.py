@@ -95,6 +95,11 @@ class BenchConfig:
     torch_checkpoint: Path | None = None
     torch_init_args: dict[str, Any] | list[Any] | None = None  # constructor arguments of a file.py:Class torch_model
     placement: bool = True  # profile one extra session to see which provider ran each node
+    # the rest of onnxruntime's session settings (`edgedl optimize` searches them; `bench --config` applies them)
+    inter_op_threads: int = 0
+    execution_mode: str = "sequential"
+    memory_arena: bool = True
+    graph_optimization: str = "all"
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -167,6 +172,8 @@ class BenchConfig:
                             allow_fallback=self.allow_fallback, torch_model=self.torch_model,
                             torch_checkpoint=str(self.torch_checkpoint) if self.torch_checkpoint else None,
                             placement=self.placement and engine == "onnxruntime",
+                            inter_op_threads=self.inter_op_threads, execution_mode=self.execution_mode,
+                            memory_arena=self.memory_arena, graph_optimization=self.graph_optimization,
                         ))
         return out
 
@@ -208,6 +215,10 @@ class WorkerConfig:
     torch_model: str | None = None
     torch_checkpoint: str | None = None
     placement: bool = True
+    inter_op_threads: int = 0
+    execution_mode: str = "sequential"
+    memory_arena: bool = True
+    graph_optimization: str = "all"
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

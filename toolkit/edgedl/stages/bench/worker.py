@@ -118,7 +118,8 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
     def runner_config(profile: bool = False) -> RunnerConfig:
         return RunnerConfig(providers=(provider,), provider_options={provider: cfg.provider_options} if cfg.provider_options else {},
                             intra_op_threads=cfg.threads, spinning=cfg.spinning, allow_fallback=cfg.allow_fallback,
-                            profile=profile)
+                            profile=profile, inter_op_threads=cfg.inter_op_threads, execution_mode=cfg.execution_mode,
+                            enable_mem_arena=cfg.memory_arena, graph_optimization=cfg.graph_optimization)
 
     startup_rss = peak_rss_mib()
     runner, create_ms = once(lambda: Runner(cfg.model, runner_config()))
@@ -149,6 +150,8 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
     used = list(placement["by_provider"]) if placement and placement["by_provider"] else session_providers[:1]
     return _result(cfg, result, sizes, create_ms, first_ms, startup_rss, peak, {
         "engine_version": f"onnxruntime {ort.__version__}",
+        "session": {"inter_op_threads": cfg.inter_op_threads, "execution_mode": cfg.execution_mode,
+                    "memory_arena": cfg.memory_arena, "graph_optimization": cfg.graph_optimization},
         "provider_requested": short_name(provider),
         "providers_session": session_providers,
         "providers_used": used,

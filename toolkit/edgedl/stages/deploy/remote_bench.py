@@ -101,7 +101,11 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
             models_dir = Path(tmp) / "models"
             models_dir.mkdir()
             remote_of: dict[str, str] = {}
-            for m in models:
+            # the models, and the input data (.npz) configurations name, go as content-addressed copies
+            inputs = [Path(c["input_data"]) for c in configs if c.get("input_data")]
+            for m in dict.fromkeys([*models, *inputs]):
+                if not m.is_file():
+                    raise EdgeDLError(f"input data file {m} does not exist")
                 digest = sha256_file(m)[:12]
                 (models_dir / f"{digest}-{m.name}").symlink_to(m.resolve())
                 remote_of[str(m)] = f"{facts.directory}/models/{digest}-{m.name}"
@@ -119,7 +123,8 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
         results = []
         for cfg in configs:
             local_model = cfg["model"]
-            payload = json.dumps({**cfg, "model": remote_of[local_model]})
+            payload = json.dumps({**cfg, "model": remote_of[local_model],
+                                  "input_data": remote_of[str(Path(cfg["input_data"]))] if cfg.get("input_data") else None})
             proc = target.run(_RUN_WORKER, remote_dir, env_dir, payload, check=False, timeout=timeout_s)
             lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
             try:

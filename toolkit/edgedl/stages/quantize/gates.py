@@ -169,6 +169,12 @@ class Evaluation:
                 "agreement_top_k": self.agreement_top_k, "top_k": self.top_k, "metric": self.metric,
                 "outputs": self.outputs}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "Evaluation":
+        """The inverse of ``to_json`` (non-finite SQNRs stay floats: Python's json reads Infinity)."""
+        return cls(**{k: data.get(k) for k in ("samples", "accuracy", "agreement", "agreement_top_k", "top_k",
+                                                "metric")}, outputs=dict(data.get("outputs") or {}))
+
 
 def _top1_correct(first: np.ndarray, labels: np.ndarray | None, samples: int) -> int | None:
     """Correct top-1 predictions of a classifier output (one row of scores per sample) against one class id per

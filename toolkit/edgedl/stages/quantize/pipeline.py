@@ -70,9 +70,10 @@ def _check_loads(path: Path, mode: str) -> None:
                           f"{_LOAD_HINTS[mode]}") from exc
 
 
-def _convert(mode: str, source: Path, config: QuantizeConfig, ctx: PassContext, tag: str = "") -> Candidate:
+def _convert(mode: str, source: Path, config: QuantizeConfig, ctx: PassContext, tag: str = "",
+             target: Path | None = None) -> Candidate:
     onnx = require("onnx")
-    target = ctx.workdir / f"{mode}{tag}.onnx"
+    target = target or ctx.workdir / f"{mode}{tag}.onnx"
     try:
         notes = PASSES[mode](source, target, config, ctx)
     except EdgeDLError:
@@ -158,23 +159,24 @@ def _write(cand: Candidate, original, output: Path, record: dict) -> None:
         onnx.save(model, str(tmp))
 
 
-def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext, judge: _Judge,
-            model_path: Path, advance) -> Candidate:
+def _bisect(cand: Candidate, bench: "Workbench", advance) -> Candidate:
     """--bisect: the candidate failed its accuracy gate; find nodes to keep in float until it passes (see
     ``quantize.debug``). Returns the passing candidate (or the failing one) with ``bisection`` set."""
+    config = bench.config
     gates = config.gates
     qoperator = cand.mode == "static" and config.static.format == "qoperator"
+    plan = bench.plan_for(config.static)
     # ranked on calibration data: choosing what to keep float on the test split would tune on the gate's data
-    ranking_data = judge.plan.calibration or judge.plan.evaluation
-    groups, ranking = layer_debug.rank(pre, cand.path, ranking_data, cand.mode, qoperator)
+    ranking_data = plan.calibration or plan.evaluation
+    groups, ranking = layer_debug.rank(bench.preprocessed, cand.path, ranking_data, cand.mode, qoperator)
     advance(info=f"{cand.mode}: ranked {len(groups)} group(s)")
     result = layer_debug.Bisection(cand.mode, groups, ranking=ranking)
     timed = gates.speed_seconds > 0
     batch = feeds = None
     if timed:
-        batches = timing_batches(judge.signature, gates.speed_batch)
+        batches = timing_batches(bench.signature, gates.speed_batch)
         batch = gates.speed_batch if gates.speed_batch in batches else max(batches)
-        feeds = timing_feeds(judge.signature, judge.plan.evaluation or judge.plan.calibration, batch)
+        feeds = timing_feeds(bench.signature, plan.evaluation or plan.calibration, batch)
         result.speed_batch = batch
     built: dict[tuple[str, ...], Candidate] = {}
 
@@ -186,7 +188,7 @@ def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext
                                 min((o["sqnr_db"] for o in ev.outputs.values()), default=None) if ev else None,
                                 nxt.size_bytes)
         if timed:
-            with runner(model_path, gates.threads, gates.target_provider) as fp32_r, \
+            with runner(bench.model_path, gates.threads, gates.target_provider) as fp32_r, \
                     runner(nxt.path, gates.threads, gates.target_provider) as step_r:
                 medians = compare_speed({"fp32": fp32_r, "step": step_r}, feeds, gates.speed_seconds)
             step.latency_ms, step.fp32_latency_ms = medians["step"], medians["fp32"]
@@ -194,9 +196,9 @@ def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext
         return step
 
     def measure(nodes: tuple[str, ...], why: str) -> layer_debug.Step:
-        ctx.exclude_nodes = list(dict.fromkeys([*config.exclude_nodes, *nodes]))
-        nxt = _convert(cand.mode, pre, config, ctx, tag=f"-bisect{len(built)}")
-        judge.judge(nxt)
+        excluded = list(dict.fromkeys([*config.exclude_nodes, *nodes]))
+        nxt = bench.convert(cand.mode, config.static, excluded, tag=f"-bisect{len(built)}")
+        bench.judge(nxt)
         step = record(nxt, len(built) + 1, nodes, why)
         built[nodes] = nxt
         advance(info=f"bisect step {step.step}: {len(nodes)} node(s) float, {'pass' if step.passed else 'fail'}")
@@ -205,7 +207,6 @@ def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext
     start = record(cand, 0, (), "the candidate: nothing more kept in float")
     fix, steps = layer_debug.search(groups, measure, config.bisect_steps)
     result.steps = [start, *steps]
-    ctx.exclude_nodes = list(config.exclude_nodes)
     if fix is None:
         result.notes.append("no set of nodes kept in float passed the accuracy gate"
                             + (f" within {config.bisect_steps} steps" if len(steps) >= config.bisect_steps
@@ -218,7 +219,7 @@ def _bisect(cand: Candidate, pre: Path, config: QuantizeConfig, ctx: PassContext
     best.notes.append(f"--bisect: kept {len(fix)} node(s) in float: {', '.join(fix)}")
     target = config.bisect_out or Path(config.output).with_suffix(".exclude-nodes.txt")
     verdict = "; ".join(c.describe() for c in best.checks)
-    result.file = layer_debug.write_exclude_file(target, tuple([*config.exclude_nodes, *fix]), model_path,
+    result.file = layer_debug.write_exclude_file(target, tuple([*config.exclude_nodes, *fix]), bench.model_path,
                                                  cand.mode, verdict)
     best.bisection = result
     return best
@@ -237,15 +238,107 @@ def _plan(config: QuantizeConfig, signature: Signature, metadata: dict, modes: l
                               "--input-shape/--shape for synthetic inputs, or --no-accuracy-gate to write the model "
                               "unchecked")
     # --bisect ranks nodes on calibration data (never on the gate's), whatever the mode
-    plan = plan_data(config.data, signature, metadata, calibration="static" in modes or config.bisect,
+    return plan_data(config.data, signature, metadata, calibration="static" in modes or config.bisect,
                      synthetic_fallback=gates.accuracy_gate or "static" in modes)
-    if plan.calibration is not None and config.static.calibration_samples is not None:
-        plan = DataPlan(plan.calibration.head(config.static.calibration_samples), plan.evaluation, plan.notes)
-    return plan
+
+
+class Workbench:
+    """One fp32 model made ready for quantization, for any number of candidates: its signature, the data
+    (calibration and evaluation), the fp32 model's evaluation (the accuracy gate's reference) and the preprocessed
+    model. ``convert`` builds one candidate (any mode, static settings and nodes kept in float), ``judge`` runs the
+    accuracy gate on it. ``quantize`` builds its candidates here, and ``edgedl optimize`` every configuration it
+    searches, so both are judged by the one gate.
+
+    ``load`` reads the data and evaluates fp32; the preprocessed model is made on first use.
+    """
+
+    def __init__(self, model_path: Path, original, config: QuantizeConfig, workdir: Path, modes: list[str],
+                 debug: bool = False):
+        self.model_path, self.original, self.config, self.workdir = Path(model_path), original, config, Path(workdir)
+        self.modes, self.debug = modes, debug
+        self.metric = load_metric(config.gates.metric) if config.gates.metric else None
+        self.signature: Signature | None = None
+        self.plan: DataPlan | None = None
+        self._judge: _Judge | None = None
+        self._preprocessed: Path | None = None
+        self.preprocess_notes: list[str] = []
+        self._contexts: dict[int | None, PassContext] = {}
+
+    def load(self) -> None:
+        gates = self.config.gates
+        with runner(self.model_path, gates.threads, gates.target_provider) as fp32_runner:
+            self.signature = Signature.of_runner(fp32_runner, self.config.shape_options)
+            self.plan = _plan(self.config, self.signature, fp32_runner.metadata, self.modes)
+            self._judge = _Judge(self.plan, self.signature, self.config, self.metric)
+            self._judge.measure_fp32(fp32_runner)
+
+    @property
+    def fp32(self) -> Evaluation | None:
+        """The fp32 model's evaluation (None without evaluation data)."""
+        return self._judge.fp32
+
+    @property
+    def class_scores(self) -> bool:
+        """The first output is [batch, classes]: the default gate is top-1 agreement."""
+        return self._judge.class_scores
+
+    @property
+    def preprocessed(self) -> Path:
+        if self._preprocessed is None:
+            onnx = require("onnx")
+            pre = self.workdir / "preprocessed.onnx"
+            self.preprocess_notes = preprocess(self.model_path, pre, self.debug, verify=self._judge.same_as_fp32)
+            self._pre_model = onnx.load(str(pre))
+            _check_nodes(self.config.exclude_nodes, self._pre_model)
+            self._preprocessed = pre
+        return self._preprocessed
+
+    def node_names(self) -> list[str]:
+        """Names of the preprocessed graph's nodes (what --exclude-nodes names)."""
+        self.preprocessed  # noqa: B018 - made on first use
+        return [n.name for n in self._pre_model.graph.node if n.name]
+
+    def _samples(self, static) -> int | None:
+        """How many calibration samples ``static`` uses: None for all of them."""
+        count, calibration = static.calibration_samples, self.plan.calibration
+        return None if calibration is None or count is None or count >= len(calibration) else count
+
+    def plan_for(self, static) -> DataPlan:
+        """The data plan with the calibration samples ``static`` uses (what a report shows)."""
+        count = self._samples(static)
+        if count is None:
+            return self.plan
+        return DataPlan(self.plan.calibration.head(count), self.plan.evaluation, self.plan.notes)
+
+    def context(self, static) -> PassContext:
+        """The pass context for ``static``'s calibration sample count (its own scratch directory and ranges)."""
+        count = self._samples(static)
+        if count not in self._contexts:
+            self.preprocessed  # noqa: B018 - made on first use
+            workdir = self.workdir / f"calibration-{count or 'all'}"
+            workdir.mkdir(exist_ok=True)
+            self._contexts[count] = PassContext(self._pre_model, self.plan_for(static).calibration, workdir, self.debug)
+        return self._contexts[count]
+
+    def convert(self, mode: str, static=None, exclude_nodes=(), tag: str = "", target: Path | None = None) -> Candidate:
+        """Build one candidate from the preprocessed model: ``mode`` with ``static`` settings (default: the
+        config's), keeping ``exclude_nodes`` in float; written at ``target`` (default: the scratch directory)."""
+        from dataclasses import replace
+
+        static = static or self.config.static
+        config = replace(self.config, static=static, exclude_nodes=tuple(exclude_nodes)) if (
+            static is not self.config.static or tuple(exclude_nodes) != tuple(self.config.exclude_nodes)) else self.config
+        ctx = self.context(static)  # preprocesses on first use
+        _check_nodes(exclude_nodes, self._pre_model)
+        ctx.exclude_nodes = list(exclude_nodes)
+        return _convert(mode, self.preprocessed, config, ctx, tag, target)
+
+    def judge(self, cand: Candidate) -> None:
+        """The accuracy gate on ``cand`` (sets its evaluation, checks and verdict)."""
+        self._judge.judge(cand)
 
 
 def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False) -> QuantizeReport:
-    onnx = require("onnx")
     model_path = Path(model_path)
     output = Path(config.output)
     original = check_input(model_path, output)
@@ -254,40 +347,31 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
     writable_output(output, "output")  # before calibration and the gates
     gates = config.gates
     modes = _candidate_modes(config)
-    metric = load_metric(gates.metric) if gates.metric else None
     with tempfile.TemporaryDirectory(prefix="edgedl-quantize-") as tmp:
-        work = Path(tmp)
-        pre = work / "preprocessed.onnx"
+        bench = Workbench(model_path, original, config, Path(tmp), modes, debug)
         steps = 3 + 2 * len(modes) + (1 if gates.speed_seconds > 0 else 0)
         with progress(f"quantize {model_path.name}", steps, enabled=config.progress) as advance:
-            with runner(model_path, gates.threads, gates.target_provider) as fp32_runner:
-                signature = Signature.of_runner(fp32_runner, config.shape_options)
-                plan = _plan(config, signature, fp32_runner.metadata, modes)
-                advance(info="data loaded")
-                judge = _Judge(plan, signature, config, metric)
-                judge.measure_fp32(fp32_runner)
-            fp32 = Candidate("fp32", model_path, size_bytes=model_path.stat().st_size, evaluation=judge.fp32)
+            bench.load()
+            advance(info="data loaded")
+            plan, signature = bench.plan_for(config.static), bench.signature
+            fp32 = Candidate("fp32", model_path, size_bytes=model_path.stat().st_size, evaluation=bench.fp32)
             advance(info="fp32 evaluated")
-            notes = preprocess(model_path, pre, debug, verify=judge.same_as_fp32)
-            pre_model = onnx.load(str(pre))
-            _check_nodes(config.exclude_nodes, pre_model)
+            bench.preprocessed  # noqa: B018 - preprocess now, for the progress bar
             advance(info="preprocessed")
-            ctx = PassContext(pre_model, plan.calibration, work, debug, list(config.exclude_nodes))
             candidates: list[Candidate] = []
             for mode in modes:
-                ctx.exclude_nodes = list(config.exclude_nodes)
-                cand = _convert(mode, pre, config, ctx)
+                cand = bench.convert(mode, config.static, config.exclude_nodes)
                 advance(info=f"{mode} converted")
-                judge.judge(cand)
+                bench.judge(cand)
                 advance(info=f"{mode} evaluated")
                 if config.bisect and mode != "fp16" and cand.accuracy_ok is False:
-                    cand = _bisect(cand, pre, config, ctx, judge, model_path, advance)
+                    cand = _bisect(cand, bench, advance)
                 candidates.append(cand)
             speed_batch, timed_shapes = gates.speed_batch, {}
             if gates.speed_seconds > 0:
                 speed_batch, timed_shapes = _speed(fp32, candidates, plan, signature, gates)
                 advance(info="timed")
-        report = _decide(model_path, config, fp32, candidates, original, notes, plan, speed_batch)
+        report = _decide(model_path, config, fp32, candidates, original, bench.preprocess_notes, plan, speed_batch)
         report.timed_shapes = timed_shapes
         if report.accepted and report.chosen is not None:
             record = {"mode": report.chosen.mode, "source": str(model_path), "source_size_bytes": fp32.size_bytes,
