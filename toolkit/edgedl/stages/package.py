@@ -65,6 +65,7 @@ class PackageConfig:
     # sizes, batch axes, value ranges for the models that have those names: the device server's options (start.sh)
     # and the sizes of the reference outputs
     shape_options: ShapeOptions = field(default_factory=ShapeOptions)
+    optimization: dict | None = None  # `edgedl optimize`'s search result, recorded in the manifest
 
 
 def cache_root(explicit: Path | None = None) -> Path:
@@ -402,6 +403,8 @@ def package(config: PackageConfig) -> dict:
                 "scope": "bundle",
                 "reference": "reference.json",
             }
+            if config.optimization is not None:
+                manifest["optimization"] = config.optimization
             (staging / "models" / MANIFEST).write_text(json.dumps(
                 {"format": FORMAT, "scope": "repository", "bundle": out.name, "files": hash_tree(staging / "models")}, indent=2) + "\n")
             manifest["files"] = hash_tree(staging)
