@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inspect": ("edgedl.cli.inspect", "inspect", "Show an ONNX model's inputs, outputs, ops and metadata."),
     "quantize": ("edgedl.cli.quantize", "quantize", "Quantize to int8/fp16 behind accuracy and speed gates."),
     "bench": ("edgedl.cli.bench", "bench", "Benchmark models on execution providers, honestly."),
+    "optimize": ("edgedl.cli.optimize", "optimize",
+                 "Search quantization and session settings for a device, under an accuracy budget."),
     "doctor": ("edgedl.cli.doctor", "doctor", "Check this machine: Python, CPU, onnxruntime, providers."),
     "serve": ("edgedl.cli.serve", "serve", "Serve models over the Open Inference Protocol v2 (Triton-compatible)."),
     "package": ("edgedl.cli.package", "package", "Bundle models for a device profile."),

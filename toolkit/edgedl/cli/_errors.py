@@ -22,6 +22,12 @@ OPTION_FLAGS = {
     "samples": "--samples",
     "top": "--top",
     "atol": "--atol",
+    "space": "--space",
+    "budget": "--budget",
+    "latency_budget": "--latency-budget",
+    "output": "-o",
+    "device": "--device",
+    "exclude_nodes": "--exclude-nodes",
 }
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
+from edgedl.cli._chosen import config_option
 from edgedl.cli._shapes import shape_options
 
 
@@ -67,12 +68,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--markdown", is_flag=True, help="Print a markdown table instead of the terminal table.")
 @click.option("--save", type=click.Path(path_type=Path), help="Write the full report (JSON) here.")
 @click.option("--plot", type=click.Path(path_type=Path), help="Write a PNG of latency distributions and throughput.")
+@config_option("bench")
 @json_option
 @debug_option
 def bench(models, providers, provider_options, threads, batch, shape_options, warmup, iterations, duration, input_data, seed,
           io_binding, spinning, scenario, target_qps, latency_bound, streams, allow_fallback, baseline, torch_model,
-          torch_checkpoint, torch_init_args, no_placement, remote, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir,
-          quiet, markdown, save, plot, as_json, debug):
+          torch_checkpoint, torch_init_args, no_placement, remote, identity, known_hosts, accept_new_host_key,
+          ssh_config, remote_dir, quiet, markdown, save, plot, chosen, as_json, debug):
     """Benchmark MODEL.onnx files on execution providers, each configuration in its own process.
 
     Reports latency percentiles, throughput, peak memory and the providers that actually ran the nodes; a
@@ -93,8 +95,10 @@ def bench(models, providers, provider_options, threads, batch, shape_options, wa
         duration_s=duration if duration is not None else (None if iterations else 1.0), input_data=input_data,
         seed=seed, io_binding=io_binding, spinning=spinning, scenario=scenario, target_qps=target_qps,
         latency_bound_ms=latency_bound, streams=streams, allow_fallback=allow_fallback, baseline=baseline,
-        torch_model=torch_model, torch_checkpoint=torch_checkpoint, torch_init_args=parse_init_args(torch_init_args, "torch_init_args"),
-        placement=not no_placement,
+        torch_model=torch_model, torch_checkpoint=torch_checkpoint,
+        torch_init_args=parse_init_args(torch_init_args, "torch_init_args"), placement=not no_placement,
+        **({k: chosen.session[k] for k in ("inter_op_threads", "execution_mode", "memory_arena", "graph_optimization")}
+           if chosen else {}),
     )
     _check_outputs(save, plot)  # before measuring: a bad path must not cost the run
     if not remote and (identity or known_hosts or accept_new_host_key):

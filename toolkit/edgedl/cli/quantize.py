@@ -5,6 +5,7 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
+from edgedl.cli._chosen import config_option
 from edgedl.cli._data import data_options
 from edgedl.cli._shapes import shape_options
 
@@ -93,13 +94,14 @@ def _moved(flag: str, instead: str):
     "--fallback-worst", "--bisect keeps in float only the nodes the accuracy gate needs (ranked by per-layer "
     "error), for any int8 mode"))
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@config_option("quantize")
 @json_option
 @debug_option
 def quantize(model, output, mode, preset, data_options, shape_options, fmt, per_channel, calibration_method,
              calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, fp16_io,
              max_accuracy_drop, metric, max_metric_drop, min_agreement, min_top_k_agreement, top_k, min_sqnr,
              min_cosine, accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup,
-             target_provider, bisect, bisect_steps, bisect_out, no_progress, as_json, debug):
+             target_provider, bisect, bisect_steps, bisect_out, no_progress, chosen, as_json, debug):
     """Quantize MODEL (an fp32 .onnx) to int8 or fp16 behind an accuracy gate and a speed gate.
 
     Data defaults to the recipe recorded in MODEL's metadata (exported zoo models carry it), else synthetic inputs

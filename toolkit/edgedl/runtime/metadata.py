@@ -8,7 +8,7 @@ from typing import Any
 PREFIX = "edgedl."
 # keys whose values are JSON documents; every other edgedl.* key is a plain string
 JSON_KEYS = {"inputs", "outputs", "labels", "preprocessing", "metrics", "training", "validation", "quantization",
-             "torch_source", "provenance"}
+             "torch_source", "provenance", "optimization"}
 
 
 def encode(meta: dict[str, Any]) -> dict[str, str]:

@@ -128,7 +128,7 @@ class SSHDevice:
         if not requests:
             return []
         configs = [scenario.worker_config(r) for r in requests]
-        models = list(dict.fromkeys(r.model for r in requests))
+        models = list(dict.fromkeys(Path(r.model).resolve() for r in requests))
         start = time.perf_counter()
         try:
             out = remote_bench(self.target, models, configs, remote_dir=self.remote_dir, profile=self.profile.name,

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -217,8 +216,9 @@ def optimize(model_path: Path | str, config: OptimizeConfig, debug: bool = False
                   "charged_s": {k: round(v, 2) for k, v in clock.by_kind.items()}},
             accuracy_basis=lab.accuracy_basis, fp32_accuracy=fp32_eval.accuracy if fp32_eval else None,
             notes=notes, chosen_config=chosen_config)
+        report.wall_s = time.perf_counter() - started
         if output is not None:
-            _write_outputs(report, output, profile, config)
+            _write_outputs(report, output, profile, config, original)
     report.wall_s = time.perf_counter() - started
     return report
 
@@ -262,14 +262,22 @@ def _remeasure(search: engine.Search, finalists: list, profile, config: Optimize
     return list(by_trial.values())
 
 
-def _write_outputs(report: OptimizeReport, output: Path, profile, config: OptimizeConfig) -> None:
-    """DIR/model.onnx (the chosen file), config.json, report.json, pareto.png and, with packaging, DIR/bundle."""
+def _write_outputs(report: OptimizeReport, output: Path, profile, config: OptimizeConfig, original) -> None:
+    """DIR/model.onnx (the chosen file, with the input's metadata and the records of how it was made),
+    config.json, report.json, pareto.png and, with packaging, DIR/bundle."""
     from edgedl.stages.files import atomic_output_dir
     from edgedl.stages.optimize.plot import plot_front
+    from edgedl.stages.quantize.pipeline import write_model
 
     chosen = report.chosen
     with atomic_output_dir(output) as staging:
-        shutil.copyfile(chosen.trial.artifact.path, staging / "model.onnx")
+        records = {"optimization": report.chosen_config.to_json()}
+        if chosen.candidate.precision != "fp32":
+            records["quantization"] = {"mode": chosen.candidate.precision, "source": str(report.model),
+                                       "config": report.chosen_config.quantize}
+        write_model(chosen.trial.artifact.path, original, staging / "model.onnx", records)
+        report.chosen_config = dataclasses.replace(
+            report.chosen_config, model={**report.chosen_config.model, "file_sha256": file_hash(staging / "model.onnx")})
         (staging / "config.json").write_text(json.dumps(report.chosen_config.to_json(), indent=2) + "\n")
         report.outputs = {"model": str(output / "model.onnx"), "config": str(output / "config.json"),
                           "report": str(output / "report.json"), "plot": str(output / "pareto.png")}

@@ -42,6 +42,7 @@ def plot_front(report, path: Path) -> Path:
         c = report.chosen
         ax.scatter([speed(c)], [y_member(c)], marker="*", s=260, color="#e31a1c", zorder=4,
                    label=f"chosen: {c.candidate.describe()}")
+        ax.set_xscale("log")
         ax.set_xlabel(speed_label)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)

@@ -146,12 +146,13 @@ class _Judge:
             cand.accuracy_ok = all(c.ok for c in cand.checks)
 
 
-def _write(cand: Candidate, original, output: Path, record: dict) -> None:
-    """Copy the input's metadata (recipe, labels, ...) plus the quantization record; replace atomically."""
+def write_model(source: Path, original, output: Path, records: dict) -> None:
+    """Write the model at ``source`` to ``output`` with the input's metadata (recipe, labels, ...) plus
+    ``records`` (e.g. ``{"quantization": ...}``); replace atomically."""
     onnx = require("onnx")
-    model = onnx.load(str(cand.path))
+    model = onnx.load(str(source))
     props = {p.key: p.value for p in original.metadata_props}
-    props.update(meta_codec.encode({"quantization": record}))
+    props.update(meta_codec.encode(records))
     del model.metadata_props[:]
     for key, value in props.items():
         model.metadata_props.add(key=key, value=value)
@@ -379,7 +380,7 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
             chosen = report.chosen
             if chosen.mode == "fp32":
                 chosen = Candidate("fp32", model_path)
-            _write(chosen, original, output, record)
+            write_model(chosen.path, original, output, {"quantization": record})
             report.output_path = output
     return report
 
