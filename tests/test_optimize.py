@@ -21,7 +21,8 @@ import loopback_sshd  # noqa: E402
 
 # a few configurations: fp32, dynamic and one static file; one or two intra-op threads
 SMALL = ["precision=fp32,dynamic,static", "quant_format=qdq", "per_channel=true", "calibration_method=minmax",
-         "calibration_samples=all", "activation_type=uint8", "weight_type=int8", "saved_optimized=false",
+         "calibration_samples=all", "activation_type=uint8", "weight_type=int8", "reduce_range=false",
+         "saved_optimized=false",
          "graph_optimization=all", "execution_mode=sequential", "memory_arena=true"]
 FIELDS = {"configuration", "accuracy_drop", "speedup", "latency_ms", "size_bytes"}
 

@@ -40,11 +40,11 @@ def test_space_enumerates_distinct_normalized_candidates():
     assert {c.calibration_method for c in everything if c.precision != "static"} == {"minmax"}
     assert {c.spinning for c in everything if c.intra_op_threads == 1 and c.execution_mode == "sequential"} == {True}
     assert {c.inter_op_threads for c in everything if c.execution_mode == "sequential"} == {0}
-    # static: 2 formats x 2 granularities x 3 methods x 2 x 2 types; session: t1 (seq | par) + t2 (2 spin) x ...
+    # static: 2 formats x 2 granularities x 3 methods x 2 x 2 types x reduce-range; session: t1 (seq | par) + t2 (2 spin) x ...
     sessions = {(c.intra_op_threads, c.execution_mode, c.spinning, c.memory_arena) for c in everything}
     assert len(sessions) == (1 + 2 + 2 * 2) * 2
     statics = {c.part("model").__repr__() for c in everything if c.precision == "static"}
-    assert len(statics) == 2 * 2 * 3 * 2 * 2
+    assert len(statics) == 2 * 2 * 3 * 2 * 2 * 2
     first = dataclasses.replace(DEFAULT, intra_op_threads=1)
     variants = space.variants(seed=3, first=[first, dataclasses.replace(first, precision="dynamic")])
     assert variants[0] == first and variants[1].precision == "dynamic"
@@ -98,6 +98,12 @@ def test_a_win_must_hold_in_every_round_else_it_is_a_tie():
     assert beats(clear, fp32, False) and verdict(clear, fp32, False) == "faster"
     assert verdict(fp32, clear, False) == "slower"
     assert verdict(noisy, fp32, False) == "tie" and verdict(marginal, fp32, False) == "tie"
+    # with 9 rounds one lost round is chance (sign test: 8 of 9, p = 0.02), two are not (7 of 9, p = 0.09)
+    nine = _member("fp32", [1.0] * 9, 400, precision="fp32")
+    assert beats(_member("one_bad", [0.5] * 8 + [1.5], 100), nine, False)
+    assert not beats(_member("two_bad", [0.5] * 7 + [1.5] * 2, 100), nine, False)
+    # with 3 rounds nothing can be shown (all 3 one way: p = 1/8)
+    assert not beats(_member("three", [0.5] * 3, 100), _member("fp32", [1.0] * 3, 400), False)
 
 
 def test_choice_is_on_the_front_never_slower_than_fp32_and_ties_go_to_the_smaller():
@@ -113,7 +119,7 @@ def test_choice_is_on_the_front_never_slower_than_fp32_and_ties_go_to_the_smalle
     assert fast_big not in on_front  # fast_small is as fast within noise, smaller, as accurate
     assert {m.trial.artifact.sha256 for m in on_front} == {"fast_small", "small_slow", "lossy"}
     latency = choose(members, "latency", None, 5)
-    assert latency.chosen is lossy and "faster in every round" in latency.reason
+    assert latency.chosen is lossy and "(faster in 5 of 5 rounds): faster" in latency.reason
     # without the lossy one (e.g. a tighter accuracy budget): the tie goes to the smaller file
     rest = [fp32, fast_big, fast_small, small_slow]
     assert choose(rest, "latency", None, 5).chosen is fast_small

@@ -1,17 +1,20 @@
 """Honest timing at the end: the finalists re-measured in interleaved rounds, compared round by round, the Pareto
 front (accuracy vs speed vs size) with noise taken into account, and the choice with its reason.
 
-A candidate is *faster* than another only when it was faster in every interleaved round and by at least
+A candidate is *faster* than another only when it was faster in so many of the paired interleaved rounds that
+chance is unlikely (a one-sided sign test at ``ALPHA``: every one of 5 rounds, 8 of 9) and by at least
 ``TIE_MARGIN`` in the median of the per-round ratios; otherwise the two tie. Sizes within ``SIZE_TIE`` tie too.
 """
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 TIE_MARGIN = 0.03
+ALPHA = 0.05
 SIZE_TIE = 0.01
 
 
@@ -57,10 +60,17 @@ def ratios(a: Member, b: Member, throughput: bool) -> list[float]:
     return [y.p50_ms / max(x.p50_ms, 1e-12) for x, y in zip(a.rounds, b.rounds)]
 
 
+def sign_test(wins: int, rounds: int) -> float:
+    """One-sided p-value of ``wins`` or more of ``rounds`` paired rounds going one way by chance (p = 1/2 each)."""
+    return sum(math.comb(rounds, k) for k in range(wins, rounds + 1)) / 2 ** rounds
+
+
 def beats(a: Member, b: Member, throughput: bool) -> bool:
-    """``a`` measurably faster than ``b``: in every round, and by TIE_MARGIN in the median ratio."""
+    """``a`` measurably faster than ``b``: faster in enough of the paired rounds that chance is unlikely (a sign
+    test at ALPHA: all of 5 rounds, 8 of 9), and by TIE_MARGIN in the median ratio."""
     r = ratios(a, b, throughput)
-    return bool(r) and min(r) > 1.0 and statistics.median(r) >= 1.0 + TIE_MARGIN
+    wins = sum(1 for x in r if x > 1.0)
+    return bool(r) and sign_test(wins, len(r)) <= ALPHA and statistics.median(r) >= 1.0 + TIE_MARGIN
 
 
 def verdict(a: Member, b: Member, throughput: bool) -> str:
@@ -121,31 +131,26 @@ def choose(members: list[Member], objective: str, latency_budget_ms: float | Non
         notes.append(f"the smallest configuration on the front that is not slower than fp32 "
                      f"({chosen.size / 1024:.1f} KiB)")
     else:
-        best = max(pool, key=speed)
-        ties = [m for m in pool if not beats(best, m, throughput)]
-        chosen = min(ties, key=lambda m: (m.size, m.loss, -speed(m)))
+        chosen = max(pool, key=lambda m: (speed(m), -m.size, -m.loss))
         what = "highest throughput" if throughput else "lowest latency"
         figure = f"{chosen.samples_per_s:,.0f} samples/s" if throughput else f"{chosen.p50_ms:.4g} ms"
-        if chosen is best:
-            notes.append(f"the {what} on the front ({figure})")
-        else:
-            r = statistics.median(ratios(best, chosen, throughput))
-            notes.append(f"ties the {what}, {best.candidate.describe()} ({r:.2f}x, not faster in every one of "
-                         f"{rounds} rounds or by {TIE_MARGIN:.0%}), and is smaller "
-                         f"({chosen.size / 1024:.1f} vs {best.size / 1024:.1f} KiB)")
-        others = [m for m in pool if m is not chosen and m is not best and m.baseline is not m]
-        beaten = [m for m in others if beats(chosen, m, throughput)]
+        notes.append(f"the {what} (median of {rounds} rounds) on the front ({figure})")
+        others = [m for m in members if m is not chosen and m.baseline is not m]
+        tied = [m for m in others if not beats(chosen, m, throughput)]
         if others:
-            notes.append(f"faster beyond noise than {len(beaten)} of the {len(others)} other eligible finalists "
-                         f"(ties: {len(others) - len(beaten)})")
+            notes.append(f"faster beyond noise than {len(others) - len(tied)} of the {len(others)} other finalists"
+                         + (f"; ties {', '.join(m.candidate.describe() for m in tied[:3])}"
+                            f"{' ...' if len(tied) > 3 else ''}" if tied else ""))
     if chosen.baseline is chosen:
         notes.append("fp32 with the target's default session settings: no candidate was measurably faster and "
                      "accurate enough" if objective != "size" else "fp32: no smaller candidate was accurate enough "
                      "and not slower")
     else:
         v = verdict(chosen, chosen.baseline, throughput)
-        notes.append(f"{speedup(chosen, throughput):.2f}x fp32 at batch {chosen.candidate.batch}: "
-                     + ("faster in every round" if v == "faster" else "within noise of fp32 (a tie, not a win)"))
+        r = ratios(chosen, chosen.baseline, throughput)
+        notes.append(f"{speedup(chosen, throughput):.2f}x fp32 at batch {chosen.candidate.batch} (faster in "
+                     f"{sum(1 for x in r if x > 1)} of {len(r)} rounds): "
+                     + ("faster" if v == "faster" else "within noise of fp32 (a tie, not a win)"))
     if latency_budget_ms is not None:
         over = [m for m in members if m.p90_ms > latency_budget_ms]
         if over:

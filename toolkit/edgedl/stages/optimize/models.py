@@ -145,7 +145,7 @@ class ModelLab:
         static = dataclasses.replace(self.qconfig.static, format=c.quant_format, per_channel=c.per_channel,
                                      calibration_method=c.calibration_method,
                                      calibration_samples=c.calibration_samples, activation_type=c.activation_type,
-                                     weight_type=c.weight_type)
+                                     weight_type=c.weight_type, reduce_range=c.reduce_range)
         if mode == "dynamic":
             static = dataclasses.replace(self.qconfig.static, weight_type=c.weight_type)
         cand = self.bench.convert(mode, static, c.exclude_nodes, target=target)
@@ -163,7 +163,8 @@ class ModelLab:
             out["weight_type"] = c.weight_type
         if c.precision == "static":
             out.update(format=c.quant_format, per_channel=c.per_channel, calibration_method=c.calibration_method,
-                       calibration_samples=c.calibration_samples, activation_type=c.activation_type)
+                       calibration_samples=c.calibration_samples, activation_type=c.activation_type,
+                       reduce_range=c.reduce_range)
         return out
 
     # --- accuracy ----------------------------------------------------------------------------------------------

@@ -19,6 +19,8 @@ from edgedl.stages.optimize.cache import Cache, cache_dir, file_hash
 from edgedl.stages.optimize.config import DEFAULT_THROUGHPUT_BATCHES, OptimizeConfig
 from edgedl.stages.optimize.device import LocalDevice, Scenario, SSHDevice, thread_counts
 from edgedl.stages.optimize.front import Member, choose, speedup
+
+MIN_ROUNDS_FOR_A_WIN = 5  # all 5 paired rounds one way: p = 1/32
 from edgedl.stages.optimize.models import ModelLab
 from edgedl.stages.optimize.report import ChosenConfig, OptimizeReport
 from edgedl.stages.optimize.space import DEFAULT, KNOB_BY_NAME, Candidate, Space, digest
@@ -95,17 +97,22 @@ def allowed(c: Candidate, device, gpu: bool) -> bool:
 
 
 def seeds(space: Space, profile, lab: ModelLab) -> list[Candidate]:
-    """Where every search starts: fp32, and what ``quantize`` would build (dynamic defaults, static with the
-    target's preset), at the target's thread count when it is searched."""
+    """Where every search starts: fp32, what ``quantize --mode auto`` builds (dynamic and static with quantize's
+    defaults) and static with the target's preset, at the target's thread count when it is searched (else 1,
+    the thread count quantize's speed gate uses)."""
+    from edgedl.stages.quantize.config import StaticConfig
+
     threads = space.values["intra_op_threads"]
-    t = profile.threads if profile.threads in threads else threads[0]
-    st = lab.qconfig.static
+    t = profile.threads if profile.threads in threads else (1 if 1 in threads else threads[0])
     out = []
     for batch in space.values["batch"]:
         base = dataclasses.replace(DEFAULT, intra_op_threads=t, batch=batch)
-        out += [base, dataclasses.replace(base, precision="dynamic"),
-                dataclasses.replace(base, precision="static", quant_format=st.format, per_channel=st.per_channel,
-                                    activation_type=st.activation_type, weight_type=st.weight_type)]
+        out += [base, dataclasses.replace(base, precision="dynamic")]
+        for st in (StaticConfig(), lab.qconfig.static):
+            out.append(dataclasses.replace(base, precision="static", quant_format=st.format,
+                                           per_channel=st.per_channel, calibration_method=st.calibration_method,
+                                           activation_type=st.activation_type, weight_type=st.weight_type,
+                                           reduce_range=st.reduce_range))
     return [c.normalized() for c in out]
 
 
@@ -162,6 +169,9 @@ def optimize(model_path: Path | str, config: OptimizeConfig, debug: bool = False
         if profile.arch != device.arch:
             notes.append(f"timed on this machine ({device.arch}), not on a {profile.name} ({profile.arch}): give the "
                          "device (--device USER@HOST) for figures that hold there")
+    if config.rounds < MIN_ROUNDS_FOR_A_WIN:
+        notes.append(f"{config.rounds} interleaved rounds cannot show a difference beyond chance (a sign test needs "
+                     f"{MIN_ROUNDS_FOR_A_WIN}): every comparison reads as a tie")
     original = check_input(model_path, (output or model_path.parent / "optimize") / "model.onnx")
     with tempfile.TemporaryDirectory(prefix="edgedl-optimize-") as tmp:
         work = Path(tmp)

@@ -62,6 +62,9 @@ class Candidate:
                                            _static)
     activation_type: str = knob("uint8", ("uint8", "int8"), "static int8 activation type", "model", _static)
     weight_type: str = knob("int8", ("int8", "uint8"), "int8 weight type", "model", _quantized)
+    reduce_range: bool = knob(False, (False, True),
+                              "static int8 weights in 7 bits (exact on AVX2 without VNNI, whose u8s8 products can "
+                              "saturate)", "model", _static)
     exclude_nodes: tuple[str, ...] = knob((), ((),), "nodes kept in float (sets given with --exclude-nodes)",
                                           "model", _quantized)
     saved_optimized: bool = knob(False, (False, True),
@@ -128,6 +131,7 @@ def _text(value) -> str:
 # how a label names a non-default value
 SHORT: dict = {"per_channel": "per-channel", ("per_channel", False): "per-tensor", "calibration_method": "cal",
                "calibration_samples": "samples", "activation_type": "act", "weight_type": "w",
+               ("reduce_range", True): "reduce-range",
                "exclude_nodes": "float", ("saved_optimized", True): "saved-opt", "graph_optimization": "opt",
                "intra_op_threads": "t", "inter_op_threads": "inter", ("execution_mode", "parallel"): "parallel",
                ("spinning", False): "no-spin", ("memory_arena", False): "no-arena", "batch": "b"}
