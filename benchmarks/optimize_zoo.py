@@ -6,7 +6,8 @@ process with an empty cache, (2) the same command again (cache warm), wall times
 `edgedl quantize MODEL --mode auto` (its defaults: batch-32 speed gate, 1 thread) with the same
 --max-accuracy-drop, (4) an interleaved comparison of fp32, auto's model and optimize's choice, all through the
 bench worker: R rounds, each of the three timed once per round in rotated order, in fresh processes; "faster"
-needs a sign test over the paired rounds at p <= 0.05 (8 of 9 rounds) and a >= 3 % median margin (optimize's own rule), else "tie". Auto's model runs with
+needs a sign test over the paired rounds at p <= 0.05 (8 of 9 rounds) and a >= 3 % median margin (optimize's
+own rule), else "tie". Auto's model runs with
 the profile's default session settings (what deploying it does) and, as a second row, with optimize's chosen
 session settings (so the model choice is compared apart from the session).
 
@@ -133,7 +134,8 @@ def markdown(results: dict, meta: dict) -> str:
              f"Command: `{meta['command']}`", "",
              "Comparison: fp32, `quantize --mode auto`'s model and optimize's choice re-timed together in "
              f"{meta['rounds']} interleaved rounds of {meta['seconds']} s (bench worker processes); speed-up = median "
-             "of per-round fp32/x ratios; 'faster' only when a sign test over the paired rounds gives p <= 0.05 (8 of 9 rounds) and the median margin is >= 3 %, "
+             "of per-round fp32/x ratios; 'faster' only when a sign test over the paired rounds gives p <= 0.05 "
+             "(8 of 9 rounds) and the median margin is >= 3 %, "
              "else 'tie'. auto runs with the profile's default session (what deploying it does); auto+session "
              "runs auto's model with optimize's chosen session settings.", "",
              "| model | optimize chose | top-1 drop | size KiB | vs fp32 | auto picked | auto vs fp32 | "
@@ -198,7 +200,8 @@ def main() -> None:
                 r["pareto_png"] = f"benchmarks/results/optimize_{name}_pareto.png"
     cpu = cpu_info()
     meta = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu.get("model"),
-            "cores": cpu.get("usable_cores"), "onnxruntime": onnxruntime.__version__, "python": platform.python_version(),
+            "cores": cpu.get("usable_cores"), "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version(),
             "load": f"{os.getloadavg()[0]:.1f}", "budget": args.budget, "rounds": args.rounds, "seconds": args.seconds,
             "command": "python benchmarks/optimize_zoo.py " + " ".join(sys.argv[1:])}
     (out / "optimize_zoo.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2) + "\n")

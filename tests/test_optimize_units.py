@@ -40,7 +40,8 @@ def test_space_enumerates_distinct_normalized_candidates():
     assert {c.calibration_method for c in everything if c.precision != "static"} == {"minmax"}
     assert {c.spinning for c in everything if c.intra_op_threads == 1 and c.execution_mode == "sequential"} == {True}
     assert {c.inter_op_threads for c in everything if c.execution_mode == "sequential"} == {0}
-    # static: 2 formats x 2 granularities x 3 methods x 2 x 2 types x reduce-range; session: t1 (seq | par) + t2 (2 spin) x ...
+    # static: 2 formats x 2 granularities x 3 methods x 2 x 2 types x reduce-range;
+    # session: t1 (sequential | parallel) + t2 (sequential | parallel, 2 spinnings each), x 2 arenas
     sessions = {(c.intra_op_threads, c.execution_mode, c.spinning, c.memory_arena) for c in everything}
     assert len(sessions) == (1 + 2 + 2 * 2) * 2
     statics = {c.part("model").__repr__() for c in everything if c.precision == "static"}
@@ -56,7 +57,8 @@ def test_space_enumerates_distinct_normalized_candidates():
     sessions_order = space.sessions(seed=3, first=first)
     assert sessions_order[0] == first and len(sessions_order) == len(sessions)
     merged = merge(variants[5], sessions_order[3])
-    assert merged.part("model") == variants[5].part("model") and merged.part("session") == sessions_order[3].part("session")
+    assert merged.part("model") == variants[5].part("model")
+    assert merged.part("session") == sessions_order[3].part("session")
 
 
 def test_space_restrictions_and_budgets_parse_with_one_line_errors():

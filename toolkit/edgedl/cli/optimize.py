@@ -28,7 +28,8 @@ def _list_knobs(ctx, _param, value) -> None:
                    "file size (among configurations not slower than fp32).")
 @click.option("--max-accuracy-drop", type=float, default=1.0, show_default=True, metavar="POINTS",
               help="Labelled data: reject configurations whose top-1 accuracy drops by more (quantize's gate).")
-@click.option("--metric", metavar="FILE.py:FUNCTION", help="Task metric fn(outputs, reference, labels), higher is better.")
+@click.option("--metric", metavar="FILE.py:FUNCTION",
+              help="Task metric fn(outputs, reference, labels), higher is better.")
 @click.option("--max-metric-drop", type=float, default=1.0, show_default=True, help="Allowed drop of --metric.")
 @click.option("--min-agreement", type=float, metavar="PCT", help="Reject below this top-1 agreement with fp32.")
 @click.option("--min-sqnr", type=float, metavar="DB", help="Reject when an output's SQNR vs fp32 is below this.")
@@ -54,7 +55,8 @@ def _list_knobs(ctx, _param, value) -> None:
 @click.option("--remote-dir", default="edgedl-optimize", show_default=True, help="--device: working directory there.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Directory to write model.onnx, config.json, report.json and pareto.png into (new or empty).")
-@click.option("--package", "make_package", is_flag=True, help="Also bundle the chosen model for the target in DIR/bundle.")
+@click.option("--package", "make_package", is_flag=True,
+              help="Also bundle the chosen model for the target in DIR/bundle.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the search order.")
 @click.option("--rounds", default=5, show_default=True, help="Interleaved rounds of the final re-measurement.")
 @click.option("--cache", "cache", type=click.Path(path_type=Path),
@@ -127,7 +129,8 @@ def print_report(report) -> None:
     for m in sorted(data["finalists"], key=lambda m: -m["speedup"]):
         mark = " *" if m["label"] == chosen["label"] and m["sha256"] == chosen["sha256"] else ""
         drop = m["accuracy_drop"] if m["accuracy_drop"] is not None else m["accuracy_loss"]
-        table.add_row(escape(m["label"]) + mark, f"{m['size_bytes'] / 1024:.1f}", "-" if drop is None else f"{drop:.2f}",
+        table.add_row(escape(m["label"]) + mark, f"{m['size_bytes'] / 1024:.1f}",
+                      "-" if drop is None else f"{drop:.2f}",
                       f"{m['latency_ms']:.4g}", f"{m['p90_ms']:.4g}", f"{m['throughput']:,.0f}", m["vs_fp32"],
                       f"{m['speedup']:.2f}", "yes" if m["sha256"] + m["label"] in front else "")
     console.print(table)

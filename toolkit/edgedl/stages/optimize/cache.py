@@ -14,13 +14,13 @@ Layout under the root (``$EDGEDL_CACHE/optimize``, else ``~/.cache/edgedl/optimi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 
 SCHEMA = 1
 
@@ -29,14 +29,6 @@ def cache_dir(explicit: Path | None = None) -> Path:
     from edgedl.stages.package import cache_root
 
     return Path(explicit) if explicit else cache_root() / "optimize"
-
-
-def file_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -19,7 +19,8 @@ from typing import Any
 
 from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
-from edgedl.stages.optimize.cache import Cache, file_hash
+from edgedl.runtime.manifest import sha256_file as file_hash
+from edgedl.stages.optimize.cache import Cache
 from edgedl.stages.optimize.space import Candidate, digest
 
 

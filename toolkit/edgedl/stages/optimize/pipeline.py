@@ -15,7 +15,8 @@ from pathlib import Path
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.stages.optimize import search as engine
-from edgedl.stages.optimize.cache import Cache, cache_dir, file_hash
+from edgedl.runtime.manifest import sha256_file as file_hash
+from edgedl.stages.optimize.cache import Cache, cache_dir
 from edgedl.stages.optimize.config import DEFAULT_THROUGHPUT_BATCHES, OptimizeConfig
 from edgedl.stages.optimize.device import LocalDevice, Scenario, SSHDevice, thread_counts
 from edgedl.stages.optimize.front import Member, choose, speedup
@@ -81,7 +82,8 @@ def build_space(config: OptimizeConfig, profile, device, lab: ModelLab, gpu: boo
     for name, chosen in config.space.items():
         if name == "precision" and "fp16" in chosen and not gpu:
             raise EdgeDLError(f"fp16 is for GPU targets; {profile.name} runs on {', '.join(profile.providers)} "
-                              "(onnxruntime's CPU kernels compute fp16 models in fp32)", option=("space", "precision=..."))
+                              "(onnxruntime's CPU kernels compute fp16 models in fp32)",
+                              option=("space", "precision=fp32,dynamic,static"))
         values[name] = chosen
     return Space(values)
 
@@ -287,7 +289,8 @@ def _write_outputs(report: OptimizeReport, output: Path, profile, config: Optimi
                                        "config": report.chosen_config.quantize}
         write_model(chosen.trial.artifact.path, original, staging / "model.onnx", records)
         report.chosen_config = dataclasses.replace(
-            report.chosen_config, model={**report.chosen_config.model, "file_sha256": file_hash(staging / "model.onnx")})
+            report.chosen_config,
+            model={**report.chosen_config.model, "file_sha256": file_hash(staging / "model.onnx")})
         (staging / "config.json").write_text(json.dumps(report.chosen_config.to_json(), indent=2) + "\n")
         report.outputs = {"model": str(output / "model.onnx"), "config": str(output / "config.json"),
                           "report": str(output / "report.json"), "plot": str(output / "pareto.png")}

@@ -65,7 +65,8 @@ class ChosenConfig:
         try:
             data = json.loads(path.read_text())
         except OSError as exc:
-            raise EdgeDLError(f"cannot read {path}: {exc.strerror}; pass the config.json `edgedl optimize` wrote") from None
+            raise EdgeDLError(f"cannot read {path}: {exc.strerror}; pass the config.json `edgedl optimize` "
+                              "wrote") from None
         except ValueError as exc:
             raise EdgeDLError(f"{path} is not JSON ({exc}); pass the config.json `edgedl optimize` wrote") from None
         return cls.from_json(data, str(path))
