@@ -137,13 +137,17 @@ def test_a_widened_search_reuses_the_files_and_timings_it_already_has(first, zoo
 
 
 @pytest.mark.parametrize("case", ["fp16_on_cpu", "output_not_empty", "unknown_target", "identity_without_device",
-                                  "unknown_node", "unknown_knob"])
+                                  "unknown_node", "unknown_node_in_file", "missing_node_file", "unknown_knob"])
 def test_bad_input_fails_in_one_line_and_writes_nothing(zoo, tmp_path, case):
     model = zoo["mlp"].onnx
     args = {"fp16_on_cpu": ["--space", "precision=fp16,fp32"], "output_not_empty": ["-o", tmp_path],
             "unknown_target": [], "identity_without_device": ["-i", tmp_path / "key"],
-            "unknown_node": ["--exclude-nodes", "/nope"], "unknown_knob": ["--space", "intra_op_thread=2"]}[case]
+            "unknown_node": ["--exclude-nodes", "/nope"], "unknown_knob": ["--space", "intra_op_thread=2"],
+            # the file `quantize --bisect` writes is one set of the search space
+            "unknown_node_in_file": ["--exclude-nodes", f"@{tmp_path / 'nodes.txt'}"],
+            "missing_node_file": ["--exclude-nodes", f"@{tmp_path / 'missing.txt'}"]}[case]
     (tmp_path / "keep.txt").write_text("mine")
+    (tmp_path / "nodes.txt").write_text("# kept in float\n/nope\n")
     target = "rpi55" if case == "unknown_target" else "x86-server"
     result = run_edgedl_inprocess("optimize", model, "--target", target, "--budget", "5s", "--cache",
                                   tmp_path / "cache", *args)
@@ -152,7 +156,8 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(zoo, tmp_path, case):
     assert message.startswith("error: ") and len(message.splitlines()) == 1 and "Traceback" not in message
     expected = {"fp16_on_cpu": "fp16 is for GPU targets", "output_not_empty": "already exists and is not empty",
                 "unknown_target": "did you mean 'rpi5'", "identity_without_device": "add --device",
-                "unknown_node": "no node '/nope'", "unknown_knob": "did you mean 'intra_op_threads'"}[case]
+                "unknown_node": "no node '/nope'", "unknown_knob": "did you mean 'intra_op_threads'",
+                "unknown_node_in_file": "no node '/nope'", "missing_node_file": "cannot read it"}[case]
     assert expected in message
     assert (tmp_path / "keep.txt").read_text() == "mine" and not (tmp_path / "cache").exists()
 

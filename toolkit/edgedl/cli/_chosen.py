@@ -18,7 +18,7 @@ def _quantize_defaults(chosen) -> dict:
                           "the input model itself (bench --config FILE times it with the chosen session settings)")
     names = {"mode": "mode", "preset": "preset", "format": "fmt", "per_channel": "per_channel",
              "calibration_method": "calibration_method", "calibration_samples": "calibration_samples",
-             "activation_type": "activation_type", "weight_type": "weight_type"}
+             "activation_type": "activation_type", "weight_type": "weight_type", "reduce_range": "reduce_range"}
     out = {param: q[key] for key, param in names.items() if q.get(key) is not None}
     if q.get("exclude_nodes"):
         out["exclude_nodes"] = (",".join(q["exclude_nodes"]),)

@@ -42,8 +42,9 @@ def _list_knobs(ctx, _param, value) -> None:
 @click.option("--space", "space", multiple=True, metavar="KNOB=V[,V...]",
               help="Search only these values of a knob (repeatable), e.g. precision=fp32,static, "
                    "intra_op_threads=1,2; --list-knobs shows them all.")
-@click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]",
-              help="A set of nodes to try keeping in float (repeatable: one set each).")
+@click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]|@FILE",
+              help="A set of nodes to try keeping in float (repeatable: one set each; @FILE: the set "
+                   "`quantize --bisect` wrote).")
 @data_options
 @shape_options
 @click.option("--device", metavar="USER@HOST[:PORT]",
@@ -94,7 +95,9 @@ def optimize(model, target, objective, max_accuracy_drop, metric, max_metric_dro
                               remote_dir)
     gates = GateConfig(max_accuracy_drop=max_accuracy_drop, metric=metric, max_metric_drop=max_metric_drop,
                        min_agreement=min_agreement, min_sqnr=min_sqnr, speed_seconds=0.0)
-    sets = tuple(tuple(n.strip() for n in group.split(",") if n.strip()) for group in exclude_nodes)
+    from edgedl.stages.quantize.debug import node_names
+
+    sets = tuple(node_names(group) for group in exclude_nodes)
     config = OptimizeConfig(
         target=target, objective=objective, gates=gates, latency_budget_ms=latency_budget,
         budget_s=parse_budget(budget), batches=parse_int_list(batch, "--batch") if batch else None,

@@ -12,15 +12,9 @@ from edgedl.cli._shapes import shape_options
 
 def _split_names(values) -> tuple[str, ...]:
     """NAME[,NAME] values; @FILE reads names from a file, one per line (what --bisect writes)."""
-    names: list[str] = []
-    for v in values:
-        if v.strip().startswith("@"):
-            from edgedl.stages.quantize.debug import read_exclude_file
+    from edgedl.stages.quantize.debug import node_names
 
-            names.extend(read_exclude_file(Path(v.strip()[1:])))
-        else:
-            names.extend(n.strip() for n in v.split(",") if n.strip())
-    return tuple(dict.fromkeys(names))
+    return tuple(dict.fromkeys(name for v in values for name in node_names(v)))
 
 
 def _moved(flag: str, instead: str):
@@ -51,6 +45,8 @@ def _moved(flag: str, instead: str):
 @click.option("--calibration-samples", type=int, help="Use the first N calibration samples [default: all].")
 @click.option("--activation-type", metavar="uint8|int8", help="[default: uint8, or the preset's]")
 @click.option("--weight-type", metavar="int8|uint8", help="[default: int8]")
+@click.option("--reduce-range/--full-range", default=None,
+              help="Static int8: 7-bit weights (exact on AVX2 without VNNI) [default: the preset's, else full].")
 @click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]|@FILE",
               help="Keep these nodes in float (@FILE: one name per line, as --bisect writes).")
 @click.option("--exclude-op-types", multiple=True, metavar="OP[,OP]", help="Keep these op types in float.")
@@ -98,7 +94,7 @@ def _moved(flag: str, instead: str):
 @json_option
 @debug_option
 def quantize(model, output, mode, preset, data_options, shape_options, fmt, per_channel, calibration_method,
-             calibration_samples, activation_type, weight_type, exclude_nodes, exclude_op_types, fp16_io,
+             calibration_samples, activation_type, weight_type, reduce_range, exclude_nodes, exclude_op_types, fp16_io,
              max_accuracy_drop, metric, max_metric_drop, min_agreement, min_top_k_agreement, top_k, min_sqnr,
              min_cosine, accuracy_gate, speed_batch, speed_seconds, threads, min_speedup, require_speedup,
              target_provider, bisect, bisect_steps, bisect_out, no_progress, chosen, as_json, debug):
@@ -120,7 +116,7 @@ def quantize(model, output, mode, preset, data_options, shape_options, fmt, per_
                        require_speedup=require_speedup, min_speedup=min_speedup, target_provider=target_provider)
     given = {k: v for k, v in dict(format=fmt, per_channel=per_channel, calibration_method=calibration_method,
                                    calibration_samples=calibration_samples, activation_type=activation_type,
-                                   weight_type=weight_type).items() if v is not None}
+                                   weight_type=weight_type, reduce_range=reduce_range).items() if v is not None}
     common = dict(mode=mode, gates=gates, data=data_options, shape_options=shape_options,
                   exclude_nodes=_split_names(exclude_nodes), exclude_op_types=_split_names(exclude_op_types),
                   fp16_keep_io_types=not fp16_io, bisect=bisect, bisect_steps=bisect_steps, bisect_out=bisect_out,

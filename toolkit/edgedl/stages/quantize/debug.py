@@ -161,6 +161,14 @@ def write_exclude_file(path: Path, nodes: tuple[str, ...], model: Path, mode: st
     return path
 
 
+def node_names(value: str) -> tuple[str, ...]:
+    """One --exclude-nodes value: NAME[,NAME], or @FILE (names from a file, as --bisect writes)."""
+    value = value.strip()
+    if value.startswith("@"):
+        return read_exclude_file(Path(value[1:]))
+    return tuple(n.strip() for n in value.split(",") if n.strip())
+
+
 def read_exclude_file(path: Path) -> tuple[str, ...]:
     """Node names from a file: one per line (or comma-separated), '#' starts a comment."""
     try:

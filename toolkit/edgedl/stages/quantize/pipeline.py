@@ -327,8 +327,9 @@ class Workbench:
         from dataclasses import replace
 
         static = static or self.config.static
-        config = replace(self.config, static=static, exclude_nodes=tuple(exclude_nodes)) if (
-            static is not self.config.static or tuple(exclude_nodes) != tuple(self.config.exclude_nodes)) else self.config
+        config = self.config
+        if static is not config.static or tuple(exclude_nodes) != tuple(config.exclude_nodes):
+            config = replace(config, static=static, exclude_nodes=tuple(exclude_nodes))
         ctx = self.context(static)  # preprocesses on first use
         _check_nodes(exclude_nodes, self._pre_model)
         ctx.exclude_nodes = list(exclude_nodes)
