@@ -83,6 +83,7 @@ def optimize(model, target, objective, max_accuracy_drop, metric, max_metric_dro
     from edgedl.stages.bench.config import parse_int_list
     from edgedl.stages.optimize import OptimizeConfig, RemoteDevice, optimize as run, parse_budget, parse_space
     from edgedl.stages.quantize.config import GateConfig
+    from edgedl.stages.quantize.debug import node_names
 
     if not device and (identity or known_hosts or accept_new_host_key):
         raise EdgeDLError("--identity/--known-hosts/--accept-new-host-key are for --device USER@HOST; add --device")
@@ -95,8 +96,6 @@ def optimize(model, target, objective, max_accuracy_drop, metric, max_metric_dro
                               remote_dir)
     gates = GateConfig(max_accuracy_drop=max_accuracy_drop, metric=metric, max_metric_drop=max_metric_drop,
                        min_agreement=min_agreement, min_sqnr=min_sqnr, speed_seconds=0.0)
-    from edgedl.stages.quantize.debug import node_names
-
     sets = tuple(node_names(group) for group in exclude_nodes)
     config = OptimizeConfig(
         target=target, objective=objective, gates=gates, latency_budget_ms=latency_budget,
