@@ -115,6 +115,7 @@ def print_report(report) -> None:
     from rich.table import Table
 
     from edgedl.console import out_console
+    from edgedl.stages.optimize.front import ALPHA, TIE_MARGIN
 
     console = out_console()
     if not console.is_terminal:
@@ -137,8 +138,9 @@ def print_report(report) -> None:
                       f"{m['speedup']:.2f}", "yes" if m["sha256"] + m["label"] in front else "")
     console.print(table)
     lo, hi = min(r for r in _ratios(chosen)), max(r for r in _ratios(chosen))
-    console.print(f"re-measured: {len(chosen['rounds'])} interleaved rounds on {escape(report.device)}; a difference "
-                  "counts only when it holds in every round (else: tie)", soft_wrap=True)
+    console.print(f"re-measured: {len(chosen['rounds'])} interleaved rounds on {escape(report.device)}; faster "
+                  f"counts only when a sign test over the rounds gives p <= {ALPHA:g} and the median margin is "
+                  f">= {TIE_MARGIN:.0%} (else: tie)", soft_wrap=True)
     console.print(f"chosen: {escape(chosen['label'])} - {escape(report.reason)}", soft_wrap=True)
     if lo != hi:
         console.print(f"  per-round p50 of the chosen: {lo:.4g} to {hi:.4g} ms")
