@@ -140,3 +140,19 @@ def test_final_rounds_fit_the_reserve():
     assert final_duration(100, 4, 5, 0.5, longest=0.5) == 0.5
     assert final_duration(10, 4, 5, 0.4, longest=0.5) == 0.1
     assert final_duration(1, 4, 5, 0.5, longest=0.5) == 0.05
+
+
+def test_bench_config_turns_graph_optimization_off_only_for_the_saved_optimized_file(tmp_path):
+    from edgedl.runtime.manifest import sha256_file
+    from edgedl.stages.optimize.report import ChosenConfig
+
+    saved, rebuilt = tmp_path / "model.onnx", tmp_path / "rebuilt.onnx"
+    saved.write_bytes(b"the saved optimized graph")
+    rebuilt.write_bytes(b"the same conversion, not yet optimized")
+    candidate = dataclasses.replace(DEFAULT, saved_optimized=True, graph_optimization="all")
+    chosen = ChosenConfig(candidate, {"mode": "dynamic"}, "cpu", "single-stream", {"file_sha256": sha256_file(saved)})
+    assert chosen.session_for([saved])["graph_optimization"] == "disable"
+    assert chosen.session_for([rebuilt])["graph_optimization"] == "all"  # quantize --config's file: optimized at load
+    plain = ChosenConfig(dataclasses.replace(candidate, saved_optimized=False), {"mode": "dynamic"}, "cpu",
+                         "single-stream", {})
+    assert plain.session_for([saved])["graph_optimization"] == "all"

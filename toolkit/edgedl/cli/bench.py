@@ -97,8 +97,8 @@ def bench(models, providers, provider_options, threads, batch, shape_options, wa
         latency_bound_ms=latency_bound, streams=streams, allow_fallback=allow_fallback, baseline=baseline,
         torch_model=torch_model, torch_checkpoint=torch_checkpoint,
         torch_init_args=parse_init_args(torch_init_args, "torch_init_args"), placement=not no_placement,
-        **({k: chosen.session[k] for k in ("inter_op_threads", "execution_mode", "memory_arena", "graph_optimization")}
-           if chosen else {}),
+        **({k: v for k, v in chosen.session_for(models).items()
+            if k in ("inter_op_threads", "execution_mode", "memory_arena", "graph_optimization")} if chosen else {}),
     )
     _check_outputs(save, plot)  # before measuring: a bad path must not cost the run
     if not remote and (identity or known_hosts or accept_new_host_key):

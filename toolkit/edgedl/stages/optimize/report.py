@@ -43,6 +43,17 @@ class ChosenConfig:
                 "execution_mode": c.execution_mode, "spinning": c.spinning, "memory_arena": c.memory_arena,
                 "graph_optimization": "disable" if c.saved_optimized else c.graph_optimization}
 
+    def session_for(self, models) -> dict[str, Any]:
+        """``session`` for timing ``models``: graph optimization is off only for the saved optimized file itself
+        (the one ``-o DIR`` holds); a file rebuilt with ``quantize --config`` is optimized at load as chosen."""
+        from edgedl.runtime.manifest import sha256_file
+
+        session = self.session
+        saved = self.model.get("file_sha256")
+        if self.candidate.saved_optimized and not (saved and all(sha256_file(m) == saved for m in models)):
+            session["graph_optimization"] = self.candidate.graph_optimization
+        return session
+
     def to_json(self) -> dict[str, Any]:
         return {"schema": CONFIG_SCHEMA, "configuration": self.candidate.to_json(), "quantize": self.quantize,
                 "session": self.session, "scenario": {"name": self.scenario, "batch": self.candidate.batch},
