@@ -9,22 +9,55 @@ from typing import Iterator, Mapping
 
 import numpy as np
 
-# onnxruntime type string -> numpy dtype
-ORT_TO_NUMPY: dict[str, np.dtype] = {
-    "tensor(float)": np.dtype(np.float32),
-    "tensor(float16)": np.dtype(np.float16),
-    "tensor(double)": np.dtype(np.float64),
-    "tensor(int8)": np.dtype(np.int8),
-    "tensor(int16)": np.dtype(np.int16),
-    "tensor(int32)": np.dtype(np.int32),
-    "tensor(int64)": np.dtype(np.int64),
-    "tensor(uint8)": np.dtype(np.uint8),
-    "tensor(uint16)": np.dtype(np.uint16),
-    "tensor(uint32)": np.dtype(np.uint32),
-    "tensor(uint64)": np.dtype(np.uint64),
-    "tensor(bool)": np.dtype(np.bool_),
-    "tensor(string)": np.dtype(object),
-}
+
+@dataclass(frozen=True)
+class DType:
+    """One tensor element type in each vocabulary edgedl speaks. Triton's config.pbtxt type is ``TYPE_`` + the v2
+    datatype, except BYTES (``TYPE_STRING``)."""
+
+    onnx: str  # onnxruntime's type string
+    numpy: np.dtype | None  # None: numpy has no such type (bfloat16)
+    datatype: str  # Open Inference Protocol v2 (KServe, Triton) datatype
+
+    @property
+    def triton(self) -> str:
+        return "TYPE_STRING" if self.datatype == "BYTES" else f"TYPE_{self.datatype}"
+
+
+# The one table of element types: every other mapping below is derived from it.
+DTYPES: tuple[DType, ...] = tuple(DType(onnx, None if numpy is None else np.dtype(numpy), datatype) for onnx, numpy, datatype in (
+    ("tensor(float)", np.float32, "FP32"),
+    ("tensor(float16)", np.float16, "FP16"),
+    ("tensor(double)", np.float64, "FP64"),
+    ("tensor(int8)", np.int8, "INT8"),
+    ("tensor(int16)", np.int16, "INT16"),
+    ("tensor(int32)", np.int32, "INT32"),
+    ("tensor(int64)", np.int64, "INT64"),
+    ("tensor(uint8)", np.uint8, "UINT8"),
+    ("tensor(uint16)", np.uint16, "UINT16"),
+    ("tensor(uint32)", np.uint32, "UINT32"),
+    ("tensor(uint64)", np.uint64, "UINT64"),
+    ("tensor(bool)", np.bool_, "BOOL"),
+    ("tensor(string)", object, "BYTES"),  # an object array of str
+    ("tensor(bfloat16)", None, "BF16"),
+))
+ORT_TO_NUMPY: dict[str, np.dtype] = {d.onnx: d.numpy for d in DTYPES if d.numpy is not None}
+# v2 datatype -> numpy dtype
+DATATYPES: dict[str, np.dtype] = {d.datatype: d.numpy for d in DTYPES if d.numpy is not None}
+# numpy dtype names of numbers and booleans (what a JSON list or a synthetic input can hold)
+NUMERIC_DTYPES: tuple[str, ...] = tuple(d.numpy.name for d in DTYPES if d.numpy is not None and d.numpy.kind != "O")
+_BY_ONNX = {d.onnx: d for d in DTYPES}
+_DATATYPE_OF = {d.numpy: d.datatype for d in DTYPES if d.numpy is not None}
+
+
+def dtype_of_onnx(onnx_type: str) -> DType | None:
+    """The table's row for an onnxruntime type string; None for a type it does not know (float8, a sequence)."""
+    return _BY_ONNX.get(onnx_type)
+
+
+def datatype_of(dtype: np.dtype) -> str:
+    """The v2 datatype of a numpy dtype (anything else travels as BYTES)."""
+    return _DATATYPE_OF.get(dtype, "BYTES")
 
 
 @dataclass(frozen=True)

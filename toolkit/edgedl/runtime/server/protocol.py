@@ -18,25 +18,8 @@ import numpy as np
 
 from edgedl.runtime.server import tensorjson
 from edgedl.runtime.server.tensorjson import NumberArray
-from edgedl.runtime.tensors import TensorInfo
+from edgedl.runtime.tensors import DATATYPES, TensorInfo, datatype_of
 
-# v2 datatype <-> numpy dtype (BYTES travels as an object array of str)
-DATATYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "UINT8": np.dtype(np.uint8),
-    "UINT16": np.dtype(np.uint16),
-    "UINT32": np.dtype(np.uint32),
-    "UINT64": np.dtype(np.uint64),
-    "INT8": np.dtype(np.int8),
-    "INT16": np.dtype(np.int16),
-    "INT32": np.dtype(np.int32),
-    "INT64": np.dtype(np.int64),
-    "FP16": np.dtype(np.float16),
-    "FP32": np.dtype(np.float32),
-    "FP64": np.dtype(np.float64),
-    "BYTES": np.dtype(object),
-}
-_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
 # which numpy kinds a JSON list may hold for each target kind (JSON ints are fine for float inputs)
 _JSON_KINDS = {"f": "fiu", "i": "iu", "u": "iu", "b": "b", "O": "US"}
 # the wire is little-endian; on a little-endian host the native dtype (the very object the runner's fast check
@@ -51,10 +34,6 @@ class HTTPError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-def datatype_of(dtype: np.dtype) -> str:
-    return _DATATYPE_OF.get(dtype, "BYTES")
 
 
 def v2_shape(info: TensorInfo) -> list[int]:
