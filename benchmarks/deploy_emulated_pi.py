@@ -63,15 +63,15 @@ def main() -> None:
         transcript.append(line)
         print(line)
 
-        from edgedl.stages.deploy.remote_bench import remote_bench
+        from edgedl.stages.bench.remote import remote_bench
 
         target = pi.target()
         t0 = time.time()
         out = remote_bench(target, [bundle / "models/cnn/1/model.onnx"], {"threads": 1, "batch": 1, "warmup": 3,
                            "iterations": 30, "duration_s": None, "placement": False}, progress=False,
                            cache_dir=ROOT / "build" / "cache")
-        res, env = out["results"][0], out["environment"]
-        line = (f"remote_bench on {out['host']} in {time.time() - t0:.0f} s: machine {env['machine']}, Python "
+        res, env = out.results[0], out.environment
+        line = (f"remote_bench on {out.host} in {time.time() - t0:.0f} s: machine {env['machine']}, Python "
                 f"{env['python']}, onnxruntime {env['onnxruntime']['version']}; p50 {res['latency_ms']['p50_ms']:.3f} ms "
                 "(emulated - not a speed number)")
         transcript.append(line)

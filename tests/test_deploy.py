@@ -169,11 +169,11 @@ def test_insufficient_disk(sshd, device, zoo, tmp_path):
 
 def test_a_deploy_already_in_progress_is_refused(sshd, device, bundles):
     """Two deploys to one directory never interleave: the second is refused while the first holds the lock."""
-    from edgedl.stages.deploy import remote
+    from edgedl.stages.device import programs
 
     before = snapshot(device["dir"])
     target = sshd.target()
-    target.run(remote.DEVICE, str(device["dir"]), "lock", "other-token", "bob@laptop:4242")
+    target.run(programs.DEVICE, str(device["dir"]), "lock", "other-token", "bob@laptop:4242")
     try:
         proc = deploy_cli(sshd, device["dir"], bundles["v2"], check=False)
         assert_one_line_error(proc, "another deploy to", "is in progress (bob@laptop:4242", "wait for it to finish")
@@ -181,7 +181,7 @@ def test_a_deploy_already_in_progress_is_refused(sshd, device, bundles):
         assert_one_line_error(proc, "another deploy to")
         assert_untouched(device, before)
     finally:
-        target.run(remote.DEVICE, str(device["dir"]), "unlock", "other-token")
+        target.run(programs.DEVICE, str(device["dir"]), "unlock", "other-token")
     assert not (device["dir"] / "run/deploy.lock").exists()
 
 
@@ -295,13 +295,13 @@ def test_api_key_from_a_tarball_deploy_is_set_on_the_device_and_kept_across_roll
 def test_device_side_hash_check_refuses_a_corrupted_copy(sshd, device, bundles):
     """The hashes are verified again on the device after the copy: a copy that differs from the manifest (a
     corrupted transfer) is refused there with exit code 22, never installed, and the running release is untouched."""
-    from edgedl.stages.deploy import remote
+    from edgedl.stages.device import programs
 
     current = os.readlink(device["dir"] / "current")
     staging = device["dir"] / "staging" / "corrupted-copy"
     shutil.copytree(bundles["v2"], staging)
     (staging / "models" / "digits" / "1" / "model.onnx").write_bytes(b"bit rot")
-    proc = sshd.target().run(remote.DEVICE, str(device["dir"]), "install", "corrupted-copy", "python3",
+    proc = sshd.target().run(programs.DEVICE, str(device["dir"]), "install", "corrupted-copy", "python3",
                              check=False, timeout=120)
     assert proc.returncode == 22, proc.stderr
     assert "sha256 mismatch models/digits/1/model.onnx" in proc.stderr

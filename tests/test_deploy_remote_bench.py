@@ -28,32 +28,33 @@ def sshd(tmp_path_factory):
 
 def test_remote_bench_runs_the_worker_on_the_device(sshd, zoo, tmp_path):
     from edgedl.errors import EdgeDLError
-    from edgedl.stages.deploy.remote_bench import remote_bench
+    from edgedl.stages.bench.remote import remote_bench
 
     remote_dir = tmp_path / "device"
     models = [zoo["mlp"].onnx, zoo["cnn"].onnx]
     out = remote_bench(sshd.target(), models, WORKER_CONFIG, remote_dir=str(remote_dir),
                        cache_dir=ROOT / "build" / "cache", progress=False)
-    assert out["host"] == f"{sshd.user}@127.0.0.1:{sshd.port}" and out["profile"] == "x86-server"
-    assert [r["model"] for r in out["results"]] == [str(m) for m in models]
-    for r in out["results"]:
-        assert r["device"] == out["host"] and r["batch"] == 2 and r["latency_ms"]["count"] == 40
+    assert out.host == f"{sshd.user}@127.0.0.1:{sshd.port}" and out.profile == "x86-server"
+    assert [r["model"] for r in out.results] == [str(m) for m in models]
+    for r in out.results:
+        assert r["device"] == out.host and r["batch"] == 2 and r["latency_ms"]["count"] == 40
         assert 0 < r["latency_ms"]["p50_ms"] < r["latency_ms"]["max_ms"] + 1e-9
         assert r["remote_model"].startswith(str(remote_dir.resolve()))  # measured from the pushed copy
         assert Path(r["remote_model"]).read_bytes() == Path(r["model"]).read_bytes()
-    env = out["environment"]
+    env = out.environment
     assert env["machine"] == "x86_64" and env["onnxruntime"]
     # the device's runtime venv is the bundle's: edgedl + onnxruntime, no torch
     venv_python = next(remote_dir.glob("env-*/venv/bin/python"))
     check = subprocess.run([venv_python, "-c", "import importlib.util as u, edgedl, onnxruntime;"
-                            "print(u.find_spec('torch') is None, edgedl.__file__)"], capture_output=True, text=True)
+                            "print(u.find_spec('torch') is None, edgedl.__file__)"], capture_output=True, text=True,
+                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})  # the venv's own edgedl
     assert check.stdout.split()[0] == "True" and str(remote_dir.resolve()) in check.stdout
 
     # a second run reuses the installed runtime (no reinstall: the venv is untouched)
     stamp = (venv_python.parent.parent.parent / ".installed").stat().st_mtime_ns
     again = remote_bench(sshd.target(), models[:1], WORKER_CONFIG, remote_dir=str(remote_dir),
                          cache_dir=ROOT / "build" / "cache", progress=False)
-    assert len(again["results"]) == 1
+    assert len(again.results) == 1
     assert (venv_python.parent.parent.parent / ".installed").stat().st_mtime_ns == stamp
 
     with pytest.raises(EdgeDLError, match="gets no torch"):

@@ -101,7 +101,7 @@ def sshd(tmp_path_factory):
 
 
 def test_device_script_refuses_every_value_with_exit_33(sshd, marker, tmp_path):
-    from edgedl.stages.deploy import remote
+    from edgedl.stages.device import programs
 
     target = sshd.target()
     d = str(tmp_path / "device")
@@ -113,7 +113,7 @@ def test_device_script_refuses_every_value_with_exit_33(sshd, marker, tmp_path):
                             (["activate", "r1", "127.0.0.1", "8000", "set", "keep"], ("k" * 20 + evil).encode()),
                             (["logs", evil, "10"], None), (["logs", "", evil], None), (["discard", evil], None),
                             (["restore", evil, ""], None)):
-            proc = target.run(remote.DEVICE, d, *args, check=False, input=stdin)
+            proc = target.run(programs.DEVICE, d, *args, check=False, input=stdin)
             assert proc.returncode == 33, (args, proc.stdout, proc.stderr)
             assert len(proc.stderr.strip().splitlines()) == 1 and "refusing the" in proc.stderr
             assert not marker.exists(), args

@@ -22,7 +22,7 @@ def test_manifest_has_what_kserve_requires(zoo, tmp_path):
                           KServeOptions(name="digits", storage_uri="s3://models/digits", namespace="edge", cpu="500m",
                                         memory="1Gi", gpus=1, min_replicas=1, max_replicas=3))
     doc = yaml.safe_load((out / "inferenceservice.yaml").read_text())
-    assert doc == report["inference_service"]
+    assert doc == report.inference_service
     validate_inference_service(doc)
     assert doc["apiVersion"] == "serving.kserve.io/v1beta1" and doc["kind"] == "InferenceService"
     assert doc["metadata"] == {"name": "digits", "namespace": "edge", "labels": {"app.kubernetes.io/managed-by": "edgedl"}}

@@ -259,15 +259,17 @@ def test_reference_outputs_are_stored_at_package_time(rpi5_bundle, zoo):
     import numpy as np
 
     from edgedl.runtime import load
-    from edgedl.stages.fleet.reference import reference_outputs
+    from edgedl.stages import reference
+    from edgedl.stages.bundle import Bundle
 
     manifest = verify_manifest(rpi5_bundle)
     assert manifest["reference"] == "reference.json" and "reference.json" in manifest["files"]
-    ref = reference_outputs(rpi5_bundle, manifest)
-    assert ref["source"].startswith("bundle: computed at package time") and [m["name"] for m in ref["models"]] == ["cnn", "mlp"]
-    cnn = ref["models"][0]
-    x = np.array(cnn["inputs"][0]["data"], np.float32).reshape(cnn["inputs"][0]["shape"])
+    with Bundle.open(rpi5_bundle) as bundle:
+        ref = reference.for_bundle(bundle)
+    assert ref.source.startswith("bundle: computed at package time") and [m.name for m in ref.models] == ["cnn", "mlp"]
+    cnn = ref.models[0]
+    x = np.array(cnn.inputs[0]["data"], np.float32).reshape(cnn.inputs[0]["shape"])
     assert x.shape == (2, 1, 8, 8)
     expected = load(zoo["cnn"].onnx).run(x)["logits"]
-    got = np.array(cnn["outputs"][0]["data"], np.float32).reshape(cnn["outputs"][0]["shape"])
+    got = np.array(cnn.outputs[0]["data"], np.float32).reshape(cnn.outputs[0]["shape"])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)

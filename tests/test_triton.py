@@ -65,7 +65,7 @@ def test_no_batching_when_asked_or_when_the_model_has_no_batch_axis(zoo, tmp_pat
     config = model_config(tmp_path / "nobatch" / "mlp" / "config.pbtxt")
     assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
     assert list(config.input[0].dims) == [-1, 64]
-    assert out["models"][0]["notes"]
+    assert out.models[0].notes
 
     fixed = tmp_path / "fixed.onnx"
     graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g",

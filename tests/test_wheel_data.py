@@ -46,7 +46,7 @@ def _shipped(src: Path) -> set[str]:
     want = {f"edgedl/_deploy/{p.relative_to(deploy).as_posix()}" for p in files
             if p.is_file() and "__pycache__" not in p.parts}
     package = src / "toolkit" / "edgedl"
-    # rglob does not descend into the _deploy symlink: these are the package's own scripts (stages/deploy/device.sh)
+    # rglob does not descend into the _deploy symlink: these are the package's own scripts (stages/device/device.sh)
     want |= {f"edgedl/{p.relative_to(package).as_posix()}" for p in package.rglob("*.sh") if "_deploy" not in p.parts}
     # and the gRPC endpoint's message descriptors (runtime/server/grpc_server/inference.pb)
     want |= {f"edgedl/{p.relative_to(package).as_posix()}" for p in package.rglob("*.pb")}

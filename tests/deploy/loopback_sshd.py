@@ -31,7 +31,7 @@ class LoopbackLogin:
                 "--known-hosts", str(self.known_hosts), "--ssh-config", "/dev/null", "--remote-dir", str(remote_dir)]
 
     def target(self, **kw):
-        from edgedl.stages.deploy.ssh import SSHTarget
+        from edgedl.stages.device.ssh import SSHTarget
 
         return SSHTarget(host="127.0.0.1", user=self.user, port=self.port, identity=self.identity,
                          known_hosts=self.known_hosts, ssh_config=Path("/dev/null"), **kw)

@@ -213,11 +213,11 @@ def test_a_device_with_too_little_disk_is_refused_untouched(devices, bundles, tm
 def test_a_device_locked_by_another_deploy_fails_untouched(devices, bundles, releases, tmp_path):
     """dev3's directory is held by another deploy (its lock taken with device.sh): the rollout fails that device
     with the holder named, changes nothing there, and leaves the lock to its holder."""
-    from edgedl.stages.deploy import remote
+    from edgedl.stages.device import programs
 
     dev = devices[2]
     before = (dev.current(), dev.pid(), sorted(os.listdir(dev.remote_dir / "releases")))
-    held = subprocess.run(["sh", "-c", remote.DEVICE, "edgedl", str(dev.remote_dir), "lock", "tok", "ann@laptop"],
+    held = subprocess.run(["sh", "-c", programs.DEVICE, "edgedl", str(dev.remote_dir), "lock", "tok", "ann@laptop"],
                           capture_output=True, text=True)
     assert held.returncode == 0, held.stderr
     try:
@@ -230,7 +230,7 @@ def test_a_device_locked_by_another_deploy_fails_untouched(devices, bundles, rel
         assert (dev.current(), dev.pid(), sorted(os.listdir(dev.remote_dir / "releases"))) == before
         assert (dev.remote_dir / "run/deploy.lock/owner").read_text().split() == ["tok", "ann@laptop"]
     finally:
-        subprocess.run(["sh", "-c", remote.DEVICE, "edgedl", str(dev.remote_dir), "unlock", "tok"], check=True)
+        subprocess.run(["sh", "-c", programs.DEVICE, "edgedl", str(dev.remote_dir), "unlock", "tok"], check=True)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -19,11 +19,36 @@ def out_console():
     return Console(highlight=False)
 
 
+# a log file (stderr not a terminal) gets a plain line per step of a long run, at most one per this many seconds
+LINE_INTERVAL_S = 10.0
+
+
 @contextlib.contextmanager
-def progress(description: str, total: int | None, enabled: bool = True) -> Iterator:
-    """A progress bar on stderr; yields ``advance(n=1, **fields)``. Silent when disabled or not a TTY-less run."""
+def progress(description: str, total: int | None, enabled: bool = True, lines: bool = False) -> Iterator:
+    """A progress bar on stderr; yields ``advance(n=1, info=None)``. Silent when disabled. When stderr is not a
+    terminal (a log file, a pipe) the bar would show nothing: with ``lines``, a long run prints plain lines instead
+    (``description: done/total info (elapsed)``, at most one per LINE_INTERVAL_S, none in a run shorter than that)."""
     if not enabled:
         yield lambda *a, **k: None
+        return
+    if lines and not sys.stderr.isatty():
+        import time
+
+        start = last = time.monotonic()
+        state = {"done": 0, "info": ""}
+
+        def line(n: int = 1, info: str | None = None) -> None:
+            nonlocal last
+            state["done"] += n
+            state["info"] = info if info is not None else state["info"]
+            now = time.monotonic()
+            if now - last >= LINE_INTERVAL_S:
+                last = now
+                of = f"/{total}" if total else ""
+                print(f"{description}: {state['done']}{of} done{', ' + state['info'] if state['info'] else ''} "
+                      f"({now - start:.0f} s)", file=sys.stderr, flush=True)
+
+        yield line
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

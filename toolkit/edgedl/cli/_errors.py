@@ -28,11 +28,16 @@ OPTION_FLAGS = {
     "output": "-o",
     "device": "--device",
     "exclude_nodes": "--exclude-nodes",
+    "allow_fallback": "--allow-fallback",
+    "model_repository": "--model-repository",
+    "allow_missing_manifest": "--allow-missing-manifest",
 }
 
 
 def describe(exc: EdgeDLError) -> str:
+    """The message, and instead of the library's own hint the flag that fixes it (a flag without a value: a switch)."""
     option = getattr(exc, "option", None)
     if option and option[0] in OPTION_FLAGS:
-        return f"{exc.message}; pass {OPTION_FLAGS[option[0]]} {option[1]}"
+        value = f" {option[1]}" if option[1] not in (None, "") else ""
+        return f"{exc.message}; pass {OPTION_FLAGS[option[0]]}{value}"
     return str(exc)

@@ -55,7 +55,7 @@ def scaleout_options(command):
 
 def run(models, output: Path, names, as_json: bool, fmt: str, **o) -> None:
     from edgedl.cli import emit_json
-    from edgedl.stages.triton import TritonOptions
+    from edgedl.stages.repository import TritonOptions
 
     kind = o["instance_kind"] or ("gpu" if fmt == "kserve" and o["gpus"] else "cpu")
     triton = TritonOptions(max_batch_size=o["max_batch_size"], dynamic_batching=not o["no_dynamic_batching"],
@@ -76,33 +76,32 @@ def run(models, output: Path, names, as_json: bool, fmt: str, **o) -> None:
             name=name, storage_uri=o["storage_uri"], namespace=o["namespace"], cpu=o["cpu"], memory=o["memory"],
             gpus=o["gpus"], min_replicas=o["min_replicas"], max_replicas=o["max_replicas"]), triton, list(names))
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
         return
     _print(result)
 
 
-def _print(result: dict) -> None:
+def _print(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     from edgedl.console import out_console
 
     console = out_console()
-    console.print(f"[bold]{escape(result['repository'])}[/]  Triton model repository, every config.pbtxt validated "
+    console.print(f"[bold]{escape(result.repository)}[/]  Triton model repository, every config.pbtxt validated "
                   "against Triton's ModelConfig")
     table = Table(show_edge=False, pad_edge=False)
     for col in ("model", "max_batch_size", "dynamic batching", "inputs", "outputs"):
         table.add_column(col)
-    for m in result["models"]:
-        fmt = lambda ts: ", ".join(f"{t['name']}:{t['data_type']}[{','.join(map(str, t['dims']))}]" for t in ts)  # noqa: E731
-        table.add_row(m["name"], str(m["max_batch_size"]), "yes" if m["dynamic_batching"] else "no",
-                      escape(fmt(m["inputs"])), escape(fmt(m["outputs"])))
+    for m in result.models:
+        fmt = lambda ts: ", ".join(f"{t.name}:{t.data_type}[{','.join(map(str, t.dims))}]" for t in ts)  # noqa: E731
+        table.add_row(m.name, str(m.max_batch_size), "yes" if m.dynamic_batching else "no",
+                      escape(fmt(m.inputs)), escape(fmt(m.outputs)))
     console.print(table)
-    for m in result["models"]:
-        for note in m["notes"]:
-            console.print(f"note: {m['name']}: {escape(note)}")
-    if result["format"] == "kserve":
-        svc = result["inference_service"]
-        console.print(f"InferenceService [bold]{svc['metadata']['name']}[/] (protocol v2, storage "
-                      f"{escape(svc['spec']['predictor']['model']['storageUri'])}): {escape(result['manifest'])}")
-        console.print(f"how to apply it: {escape(result['readme'])}")
+    for m in result.models:
+        for note in m.notes:
+            console.print(f"note: {m.name}: {escape(note)}")
+    if result.format == "kserve":
+        console.print(f"InferenceService [bold]{result.options.name}[/] (protocol v2, storage "
+                      f"{escape(result.options.storage_uri)}): {escape(result.manifest)}")
+        console.print(f"how to apply it: {escape(result.readme)}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from edgedl.cli import debug_option, emit_json, json_option
+from edgedl.cli._ssh import ssh_options
 
 _GROUP_ONLY = {"--list-targets", "-h", "--help"}
 
@@ -22,34 +23,18 @@ class _DeployGroup(click.Group):
 
 
 def connection_options(f):
-    options = [
-        click.option("--host", "host", required=True, help="The device: USER@HOST[:PORT] (an ~/.ssh/config alias works too)."),
-        click.option("--port", "-p", "ssh_port", type=int, default=None, help="SSH port (default 22, or :PORT in --host)."),
-        click.option("--identity", "-i", type=click.Path(path_type=Path), default=None, help="SSH private key file."),
-        click.option("--known-hosts", type=click.Path(path_type=Path), default=None, help="known_hosts file (default: ssh's own)."),
-        click.option("--accept-new-host-key", is_flag=True,
-                     help="Trust the device's host key on first connection (still refuses a changed key)."),
-        click.option("--ssh-config", type=click.Path(path_type=Path), default=None, help="ssh -F FILE (e.g. /dev/null)."),
-        click.option("--remote-dir", default="edgedl", show_default=True, help="Deploy directory on the device (relative to home)."),
-        click.option("--remote-python", default="python3", show_default=True, help="Python on the device that builds the venv."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+    """The SSH group, and where on the device the deploy lives."""
+    f = click.option("--remote-python", default="python3", show_default=True,
+                     help="Python on the device that builds the venv.")(f)
+    f = click.option("--remote-dir", default="edgedl", show_default=True,
+                     help="Deploy directory on the device (relative to home).")(f)
+    return ssh_options()(f)
 
 
-def _config(host, ssh_port, identity, known_hosts, accept_new_host_key, ssh_config, remote_dir, remote_python, **extra):
+def _config(ssh, remote_dir, remote_python, **extra):
     from edgedl.stages.deploy import DeployConfig
-    from edgedl.stages.deploy.ssh import SSHTarget
 
-    for path, flag in ((identity, "--identity"), (known_hosts, "--known-hosts")):
-        if path is not None and not Path(path).is_file():
-            from edgedl.errors import EdgeDLError
-
-            raise EdgeDLError(f"{flag} {path} does not exist")
-    target = SSHTarget.parse(host, port=ssh_port, identity=identity, known_hosts=known_hosts,
-                             accept_new_host_key=accept_new_host_key, ssh_config=ssh_config)
-    return DeployConfig(target=target, remote_dir=remote_dir, remote_python=remote_python, **extra)
+    return DeployConfig(target=ssh.target(), remote_dir=remote_dir, remote_python=remote_python, **extra)
 
 
 @click.group(cls=_DeployGroup, invoke_without_command=True)
@@ -125,7 +110,7 @@ def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, veri
                      progress=not as_json)
     result = run_deploy(bundle, config)
     if as_json:
-        emit_json(result.__dict__)
+        emit_json(result.to_json())
         return
     from rich.markup import escape
 
@@ -136,7 +121,7 @@ def push(bundle, serve_host, serve_port, ready_timeout, keep, api_key_file, veri
     dev = result.device
     console = out_console()
     reach = {"loopback": "the device's loopback only", "all": f"every interface: {result.url}"}.get(result.reach, result.url)
-    console.print(f"[bold green]ready[/] release {result.release} on {result.host} ({dev['arch']}, Python {dev['python']}), "
+    console.print(f"[bold green]ready[/] release {result.release} on {result.host} ({dev.arch}, Python {dev.python}), "
                   f"listening on {result.bind} ({reach})", soft_wrap=True)
     if result.api_key:
         console.print(f"API key (generated on the device, shown once; `edgedl deploy status --show-key` prints it "
@@ -159,20 +144,21 @@ def status(show_key, as_json, debug, **conn) -> None:
     """Show the device's current release, whether it runs and is ready, and the installed releases."""
     from edgedl.stages.deploy import status as get_status
 
-    st = get_status(_config(**conn), show_key=show_key)
+    result = get_status(_config(**conn), show_key=show_key)
     if as_json:
-        emit_json(st)
+        emit_json(result.to_json())
         return
     from rich.table import Table
 
     from edgedl.console import out_console
 
     console = out_console()
-    state = "[green]ready[/]" if st["ready"] else ("[yellow]running, not ready[/]" if st["running"] else "[red]stopped[/]")
-    svc = st["service"]
-    console.print(f"{st['host']}: current release {st['current'] or 'none'} - {state}"
-                  + (f" (pid {st['pid']}, port {svc.get('EDGEDL_PORT')})" if st["running"] else ""), soft_wrap=True)
-    console.print("service: " + (f"systemd unit {st['unit']} ({st['enabled']})" if st["manager"] == "systemd"
+    st = result.device
+    state = "[green]ready[/]" if result.ready else ("[yellow]running, not ready[/]" if st.running else "[red]stopped[/]")
+    svc = st.service
+    console.print(f"{result.host}: current release {st.current or 'none'} - {state}"
+                  + (f" (pid {st.pid}, port {svc.get('EDGEDL_PORT')})" if st.running else ""), soft_wrap=True)
+    console.print("service: " + (f"systemd unit {st.unit} ({st.enabled})" if st.manager == "systemd"
                                  else "supervised process"), soft_wrap=True)
     key = svc.get("EDGEDL_API_KEY")
     console.print("API key: " + (key if show_key and key else "set (--show-key prints it)" if key else "none"),
@@ -180,8 +166,8 @@ def status(show_key, as_json, debug, **conn) -> None:
     table = Table(show_edge=False, pad_edge=False)
     for col in ("", "release", "state", "size"):
         table.add_column(col)
-    for r in st["releases"]:
-        table.add_row("*" if r["current"] else "", r["id"], r["state"], f"{r['size_mb']} MB")
+    for r in st.releases:
+        table.add_row("*" if r.current else "", r.id, r.state, f"{r.size_mb} MB")
     console.print(table)
 
 
@@ -198,9 +184,9 @@ def rollback(to, ready_timeout, break_lock, as_json, debug, **conn) -> None:
 
     result = do_rollback(_config(**conn, ready_timeout=ready_timeout, break_lock=break_lock), to=to)
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
         return
-    click.echo(f"rolled back {result['host']} from {result['from']} to {result['to']}: ready")
+    click.echo(f"rolled back {result.host} from {result.previous} to {result.release}: ready")
 
 
 @deploy.command()
@@ -225,6 +211,6 @@ def stop(as_json, debug, **conn) -> None:
 
     result = do_stop(_config(**conn))
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
         return
-    click.echo(f"stopped release {result['current'] or '(none)'} on {result['host']}")
+    click.echo(f"stopped release {result.current or '(none)'} on {result.host}")

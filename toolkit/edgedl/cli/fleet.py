@@ -60,46 +60,48 @@ def deploy_cmd(bundles, inventory, limit, playbook_dir, run_dir, serial, max_fai
                                 forks=forks, keep=keep, service=service, no_auth=no_auth, run_dir=run_dir,
                                 progress=not as_json))
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
     else:
         _print_rollout(result)
-    if result["failed"]:
-        stop = " - the rollout stopped before the next batch" if result["stopped"] else ""
-        raise EdgeDLError(f"{len(result['failed'])} device(s) failed ({', '.join(result['failed'])}){stop}; "
-                          f"details in the table and in {result['log']}")
+    if result.failed:
+        stop = " - the rollout stopped before the next batch" if result.stopped else ""
+        raise EdgeDLError(f"{len(result.failed)} device(s) failed ({', '.join(result.failed)}){stop}; "
+                          f"details in the table and in {result.log}")
 
 
-def _print_rollout(result: dict) -> None:
+def _print_rollout(result) -> None:
     from rich.markup import escape
     from rich.table import Table
 
     from edgedl.console import out_console
 
     console = out_console()
-    for b in result["bundles"].values():
-        console.print(f"bundle [bold]{escape(b['name'])}[/] -> profile {b['profile']} ({b['arch']}), release "
-                      f"{b['release']}; smoke reference: {escape(b['reference_source'])}")
+    for b in result.bundles.values():
+        console.print(f"bundle [bold]{escape(b.name)}[/] -> profile {b.profile} ({b.arch}), release "
+                      f"{b.release}; smoke reference: {escape(b.reference_source)}")
     table = Table(show_edge=False, pad_edge=False)
     for col in ("host", "profile", "outcome", "release", "previous", "smoke max|diff|", "note"):
         table.add_column(col)
-    for r in result["hosts"]:
-        smoke = r.get("smoke") or {}
-        diff = f"{smoke['max_abs_diff']:.2g}" if "max_abs_diff" in smoke else ""
-        style = _OUTCOME_STYLE.get(r["outcome"], "")
-        note = " ".join(str(r.get("error") or "").split())
-        if r["outcome"] == "rolled-back":
-            note = (f"back on {r.get('previous')} " + ("(ready)" if r.get("rollback_ready") else "(NOT ready)") +
-                    f" - {r.get('failed_step') or 'failed'}: {note}")
-        previous = r.get("previous") or ""
-        if r["outcome"] in ("not-started", "no-bundle") or previous == r.get("release"):
+    for r in result.hosts:
+        diff = f"{r.smoke['max_abs_diff']:.2g}" if "max_abs_diff" in (r.smoke or {}) else ""
+        style = _OUTCOME_STYLE.get(r.outcome, "")
+        note = " ".join(str(r.error or "").split())
+        if r.outcome == "rolled-back":
+            note = (f"back on {r.previous} " + ("(ready)" if r.rollback_ready else "(NOT ready)") +
+                    f" - {r.failed_step or 'failed'}: {note}")
+        previous = r.previous or ""
+        if r.outcome in ("not-started", "no-bundle") or previous == r.release:
             previous = ""
-        table.add_row(r["host"], r.get("profile") or "", f"[{style}]{r['outcome']}[/]", r.get("release") or "",
-                      previous, diff, escape(note[:220]))
+        table.add_row(r.host, r.profile or "", f"[{style}]{r.outcome}[/]", r.release or "", previous, diff,
+                      escape(note[:220]))
     console.print(table)
-    mode = "check (nothing changed)" if result["check"] else "rollout"
-    console.print(f"{mode}: " + ", ".join(f"{n} {k}" for k, n in result["counts"].items()) +
-                  f"; serial {result['serial']}, max-fail {result['max_fail']}" +
-                  ("; STOPPED before the next batch" if result["stopped"] else "") + f"; log: {escape(result['log'])}")
+    for r in result.hosts:
+        for warning in r.warnings:
+            console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+    mode = "check (nothing changed)" if result.check else "rollout"
+    console.print(f"{mode}: " + ", ".join(f"{n} {k}" for k, n in result.counts.items()) +
+                  f"; serial {result.serial}, max-fail {result.max_fail}" +
+                  ("; STOPPED before the next batch" if result.stopped else "") + f"; log: {escape(result.log)}")
 
 
 @fleet.command("status")
@@ -114,7 +116,7 @@ def status_cmd(inventory, limit, playbook_dir, run_dir, forks, as_json, debug) -
     result = status(StatusConfig(inventory=inventory, limit=list(limit), playbook_dir=playbook_dir, forks=forks,
                                  run_dir=run_dir, progress=not as_json))
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
         return
     from rich.markup import escape
     from rich.table import Table
@@ -124,12 +126,12 @@ def status_cmd(inventory, limit, playbook_dir, run_dir, forks, as_json, debug) -
     table = Table(show_edge=False, pad_edge=False)
     for col in ("host", "reachable", "release", "models (sha256)", "ready", "uptime", "note"):
         table.add_column(col)
-    for r in result["hosts"]:
-        models = ", ".join(f"{n}:{(h or '?')[:12]}" for n, h in (r.get("models") or {}).items())
-        up = r.get("uptime_s")
-        table.add_row(r["host"], "[green]yes[/]" if r.get("reachable") else "[red]no[/]", r.get("current") or "",
-                      models, "[green]yes[/]" if r.get("ready") else "[red]no[/]",
-                      _duration(up) if up is not None else "", escape(" ".join(str(r.get("error") or "").split())[:120]))
+    for r in result.hosts:
+        models = ", ".join(f"{n}:{(h or '?')[:12]}" for n, h in (r.models or {}).items())
+        table.add_row(r.host, "[green]yes[/]" if r.reachable else "[red]no[/]", r.current or "", models,
+                      "[green]yes[/]" if r.ready else "[red]no[/]",
+                      _duration(r.uptime_s) if r.uptime_s is not None else "",
+                      escape(" ".join(str(r.error or "").split())[:120]))
     out_console().print(table)
 
 

@@ -89,7 +89,7 @@ def optimize(model, target, objective, max_accuracy_drop, metric, max_metric_dro
         raise EdgeDLError("--identity/--known-hosts/--accept-new-host-key are for --device USER@HOST; add --device")
     remote = None
     if device:
-        from edgedl.stages.deploy.ssh import SSHTarget
+        from edgedl.stages.device import SSHTarget
 
         remote = RemoteDevice(SSHTarget.parse(device, identity=identity, known_hosts=known_hosts,
                                               accept_new_host_key=accept_new_host_key, ssh_config=ssh_config),

@@ -40,22 +40,23 @@ def package(models, target, output, python, names, port, grpc_port, host, no_tar
                                  edgedl_wheel=edgedl_wheel, ort_format=ort_format, sign_key=sign_key,
                                  shape_options=shape_options, progress=not as_json))
     if as_json:
-        emit_json(result)
+        emit_json(result.to_json())
         return
     from rich.markup import escape
     from edgedl.console import out_console
 
     console = out_console()
-    prof = result["profile"]
-    console.print(f"[bold]{escape(result['path'])}[/]  {result['size_bytes'] / 2**20:.1f} MiB for {prof['name']} "
-                  f"({prof['arch']}, Python {result['python']}, onnxruntime {result['runtime']['onnxruntime']})", soft_wrap=True)
-    fmt = lambda ts: ", ".join(f"{t['name']}: {t['dtype']}[{','.join(map(str, t['shape']))}]" for t in ts)  # noqa: E731
-    for m in result["models"]:
-        console.print(escape(f"  {m['path']}  {fmt(m['inputs'])} -> {fmt(m['outputs'])}  sha256 {m['sha256'][:12]}"),
-                      soft_wrap=True)
-    console.print(f"wheelhouse: {len(result['runtime']['wheels'])} wheels ({', '.join(result['runtime']['requirements'])})", soft_wrap=True)
-    if result["signature"]:
+    manifest = result.manifest
+    prof = manifest.profile
+    console.print(f"[bold]{escape(str(result.path))}[/]  {result.size_bytes / 2**20:.1f} MiB for {prof.name} "
+                  f"({prof.arch}, Python {manifest.python}, onnxruntime {manifest.runtime.onnxruntime})", soft_wrap=True)
+    fmt = lambda ts: ", ".join(f"{t.name}: {t.dtype}[{','.join(map(str, t.shape))}]" for t in ts)  # noqa: E731
+    for m in manifest.models:
+        console.print(escape(f"  {m.path}  {fmt(m.inputs)} -> {fmt(m.outputs)}  sha256 {m.sha256[:12]}"), soft_wrap=True)
+    console.print(f"wheelhouse: {len(manifest.runtime.wheels)} wheels ({', '.join(manifest.runtime.requirements)})",
+                  soft_wrap=True)
+    if result.signature:
         pub = str(sign_key) if str(sign_key).endswith(".pub") else f"{sign_key}.pub"
-        console.print(f"signed: {escape(result['signature'])} (check it with --verify-key {escape(pub)})", soft_wrap=True)
-    if result["tarball"]:
-        console.print(f"tarball: {escape(result['tarball'])}")
+        console.print(f"signed: {escape(str(result.signature))} (check it with --verify-key {escape(pub)})", soft_wrap=True)
+    if result.tarball:
+        console.print(f"tarball: {escape(str(result.tarball))}")

@@ -61,7 +61,7 @@ def read_manifest(bundle_dir: Path) -> dict:
     path = Path(bundle_dir) / MANIFEST
     if not path.is_file():
         raise EdgeDLError(f"{bundle_dir} has no {MANIFEST}: it is not an edgedl bundle - create one with "
-                          "`edgedl package MODEL.onnx --target PROFILE -o DIR`")
+                          "`edgedl package`")
     return _parse(path.read_bytes(), path)
 
 
@@ -150,7 +150,7 @@ def verify_signature(bundle_dir: Path, key_file: Path) -> dict:
     signature = bundle_dir / SIGNATURE
     if not signature.is_file():
         raise EdgeDLError(f"{bundle_dir} is not signed (no {SIGNATURE}) but a verify key was given: refusing it; sign "
-                          "it with `edgedl package --sign KEY`")
+                          "it when packaging it (`edgedl package` signs with a key)")
     keys = verify_key_lines(key_file)
     with tempfile.TemporaryDirectory(prefix="edgedl-verify-") as tmp:
         allowed = Path(tmp) / "allowed_signers"  # ssh-keygen's trust list: these keys, for bundle signatures only
@@ -198,7 +198,7 @@ def verify_served(directory: Path, verify_key: Path | None = None) -> None:
         bundle = next((root for root, m in chain if m.get("scope") != "repository"), None)
         if bundle is None:
             raise EdgeDLError(f"{directory} is not inside an edgedl bundle, so there is no signature to check with the "
-                              "verify key; serve a bundle made by `edgedl package --sign KEY`")
+                              "verify key; serve a bundle signed when it was packaged (`edgedl package` signs with a key)")
         verify_manifest(bundle, only="models/", manifest=verify_signature(bundle, verify_key))
     elif chain:
         root, manifest = chain[0]
@@ -249,11 +249,13 @@ def _repository_of(bundle: Path, verify_key: Path | None, allow_missing_manifest
     repository = bundle / "models"
     if (bundle / MANIFEST).is_file():
         if read_manifest(bundle).get("scope") == "repository":
-            raise EdgeDLError(f"{bundle} is a model repository, not a bundle; serve it with --model-repository {bundle}")
+            raise EdgeDLError(f"{bundle} is a model repository, not a bundle", hint="serve it as a model repository",
+                              option=("model_repository", str(bundle)))
     elif verify_key is not None or not allow_missing_manifest:
         raise EdgeDLError(f"{bundle} has no {MANIFEST}, so nothing proves its models are the ones packaged: refusing "
-                          "it. Re-create it with `edgedl package`, serve a plain model repository with "
-                          "--model-repository DIR, or pass --allow-missing-manifest to serve its models unverified")
+                          "it. Re-create it with `edgedl package`, serve its models/ as a plain model repository, or "
+                          "serve them unverified", hint="allow a missing manifest (allow_missing_manifest=True)",
+                          option=("allow_missing_manifest", None))
     if not repository.is_dir():
         raise EdgeDLError(f"{bundle} has no models/ folder: it is not an edgedl bundle; create one with `edgedl package`")
     return repository

@@ -112,8 +112,8 @@ def load_session(model: str | os.PathLike | bytes, config: RunnerConfig):
         raise EdgeDLError(
             f"execution provider {', '.join(short_name(p) for p in missing)} is not available in this onnxruntime "
             f"({ort.__version__}; available: {', '.join(short_name(p) for p in available)}); install a build that "
-            "has it, or pass --allow-fallback to run on what is available"
-        )
+            "has it, or run on what is available", hint="allow the fallback (RunnerConfig.allow_fallback)",
+            option=("allow_fallback", None))
     usable = [p for p in requested if p in available] or ["CPUExecutionProvider"]
     providers = [(p, config.provider_options.get(p, {})) for p in usable]
     try:
@@ -127,8 +127,8 @@ def load_session(model: str | os.PathLike | bytes, config: RunnerConfig):
     if fallbacks and not config.allow_fallback:
         raise EdgeDLError(
             f"onnxruntime did not enable {', '.join(short_name(p) for p in fallbacks)} for this model "
-            f"(session uses {', '.join(short_name(p) for p in active)}); pass --allow-fallback to accept that"
-        )
+            f"(session uses {', '.join(short_name(p) for p in active)})",
+            hint="allow the fallback to accept that (RunnerConfig.allow_fallback)", option=("allow_fallback", None))
     return session, fallbacks
 
 

@@ -37,6 +37,14 @@ def writable_output(output: Path, what: str = "output", directory: bool = False)
     return output
 
 
+def fresh_output_dir(output: Path) -> Path:
+    """Refuse an output directory that holds something: a new artifact never overwrites or merges into one."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())):
+        raise EdgeDLError(f"{output} already exists and is not empty; choose another -o or remove it (nothing was written)")
+    return output
+
+
 @contextlib.contextmanager
 def atomic_output(output: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``output``; if the block succeeds, move it into place (with ordinary file

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
-from edgedl.stages.files import atomic_output_dir
-from edgedl.stages.triton import TritonOptions, _fresh_output, populate_repository
+from edgedl.stages.files import atomic_output_dir, fresh_output_dir
+from edgedl.stages.repository import TritonModelReport, TritonOptions
+from edgedl.stages.triton import moved, populate_repository
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -164,16 +165,34 @@ with other options to change them.
 """
 
 
+@dataclass(frozen=True)
+class KServeResult:
+    """What ``write_kserve`` wrote."""
+
+    directory: str
+    manifest: str
+    readme: str
+    repository: str
+    inference_service: dict  # the manifest's document (YAML as written)
+    options: KServeOptions
+    models: list[TritonModelReport]
+    format: str = "kserve"
+
+    def to_json(self) -> dict:
+        return {"format": self.format, "directory": self.directory, "manifest": self.manifest, "readme": self.readme,
+                "repository": self.repository, "inference_service": self.inference_service,
+                "options": asdict(self.options), "models": [m.to_json() for m in self.models]}
+
+
 def write_kserve(models: list[Path], out_dir: Path, options: KServeOptions, triton: TritonOptions | None = None,
-                 names: list[str] | None = None) -> dict:
-    """Write DIR/repository (Triton), DIR/inferenceservice.yaml and DIR/README.md; return a report."""
+                 names: list[str] | None = None) -> KServeResult:
+    """Write DIR/repository (Triton), DIR/inferenceservice.yaml and DIR/README.md."""
     triton = triton or TritonOptions(instance_kind="gpu" if options.gpus else "cpu")
     if not models:
         raise EdgeDLError("give at least one MODEL.onnx")
     doc = inference_service(options)
     validate_inference_service(doc)
-    out = Path(out_dir)
-    _fresh_output(out)
+    out = fresh_output_dir(Path(out_dir))
     with atomic_output_dir(out) as staging:
         (staging / "repository").mkdir()
         reports = populate_repository(models, staging / "repository", triton, names)
@@ -184,9 +203,6 @@ def write_kserve(models: list[Path], out_dir: Path, options: KServeOptions, trit
             name=options.name, models=", ".join(r.name for r in reports), uri=options.storage_uri.rstrip("/"),
             ns_flag=f" -n {options.namespace}" if options.namespace else "", cpu=options.cpu, memory=options.memory,
             gpu=f", {options.gpus} GPU(s)" if options.gpus else "", lo=options.min_replicas, hi=options.max_replicas))
-    for r in reports:
-        r.path = r.path.replace(str(staging), str(out), 1)
-        r.config = r.config.replace(str(staging), str(out), 1)
-    return {"format": "kserve", "directory": str(out), "manifest": str(out / "inferenceservice.yaml"),
-            "readme": str(out / "README.md"), "repository": str(out / "repository"), "inference_service": doc,
-            "options": asdict(options), "models": [asdict(r) for r in reports]}
+    return KServeResult(directory=str(out), manifest=str(out / "inferenceservice.yaml"), readme=str(out / "README.md"),
+                        repository=str(out / "repository"), inference_service=doc, options=options,
+                        models=moved(reports, staging, out))

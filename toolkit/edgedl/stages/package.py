@@ -15,10 +15,7 @@ Layout of a bundle (also written as ``DIR.tar.gz``)::
 from __future__ import annotations
 
 import datetime as _dt
-import fcntl
-import hashlib
 import json
-import os
 import re
 import shlex
 import shutil
@@ -31,19 +28,17 @@ from pathlib import Path
 
 import edgedl
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.manifest import FORMAT, MANIFEST, SIGNATURE, SIGNATURE_NAMESPACE, hash_tree, sha256_file
+from edgedl.runtime.manifest import MANIFEST, SIGNATURE, SIGNATURE_NAMESPACE, hash_tree, sha256_file
 from edgedl.runtime.signature import ShapeOptions, options_per_model
-from edgedl.stages.deploy.values import serve_host, tcp_port
-from edgedl.stages.files import atomic_output_dir, writable_output
-from edgedl.stages.profiles import DeviceProfile, load_profile
-from edgedl.stages.triton import model_names
-from edgedl.stages.resources import deploy_dir
+from edgedl.stages.bundle import (REFERENCE, Manifest, ModelEntry, OrtFile, RepositoryManifest, RuntimeWheels,
+                                  ServerDefaults, SourceFile, TensorEntry)
+from edgedl.stages.device.values import serve_host, tcp_port
+from edgedl.stages.files import atomic_output_dir, fresh_output_dir, writable_output
+from edgedl.stages.profiles import load_profile
+from edgedl.stages.repository import config_text, load_model, model_names
+from edgedl.stages.resources import cache_root, deploy_dir
 
-SOURCE_ROOT = Path(__file__).resolve().parents[3]
 TEMPLATES = deploy_dir("templates")  # deploy/templates in a checkout, edgedl/_deploy/templates when installed
-# what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools)
-RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools")
-GRPC_REQUIREMENTS = ("grpcio", "protobuf")  # edgedl[grpc]: only in a bundle that serves gRPC (--grpc-port)
 
 
 @dataclass
@@ -68,98 +63,19 @@ class PackageConfig:
     optimization: dict | None = None  # `edgedl optimize`'s search result, recorded in the manifest
 
 
-def cache_root(explicit: Path | None = None) -> Path:
-    if explicit:
-        return Path(explicit)
-    if os.environ.get("EDGEDL_CACHE"):
-        return Path(os.environ["EDGEDL_CACHE"])
-    return Path.home() / ".cache" / "edgedl"
+@dataclass(frozen=True)
+class PackageResult:
+    """The bundle written: its manifest, where it is, its size, its tarball and signature (when asked for)."""
 
+    manifest: Manifest
+    path: Path
+    size_bytes: int
+    tarball: Path | None = None
+    signature: Path | None = None
 
-def _pip(*args: str, what: str) -> None:
-    cmd = [sys.executable, "-m", "pip", *args]
-    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        if "No matching distribution" in tail:
-            raise EdgeDLError(f"{what} failed: {tail.removeprefix('ERROR: ')} - that version has no wheel for this "
-                              "platform and Python; pick another --python or pin another onnxruntime in the profile")
-        raise EdgeDLError(f"{what} failed: {tail} - check your network/index settings (pip {' '.join(args[:1])})")
-
-
-def _locked_cache(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path.parent / f".{path.name}.lock", "w")
-    fcntl.flock(lock, fcntl.LOCK_EX)  # parallel package runs share one download
-    return lock
-
-
-def wheelhouse(profile: DeviceProfile, python: str, cache: Path, grpc: bool = False) -> tuple[Path, list[str]]:
-    """The target's runtime wheels, downloaded once per (platforms, python, requirements); returns (dir, specs)."""
-    specs = [f"onnxruntime=={profile.onnxruntime_pin(python)}", *RUNTIME_REQUIREMENTS, *(GRPC_REQUIREMENTS if grpc else ())]
-    key = hashlib.sha256(json.dumps([profile.platforms, python, specs]).encode()).hexdigest()[:16]
-    target = cache / "wheelhouse" / f"{profile.arch}-py{python}-{key}"
-    lock = _locked_cache(target)
-    try:
-        if not (target / ".complete").is_file():
-            shutil.rmtree(target, ignore_errors=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=target.parent))
-            platform_args = [a for p in profile.platforms for a in ("--platform", p)]
-            tag = python.replace(".", "")
-            _pip("download", "-q", "--only-binary=:all:", *platform_args, "--python-version", python,
-                 "--implementation", "cp", "--abi", f"cp{tag}", "--abi", "abi3", "--abi", "none", "-d", str(tmp), *specs,
-                 what=f"downloading {profile.arch} wheels for Python {python} ({', '.join(specs)})")
-            (tmp / ".complete").write_text(json.dumps(specs))
-            tmp.rename(target)
-    finally:
-        lock.close()
-    return target, specs
-
-
-def edgedl_wheel(cache: Path) -> Path:
-    """A wheel of this edgedl source tree (pure Python), built once per source hash with pip's build backend."""
-    if not (SOURCE_ROOT / "pyproject.toml").is_file():
-        raise EdgeDLError("edgedl's source tree is not available to build the runtime wheel; pass --edgedl-wheel PATH")
-    # walk with followlinks: edgedl/_deploy is a link to deploy/, whose files the wheel carries too
-    sources = sorted(Path(d, f) for d, _, files in os.walk(SOURCE_ROOT / "toolkit" / "edgedl", followlinks=True)
-                     for f in files if "__pycache__" not in Path(d).parts)
-    h = hashlib.sha256((SOURCE_ROOT / "pyproject.toml").read_bytes())
-    for p in sources:
-        h.update(str(p.relative_to(SOURCE_ROOT)).encode())
-        h.update(p.read_bytes())
-    target = cache / "edgedl-wheel" / h.hexdigest()[:16]
-    lock = _locked_cache(target)
-    try:
-        wheels = sorted(target.glob("edgedl-*.whl"))
-        if not wheels:
-            with tempfile.TemporaryDirectory(prefix="edgedl-src-") as tmp:
-                src = Path(tmp) / "src"
-                # build from a clean copy so the shared source tree gets no build/ or egg-info litter
-                shutil.copytree(SOURCE_ROOT / "toolkit", src / "toolkit", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-                shutil.copy2(SOURCE_ROOT / "pyproject.toml", src)
-                if (SOURCE_ROOT / "README.md").is_file():
-                    shutil.copy2(SOURCE_ROOT / "README.md", src)
-                out = Path(tmp) / "out"
-                _pip("wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out), str(src), what="building the edgedl wheel")
-                target.mkdir(parents=True, exist_ok=True)
-                for whl in out.glob("edgedl-*.whl"):
-                    shutil.copy2(whl, target)
-            wheels = sorted(target.glob("edgedl-*.whl"))
-    finally:
-        lock.close()
-    if not wheels:
-        raise EdgeDLError("building the edgedl wheel produced no file; run `pip wheel --no-deps .` to see why")
-    return wheels[-1]
-
-
-def _pins(wheel_dir: Path) -> list[str]:
-    """name==version for every wheel file (PEP 427 file names)."""
-    pins = []
-    for whl in sorted(wheel_dir.glob("*.whl")):
-        name, version = whl.name.split("-")[:2]
-        pins.append(f"{name.replace('_', '-').lower()}=={version}")
-    return pins
+    def to_json(self) -> dict:
+        return {**self.manifest.to_json(), "path": str(self.path), "tarball": str(self.tarball) if self.tarball else None,
+                "size_bytes": self.size_bytes, "signature": str(self.signature) if self.signature else None}
 
 
 def _render(template: str, values: dict[str, object]) -> str:
@@ -209,46 +125,25 @@ def sign_manifest(bundle_dir: Path, key: Path) -> Path:
     return signature
 
 
-def _model_entry(path: Path, name: str) -> dict:
-    from edgedl.runtime import load
-
-    if not path.is_file():
-        raise EdgeDLError(f"model {path} does not exist; pass the path of an .onnx file")
-    if path.suffix != ".onnx":
-        raise EdgeDLError(f"{path} is not an .onnx file; export it first with `edgedl export`")
-    if any(path.parent.glob(f"{path.name}.data")) or any(path.parent.glob(f"{path.stem}.onnx.data")):
-        data = path.parent / f"{path.name}.data"
-        raise EdgeDLError(f"{path} keeps its weights in external data ({data.name}); re-export it as one file "
-                          "(edgedl export writes single files)")
-    try:
-        runner = load(path)
-    except EdgeDLError:
-        raise
-    except Exception as exc:  # onnxruntime's own load errors: a corrupt or non-ONNX file
-        raise EdgeDLError(f"{path} is not a loadable ONNX model ({str(exc).splitlines()[0][:200]})") from None
+def _model_entry(path: Path, name: str) -> ModelEntry:
+    """What the manifest says of a model (its file is copied later: sha256 and .ort are filled in then)."""
+    runner = load_model(path)
     meta = runner.metadata
-    return {
-        "name": name,
-        "version": 1,
-        "path": f"models/{name}/1/model.onnx",
-        "inputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)} for t in runner.inputs],
-        "outputs": [{"name": t.name, "dtype": t.dtype.name, "shape": list(t.shape)} for t in runner.outputs],
-        "labels": meta.get("labels"),
-        "preprocessing": meta.get("preprocessing"),
-        "recipe": meta.get("recipe"),
-        "quantization": meta.get("quantization"),
-        "source": {"path": str(path.resolve()), "sha256": sha256_file(path), "size": path.stat().st_size},
-    }
+    return ModelEntry(name=name, path=f"models/{name}/1/model.onnx", sha256=sha256_file(path),
+                      inputs=tuple(TensorEntry.of(t) for t in runner.inputs),
+                      outputs=tuple(TensorEntry.of(t) for t in runner.outputs),
+                      source=SourceFile(path=str(path.resolve()), sha256=sha256_file(path), size=path.stat().st_size),
+                      labels=meta.get("labels"), preprocessing=meta.get("preprocessing"), recipe=meta.get("recipe"),
+                      quantization=meta.get("quantization"))
 
 
 def _model_options(models: list[Path], names: list[str], options: ShapeOptions) -> dict[str, ShapeOptions]:
     """The size options each model gets (those naming its dims, inputs and outputs), checked now: a name no
     model has, a name several models have (the one server of a bundle could not tell whose it is), or a shape the
     input cannot take is refused before anything is written."""
-    from edgedl.runtime import load
     from edgedl.runtime.signature import Signature
 
-    runners = [load(Path(p)) for p in models]
+    runners = [load_model(Path(p)) for p in models]
     per_model = options_per_model(options, [(r.inputs, r.outputs) for r in runners])
     owners: dict[str, list[str]] = {}
     for name, own in zip(names, per_model):
@@ -268,13 +163,12 @@ def _model_options(models: list[Path], names: list[str], options: ShapeOptions) 
     return dict(zip(names, per_model))
 
 
-def _ort_format(model: Path, name: str, staging: Path, arch: str, options: ShapeOptions) -> dict:
+def _ort_format(model: Path, name: str, staging: Path, arch: str, options: ShapeOptions) -> OrtFile:
     """Convert to onnxruntime's .ort format (onnxruntime.tools, needs onnx), prove it computes what the .onnx
     does, and keep the operator config a minimal onnxruntime build (--include_ops_by_config) needs."""
-    import numpy as np
-
     from edgedl._lazy import require
     from edgedl.runtime import load
+    from edgedl.stages.compare import compare_arrays
 
     require("onnx")  # the converter imports it; name the extra if it is missing
     dest = staging / "ort" / name
@@ -294,16 +188,15 @@ def _ort_format(model: Path, name: str, staging: Path, arch: str, options: Shape
         configs = sorted((Path(tmp) / "out").glob("*.config"))
         if configs:
             shutil.copyfile(configs[0], dest / "required_operators.config")
-    from edgedl.stages.fleet.reference import reference_feeds
+    from edgedl.stages.reference import reference_feeds
 
     ref, ort = load(model), load(dest / "model.ort")
     feeds = reference_feeds(ref, options)
     want, got = ref.run(feeds), ort.run(feeds)
-    worst = max(float(np.max(np.abs(np.asarray(want[k], dtype=np.float64) - np.asarray(got[k], dtype=np.float64))))
-                for k in want)
+    worst = max(compare_arrays(k, got[k], want[k], atol=1e-5, rtol=0).max_abs_diff for k in want)
     if worst > 1e-5:
         raise EdgeDLError(f"the .ort form of {model} differs from the .onnx by {worst:.3g}; drop --ort")
-    return {"path": f"ort/{name}/model.ort", "max_abs_diff_vs_onnx": worst, "sha256": sha256_file(dest / "model.ort")}
+    return OrtFile(path=f"ort/{name}/model.ort", max_abs_diff_vs_onnx=worst, sha256=sha256_file(dest / "model.ort"))
 
 
 def _ort_version() -> str:
@@ -312,19 +205,20 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def package(config: PackageConfig) -> dict:
-    """Build the bundle directory (+ tarball); return its manifest (with ``bundle`` and ``tarball`` paths added)."""
+def package(config: PackageConfig) -> PackageResult:
+    """Build the bundle directory (+ tarball, + signature)."""
+    from dataclasses import replace
+
     from edgedl.console import progress
+    from edgedl.stages import reference, wheelhouse
 
     if not config.models:
         raise EdgeDLError("give at least one MODEL.onnx to package")
     profile = load_profile(config.target)
     python = profile.check_python(config.python or profile.python[0])
     names = model_names(config.models, config.names)
-    out = Path(config.output)
+    out = fresh_output_dir(Path(config.output))
     tarball = out.parent / f"{out.name}.tar.gz"
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise EdgeDLError(f"{out} already exists and is not empty; choose another -o or remove it (nothing was written)")
     if config.tarball and tarball.exists():
         raise EdgeDLError(f"{tarball} already exists; remove it or choose another -o (nothing was written)")
     if any(ord(c) < 32 or ord(c) == 127 for c in out.name):
@@ -333,7 +227,8 @@ def package(config: PackageConfig) -> dict:
     grpc_port = None if config.grpc_port is None else tcp_port(config.grpc_port, "--grpc-port")
     if grpc_port == port:
         raise EdgeDLError(f"--grpc-port {grpc_port} is the HTTP --port too; give gRPC a port of its own (nothing was written)")
-    host = serve_host(config.host, "--host")
+    server = ServerDefaults(host=serve_host(config.host, "--host"), port=port, grpc_port=grpc_port, limits=profile.serve_limits,
+                            shape_options=config.shape_options)
     writable_output(out, "bundle directory", directory=True)
     if config.sign_key is not None:
         check_signing_key(config.sign_key)
@@ -341,42 +236,31 @@ def package(config: PackageConfig) -> dict:
     entries = [_model_entry(Path(p), n) for p, n in zip(config.models, names)]
     options = _model_options(config.models, names, config.shape_options)
     cache = cache_root(config.cache_dir)
-    with progress("packaging", total=5, enabled=config.progress) as advance:
+    with progress("packaging", total=4, enabled=config.progress) as advance:
         # built in a staging directory next to OUT and renamed into place only when complete
         with atomic_output_dir(out) as staging:
-            for src, entry in zip(config.models, entries):
-                dest = staging / entry["path"]
+            for i, (src, entry) in enumerate(zip(config.models, entries)):
+                dest = staging / entry.path
                 dest.parent.mkdir(parents=True)
                 shutil.copyfile(src, dest)
-                (dest.parent.parent / "config.pbtxt").write_text(
-                    f'name: "{entry["name"]}"\nplatform: "onnxruntime_onnx"\n')
-                entry["sha256"] = sha256_file(dest)
-                if config.ort_format:
-                    entry["ort"] = _ort_format(Path(src), entry["name"], staging, profile.arch, options[entry["name"]])
+                (dest.parent.parent / "config.pbtxt").write_text(config_text(entry.name, None, None)[0])
+                entries[i] = replace(entry, sha256=sha256_file(dest),
+                                     ort=_ort_format(Path(src), entry.name, staging, profile.arch, options[entry.name])
+                                     if config.ort_format else None)
             # reference outputs for the smoke inference a device must pass after a rollout (edgedl fleet)
-            from edgedl.stages.fleet.reference import reference_outputs
-
-            reference = reference_outputs(staging, {"models": entries}, options)
-            reference["source"] = f"computed at package time with onnxruntime {_ort_version()} on the packaging host"
-            (staging / "reference.json").write_text(json.dumps(reference) + "\n")
+            ref = reference.compute(staging, entries, f"computed at package time with onnxruntime {_ort_version()} on "
+                                                      "the packaging host", options)
+            (staging / REFERENCE).write_text(json.dumps(ref.to_json()) + "\n")
             advance(info="models")
-            wheels_src, specs = wheelhouse(profile, python, cache, grpc=grpc_port is not None)
-            wheels = staging / "wheels"
-            shutil.copytree(wheels_src, wheels, ignore=shutil.ignore_patterns(".complete"))
+            wheels = wheelhouse.assemble(
+                staging, profile, python, cache, own_wheel=config.edgedl_wheel, grpc=grpc_port is not None,
+                note=f"# edgedl runtime for {profile.name} ({profile.arch}, Python {python}); install offline with\n"
+                     "#   pip install --no-index --find-links wheels -r requirements.txt\n")
             advance(info="wheelhouse")
-            own = Path(config.edgedl_wheel) if config.edgedl_wheel else edgedl_wheel(cache)
-            if not own.is_file():
-                raise EdgeDLError(f"--edgedl-wheel {own} does not exist")
-            shutil.copy2(own, wheels)
-            pins = _pins(wheels)
-            (staging / "requirements.txt").write_text(
-                f"# edgedl runtime for {profile.name} ({profile.arch}, Python {python}); install offline with\n"
-                "#   pip install --no-index --find-links wheels -r requirements.txt\n" + "\n".join(pins) + "\n")
-            advance(info="edgedl wheel")
             # HOST/PORT land in start.sh (sh, quoted); BUNDLE in the unit's Description= (systemd: % is a specifier)
-            values = {"HOST": shlex.quote(host), "PORT": port, "GRPC_PORT": grpc_port or "",
-                      "LIMITS": shlex.quote(profile.serve_limits),
-                      "SERVE_OPTIONS": " ".join(map(shlex.quote, config.shape_options.to_args())),
+            values = {"HOST": shlex.quote(server.host), "PORT": server.port, "GRPC_PORT": server.grpc_port or "",
+                      "LIMITS": shlex.quote(server.limits),
+                      "SERVE_OPTIONS": " ".join(map(shlex.quote, server.shape_options.to_args())),
                       "PROFILE": profile.name, "DESCRIPTION": profile.description,
                       "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
                       "WHEEL_NOTE": profile.wheel_note or "see the profile", "REMOTE_DIR": "/opt/edgedl",
@@ -387,28 +271,17 @@ def package(config: PackageConfig) -> dict:
             for script in ("start.sh", "supervise.sh"):
                 (staging / script).chmod(0o755)
             advance(info="scripts")
-            manifest = {
-                "format": FORMAT,
-                "bundle": out.name,
-                "edgedl_version": edgedl.__version__,
-                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "profile": {k: v for k, v in profile.to_dict().items() if k != "source"},
-                "python": python,
-                "platforms": list(profile.platforms),
-                "server": {"host": host, "port": port, "grpc_port": grpc_port, "limits": profile.serve_limits,
-                           "shape_options": config.shape_options.to_json()},
-                "models": entries,
-                "runtime": {"onnxruntime": profile.onnxruntime_pin(python), "requested": specs, "requirements": pins,
-                            "wheels": sorted(p.name for p in wheels.glob("*.whl"))},
-                "scope": "bundle",
-                "reference": "reference.json",
-            }
-            if config.optimization is not None:
-                manifest["optimization"] = config.optimization
             (staging / "models" / MANIFEST).write_text(json.dumps(
-                {"format": FORMAT, "scope": "repository", "bundle": out.name, "files": hash_tree(staging / "models")}, indent=2) + "\n")
-            manifest["files"] = hash_tree(staging)
-            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+                RepositoryManifest(out.name, hash_tree(staging / "models")).to_json(), indent=2) + "\n")
+            manifest = Manifest(
+                bundle=out.name, profile=profile, python=python, server=server, models=tuple(entries),
+                runtime=RuntimeWheels(onnxruntime=wheels.onnxruntime, requested=wheels.requested,
+                                      requirements=wheels.pins, wheels=wheels.wheels),
+                edgedl_version=edgedl.__version__,
+                created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), reference=REFERENCE,
+                optimization=config.optimization)
+            manifest = replace(manifest, files=hash_tree(staging))
+            (staging / MANIFEST).write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
             if config.sign_key is not None:
                 sign_manifest(staging, config.sign_key)
         if config.tarball:
@@ -418,5 +291,5 @@ def package(config: PackageConfig) -> dict:
             tmp_tar.rename(tarball)
         advance(info="manifest")
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    return {**manifest, "path": str(out), "tarball": str(tarball) if config.tarball else None, "size_bytes": size,
-            "signature": str(out / SIGNATURE) if config.sign_key is not None else None}
+    return PackageResult(manifest=manifest, path=out, size_bytes=size, tarball=tarball if config.tarball else None,
+                         signature=out / SIGNATURE if config.sign_key is not None else None)

@@ -23,6 +23,8 @@ from edgedl.stages.resources import deploy_dir
 
 BUILTIN_DIR = deploy_dir("profiles")  # deploy/profiles in a checkout, edgedl/_deploy/profiles when installed
 ARCHES = ("aarch64", "x86_64")
+# the built-in profile that stands for each architecture (bench --remote's wheels, the advice for a wrong --target)
+DEFAULT_PROFILE_FOR_ARCH = {"x86_64": "x86-server", "aarch64": "rpi5"}
 # arm64 Python base image for the Pi-class targets; an l4t image is named by the Jetson profile itself
 DEFAULT_DOCKER_BASE = {"aarch64": "arm64v8/python:{python}-slim-bookworm", "x86_64": "python:{python}-slim-bookworm"}
 
@@ -93,6 +95,11 @@ class DeviceProfile:
 
     def __hash__(self) -> int:  # frozen, but holds a dict
         return hash((self.name, self.arch, self.platforms, self.python, self.onnxruntime))
+
+
+def default_profile(arch: str) -> str | None:
+    """The built-in profile for a device of architecture ``arch`` (None: edgedl has no wheels for it)."""
+    return DEFAULT_PROFILE_FOR_ARCH.get(arch)
 
 
 def _toml_loads(text: str):

@@ -1,4 +1,5 @@
-"""Where edgedl's deploy files are: device profiles, bundle templates and the Ansible playbooks and role.
+"""Where edgedl's files are: its deploy files (device profiles, bundle templates and the Ansible playbooks and
+role) and its cache (:func:`cache_root`: wheelhouses, built wheels, fleet runs).
 
 Their readable, editable source of truth is ``deploy/`` at the repository root. In the source tree
 ``toolkit/edgedl/_deploy`` is a symlink to it (``../../deploy``); setuptools follows the symlink when it builds a
@@ -10,6 +11,7 @@ wheel or an sdist, so an installed edgedl carries real copies in ``edgedl/_deplo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parents[1]  # .../edgedl
@@ -27,3 +29,12 @@ def deploy_root() -> Path:
 def deploy_dir(kind: str) -> Path:
     """``deploy_dir("profiles")`` / ``"templates"`` / ``"ansible"``."""
     return deploy_root() / kind
+
+
+def cache_root(explicit: Path | None = None) -> Path:
+    """edgedl's cache: ``explicit``, else ``$EDGEDL_CACHE``, else ``~/.cache/edgedl``."""
+    if explicit:
+        return Path(explicit)
+    if os.environ.get("EDGEDL_CACHE"):
+        return Path(os.environ["EDGEDL_CACHE"])
+    return Path.home() / ".cache" / "edgedl"

@@ -55,27 +55,39 @@ def run_worker(cfg: WorkerConfig, extra: dict[str, Any] | None = None, timeout_s
     except subprocess.TimeoutExpired:
         raise EdgeDLError(f"{_label(cfg)}: the measurement did not finish within {budget:.0f} s; "
                           "lower --iterations/--duration") from None
-    lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
+    return worker_result(_label(cfg), proc.returncode, proc.stdout, proc.stderr)
+
+
+def worker_result(label: str, returncode: int, stdout: str, stderr: str, where: str = "") -> dict[str, Any]:
+    """The result a worker printed (the last JSON line of its stdout), or the error it reported, as one
+    EdgeDLError (a crash: the signal; a bug of ours: RuntimeError). The one reader of a worker's output, for
+    local runs and for runs on a device (``where``: " on DEVICE")."""
     result = None
-    if lines:
-        try:
-            result = json.loads(lines[-1])
-        except ValueError:
-            result = None
-    if proc.returncode != 0 or result is None or "error" in result:
-        if result and "error" in result and not result.get("bug"):
-            if result.get("error_message"):
-                option = result.get("error_option")
-                raise EdgeDLError(f"{_label(cfg)}: {result['error_message']}", hint=result.get("error_hint"),
-                                  option=tuple(option) if option else None)
-            raise EdgeDLError(f"{_label(cfg)}: {result['error']}")
-        if proc.returncode < 0:
-            sig = signal.Signals(-proc.returncode).name
-            hint = " (an onnxruntime build for another CPU? run `edgedl doctor`)" if sig == "SIGILL" else ""
-            raise EdgeDLError(f"{_label(cfg)}: the worker process was killed by {sig}{hint}")
-        tail = "\n".join(proc.stderr.strip().splitlines()[-15:])
-        raise RuntimeError(f"bench worker failed for {_label(cfg)} (exit {proc.returncode}):\n{tail}")
-    return result
+    for line in reversed(stdout.strip().splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except ValueError:
+                pass
+            break
+    if returncode == 0 and isinstance(result, dict) and "error" not in result:
+        return result
+    if isinstance(result, dict) and "error" in result and not result.get("bug"):
+        if result.get("error_message"):
+            option = result.get("error_option")
+            raise EdgeDLError(f"{label}{where}: {result['error_message']}", hint=result.get("error_hint"),
+                              option=tuple(option) if option else None)
+        raise EdgeDLError(f"{label}{where}: {result['error']}")
+    illegal = returncode in (-4, 132) or "Illegal instruction" in stderr
+    cpu_hint = (" (Illegal instruction: this onnxruntime build does not suit the CPU - run `edgedl doctor` there, and "
+                "check the profile's known-bad versions)" if illegal else "")
+    if where:  # on a device, whatever failed there is told here in one line, never as our traceback
+        why = (result or {}).get("error") or " | ".join(stderr.strip().splitlines()[-3:]) or f"exit {returncode}, no output"
+        raise EdgeDLError(f"benchmark of {label}{where} failed: {why}{cpu_hint}")
+    if returncode < 0:
+        raise EdgeDLError(f"{label}: the worker process was killed by {signal.Signals(-returncode).name}{cpu_hint}")
+    tail = "\n".join(stderr.strip().splitlines()[-15:])
+    raise RuntimeError(f"bench worker failed for {label} (exit {returncode}):\n{tail}")
 
 
 def _apply_shapes(config: BenchConfig, configs: list[WorkerConfig]) -> None:
@@ -106,7 +118,7 @@ def run_bench(config: BenchConfig, show_progress: bool = True,
             torch_extra[model] = _torch_context(model, config)
     results = []
     environment: dict[str, Any] = {}
-    with progress("benchmarking", total=len(configs), enabled=show_progress) as advance:
+    with progress("benchmarking", total=len(configs), enabled=show_progress, lines=True) as advance:
         for cfg in configs:
             advance(0, info=_label(cfg))
             result = run_worker(cfg, torch_extra.get(cfg.model) if cfg.engine == "torch" else None)
@@ -124,7 +136,7 @@ def run_bench_remote(config: BenchConfig, target, *, remote_dir: str = "edgedl-b
 
     The device gets the models and the edgedl runtime only (no torch), so a torch baseline cannot run there.
     """
-    from edgedl.stages.deploy.remote_bench import remote_bench
+    from edgedl.stages.bench.remote import remote_bench
 
     if config.baseline:
         raise EdgeDLError("--baseline torch cannot run with --remote: the device gets the runtime, never torch; "
@@ -134,8 +146,6 @@ def run_bench_remote(config: BenchConfig, target, *, remote_dir: str = "edgedl-b
     models = list(dict.fromkeys(c.model for c in configs))  # the configurations' (resolved) paths, in order
     out = remote_bench(target, [Path(m) for m in models], [c.to_json() for c in configs],
                        remote_dir=remote_dir, cache_dir=cache_dir, progress=show_progress)
-    results = out["results"]
-    for result in results:
-        result.pop("environment", None)
-    environment = {**(out["environment"] or {}), "device": out["host"], "profile": out["profile"]}
-    return BenchReport({**config.to_json(), "remote": out["host"]}, environment, results)
+    results = [{k: v for k, v in r.items() if k != "environment"} for r in out.results]
+    environment = {**(out.environment or {}), "device": out.host, "profile": out.profile}
+    return BenchReport({**config.to_json(), "remote": out.host}, environment, results)

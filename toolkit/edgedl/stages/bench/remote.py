@@ -1,9 +1,10 @@
-"""Benchmark models ON the device over SSH: the building block for ``edgedl bench --remote``.
+"""Benchmark models ON the device over SSH: the building block of ``edgedl bench --remote``.
 
 The device gets the models and the edgedl runtime (numpy, onnxruntime, edgedl; never torch) from an offline
-wheelhouse for its own architecture and Python, installed once into a venv keyed by the wheel set and reused by
-later runs. Each configuration then runs in its own fresh process there - ``python -m edgedl.stages.bench.worker
-CONFIG_JSON``, the same worker local benchmarks use - and its result JSON comes back labelled with the device.
+wheelhouse for its own architecture and Python (:mod:`edgedl.stages.wheelhouse`, as a bundle's), installed once
+into a venv keyed by the wheel set and reused by later runs (``device.sh ensure-env``). Each configuration then
+runs in its own fresh process there (``device.sh bench``: ``python -m edgedl.stages.bench.worker CONFIG_JSON``,
+the same worker local benchmarks use) and its result comes back labelled with the device.
 """
 
 from __future__ import annotations
@@ -12,30 +13,25 @@ import hashlib
 import json
 import shlex
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.manifest import sha256_file
-from edgedl.stages.deploy import DeployConfig, probe, remote
-from edgedl.stages.deploy.ssh import SSHTarget
+from edgedl.stages.device import Device, DeviceFacts, SSHTarget
 
-# a built-in profile per device architecture, used for the wheel platform tags and the onnxruntime pin
-DEFAULT_PROFILE_FOR_ARCH = {"x86_64": "x86-server", "aarch64": "rpi5"}
 
-_ENSURE_ENV = remote.PRELUDE + r'''
-ENV=$1; PY=$2
-[ -f "$ENV/.installed" ] && exit 0
-"$PY" -m venv "$ENV/venv" >&2 || { echo "creating a venv with $PY failed (install python3-venv)" >&2; exit 24; }
-"$ENV/venv/bin/python" -m pip install -q --no-compile --disable-pip-version-check --no-index --find-links "$ENV/wheels" \
-    -r "$ENV/requirements.txt" < /dev/null >&2 || { echo "installing the bench runtime failed" >&2; exit 25; }
-touch "$ENV/.installed"
-'''
+@dataclass(frozen=True)
+class RemoteBench:
+    """What ``remote_bench`` measured on a device."""
 
-_RUN_WORKER = remote.PRELUDE + r'''
-ENV=$1; CONFIG=$2
-exec "$ENV/venv/bin/python" -m edgedl.stages.bench.worker "$CONFIG" < /dev/null
-'''
+    host: str
+    device: DeviceFacts
+    profile: str  # the device profile whose wheels it ran on
+    environment: dict | None  # the device's, as the worker reports it
+    results: list[dict[str, Any]]  # worker results: "model" is the local path again, "device" the host
+    command: str
 
 
 def _configs(models: list[Path], config: dict | list[dict]) -> list[dict]:
@@ -52,16 +48,17 @@ def _configs(models: list[Path], config: dict | list[dict]) -> list[dict]:
 
 def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict], *, remote_dir: str = "edgedl-bench",
                  remote_python: str = "python3", profile: str | None = None, cache_dir: Path | None = None,
-                 timeout_s: float = 600, progress: bool = True) -> dict[str, Any]:
+                 timeout_s: float = 600, progress: bool = True) -> RemoteBench:
     """Push ``models`` and the runtime to ``target``, run each configuration there, return the parsed results.
 
     ``config``: one JSON-able worker config applied to every model, or a list of configs whose ``model`` is one of
-    ``models``. Returns ``{"host", "device": probe facts, "environment": the device's, "results": [...]}``; each
-    result carries ``"device": host`` and its ``model`` is the local path again.
+    ``models``.
     """
     from edgedl.console import progress as progress_bar
-    from edgedl.stages.package import cache_root, edgedl_wheel, wheelhouse, _pins
-    from edgedl.stages.profiles import load_profile
+    from edgedl.stages import wheelhouse
+    from edgedl.stages.bench.orchestrate import worker_result
+    from edgedl.stages.profiles import DEFAULT_PROFILE_FOR_ARCH, default_profile, load_profile
+    from edgedl.stages.resources import cache_root
 
     models = [Path(m) for m in models]
     for m in models:
@@ -70,14 +67,14 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
     configs = _configs(models, config)
     if any(c.get("engine", "onnxruntime") != "onnxruntime" for c in configs):
         raise EdgeDLError("only the onnxruntime engine runs on a device (the device gets no torch); drop the torch baseline")
-    dconfig = DeployConfig(target=target, remote_dir=remote_dir, remote_python=remote_python)
-    with progress_bar(f"benchmarking on {target.label}", total=3 + len(configs), enabled=progress) as advance:
-        facts = probe(dconfig)
+    device = Device(target, remote_dir, remote_python)
+    with progress_bar(f"benchmarking on {target.label}", total=3 + len(configs), enabled=progress, lines=True) as advance:
+        facts = device.facts()
         if not facts.python:
             raise EdgeDLError(f"{remote_python} was not found on {target.label}; install Python there or pass the path")
         if not facts.venv:
             raise EdgeDLError(f"{remote_python} on {target.label} cannot create virtual environments; install python3-venv")
-        name = profile or DEFAULT_PROFILE_FOR_ARCH.get(facts.arch)
+        name = profile or default_profile(facts.arch)
         if name is None:
             raise EdgeDLError(f"{target.label} is {facts.arch}; edgedl has wheels for {', '.join(DEFAULT_PROFILE_FOR_ARCH)} only")
         prof = load_profile(name)
@@ -86,17 +83,10 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
         prof.check_python(facts.python)
         advance(info="device checked")
 
-        cache = cache_root(cache_dir)
-        wheels_dir, _ = wheelhouse(prof, facts.python, cache)
-        own = edgedl_wheel(cache)
         with tempfile.TemporaryDirectory(prefix="edgedl-remote-bench-") as tmp:
             kit = Path(tmp) / "env"
-            (kit / "wheels").mkdir(parents=True)
-            for whl in [*wheels_dir.glob("*.whl"), own]:
-                (kit / "wheels" / whl.name).symlink_to(whl.resolve())
-            pins = _pins(kit / "wheels")
-            (kit / "requirements.txt").write_text("\n".join(pins) + "\n")
-            key = hashlib.sha256("\n".join(sorted(sha256_file(w) for w in (kit / "wheels").glob("*.whl"))).encode()).hexdigest()[:16]
+            wheels = wheelhouse.assemble(kit, prof, facts.python, cache_root(cache_dir), link=True)
+            key = hashlib.sha256("\n".join(sorted(sha256_file(w) for w in wheels.directory.glob("*.whl"))).encode()).hexdigest()[:16]
             env_dir = f"env-{facts.arch}-py{facts.python}-{key}"
             models_dir = Path(tmp) / "models"
             models_dir.mkdir()
@@ -109,13 +99,7 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
                 digest = sha256_file(m)[:12]
                 (models_dir / f"{digest}-{m.name}").symlink_to(m.resolve())
                 remote_of[str(m)] = f"{facts.directory}/models/{digest}-{m.name}"
-            probe_env = target.run('test -f "$1/$2/.installed" && echo yes || echo no', remote_dir, env_dir, timeout=60)
-            if probe_env.stdout.strip() != "yes":
-                target.copy_dir(kit, f"{remote_dir}/{env_dir}", use_rsync=facts.rsync, copy_links=True)
-                proc = target.run(_ENSURE_ENV, remote_dir, env_dir, remote_python, check=False, timeout=900)
-                if proc.returncode != 0:
-                    raise EdgeDLError(f"installing the bench runtime on {target.label} failed: "
-                                      f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}")
+            device.ensure_env(env_dir, kit, rsync=facts.rsync)
             advance(info="runtime ready")
             target.copy_dir(models_dir, f"{remote_dir}/models", use_rsync=facts.rsync, copy_links=True, delete=False)
             advance(info="models copied")
@@ -125,23 +109,15 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
             local_model = cfg["model"]
             payload = json.dumps({**cfg, "model": remote_of[local_model],
                                   "input_data": remote_of[str(Path(cfg["input_data"]))] if cfg.get("input_data") else None})
-            proc = target.run(_RUN_WORKER, remote_dir, env_dir, payload, check=False, timeout=timeout_s)
-            lines = [ln for ln in proc.stdout.strip().splitlines() if ln.startswith("{")]
-            try:
-                result = json.loads(lines[-1]) if lines else None
-            except ValueError:
-                result = None
-            if result is None or proc.returncode != 0 or "error" in result:
-                why = result.get("error") if result else " | ".join(proc.stderr.strip().splitlines()[-3:]) or "no output"
-                if proc.returncode in (132, -4) or "Illegal instruction" in proc.stderr:
-                    why += " (Illegal instruction: this onnxruntime build does not suit the device's CPU - check the profile's known-bad versions)"
-                raise EdgeDLError(f"benchmark of {Path(local_model).name} on {target.label} failed: {why}")
+            proc = device.bench(env_dir, payload, timeout=timeout_s)
+            result = worker_result(Path(local_model).name, proc.returncode, proc.stdout, proc.stderr,
+                                   where=f" on {target.label}")
             result["model"] = local_model
             result["model_name"] = Path(local_model).stem  # not the content-addressed name of the pushed copy
             result["remote_model"] = remote_of[local_model]
             result["device"] = target.label
             results.append(result)
             advance(info=Path(local_model).name)
-    return {"host": target.label, "device": facts.__dict__, "profile": prof.name,
-            "environment": results[0]["environment"] if results else None, "results": results,
-            "command": f"python -m edgedl.stages.bench.worker {shlex.quote('CONFIG_JSON')}"}
+    return RemoteBench(host=target.label, device=facts, profile=prof.name,
+                       environment=results[0]["environment"] if results else None, results=results,
+                       command=f"python -m edgedl.stages.bench.worker {shlex.quote('CONFIG_JSON')}")

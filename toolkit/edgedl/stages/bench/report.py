@@ -153,17 +153,32 @@ class BenchReport:
         lines += [""] + [f"- {s}" for s in self.scenario_lines() + [f"FALLBACK {f}" for f in self.fallbacks()]]
         return "\n".join(lines).rstrip() + "\n"
 
-    def rich_table(self):
+    # columns a narrow terminal drops first (the table then says so); --json, --markdown and --save keep all
+    OPTIONAL_COLUMNS = ("1st ms", "load ms", "p90 ms", "peak MiB")
+
+    def rich_table(self, width: int | None = None):
+        """The table; with ``width`` (a terminal's), the optional columns that do not fit are left out rather
+        than numbers squeezed into ``…``."""
+        from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"edgedl bench ({self.config.get('scenario', 'single-stream')})", show_edge=False,
-                      pad_edge=False)
-        for col in self.COLUMNS:
-            table.add_column(col, justify="left" if col in ("model", "engine") else "right")
-        for row, r in zip(self.rows(), self.results):
-            style = "bold red" if r.get("fallback") else None
-            table.add_row(*row, style=style)
-        return table
+        dropped: list[str] = []
+        while True:
+            columns = [c for c in self.COLUMNS if c not in dropped]
+            table = Table(title=f"edgedl bench ({self.config.get('scenario', 'single-stream')})", show_edge=False,
+                          pad_edge=False, caption=(f"not shown for the terminal's width: {', '.join(dropped)} "
+                                                   "(--markdown or --json show them)") if dropped else None)
+            for col in columns:
+                # numbers never wrap or get cut; a long model name wraps instead
+                table.add_column(col, justify="left" if col in ("model", "engine") else "right",
+                                 no_wrap=col != "model")
+            keep = [self.COLUMNS.index(c) for c in columns]
+            for row, r in zip(self.rows(), self.results):
+                table.add_row(*(row[i] for i in keep), style="bold red" if r.get("fallback") else None)
+            more = [c for c in self.OPTIONAL_COLUMNS if c not in dropped]
+            if width is None or not more or Console(width=10_000).measure(table).maximum <= width:
+                return table
+            dropped.append(more[0])
 
 
 def _network(result: dict[str, Any]) -> str:

@@ -145,7 +145,7 @@ def measure_onnxruntime(cfg: WorkerConfig) -> dict[str, Any]:
             message = (f"{short_name(provider)} did not execute every node of {Path(cfg.model).name}: "
                        f"{where} (of {placement['nodes']})")
             if not cfg.allow_fallback:
-                raise EdgeDLError(message + "; pass --allow-fallback to accept that")
+                raise EdgeDLError(message, hint="allow the fallback to accept that", option=("allow_fallback", None))
             fallbacks += [f"{n} compute node(s) of {placement['nodes']} ran on {p}" for p, n in foreign.items()]
     used = list(placement["by_provider"]) if placement and placement["by_provider"] else session_providers[:1]
     return _result(cfg, result, sizes, create_ms, first_ms, startup_rss, peak, {

@@ -1,35 +1,30 @@
 """``edgedl deploy``: put a bundle on a device over SSH, start it, prove it ready, roll back when it is not.
 
 Order of a deploy (nothing before step 4 touches the running release):
-1. verify the bundle's hashes here (and its signature, with a verify key); 2. probe the device (architecture,
-Python, venv, free disk and memory vs the profile); 3. copy into ``staging/ID`` (rsync, hard-linking files
-unchanged since the current release); 4. verify the hashes (and the signature) again on the device, move to
-``releases/ID`` and install the wheelhouse into its venv offline; 5. stop the old service, switch ``current``
-atomically, start the new one (a systemd unit when the device runs systemd and the login is root or has
-passwordless sudo, else a supervised background process with a pid file; a log per release either way); 6. wait for ``/v2/health/ready``; if it does not come, stop it, switch back,
-restart the previous release and fail with the new release's log tail.
+1. open the bundle (a directory or its ``.tar.gz``) and verify its hashes here (and its signature, with a verify
+key); 2. check the device against what the bundle needs (``device.sh check``: architecture, Python, venv, free
+disk and memory); 3. copy into ``staging/ID`` (rsync, hard-linking files unchanged since the current release);
+4. verify the hashes (and the signature) again on the device, move to ``releases/ID`` and install the wheelhouse
+into its venv offline (a release already installed keeps its venv: ``ID`` is the manifest's hash); 5. stop the
+old service, switch ``current`` atomically, start the new one (a systemd unit when the device runs systemd and
+the login is root or has passwordless sudo, else a supervised background process with a pid file; a log per
+release either way); 6. wait for ``/v2/health/ready`` and every model of the release; if that does not come,
+stop it, switch back, restart the previous release and fail with the new release's log tail.
+
+Every step is one :class:`edgedl.stages.device.Device` method (one ``device.sh`` command).
 """
 
 from __future__ import annotations
 
-import contextlib
-import datetime as _dt
 import hashlib
-import os
-import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.manifest import (MANIFEST, sha256_file, unpack_bundle, verify_key_lines, verify_manifest,
-                                     verify_signature)
-from edgedl.stages.deploy import remote, values
-from edgedl.stages.deploy.ssh import RemoteCommandError, SSHTarget
-
-# rough cost of installing a wheelhouse into a venv, as a multiple of the wheels' size (onnxruntime/numpy unpack ~3x)
-INSTALL_EXPANSION = 3.0
-MIN_MEMORY_MB = 150  # python + numpy + onnxruntime + a small model peak at ~55 MiB; leave room
+from edgedl.runtime.manifest import verify_key_lines
+from edgedl.stages.bundle import Bundle
+from edgedl.stages.device import Device, DeviceError, DeviceExit, DeviceFacts, DeviceStatus, SSHTarget, values
 
 
 @dataclass
@@ -67,309 +62,160 @@ class DeployConfig:
         """device.sh activate's AUTH: set (this key) | none | auto (keep the device's, generate one if needed)."""
         return "set" if self.api_key is not None else "none" if self.no_auth else "auto"
 
-
-@dataclass
-class DeviceFacts:
-    arch: str
-    python: str | None
-    venv: bool
-    disk_free_mb: float
-    mem_available_mb: float | None
-    mem_total_mb: float | None
-    systemd: bool
-    systemd_usable: bool
-    systemd_why: str  # how (root / sudo) or why not
-    service: str  # how the directory's server runs now: systemd | process
-    unit: str
-    rsync: bool
-    current: str | None
-    running: bool
-    directory: str
-
-    @classmethod
-    def parse(cls, text: str) -> "DeviceFacts":
-        """The JSON object ``device.sh facts`` prints."""
-        import json
-
-        try:
-            kv = json.loads(text.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            raise EdgeDLError(f"the device answered the probe with something that is not JSON: {text.strip()[-200:]!r}; "
-                              "is its login shell printing a banner? (check ~/.bashrc)") from None
-        num = lambda k: float(kv[k]) / 1024 if isinstance(kv.get(k), (int, float)) else None  # noqa: E731
-        return cls(arch=kv.get("arch", "?"), python=kv.get("python") or None, venv=kv.get("venv") == "yes",
-                   disk_free_mb=num("disk_free_kb") or 0.0, mem_available_mb=num("mem_available_kb"),
-                   mem_total_mb=num("mem_total_kb"), systemd=kv.get("systemd") == "yes",
-                   systemd_usable=kv.get("systemd_usable") == "yes", systemd_why=kv.get("systemd_why", ""),
-                   service=kv.get("service", "process"), unit=kv.get("unit", ""), rsync=kv.get("rsync") == "yes",
-                   current=kv.get("current") or None, running=bool(kv.get("running")), directory=kv.get("dir", ""))
+    @property
+    def device(self) -> Device:
+        return Device(self.target, self.remote_dir, self.remote_python)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DeployResult:
     host: str
     release: str
     previous: str | None
     ready: bool
     url: str  # where a client reaches the server (the device's loopback only when bind is a loopback address)
-    device: dict
+    device: DeviceFacts
     bind: str = ""  # HOST:PORT the server listens on, on the device
     reach: str = "address"  # who can connect: loopback (the device itself) | all (every interface) | address
     auth: str = "none"  # key (the server requires an API key) | none
     api_key: str | None = None  # the key the device generated for this deploy: shown once, then `status --show-key`
     service: str = "process"  # systemd | process
     unit: str | None = None
-    warnings: list[str] = field(default_factory=list)
+    warnings: tuple[str, ...] = ()
     timings_s: dict[str, float] = field(default_factory=dict)
-    pruned: list[str] = field(default_factory=list)
+    pruned: tuple[str, ...] = ()
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "device": self.device.to_json(), "warnings": list(self.warnings),
+                "pruned": list(self.pruned)}
 
 
-def _device(config: DeployConfig, command: str, *args: str, check: bool = True, timeout: float = 60,
-            input: bytes | None = None) -> subprocess.CompletedProcess:
-    """Run one device.sh COMMAND in the deploy directory (see device.sh); exit 20, a directory that cannot be
-    created, is a user error here, any other failure with ``check`` a RemoteCommandError."""
-    proc = config.target.run(remote.DEVICE, config.remote_dir, command, *args, check=False, timeout=timeout, input=input)
-    if proc.returncode == 20:
-        raise EdgeDLError(f"cannot create --remote-dir {config.remote_dir} on {config.target.label}: {proc.stderr.strip()}")
-    if proc.returncode == 33:  # a value device.sh refuses to write (checked here first: values.py)
-        raise EdgeDLError(f"{_last_line(proc)} (on {config.target.label}); nothing was changed")
-    if check and proc.returncode != 0:
-        raise RemoteCommandError(config.target, proc)
-    return proc
+@dataclass(frozen=True)
+class StatusResult:
+    """``edgedl deploy status``: the device's releases and service, and whether its server answers ready."""
+
+    host: str
+    remote_dir: str
+    device: DeviceStatus
+    ready: bool
+
+    def to_json(self) -> dict:
+        return {"host": self.host, "remote_dir": self.remote_dir, **self.device.to_json(), "ready": self.ready}
 
 
-def _last_line(proc: subprocess.CompletedProcess) -> str:
-    return ((proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["no output"])[-1]
+@dataclass(frozen=True)
+class RollbackResult:
+    host: str
+    previous: str | None  # the release switched away from
+    release: str  # the release now serving
+    ready: bool
+
+    def to_json(self) -> dict:
+        return {"host": self.host, "from": self.previous, "to": self.release, "ready": self.ready}
 
 
-@contextlib.contextmanager
-def device_lock(config: DeployConfig, notes: list[str] | None = None):
-    """Hold the deploy directory's lock on the device for the block: a second deploy, rollout or rollback to the
-    same directory is refused instead of interleaving with this one. Yields ``refresh()``: call it between long
-    steps; a lock not refreshed for 15 minutes counts as left by a deploy that died, and is taken over.
-    ``config.break_lock`` takes over any lock. A take-over is appended to ``notes``."""
-    import getpass
-    import secrets
-    import socket
+@dataclass(frozen=True)
+class StopResult:
+    host: str
+    current: str | None
+    running: bool
 
-    token = secrets.token_hex(8)
-    who = f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}"
-
-    def take(*extra: str) -> None:
-        proc = _device(config, "lock", token, who, *extra, check=False)
-        if proc.returncode == 32:
-            raise EdgeDLError(f"{proc.stderr.strip().splitlines()[-1]} on {config.target.label}; wait for it to finish, "
-                              "or pass --break-lock if it died; nothing was changed")
-        if proc.returncode != 0:
-            raise RemoteCommandError(config.target, proc)
-        if "took over" in proc.stderr and notes is not None:
-            notes.append(proc.stderr.strip().splitlines()[-1])
-
-    take(*(["break"] if config.break_lock else []))
-    try:
-        yield take
-    finally:
-        try:
-            _device(config, "unlock", token, check=False)
-        except EdgeDLError:
-            pass  # unreachable now: the lock goes stale after 15 minutes
-
-
-def probe(config: DeployConfig) -> DeviceFacts:
-    return DeviceFacts.parse(_device(config, "facts", config.remote_python).stdout)
-
-
-def check_device(facts: DeviceFacts, manifest: dict, bundle_bytes: int, config: DeployConfig) -> list[str]:
-    """Refuse a device the bundle cannot run on (one clear error each); return warnings."""
-    prof = manifest["profile"]
-    where = config.target.label
-    if facts.arch != prof["arch"]:
-        raise EdgeDLError(f"{where} is {facts.arch} but the bundle is for {prof['name']} ({prof['arch']}); "
-                          f"package it for a matching target (e.g. --target {'x86-server' if facts.arch == 'x86_64' else 'rpi5'})")
-    if not facts.python:
-        raise EdgeDLError(f"{config.remote_python} was not found on {where}; install Python {manifest['python']} there "
-                          "(e.g. apt install python3 python3-venv) or pass --remote-python PATH")
-    if facts.python != manifest["python"]:
-        raise EdgeDLError(f"{where} has Python {facts.python} but the bundle's wheelhouse is for Python {manifest['python']}; "
-                          f"re-package with --python {facts.python} (profile {prof['name']} supports {', '.join(prof['python'])})")
-    if not facts.venv:
-        raise EdgeDLError(f"{config.remote_python} on {where} cannot create virtual environments; install python3-venv there")
-    need_mb = bundle_bytes / 2**20 * (1 + INSTALL_EXPANSION) + prof["min_free_disk_mb"]
-    if facts.disk_free_mb < need_mb:
-        raise EdgeDLError(f"{where} has {facts.disk_free_mb:.0f} MB free in {facts.directory} but this release needs "
-                          f"~{need_mb:.0f} MB (bundle + installed runtime + the profile's {prof['min_free_disk_mb']} MB "
-                          "reserve); free space or prune old releases, or pass another --remote-dir")
-    warnings = []
-    if facts.mem_available_mb is not None and facts.mem_available_mb < MIN_MEMORY_MB:
-        raise EdgeDLError(f"{where} has only {facts.mem_available_mb:.0f} MB of memory available; the server needs "
-                          f"~{MIN_MEMORY_MB} MB - stop other services first")
-    if facts.mem_total_mb is not None and facts.mem_total_mb < prof["memory_mb"]:
-        warnings.append(f"{where} has {facts.mem_total_mb:.0f} MB of memory, less than profile {prof['name']}'s "
-                        f"budget of {prof['memory_mb']} MB")
-    if config.service == "systemd" and not facts.systemd_usable:
-        raise EdgeDLError(f"--service systemd: on {where} {facts.systemd_why}; pass --service auto (a supervised "
-                          "process) or deploy as root / give the login passwordless sudo")
-    if config.service == "auto" and facts.systemd and not facts.systemd_usable:
-        warnings.append(f"{where} runs systemd but {facts.systemd_why}, so the server runs as a supervised process "
-                        "(pid file + log) that does not come back after a reboot; give the login passwordless sudo "
-                        "(or deploy as root) to get a systemd unit, or pass --service process to say you mean it")
-    return warnings
-
-
-def _release_id(manifest_sha: str) -> str:
-    now = _dt.datetime.now(_dt.timezone.utc)
-    return now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z-{manifest_sha[:8]}"
-
-
-def _log_tail(config: DeployConfig, release: str, lines: int = 15) -> str:
-    return _device(config, "logs", release, str(lines), check=False).stdout.strip()
-
-
-def _wait_ready(config: DeployConfig, release: str, timeout: float) -> "subprocess.CompletedProcess":
-    """device_health.py on the device: 0 ready, 1 not ready in time, 2 the server kept crashing, 4 a model of
-    the release is not served."""
-    return _device(config, "wait-ready", config.remote_python, str(timeout), release, remote.HEALTH, check=False,
-                   timeout=timeout + 60)
-
-
-def _health_error(proc: subprocess.CompletedProcess) -> str:
-    """The ``error`` of device_health.py's JSON line (up to the log tail it appends)."""
-    import json
-
-    try:
-        error = json.loads(proc.stdout.strip().splitlines()[-1]).get("error", "")
-    except (ValueError, IndexError, AttributeError):
-        return _last_line(proc)
-    return error.split("; its log ends:")[0]
-
-
-def _restore(config: DeployConfig, release: str, previous: str | None) -> None:
-    _device(config, "restore", release, previous or "", timeout=180)
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def deploy(bundle: Path, config: DeployConfig) -> DeployResult:
     """Deploy a bundle directory or the ``DIR.tar.gz`` that `edgedl package` wrote."""
-    import tempfile
-
-    bundle = Path(bundle)
-    if bundle.is_file() and bundle.name.endswith((".tar.gz", ".tgz")):
-        with tempfile.TemporaryDirectory(prefix="edgedl-bundle-") as tmp:
-            return _deploy(unpack_bundle(bundle, Path(tmp)), config)
-    return _deploy(bundle, config)
+    t0 = time.perf_counter()
+    with Bundle.open(bundle, config.verify_key) as opened:
+        return _deploy(opened, config, t0)
 
 
-def _deploy(bundle: Path, config: DeployConfig) -> DeployResult:
+def _deploy(bundle: Bundle, config: DeployConfig, t0: float) -> DeployResult:
     from edgedl.console import progress
 
-    if not bundle.is_dir():
-        raise EdgeDLError(f"bundle {bundle} is not a directory or a .tar.gz; create one with `edgedl package`")
+    device = config.device
     timings: dict[str, float] = {}
-    t0 = time.perf_counter()
-    signed = verify_signature(bundle, config.verify_key) if config.verify_key is not None else None
-    manifest = verify_manifest(bundle, manifest=signed)
-    trust: list[str] = []  # install/activate's KEY argument; the key itself goes on install's stdin
-    key_text = None
+    trust_key = trust_name = None  # the verify key goes on install's stdin; the device keeps it as trust/NAME.pub
     if config.verify_key is not None:
-        key_text = "".join(f"{line}\n" for line in verify_key_lines(config.verify_key)).encode()
-        trust = [f"trust/{hashlib.sha256(key_text).hexdigest()[:16]}.pub"]
-    bundle_bytes = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file())
-    # the bundle's defaults are checked like the options: a bundle may come from elsewhere
-    host = config.serve_host or values.serve_host(manifest["server"]["host"], "the bundle's server host")
-    port = config.serve_port or values.tcp_port(manifest["server"]["port"], "the bundle's server port")
+        trust_key = "".join(f"{line}\n" for line in verify_key_lines(config.verify_key)).encode()
+        trust_name = f"trust/{hashlib.sha256(trust_key).hexdigest()[:16]}.pub"
+    host = config.serve_host or bundle.manifest.server.host
+    port = config.serve_port or bundle.manifest.server.port
+    release = bundle.release
     timings["verify_local"] = time.perf_counter() - t0
-    with progress(f"deploying to {config.target.label}", total=6, enabled=config.progress) as advance, \
-            device_lock(config, lock_notes := []) as refresh_lock:
+    with progress(f"deploying to {device.label}", total=6, enabled=config.progress) as advance, \
+            device.locked(config.break_lock, lock_notes := []) as refresh_lock:
         t = time.perf_counter()
-        facts = probe(config)
-        warnings = lock_notes + check_device(facts, manifest, bundle_bytes, config)
+        checked = device.check(bundle.requirements(), config.service)
+        facts = checked.facts
+        warnings = [*lock_notes, *checked.warnings]
         timings["probe"] = time.perf_counter() - t
         advance(info="device checked")
 
-        release = _release_id(sha256_file(bundle / MANIFEST))
         previous = facts.current
         t = time.perf_counter()
-        link_dest = f"../../releases/{previous}" if previous else None
-        try:
-            config.target.copy_dir(bundle, f"{config.remote_dir}/staging/{release}", link_dest=link_dest,
-                                   use_rsync=facts.rsync)
-            timings["copy"] = time.perf_counter() - t
-            advance(info="copied")
+        device.stage(bundle.path, release, link_dest=release if release in facts.installed else previous,
+                     rsync=facts.rsync)
+        timings["copy"] = time.perf_counter() - t
+        advance(info="copied")
 
-            t = time.perf_counter()
-            refresh_lock()
-            proc = _device(config, "install", release, config.remote_python, *trust, input=key_text, check=False,
-                           timeout=900)
-        except BaseException:  # a failed or interrupted copy leaves no staging/ behind (the lock is still ours)
-            with contextlib.suppress(Exception):
-                _device(config, "discard", release, check=False)
-            raise
-        if proc.returncode != 0:
-            _device(config, "discard", release, check=False)
-        if proc.returncode == 34:
-            raise EdgeDLError(f"{_last_line(proc)} on {config.target.label}; the running release was not touched - sign "
-                              "the bundle (edgedl package --sign KEY) with the key the device trusts")
-        if proc.returncode == 22:
-            raise EdgeDLError(f"the copy on {config.target.label} does not match the bundle's manifest "
-                              f"({_last_line(proc)}); the running release was not touched - deploy again")
-        if proc.returncode != 0:
-            raise EdgeDLError(f"installing release {release} on {config.target.label} failed: "
-                              f"{' | '.join(proc.stderr.strip().splitlines()[-3:])}; the running release was not touched")
+        t = time.perf_counter()
+        refresh_lock()
+        device.install(release, trust_key, trust_name)
         timings["install"] = time.perf_counter() - t
         advance(info="installed")
 
         t = time.perf_counter()
         refresh_lock()
-        key_input = config.api_key.encode() if config.api_key is not None else None
-        activated = _device(config, "activate", release, host, str(port), config.auth_mode, config.service, *trust,
-                            input=key_input, check=False, timeout=180)
-        if activated.returncode != 0:
-            why = " | ".join((activated.stderr.strip() or activated.stdout.strip()).splitlines()[-3:])
-            if activated.returncode in (29, 30):  # refused before anything was stopped or switched
-                raise EdgeDLError(f"{why} (on {config.target.label}); the running release was not touched")
-            _restore(config, release, previous)
-            raise EdgeDLError(f"starting release {release} on {config.target.label} failed ({why}); "
-                              + (f"restored release {previous}" if previous else "nothing runs there now"))
-        started = dict(line.split("=", 1) for line in activated.stdout.splitlines() if "=" in line)
+        try:
+            started = device.activate(release, host, port, config.auth_mode, config.service, trust_name, config.api_key)
+        except DeviceError as exc:
+            if isinstance(exc.code, DeviceExit) and exc.code.refused_before_change:
+                raise EdgeDLError(f"{exc.message} (on {device.label}); the running release was not touched") from None
+            device.restore(release, previous)
+            raise EdgeDLError(f"starting release {release} on {device.label} failed ({exc.message}); "
+                              + (f"restored release {previous}" if previous else "nothing runs there now")) from None
         advance(info="started")
         try:
-            waited = _wait_ready(config, release, config.ready_timeout)
+            health = device.wait_ready(release, config.ready_timeout)
         except KeyboardInterrupt:  # interrupted before the new release proved ready: put the previous one back
-            _restore(config, release, previous)
+            device.restore(release, previous)
             raise
-        ready = waited.returncode == 0
         timings["start_to_ready"] = time.perf_counter() - t
-        if not ready:
-            tail = _log_tail(config, release)
-            _restore(config, release, previous)
-            restored = ""
-            if previous:
-                back = _wait_ready(config, previous, config.ready_timeout)
-                restored = (f"; rolled back to release {previous}, which is " +
-                            ("ready again" if back.returncode == 0 else "NOT ready either - check `edgedl deploy logs`"))
-            else:
-                restored = "; there was no previous release to roll back to, the service is stopped"
-            last = " | ".join(tail.splitlines()[-4:]) or "(empty log)"
-            why = ("kept crashing on start" if waited.returncode == 2 else
-                   f"started without all of its models ({_health_error(waited)})" if waited.returncode == 4 else
-                   f"did not become ready within {config.ready_timeout:.0f} s")
-            raise EdgeDLError(f"release {release} {why} on {config.target.label}{restored}. Its log ends: {last}")
+        if not health.ready:
+            _roll_back(device, release, previous, health, config.ready_timeout)
         advance(info="ready")
-        pruned = [line.split("=", 1)[1] for line in _device(config, "prune", str(max(config.keep, 1)), timeout=120)
-                  .stdout.splitlines() if line.startswith("pruned=")]
+        pruned = device.prune(config.keep)
         advance(info="done")
     timings["total"] = time.perf_counter() - t0
-    auth = started.get("auth", "none")
-    if auth == "none" and not values.is_loopback(host):
-        warnings.append(f"the server on {config.target.label} listens on {host}:{port} WITHOUT an API key (--no-auth): "
+    if started.auth == "none" and not values.is_loopback(host):
+        warnings.append(f"the server on {device.label} listens on {host}:{port} WITHOUT an API key (--no-auth): "
                         "anyone who can reach that port can run its models; deploy without --no-auth to get a key")
-    return DeployResult(host=config.target.label, release=release, previous=previous, ready=True,
-                        url=_client_url(config.target.host, host, port), bind=_hostport(host, port), auth=auth,
+    return DeployResult(host=device.label, release=release, previous=previous, ready=True,
+                        url=_client_url(config.target.host, host, port), bind=_hostport(host, port), auth=started.auth,
                         reach=("loopback" if values.is_loopback(host) else
                                "all" if host in values.WILDCARD_HOSTS else "address"),
-                        api_key=started.get("api_key_generated"),
-                        device=facts.__dict__, service=started.get("service", "process"), unit=started.get("unit"),
-                        warnings=warnings, timings_s={k: round(v, 2) for k, v in timings.items()},
-                        pruned=pruned)
+                        api_key=started.api_key_generated, device=facts, service=started.service, unit=started.unit,
+                        warnings=tuple(warnings), timings_s={k: round(v, 2) for k, v in timings.items()},
+                        pruned=tuple(pruned))
+
+
+def _roll_back(device: Device, release: str, previous: str | None, health, timeout: float) -> None:
+    """The new release did not prove ready: back to the previous one, and one error saying why and how it ended."""
+    tail = device.log_tail(release)
+    device.restore(release, previous)
+    if previous:
+        back = device.wait_ready(previous, timeout)
+        restored = (f"; rolled back to release {previous}, which is " +
+                    ("ready again" if back.ready else "NOT ready either - check `edgedl deploy logs`"))
+    else:
+        restored = "; there was no previous release to roll back to, the service is stopped"
+    last = " | ".join(tail.splitlines()[-4:]) or "(empty log)"
+    why = ("kept crashing on start" if health.code == DeviceExit.CRASHING else
+           f"started without all of its models ({health.reason})" if health.code == DeviceExit.MODEL_MISSING else
+           f"did not become ready within {timeout:.0f} s")
+    raise EdgeDLError(f"release {release} {why} on {device.label}{restored}. Its log ends: {last}")
 
 
 def _hostport(host: str, port: int) -> str:
@@ -381,90 +227,50 @@ def _client_url(device: str, bind: str, port: int) -> str:
     return f"http://{_hostport(device if bind in values.WILDCARD_HOSTS else bind, port)}"
 
 
-def status(config: DeployConfig, show_key: bool = False) -> dict:
+def status(config: DeployConfig, show_key: bool = False) -> StatusResult:
     """The device's releases and service; ``show_key``: with the API key itself in ``service.EDGEDL_API_KEY``."""
-    proc = _device(config, "status", *(["show-key"] if show_key else []))
-    out: dict = {"host": config.target.label, "remote_dir": config.remote_dir, "current": None, "running": False,
-                 "pid": None, "manager": "process", "unit": None, "enabled": None, "service": {}, "releases": [],
-                 "staging": [], "history": []}
-    for line in proc.stdout.splitlines():
-        key, _, value = line.partition("=")
-        if key == "current":
-            out["current"] = value or None
-        elif key == "running":
-            out["running"] = value == "yes"
-        elif key == "pid":
-            out["pid"] = int(value) if value.isdigit() else None
-        elif key == "service":
-            out["manager"] = value
-        elif key in ("unit", "enabled"):
-            out[key] = value or None
-        elif key.startswith("service."):
-            out["service"][key[len("service."):]] = value
-        elif key == "release":
-            rid, state, kb = (value.split() + ["", "", "0"])[:3]
-            out["releases"].append({"id": rid, "state": state, "size_mb": round(int(kb) / 1024, 1) if kb.isdigit() else None,
-                                    "current": rid == out["current"]})
-        elif key == "staging":
-            out["staging"].append(value)
-        elif key == "history":
-            out["history"].append(value)
-    out["ready"] = False
-    if out["running"]:
-        out["ready"] = _wait_ready(config, out["current"] or "", 3).returncode == 0
-    return out
+    device = config.device
+    st = device.status(show_key)
+    ready = st.running and device.wait_ready(st.current or "", 3).ready
+    return StatusResult(host=device.label, remote_dir=config.remote_dir, device=st, ready=ready)
 
 
-def rollback(config: DeployConfig, to: str | None = None) -> dict:
+def rollback(config: DeployConfig, to: str | None = None) -> RollbackResult:
     """Switch back to the release active before the current one (or ``to``), restart it, wait for ready."""
-    with device_lock(config):
-        return _rollback(config, to)
+    device = config.device
+    with device.locked(config.break_lock):
+        st = device.status()
+        current, installed = st.current, st.installed()
+        if to is None:
+            to = st.last_activated(exclude=current)
+            if to is None:
+                raise EdgeDLError(f"no earlier working release to roll back to on {device.label} "
+                                  f"(installed: {', '.join(installed) or 'none'}); deploy a bundle instead")
+        elif to not in installed:
+            raise EdgeDLError(f"release {to!r} is not an installed release on {device.label}; "
+                              f"choose one of: {', '.join(installed) or 'none'}")
+        device.activate(to, st.service.get("EDGEDL_HOST", "0.0.0.0"), int(st.service.get("EDGEDL_PORT", "8000")))
+        if not device.wait_ready(to, config.ready_timeout).ready:
+            tail = device.log_tail(to)
+            if current:
+                device.restore(to, current)
+            raise EdgeDLError(f"release {to} did not become ready after the rollback; switched back to {current}. "
+                              f"Its log ends: {' | '.join(tail.splitlines()[-4:])}")
+    return RollbackResult(host=device.label, previous=current, release=to, ready=True)
 
 
-def _rollback(config: DeployConfig, to: str | None) -> dict:
-    st = status(config)
-    current = st["current"]
-    installed = [r["id"] for r in st["releases"] if r["state"] == "installed"]
-    if to is None:
-        activated = [h.split()[1] for h in st["history"] if h.split()[-1:] in (["activated"], ["rolled-back-to"])]
-        earlier = [rid for rid in reversed(activated) if rid != current and rid in installed]
-        if not earlier:
-            raise EdgeDLError(f"no earlier working release to roll back to on {config.target.label} "
-                              f"(installed: {', '.join(installed) or 'none'}); deploy a bundle instead")
-        to = earlier[0]
-    elif to not in installed:
-        raise EdgeDLError(f"release {to!r} is not an installed release on {config.target.label}; "
-                          f"choose one of: {', '.join(installed) or 'none'}")
-    service = st["service"]
-    host = service.get("EDGEDL_HOST", "0.0.0.0")
-    port = service.get("EDGEDL_PORT", "8000")
-    _device(config, "activate", to, host, port, "keep", "keep", timeout=180)
-    ok = _wait_ready(config, to, config.ready_timeout).returncode == 0
-    if not ok:
-        tail = _log_tail(config, to)
-        if current:
-            _restore(config, to, current)
-        raise EdgeDLError(f"release {to} did not become ready after the rollback; switched back to {current}. "
-                          f"Its log ends: {' | '.join(tail.splitlines()[-4:])}")
-    return {"host": config.target.label, "from": current, "to": to, "ready": True}
-
-
-def stop(config: DeployConfig) -> dict:
+def stop(config: DeployConfig) -> StopResult:
     """Stop the server; a systemd unit is disabled too. `edgedl deploy rollback --to CURRENT` or a deploy starts it again."""
-    _device(config, "stop", timeout=120)
-    st = status(config)
-    if st["running"]:
-        raise EdgeDLError(f"the server on {config.target.label} still runs after the stop; see `edgedl deploy logs`")
-    return {"host": config.target.label, "current": st["current"], "running": False}
+    device = config.device
+    device.stop()
+    st = device.status()
+    if st.running:
+        raise EdgeDLError(f"the server on {device.label} still runs after the stop; see `edgedl deploy logs`")
+    return StopResult(host=device.label, current=st.current, running=False)
 
 
 def logs(config: DeployConfig, release: str | None = None, lines: int = 50) -> str:
-    proc = _device(config, "logs", release or "", str(lines), check=False)
-    if proc.returncode in (27, 28):
-        raise EdgeDLError(f"{proc.stderr.strip()} on {config.target.label}; deploy a bundle first (or check --remote-dir)")
-    if proc.returncode != 0:
-        raise RemoteCommandError(config.target, proc)
-    return proc.stdout
+    return config.device.logs(release, lines)
 
 
 def describe_profiles() -> list[dict]:
@@ -473,5 +279,5 @@ def describe_profiles() -> list[dict]:
     return [p.to_dict() for p in list_profiles().values()]
 
 
-__all__ = ["DeployConfig", "DeployResult", "DeviceFacts", "check_device", "deploy", "describe_profiles", "logs",
-           "probe", "rollback", "status", "stop"]
+__all__ = ["DeployConfig", "DeployResult", "RollbackResult", "StatusResult", "StopResult", "deploy",
+           "describe_profiles", "logs", "rollback", "status", "stop"]

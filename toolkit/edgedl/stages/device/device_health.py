@@ -3,13 +3,18 @@
 wait for /v2/health/ready and for every model of the release's manifest to be ready (a server that runs without
 one of its models is not this release), then send each reference input to /v2/models/NAME/infer and compare the
 outputs with the reference outputs (max abs difference <= atol + rtol * |reference|). Prints one JSON line.
-Exit 0: ready and matching; 1: not ready in time; 2: the server kept crashing; 3: wrong or failed inference;
-4: a model of the release is not served."""
+Exit 0: ready and matching, else one of the codes below (device.sh's table, whose E_ names they carry).
+Usage: device_health.py URL REFERENCE|- TIMEOUT LOG"""
 import json
 import sys
 import time
 import urllib.error
 import urllib.request
+
+NOT_READY = 10  # E_NOT_READY: not ready within the timeout
+CRASHING = 11  # E_CRASHING: the server keeps crashing on start
+SMOKE_FAILED = 12  # E_SMOKE_FAILED: wrong or failed inference
+MODEL_MISSING = 13  # E_MODEL_MISSING: a model of the release is not served
 
 base, reference_path, timeout, log = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4]
 deadline = time.time() + timeout
@@ -63,9 +68,9 @@ while True:
     except Exception:
         pass
     if crashes() >= 2:
-        done(2, ready=False, error="the server keeps crashing on start; its log ends: %s" % log_tail())
+        done(CRASHING, ready=False, error="the server keeps crashing on start; its log ends: %s" % log_tail())
     if time.time() > deadline:
-        done(1, ready=False, error="not ready within %.0f s; its log ends: %s" % (timeout, log_tail()))
+        done(NOT_READY, ready=False, error="not ready within %.0f s; its log ends: %s" % (timeout, log_tail()))
     time.sleep(0.3)
 
 
@@ -92,10 +97,10 @@ for name in release_models():
             why = json.loads(why).get("error", why)
         except ValueError:
             pass
-        done(4, ready=False, error="the server runs without its model %s (HTTP %s: %s); its log ends: %s" % (
+        done(MODEL_MISSING, ready=False, error="the server runs without its model %s (HTTP %s: %s); its log ends: %s" % (
             name, exc.code, why, log_tail()))
     except Exception as exc:
-        done(4, ready=False, error="model %s: %s" % (name, exc))
+        done(MODEL_MISSING, ready=False, error="model %s: %s" % (name, exc))
 
 
 def flat(x):
@@ -115,18 +120,18 @@ for model in reference["models"]:
         with urllib.request.urlopen(req, timeout=30) as r:
             got = {o["name"]: o for o in json.load(r)["outputs"]}
     except urllib.error.HTTPError as exc:
-        done(3, ready=True, error="%s: HTTP %s %s" % (model["name"], exc.code, exc.read()[:200].decode(errors="replace")))
+        done(SMOKE_FAILED, ready=True, error="%s: HTTP %s %s" % (model["name"], exc.code, exc.read()[:200].decode(errors="replace")))
     except Exception as exc:
-        done(3, ready=True, error="%s: %s" % (model["name"], exc))
+        done(SMOKE_FAILED, ready=True, error="%s: %s" % (model["name"], exc))
     for want in model["outputs"]:
         out = got.get(want["name"])
         if out is None or out["shape"] != want["shape"]:
-            done(3, ready=True, error="%s: output %s has shape %s, expected %s" % (
+            done(SMOKE_FAILED, ready=True, error="%s: output %s has shape %s, expected %s" % (
                 model["name"], want["name"], out and out["shape"], want["shape"]))
         for a, b in zip(flat(out["data"]), want["data"]):
             diff = abs(a - b)
             worst = max(worst, diff)
             if diff > reference["atol"] + reference["rtol"] * abs(b):
-                done(3, ready=True, max_abs_diff=diff, error="%s: output %s differs from the reference by %.3g" % (
+                done(SMOKE_FAILED, ready=True, max_abs_diff=diff, error="%s: output %s differs from the reference by %.3g" % (
                     model["name"], want["name"], diff))
 done(0, ready=True, max_abs_diff=worst, models=[m["name"] for m in reference["models"]])

@@ -1,22 +1,16 @@
 """The device-side programs, read from the files next to this module and sent over SSH as script text.
 
-``device.sh`` is the one implementation of a release's life on a device (layout, install, switch, systemd unit or
-supervised process, rollback, status, logs, prune); ``device_health.py`` waits for ``/v2/health/ready`` (and, for
-fleet rollouts, checks a smoke inference). The edgedl_release Ansible role runs the same two files. Run a command
-with ``target.run(remote.DEVICE, remote_dir, COMMAND, *args)``; see device.sh for the commands and the layout.
+``device.sh`` is the one implementation of a release's life on a device (layout, checks, install, switch, systemd
+unit or supervised process, rollback, status, logs, prune) and of the runtime ``edgedl bench --remote`` measures
+in; ``device_health.py`` waits for ``/v2/health/ready`` (and checks a smoke inference against reference outputs).
+The edgedl_release Ansible role runs the same two files. :class:`edgedl.stages.device.Device` runs one command per
+method: ``target.run(programs.DEVICE, directory, COMMAND, *args)``.
 """
 
 from functools import cache
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
-
-# the smallest prelude for other device-side scripts (remote bench): cd into $1, created
-PRELUDE = r'''
-set -u
-R=$1; shift
-mkdir -p "$R" && cd "$R" || { echo "cannot create or enter $R" >&2; exit 20; }
-'''
 
 
 @cache

@@ -15,13 +15,13 @@ import secrets
 import re
 import tarfile
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from edgedl.errors import EdgeDLError
 from edgedl.stages.fleet.ansible import playbook_dir, recap, run_playbook, unreachable_messages
 from edgedl.stages.fleet.inventory import assign, read_inventory
-from edgedl.stages.fleet.reference import reference_outputs
 
 FAILED_OUTCOMES = ("failed", "rolled-back", "unreachable")
 _SERIAL = re.compile(r"^[1-9][0-9]*%?$")
@@ -63,7 +63,7 @@ def _run_dir(explicit: Path | None, kind: str) -> Path:
     if explicit:
         Path(explicit).mkdir(parents=True, exist_ok=True)
         return Path(explicit)
-    from edgedl.stages.package import cache_root
+    from edgedl.stages.resources import cache_root
 
     base = cache_root() / "fleet-runs"
     base.mkdir(parents=True, exist_ok=True)
@@ -71,38 +71,117 @@ def _run_dir(explicit: Path | None, kind: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"{stamp}-{kind}-", dir=base))
 
 
-def prepare_bundle(bundle: Path, work: Path) -> dict:
-    """Verify a bundle and produce what the playbook needs for its profile."""
-    from edgedl.runtime.manifest import MANIFEST, sha256_file, verify_manifest
-    from edgedl.stages.deploy import INSTALL_EXPANSION, values
+@dataclass(frozen=True)
+class PreparedBundle:
+    """One verified bundle as the playbook gets it (``edgedl_bundles[PROFILE]``): its tarball, reference outputs,
+    release id and what it needs of a device (``requirements``: device.sh check's arguments)."""
 
-    bundle = Path(bundle)
-    if not bundle.is_dir():
-        hint = " (unpack the .tar.gz first)" if bundle.name.endswith(".tar.gz") else ""
-        raise EdgeDLError(f"bundle {bundle} is not a directory{hint}; create one with `edgedl package`")
-    manifest = verify_manifest(bundle)
-    profile = manifest["profile"]
-    # the bundle's server defaults reach every device's service.env: checked like deploy's options
-    host = values.serve_host(manifest["server"]["host"], f"{bundle.name}: the bundle's server host")
-    port = values.tcp_port(manifest["server"]["port"], f"{bundle.name}: the bundle's server port")
-    release = "sha-" + sha256_file(bundle / MANIFEST)[:12]  # the same bundle is the same release: re-runs change nothing
-    tarball = work / f"{profile['name']}-{release}.tar.gz"
-    if not tarball.is_file():
-        tmp = tarball.with_suffix(".partial")
-        with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
-            for child in sorted(bundle.iterdir()):
-                tar.add(child, arcname=child.name)
-        tmp.rename(tarball)
-    reference = reference_outputs(bundle, manifest)
-    ref_path = work / f"reference-{profile['name']}-{release}.json"
-    ref_path.write_text(json.dumps(reference))
-    size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20
-    return {"name": bundle.name, "path": str(bundle.resolve()), "profile": profile["name"], "arch": profile["arch"],
-            "python": manifest["python"], "release": release, "tarball": str(tarball), "reference": str(ref_path),
-            "reference_source": reference["source"], "reference_skipped": reference.get("skipped", []),
-            "port": port, "host": host,
-            "need_disk_mb": int(size_mb * (1 + INSTALL_EXPANSION) + profile.get("min_free_disk_mb", 0)),
-            "models": {m["name"]: m["sha256"] for m in manifest["models"]}}
+    name: str
+    path: str
+    profile: str
+    arch: str
+    python: str
+    release: str
+    tarball: str
+    reference: str
+    reference_source: str
+    reference_skipped: tuple[str, ...]
+    host: str
+    port: int
+    need_disk_mb: int
+    requirements: tuple[str, ...]
+    models: dict[str, str]  # name -> sha256
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "reference_skipped": list(self.reference_skipped),
+                "requirements": list(self.requirements)}
+
+
+def prepare_bundle(bundle: Path, work: Path) -> PreparedBundle:
+    """Verify a bundle (a directory or its .tar.gz) and produce what the playbook needs for its profile."""
+    from edgedl.stages import reference
+    from edgedl.stages.bundle import Bundle
+
+    with Bundle.open(bundle) as opened:
+        manifest, release = opened.manifest, opened.release  # the same bundle is the same release: re-runs change nothing
+        profile = manifest.profile
+        tarball = work / f"{profile.name}-{release}.tar.gz"
+        if not tarball.is_file():
+            tmp = tarball.with_suffix(".partial")
+            with tarfile.open(tmp, "w:gz", compresslevel=1) as tar:
+                for child in sorted(opened.path.iterdir()):
+                    tar.add(child, arcname=child.name)
+            tmp.rename(tarball)
+        ref = reference.for_bundle(opened)
+        ref_path = work / f"reference-{profile.name}-{release}.json"
+        ref_path.write_text(json.dumps(ref.to_json()))
+        needs = opened.requirements()
+        return PreparedBundle(name=opened.name, path=str(opened.path.resolve()), profile=profile.name, arch=profile.arch,
+                              python=manifest.python, release=release, tarball=str(tarball), reference=str(ref_path),
+                              reference_source=ref.source, reference_skipped=ref.skipped, host=manifest.server.host,
+                              port=manifest.server.port, need_disk_mb=needs.need_disk_mb,
+                              requirements=tuple(needs.args()), models={m.name: m.sha256 for m in manifest.models})
+
+
+def _typed(cls, data: dict):
+    """A dataclass from a report's JSON object: its known keys (Ansible and older roles may add others)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class HostOutcome:
+    """One device's row of a rollout: the role's report (roles/edgedl_release), or why there is none."""
+
+    host: str
+    outcome: str  # updated | unchanged | would-update | would-restart | failed | rolled-back | unreachable |
+    # not-started | no-bundle
+    profile: str | None = None
+    release: str | None = None
+    previous: str | None = None
+    failed: bool = False
+    error: str | None = None
+    failed_step: str | None = None
+    smoke: dict = field(default_factory=dict)  # the health gate's report: max_abs_diff, models
+    pruned: list[str] = field(default_factory=list)
+    rollback_ready: bool | None = None
+    warnings: list[str] = field(default_factory=list)
+    device: dict = field(default_factory=dict)  # device.sh check's facts
+    check_mode: bool = False
+    changed: int | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FleetResult:
+    check: bool
+    serial: str
+    max_fail: int
+    stopped: bool
+    run_dir: str
+    log: str
+    ansible_rc: int
+    bundles: dict[str, PreparedBundle]  # by profile
+    hosts: list[HostOutcome]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self.hosts:
+            counts[r.outcome] = counts.get(r.outcome, 0) + 1
+        return counts
+
+    @property
+    def failed(self) -> list[str]:
+        return [r.host for r in self.hosts if r.outcome in FAILED_OUTCOMES]
+
+    def to_json(self) -> dict:
+        return {"check": self.check, "serial": self.serial, "max_fail": self.max_fail, "stopped": self.stopped,
+                "run_dir": self.run_dir, "log": self.log, "ansible_rc": self.ansible_rc,
+                "bundles": {p: {k: v for k, v in b.to_json().items() if k != "tarball"} for p, b in self.bundles.items()},
+                "hosts": [r.to_json() for r in self.hosts], "counts": self.counts, "failed": self.failed}
 
 
 def _progress_runner(pdir, playbook, inventory, extra, run_dir, total, label, enabled, **kw):
@@ -122,17 +201,19 @@ def _progress_runner(pdir, playbook, inventory, extra, run_dir, total, label, en
         return run_playbook(pdir, playbook, inventory, extra, run_dir, on_line=on_line, **kw)
 
 
-def deploy(config: FleetConfig) -> dict:
+def deploy(config: FleetConfig) -> FleetResult:
+    from edgedl.stages.device import DeviceExit
+
     pdir = playbook_dir(config.playbook_dir)
     inventory = read_inventory(config.inventory, config.playbook_dir)
     run_dir = _run_dir(config.run_dir, "check" if config.check else "deploy")
-    prepared: dict[str, dict] = {}
+    prepared: dict[str, PreparedBundle] = {}
     for b in config.bundles:
         info = prepare_bundle(Path(b), run_dir)
-        if info["profile"] in prepared:
-            raise EdgeDLError(f"two bundles are for profile {info['profile']} ({prepared[info['profile']]['name']} and "
-                              f"{info['name']}); give one bundle per device profile")
-        prepared[info["profile"]] = info
+        if info.profile in prepared:
+            raise EdgeDLError(f"two bundles are for profile {info.profile} ({prepared[info.profile].name} and "
+                              f"{info.name}); give one bundle per device profile")
+        prepared[info.profile] = info
     targets, skipped = assign(inventory, list(prepared), config.limit)
     if not targets:
         raise EdgeDLError(f"no host of {config.inventory} belongs to a bundle's profile ({', '.join(prepared)}); name "
@@ -141,8 +222,11 @@ def deploy(config: FleetConfig) -> dict:
     reports.mkdir(exist_ok=True)
     hosts = [h for h in inventory.hosts if h in targets]
     extra = {"edgedl_hosts": hosts, "edgedl_serial": config.serial, "edgedl_max_fail": config.max_fail,
-             "edgedl_bundles": prepared, "edgedl_targets": targets, "edgedl_report_dir": str(reports),
-             "edgedl_ready_timeout": config.ready_timeout, "edgedl_run_id": f"{run_dir.name}-{secrets.token_hex(4)}",
+             "edgedl_bundles": {p: b.to_json() for p, b in prepared.items()}, "edgedl_targets": targets,
+             "edgedl_report_dir": str(reports), "edgedl_ready_timeout": config.ready_timeout,
+             "edgedl_run_id": f"{run_dir.name}-{secrets.token_hex(4)}",
+             # activate's refusals that changed nothing: no rollback after them (device.sh's exit-code table)
+             "edgedl_refused_codes": [int(e) for e in DeviceExit if e.refused_before_change],
              **({"edgedl_keep": config.keep} if config.keep is not None else {}),
              **({"edgedl_service": config.service} if config.service is not None else {}),
              **({"edgedl_auth": "none"} if config.no_auth else {})}
@@ -155,33 +239,28 @@ def deploy(config: FleetConfig) -> dict:
     rows = []
     for host in hosts:
         path = reports / f"{host}.json"
+        release = prepared[targets[host]].release
         if path.is_file():
-            row = json.loads(path.read_text())
+            row = _typed(HostOutcome, json.loads(path.read_text()))
         elif host in unreachable or counters.get(host, {}).get("unreachable"):
-            row = {"host": host, "profile": targets[host], "outcome": "unreachable", "failed": True,
-                   "error": unreachable.get(host, "unreachable over SSH"), "release": prepared[targets[host]]["release"]}
+            row = HostOutcome(host=host, profile=targets[host], outcome="unreachable", failed=True,
+                              error=unreachable.get(host, "unreachable over SSH"), release=release)
         elif stopped is not None or host not in counters:
-            row = {"host": host, "profile": targets[host], "outcome": "not-started", "failed": False,
-                   "error": "rollout stopped before this device's batch" if stopped else "not reached",
-                   "release": prepared[targets[host]]["release"]}
+            row = HostOutcome(host=host, profile=targets[host], outcome="not-started",
+                              error="rollout stopped before this device's batch" if stopped else "not reached",
+                              release=release)
         else:
-            row = {"host": host, "profile": targets[host], "outcome": "failed", "failed": True,
-                   "error": "no report (see the ansible log)", "release": prepared[targets[host]]["release"]}
-        row["changed"] = counters.get(host, {}).get("changed")
-        rows.append(row)
-    rows += [{"host": h, "profile": None, "outcome": "no-bundle", "failed": False, "error": why} for h, why in skipped.items()]
+            row = HostOutcome(host=host, profile=targets[host], outcome="failed", failed=True,
+                              error="no report (see the ansible log)", release=release)
+        rows.append(replace(row, changed=counters.get(host, {}).get("changed")))
+    rows += [HostOutcome(host=h, outcome="no-bundle", error=why) for h, why in skipped.items()]
     if not any((reports / f"{h}.json").is_file() for h in hosts) and proc.returncode not in (0, 2, 4):
         tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
         raise EdgeDLError(f"ansible-playbook failed before any device was reached (exit {proc.returncode}): {tail}; "
                           f"full log: {run_dir / 'ansible.log'}")
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
-    return {"check": config.check, "serial": config.serial, "max_fail": config.max_fail, "stopped": stopped is not None,
-            "run_dir": str(run_dir), "log": str(run_dir / "ansible.log"), "ansible_rc": proc.returncode,
-            "bundles": {p: {k: v for k, v in b.items() if k not in ("tarball",)} for p, b in prepared.items()},
-            "hosts": rows, "counts": counts,
-            "failed": [r["host"] for r in rows if r["outcome"] in FAILED_OUTCOMES]}
+    return FleetResult(check=config.check, serial=config.serial, max_fail=config.max_fail, stopped=stopped is not None,
+                       run_dir=str(run_dir), log=str(run_dir / "ansible.log"), ansible_rc=proc.returncode,
+                       bundles=prepared, hosts=rows)
 
 
 @dataclass
@@ -194,7 +273,41 @@ class StatusConfig:
     progress: bool = True
 
 
-def status(config: StatusConfig) -> dict:
+@dataclass(frozen=True)
+class DeviceState:
+    """One device's row of ``fleet status`` (roles/edgedl_release/files/status.py's report)."""
+
+    host: str
+    reachable: bool
+    groups: list[str] = field(default_factory=list)
+    current: str | None = None
+    running: bool = False
+    ready: bool = False
+    models: dict[str, str | None] = field(default_factory=dict)  # name -> sha256
+    uptime_s: float | None = None
+    device_uptime_s: float | None = None
+    arch: str | None = None
+    dir: str | None = None
+    service: str | None = None
+    unit: str | None = None
+    port: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class FleetStatus:
+    run_dir: str
+    log: str
+    hosts: list[DeviceState]
+
+    def to_json(self) -> dict:
+        return {"run_dir": self.run_dir, "log": self.log, "hosts": [h.to_json() for h in self.hosts]}
+
+
+def status(config: StatusConfig) -> FleetStatus:
     pdir = playbook_dir(config.playbook_dir)
     inventory = read_inventory(config.inventory, config.playbook_dir)
     hosts = [h for h in inventory.hosts
@@ -211,15 +324,12 @@ def status(config: StatusConfig) -> dict:
     rows = []
     for host in hosts:
         path = reports / f"{host}.json"
-        if path.is_file():
-            row = json.loads(path.read_text())
-        else:
-            row = {"host": host, "reachable": False, "error": unreachable.get(host, "no answer (see the ansible log)")}
-        row.setdefault("current", None)
-        row.setdefault("ready", False)
-        row["groups"] = inventory.groups[host]
-        rows.append(row)
-    return {"run_dir": str(run_dir), "log": str(run_dir / "ansible.log"), "hosts": rows}
+        report: dict[str, Any] = (json.loads(path.read_text()) if path.is_file() else
+                                  {"host": host, "reachable": False,
+                                   "error": unreachable.get(host, "no answer (see the ansible log)")})
+        rows.append(_typed(DeviceState, {**report, "groups": inventory.groups[host]}))
+    return FleetStatus(run_dir=str(run_dir), log=str(run_dir / "ansible.log"), hosts=rows)
 
 
-__all__ = ["FleetConfig", "StatusConfig", "deploy", "prepare_bundle", "status"]
+__all__ = ["DeviceState", "FleetConfig", "FleetResult", "FleetStatus", "HostOutcome", "PreparedBundle", "StatusConfig",
+           "deploy", "prepare_bundle", "status"]

@@ -26,7 +26,7 @@ SCHEMA = 1
 
 
 def cache_dir(explicit: Path | None = None) -> Path:
-    from edgedl.stages.package import cache_root
+    from edgedl.stages.resources import cache_root
 
     return Path(explicit) if explicit else cache_root() / "optimize"
 

@@ -123,7 +123,7 @@ class SSHDevice:
         self.fingerprint = digest(["ssh", target.label, profile.name, profile.onnxruntime])
 
     def measure(self, scenario: Scenario, requests: list[Request]) -> list[Timing | EdgeDLError]:
-        from edgedl.stages.deploy.remote_bench import remote_bench
+        from edgedl.stages.bench.remote import remote_bench
 
         if not requests:
             return []
@@ -139,7 +139,7 @@ class SSHDevice:
             # one configuration failed on the device: time them one by one to tell which
             return [r for request in requests for r in self.measure(scenario, [request])]
         cost = (time.perf_counter() - start) / len(requests)
-        return [Timing.from_result(res, req.duration_s, cost) for res, req in zip(out["results"], requests)]
+        return [Timing.from_result(res, req.duration_s, cost) for res, req in zip(out.results, requests)]
 
 
 def thread_counts(cores: int) -> tuple[int, ...]:

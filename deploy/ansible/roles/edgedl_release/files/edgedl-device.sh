@@ -1,1 +1,1 @@
-../../../../../toolkit/edgedl/stages/deploy/device.sh
+../../../../../toolkit/edgedl/stages/device/device.sh

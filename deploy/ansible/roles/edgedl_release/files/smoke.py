@@ -1,1 +1,1 @@
-../../../../../toolkit/edgedl/stages/deploy/device_health.py
+../../../../../toolkit/edgedl/stages/device/device_health.py
