@@ -18,6 +18,7 @@ class OutputComparison:
     atol: float
     rtol: float
     passed: bool
+    reference_scale: float = 0.0  # max |reference| over its finite values
 
     def __bool__(self) -> bool:
         return self.passed
@@ -36,7 +37,7 @@ def compare_arrays(name: str, actual: np.ndarray, reference: np.ndarray, atol: f
     reference = np.asarray(reference)
     if actual.shape != reference.shape:
         return OutputComparison(name, list(actual.shape), list(reference.shape), float("inf"), float("inf"),
-                                atol, rtol, False)
+                                atol, rtol, False, _scale(reference.astype(np.float64)) if reference.size else 0.0)
     a = actual.astype(np.float64)
     r = reference.astype(np.float64)
     same_nonfinite = bool(np.array_equal(np.isfinite(a), np.isfinite(r)))
@@ -45,7 +46,7 @@ def compare_arrays(name: str, actual: np.ndarray, reference: np.ndarray, atol: f
     scale = _scale(r)
     rel = max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else float("inf"))
     passed = same_nonfinite and bool(np.allclose(a, r, atol=atol, rtol=rtol, equal_nan=True))
-    return OutputComparison(name, list(actual.shape), list(reference.shape), max_abs, rel, atol, rtol, passed)
+    return OutputComparison(name, list(actual.shape), list(reference.shape), max_abs, rel, atol, rtol, passed, scale)
 
 
 def near_zero_reason(references: list[np.ndarray], atol: float, rtol: float) -> str | None:

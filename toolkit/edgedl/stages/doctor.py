@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgedl.errors import EdgeDLError
+from edgedl.stages.compare import compare_arrays
 from edgedl.stages.bench.environment import X86_MACHINES, cpu_info, int8_support, ort_flavours
 
 # y = relu(x @ W + B), x: float32[2, 4] - built with onnx.helper when onnx is installed (tiny_model_with_onnx),
@@ -139,7 +140,7 @@ def prove_provider(provider: str, model: bytes) -> Check:
     except Exception as exc:  # provider libraries fail in their own ways (missing CUDA libs, driver mismatch...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Check(name, "fail", f"inference failed: {type(exc).__name__}: {first}")
-    err = float(np.abs(y - tiny_expected()).max())
+    err = compare_arrays("y", y, tiny_expected(), atol=1e-3, rtol=0).max_abs_diff
     data = {"provider": provider, "max_abs_error": err, "placement": placement["by_provider"]}
     if err > 1e-3:
         return Check(name, "fail", f"ran, but the output is wrong (max abs error {err:.3g})", data)

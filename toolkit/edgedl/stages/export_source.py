@@ -24,10 +24,12 @@ import numpy as np
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import Recipe, TensorSpec, load_recipe
 from edgedl.runtime.signature import DEFAULT_FLOAT_RANGE, DEFAULT_INT_RANGE, ShapeOptions, check_shape
+from edgedl.runtime.tensors import NUMERIC_DTYPES
 from edgedl.stages.torch_source import (TORCHSCRIPT_SUFFIXES, TorchSource, construct, is_torchscript, module_class,
                                         parse_init_args, split_target)
 
-DTYPES = {"float32", "float16", "float64", "int64", "int32", "int8", "uint8", "bool"}
+# the runtime's element types an example input may have: torch computes on no unsigned type but uint8
+DTYPES = {n for n in NUMERIC_DTYPES if n not in ("uint16", "uint32", "uint64")}
 _NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _INPUT_FORM = "NAME=DIMS[:DTYPE][:LOW..HIGH], e.g. x=2x3x32x32, ids=2x16:int64:0..30521 or sr=scalar:int64:16000..16000"
 

@@ -14,8 +14,6 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from edgedl._lazy import require
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
@@ -126,12 +124,12 @@ class _Judge:
         batch = next(eval_batches(self.plan.evaluation, self.signature))
         with runner(path, self.config.gates.threads, self.config.gates.target_provider) as model:
             outs = model.run(dict(batch.inputs))
+        from edgedl.stages.compare import compare_arrays
+
         for name, want in self.reference[0].items():
-            got = outs[name]
-            scale = float(np.abs(want).max()) if want.size else 0.0
-            diff = float(np.abs(got.astype(np.float64) - want).max()) if want.size else 0.0
-            if got.shape != want.shape or diff > 1e-3 * scale + 1e-5:
-                return f"output '{name}' differs from the input model's by {diff:.3g} (of {scale:.3g})"
+            c = compare_arrays(name, outs[name], want, atol=1e-5, rtol=0)
+            if c.max_abs_diff > 1e-3 * c.reference_scale + 1e-5:  # within 0.1 % of the output's own scale
+                return f"output '{name}' differs from the input model's by {c.max_abs_diff:.3g} (of {c.reference_scale:.3g})"
         return None
 
     def judge(self, cand: Candidate) -> None:
