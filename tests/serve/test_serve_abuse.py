@@ -172,7 +172,7 @@ BODY_PROBES = {
     "traversal in a load": ("/v2/repository/models/..%2F..%2Fetc/load", b"", {}, 404, "no endpoint"),
     "unload with model control off": ("/v2/repository/models/mlp/unload", b"", {}, 503,
                                       "explicit model load / unload is not allowed"),
-    "load with model control off": ("/v2/repository/models/mlp/load", b"", {}, 503, "--model-control explicit"),
+    "load with model control off": ("/v2/repository/models/mlp/load", b"", {}, 503, "mode explicit"),
 }
 
 
@@ -317,7 +317,7 @@ def test_busy_connections_and_in_flight_caps_answer_503(zoo, tmp_path):
                 held.append(sock)
             time.sleep(0.2)
             status, _, body = _exchange(proc.port, _request("POST", "/v2/models/mlp/infer", b"{}"))
-            assert status == 503 and "(limit 2, --max-in-flight)" in _error(body)
+            assert status == 503 and "(limit 2: the server's max_in_flight)" in _error(body)
             for _ in range(6):  # six more connections busy reading a body: all 8 busy, none idle
                 sock = _connect(proc.port)
                 sock.sendall(b"POST /v2/repository/index HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
@@ -431,7 +431,9 @@ def test_repository_models_outside_the_repository_are_refused(zoo, tmp_path, how
         version.rmdir()
         version.symlink_to(outside)
     line = serve_fails("--model-repository", repo)
-    assert "outside the repository" in line and "--allow-outside-repository" in line
+    # a repository model's failure reaches the CLI as its reason (also the model's UNAVAILABLE reason), in the
+    # runtime's words: the setting, not the flag
+    assert "outside the repository" in line and "allow_outside_repository" in line
     with ServerProcess("--model-repository", repo, "--allow-outside-repository") as proc:
         assert httpclient.InferenceServerClient(proc.url).is_model_ready("evil")
 

@@ -31,6 +31,14 @@ OPTION_FLAGS = {
     "allow_fallback": "--allow-fallback",
     "model_repository": "--model-repository",
     "allow_missing_manifest": "--allow-missing-manifest",
+    "allow_outside_repository": "--allow-outside-repository",
+    "model_name": "--model-name",
+    "api_key": "--api-key",
+    "threads": "--threads",
+    "max_batch_size": "--max-batch-size",
+    "max_queue_delay_us": "--max-queue-delay-us",
+    "max_queue": "--max-queue",
+    "instances": "--instances",
 }
 
 

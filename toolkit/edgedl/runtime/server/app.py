@@ -49,8 +49,8 @@ REPOSITORY_BODY_BYTES = 1024 * 1024  # a repository request's body (index, load,
 LARGE_BODY_BYTES = STREAM_ABOVE_BYTES  # from here a body is parsed by the streaming decoder, off the event loop
 # Triton's words in its NONE mode (clients and Triton's own tests match on them), then edgedl's
 _MODEL_CONTROL_OFF = ("explicit model load / unload is not allowed if polling is enabled: this server runs with "
-                      "--model-control {mode} (models load at startup{poll} and reload on SIGHUP); start it with "
-                      "--model-control explicit to load and unload models through the API")
+                      "model control mode {mode} (models load at startup{poll} and reload on SIGHUP); start it in model "
+                      "control mode explicit to load and unload models through the API")
 
 
 def _malloc_trim():
@@ -361,7 +361,7 @@ class InferenceApp:
                 raise HTTPError(400, "Content-Length is not a number") from None
             if declared > limit:
                 raise HTTPError(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes "
-                                     "(--max-body-bytes, or the model's edgedl_max_body_bytes)")
+                                     "(the server's max_body_bytes limit, or the model's edgedl_max_body_bytes)")
         message = await receive()
         body = message.get("body", b"")
         if not message.get("more_body", False):
@@ -372,7 +372,7 @@ class InferenceApp:
         while True:
             if size + len(body) > limit:
                 raise HTTPError(413, f"request body exceeds the limit of {limit} bytes "
-                                     "(--max-body-bytes, or the model's edgedl_max_body_bytes)")
+                                     "(the server's max_body_bytes limit, or the model's edgedl_max_body_bytes)")
             if declared is None:
                 buf += body
             else:
@@ -410,7 +410,7 @@ class InferenceApp:
         """One infer request being served (HTTP or gRPC); 503 beyond --max-in-flight."""
         if self._in_flight >= self._max_in_flight:
             raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit "
-                                 f"{self._max_in_flight}, --max-in-flight); retry later")
+                                 f"{self._max_in_flight}: the server's max_in_flight); retry later")
         self._in_flight += 1
         try:
             yield

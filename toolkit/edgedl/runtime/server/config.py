@@ -149,7 +149,7 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if (self.model is None) == (self.model_repository is None):
-            raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (not both)")
+            raise EdgeDLError("give either a model file or a model repository (not both)")
         if self.access_log not in ACCESS_LOG_FORMATS:
             raise EdgeDLError(f"access log format must be one of {', '.join(ACCESS_LOG_FORMATS)}, got '{self.access_log}'")
         if self.model_control not in MODEL_CONTROL_MODES:
@@ -167,9 +167,13 @@ class ServerConfig:
             raise EdgeDLError(f"gRPC port must be between 0 and 65535 and differ from the HTTP port, "
                               f"got {self.grpc_port}")
         b = self.batching
-        if b.max_batch_size < 0 or b.max_queue_delay_us < 0 or b.max_queue < 1 or b.instances < 1:
-            raise EdgeDLError("--max-batch-size and --max-queue-delay-us must be >= 0, --max-queue and --instances >= 1")
+        for key, value, least in (("max_batch_size", b.max_batch_size, 0), ("max_queue_delay_us", b.max_queue_delay_us, 0),
+                                  ("max_queue", b.max_queue, 1), ("instances", b.instances, 1)):
+            if value < least:
+                raise EdgeDLError(f"{key.replace('_', ' ')} must be >= {least}, got {value}", option=(key, str(least)))
         if self.api_key is not None and not self.api_key.strip():
-            raise EdgeDLError("the API key is empty; set a non-empty --api-key or unset EDGEDL_API_KEY")
+            raise EdgeDLError("the API key is empty; give a non-empty key, or unset EDGEDL_API_KEY",
+                              option=("api_key", "KEY"))
         if self.intra_op_threads < 0:
-            raise EdgeDLError("--threads must be >= 0 (0 lets onnxruntime choose)")
+            raise EdgeDLError(f"threads must be >= 0 (0 lets onnxruntime choose), got {self.intra_op_threads}",
+                              option=("threads", "0"))

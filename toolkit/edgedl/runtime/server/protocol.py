@@ -202,7 +202,7 @@ def _check_count(name: str, shape: list[int], dtype: np.dtype, datatype: str, ma
                              f"limit of {max_elements} per tensor; send smaller requests")
     if max_rows is not None and shape and shape[0] > max_rows:  # 400, as Triton answers past max_batch_size
         raise HTTPError(400, f"input '{name}' has {shape[0]} rows, more than this model's limit of {max_rows} "
-                             "per request (its max_batch_size, or --max-batch-rows); split the batch")
+                             "per request (its max_batch_size, or the server's max_batch_rows limit); split the batch")
     return count
 
 

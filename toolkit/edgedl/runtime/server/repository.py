@@ -124,7 +124,9 @@ def _inside(repository: Path, name: str, path: Path, allow_outside: bool) -> Pat
     root, resolved = repository.resolve(), path.resolve()
     if not resolved.is_relative_to(root):
         raise EdgeDLError(f"model '{name}': {path} resolves to {resolved}, outside the repository {root}; keep "
-                          "model files inside the repository, or pass --allow-outside-repository to serve it anyway")
+                          "model files inside the repository",
+                          hint="or allow files outside it to serve it anyway (the server's allow_outside_repository)",
+                          option=("allow_outside_repository", None))
     return path
 
 
@@ -139,16 +141,18 @@ def discover(model: Path | None, repository: Path | None, defaults: BatchPolicy,
     the others are still returned; without it the first such model raises. ``verify_key``: the bundle's
     signature must verify with it (edgedl.runtime.manifest.verify_served)."""
     if (model is None) == (repository is None):
-        raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (not both)")
+        raise EdgeDLError("give either a model file or a model repository (not both)")
     if model is not None:
         model = Path(model)
         if model.is_dir():
-            raise EdgeDLError(f"{model} is a directory; pass a .onnx file, or --model-repository {model}")
+            raise EdgeDLError(f"{model} is a directory; give a .onnx file, or serve the directory as a model repository",
+                              option=("model_repository", str(model)))
         if not model.is_file():
             raise EdgeDLError(f"model file not found: {model}; pass the path to an .onnx file")
         name = model_name or model.stem
         if not _NAME.match(name):
-            raise EdgeDLError(f"model name '{name}' may only hold letters, digits, '_', '-' and '.'; pass --model-name")
+            raise EdgeDLError(f"model name '{name}' may only hold letters, digits, '_', '-' and '.'",
+                              hint="give the model another name", option=("model_name", "NAME"))
         _verify_bundle(model.resolve().parent, verify_key)
         return [ModelSource(name, {1: model}, defaults)]
     repository = Path(repository)

@@ -163,7 +163,7 @@ class Server:
         models = ", ".join(f"{name} v{','.join(e.versions)} ({e.latest.mode})"
                            for name, e in app.registry.models.items())
         if config_host_is_public(config.host) and config.api_key is None:
-            print(f"edgedl serve: WARNING listening on {config.host} without --api-key: anyone who can "
+            print(f"edgedl serve: WARNING listening on {config.host} without an API key: anyone who can "
                   "reach this port can run the models", file=sys.stderr, flush=True)
         age = _process_age_s()
         since = f"{age:.2f} s after process start" if age is not None else f"{perf_counter() - self.t0:.2f} s"
