@@ -272,11 +272,23 @@ def test_auto_picks_the_fastest_accurate_candidate_or_keeps_fp32(zoo, tmp_path, 
     if eligible:
         best = max(eligible, key=lambda c: c["speedup"]["32"])
         assert data["mode"] == best["mode"] and data["speedup"]["32"] >= 1.05
-    else:
+        assert data["model_path"] == data["output_path"] == str(out)
+        with Runner(out) as runner:
+            assert runner.metadata["quantization"]["mode"] == data["mode"]
+    else:  # the fp32 model is not copied to a path that names a quantized one: the input is the model to use
         assert data["mode"] == "fp32" and any("keeping fp32" in n for n in data["notes"])
-    assert data["mode"] != "fp16" and out.is_file()
-    with Runner(out) as runner:
-        assert runner.metadata["quantization"]["mode"] == data["mode"]
+        assert not out.exists() and data["output_path"] is None and data["model_path"] == str(zoo[name].onnx)
+    assert data["mode"] != "fp16"
+
+
+def test_auto_that_keeps_fp32_writes_nothing_and_says_which_model_to_use(zoo, tmp_path):
+    """An unreachable speed-up makes auto keep fp32 whatever the machine: exit 0, nothing at OUT, the input named."""
+    out = tmp_path / "mlp.int8.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--min-speedup", "1000",
+                                  "--speed-seconds", "0.1")
+    assert result.returncode == 0, result.stderr
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert f"mode auto -> fp32, accepted (kept {zoo['mlp'].onnx}, nothing written)" in " ".join(result.stdout.split())
 
 
 def test_require_speedup_rejects_a_model_that_is_not_fast_enough(zoo, tmp_path):

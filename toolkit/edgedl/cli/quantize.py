@@ -154,7 +154,8 @@ def print_report(report) -> None:
         console.width = max(console.width, 170)
     data = report.to_json()
     verdict = "[green]accepted[/]" if report.accepted else "[red]REJECTED[/]"
-    where = escape(str(report.output_path)) if report.output_path else "nothing written"
+    where = (escape(str(report.output_path)) if report.output_path else
+             f"kept {escape(str(report.input_path))}, nothing written" if report.accepted else "nothing written")
     console.print(f"[bold]{escape(report.input_path.name)}[/]: mode {report.requested_mode} -> "
                   f"[bold]{report.mode}[/], {verdict} ({where})")
     batches = data["speed"]["batch_sizes"]

@@ -1,6 +1,7 @@
 """``quantize(model, config)``: preprocess -> data -> convert -> accuracy gate -> speed gate -> (auto: choose) ->
 atomic write. Nothing is written at the output path unless the result passed its gates, and nothing is written
-without an accuracy check unless the gate is turned off.
+without an accuracy check unless the gate is turned off. When auto keeps fp32 nothing is written either: the output
+path names a quantized model, and the input is the model to use (the report's ``model_path``).
 
 Data: ``edgedl.stages.data`` (the user's sources, else the model's recipe, else synthetic inputs, reported as a
 weaker check). Sizes and batch axes: the model's ``Signature`` (options over the model's metadata), so that the
@@ -373,13 +374,10 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
                 advance(info="timed")
         report = _decide(model_path, config, fp32, candidates, original, bench.preprocess_notes, plan, speed_batch)
         report.timed_shapes = timed_shapes
-        if report.accepted and report.chosen is not None:
+        if report.accepted and report.chosen is not None and report.chosen.mode != "fp32":
             record = {"mode": report.chosen.mode, "source": str(model_path), "source_size_bytes": fp32.size_bytes,
                       "accuracy": report.to_json()["accuracy"], "config": config.to_json()}
-            chosen = report.chosen
-            if chosen.mode == "fp32":
-                chosen = Candidate("fp32", model_path)
-            write_model(chosen.path, original, output, {"quantization": record})
+            write_model(report.chosen.path, original, output, {"quantization": record})
             report.output_path = output
     return report
 
@@ -433,7 +431,8 @@ def _decide(model_path, config, fp32, candidates, original, notes, plan, speed_b
                                latency_ms=dict(fp32.latency_ms), speedup={b: 1.0 for b in fp32.latency_ms})
             chosen.notes.append(
                 f"no candidate passed the accuracy gate and ran >= {gates.min_speedup:g}x faster than fp32 at batch "
-                f"{speed_batch} on {provider}: keeping fp32")
+                f"{speed_batch} on {provider}: keeping fp32 - use {model_path} as it is (nothing written at "
+                f"{config.output})")
         accepted = True
         if chosen.mode == "fp32" and gates.require_speedup:
             accepted = False

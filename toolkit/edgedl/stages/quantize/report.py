@@ -90,6 +90,13 @@ class QuantizeReport:
     timed_shapes: dict[int, dict[str, list[int]]] = field(default_factory=dict)  # batch -> input -> shape
 
     @property
+    def model_path(self) -> Path | None:
+        """The model to use: the one written, or the input when auto kept fp32 (None when rejected)."""
+        if not self.accepted:
+            return None
+        return self.output_path or self.input_path
+
+    @property
     def mode(self) -> str:
         return self.chosen.mode if self.chosen else self.requested_mode
 
@@ -103,6 +110,7 @@ class QuantizeReport:
             "requested_mode": self.requested_mode,
             "mode": self.mode,
             "output_path": str(self.output_path) if self.output_path else None,
+            "model_path": str(self.model_path) if self.model_path else None,
             "accepted": self.accepted,
             "reasons": self.reasons,
             "size_bytes": {"fp32": self.fp32.size_bytes, "quantized": q.size_bytes if q else None},
