@@ -86,7 +86,13 @@ def test_plot_is_a_png(baseline_run):
 
 
 def test_human_table_and_markdown(zoo):
-    proc = run_edgedl("bench", zoo["cnn"].onnx, zoo["transformer"].onnx, "--shape", "seq=5", *FAST, "--no-placement")
+    # stdout a pipe in an 80-column environment (a log file, `| tee`): the whole table, no column cut or dropped
+    proc = run_edgedl("bench", zoo["cnn"].onnx, zoo["transformer"].onnx, "--shape", "seq=5", *FAST, "--no-placement",
+                      env={"COLUMNS": "80"})
+    header = next(ln for ln in proc.stdout.splitlines() if "p50 ms" in ln)
+    assert [c.strip() for c in header.split("┃")][:9] == ["model", "engine", "thr", "batch", "p50 ms", "p90 ms",
+                                                           "p99 ms", "samples/s", "peak MiB"]
+    assert len(header) > 80 and "…" not in proc.stdout and "not shown" not in proc.stdout
     assert "p50 ms" in proc.stdout and "cnn" in proc.stdout and "transformer" in proc.stdout
     assert "measured on" in proc.stdout and "onnxruntime" in proc.stdout
     proc = run_edgedl("bench", zoo["transformer"].onnx, "--shape", "seq=5", *FAST, "--markdown")

@@ -282,3 +282,19 @@ def test_cuda_graphs_need_io_binding(tmp_path):
     with pytest.raises(EdgeDLError, match="--io-binding"):
         BenchConfig([model], providers=("cuda",), provider_options={"cuda": {"enable_cuda_graph": "1"}})
     BenchConfig([model], providers=("cuda",), provider_options={"cuda": {"enable_cuda_graph": "1"}}, io_binding=True)
+
+
+def test_a_long_step_prints_progress_lines_into_a_log_file(monkeypatch, capsys):
+    """stderr not a terminal (bench 2>run.log): no bar, a plain line per step once LINE_INTERVAL_S has passed."""
+    from edgedl import console
+
+    monkeypatch.setattr(console, "LINE_INTERVAL_S", 0.0)
+    with console.progress("benchmarking", total=2, lines=True) as advance:
+        advance(info="mlp b1")
+        advance(info="mlp b32")
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln.rsplit(" (", 1)[0] for ln in lines] == ["benchmarking: 1/2 done, mlp b1", "benchmarking: 2/2 done, mlp b32"]
+    monkeypatch.setattr(console, "LINE_INTERVAL_S", 3600.0)  # a short run prints nothing
+    with console.progress("benchmarking", total=2, lines=True) as advance:
+        advance()
+    assert capsys.readouterr().err == ""

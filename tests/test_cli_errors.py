@@ -123,3 +123,33 @@ def test_threads_zero_is_onnxruntimes_default_everywhere(zoo, tmp_path):
     with ServerProcess(zoo["mlp"].onnx, "--threads", "0") as server:
         assert "ready in" in server.stderr
     assert_one_line_error(run_edgedl("bench", zoo["mlp"].onnx, "-t", "-1", check=False), "--threads")
+
+
+@pytest.mark.parametrize("args, suggestion", [
+    (["deploy", "statsu", "--host", "pi@raspberrypi.local"], "Did you mean 'status'?"),
+    (["deploy", "rollbak"], "Did you mean 'rollback'?"),
+    (["fleet", "deploi"], "Did you mean 'deploy'?"),
+    (["debug", "speeed"], "Did you mean 'speed'?"),
+    (["bench", "compair"], None),  # bench's first word is a model path: no guess at a subcommand
+])
+def test_a_mistyped_subcommand_gets_a_did_you_mean_like_the_top_level(args, suggestion):
+    from edgedl_testing import run_edgedl_inprocess
+
+    proc = run_edgedl_inprocess(*args)
+    if suggestion is None:
+        assert proc.returncode != 0 and "Did you mean" not in proc.stderr
+        return
+    assert_one_line_error(proc, "No such command", suggestion, code=2)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--threads", "-1"], "threads must be >= 0 (0 lets onnxruntime choose), got -1; pass --threads 0"),
+    (["--max-batch-size", "-1"], "max batch size must be >= 0, got -1; pass --max-batch-size 0"),
+    (["--instances", "0"], "instances must be >= 1, got 0; pass --instances 1"),
+    (["--model-name", "a/b"], "may only hold letters, digits, '_', '-' and '.'; pass --model-name NAME"),
+])
+def test_the_server_says_what_is_wrong_and_the_cli_names_the_flag(zoo, args, says):
+    """The runtime's ServerConfig words its errors in its own terms (EdgeDLError.option); serve adds the flag."""
+    from edgedl_testing import run_edgedl_inprocess
+
+    assert_one_line_error(run_edgedl_inprocess("serve", zoo["mlp"].onnx, "--port", "0", *args), says)

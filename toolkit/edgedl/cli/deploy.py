@@ -18,8 +18,20 @@ class _DeployGroup(click.Group):
     def parse_args(self, ctx, args):
         group_only = args and (args[0] in _GROUP_ONLY or (args[0].startswith("-") and "--list-targets" in args))
         if args and args[0] not in self.commands and not group_only:
+            self._suggest(ctx, args[0])
             args = ["push", *args]
         return super().parse_args(ctx, args)
+
+    def _suggest(self, ctx, word: str) -> None:
+        """A first word that is no bundle on disk but close to a subcommand is a typo of it (`deploy statsu`)."""
+        import difflib
+
+        if word.startswith("-") or Path(word).exists():
+            return
+        visible = [name for name, cmd in self.commands.items() if not cmd.hidden]
+        close = difflib.get_close_matches(word, visible, n=1)
+        if close:
+            ctx.fail(f"No such command '{word}'. Did you mean '{close[0]}'?")
 
 
 def connection_options(f):
