@@ -16,7 +16,8 @@ from tritonclient.grpc import model_config_pb2
 
 from edgedl_testing import run_edgedl
 from edgedl.errors import EdgeDLError
-from edgedl.stages.triton import TritonOptions, parse_model_config, write_triton_repository
+from edgedl.stages.repository import TritonOptions, parse_model_config
+from edgedl.stages.triton import write_triton_repository
 
 sys.path.insert(0, str(Path(__file__).parent / "serve"))
 from serve_helpers import ServerProcess  # noqa: E402

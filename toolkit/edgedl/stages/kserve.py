@@ -20,8 +20,7 @@ from pathlib import Path
 
 from edgedl.errors import EdgeDLError
 from edgedl.stages.files import atomic_output_dir, fresh_output_dir
-from edgedl.stages.repository import TritonModelReport, TritonOptions
-from edgedl.stages.triton import moved, populate_repository
+from edgedl.stages.repository import TritonModelReport, TritonOptions, moved, populate_repository
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"

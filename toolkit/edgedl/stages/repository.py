@@ -6,7 +6,9 @@ both write, and what ``edgedl serve --model-repository`` reads::
     REPO/NAME/labels.txt         when the model's metadata has class labels (Triton's classification extension)
 
 One home for what both writers share: the model names of a repository, loading a model file a repository may
-hold (:func:`load_model`), and the text of its ``config.pbtxt`` (:func:`config_text`), derived from the model
+hold (:func:`load_model`), writing the models into one with each ``config.pbtxt`` validated against Triton's own
+``ModelConfig`` and the model (:func:`populate_repository`, used by the Triton and KServe writers), and the text of
+a ``config.pbtxt`` (:func:`config_text`), derived from the model
 itself: input/output names and data types; when every input and output has the same dynamic first axis, that axis
 is Triton's batch dimension (``max_batch_size`` > 0, ``dims`` without it, ``dynamic_batching`` on request);
 otherwise ``max_batch_size: 0`` and full dims (-1 for a dynamic axis).
@@ -16,7 +18,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+import shutil
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
@@ -202,3 +205,73 @@ def config_text(name: str, runner, options: TritonOptions | None, labels: list |
                                inputs=describe(runner.inputs), outputs=describe(runner.outputs),
                                labels=labels_file if label_output else None, notes=notes)
     return "\n".join(lines) + "\n", report
+
+
+def parse_model_config(text: str, where: str = "config.pbtxt"):
+    """Parse config.pbtxt text into Triton's ModelConfig protobuf; a one-line EdgeDLError when it does not parse."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError as exc:
+        raise EdgeDLError(f"validating Triton configs needs tritonclient[grpc] ({exc}); install it with: "
+                          "pip install 'edgedl[triton]'") from None
+    config = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, config)
+    except text_format.ParseError as exc:
+        raise EdgeDLError(f"{where} is not a valid Triton ModelConfig: {exc}") from None
+    return config
+
+
+def check_model_config(config, runner, name: str) -> None:
+    """The parsed ModelConfig agrees with the model: name, platform, every tensor with its type and dims."""
+    from tritonclient.grpc import model_config_pb2
+
+    problems = []
+    if config.name != name:
+        problems.append(f"name {config.name!r} is not the directory name {name!r}")
+    if config.platform != PLATFORM:
+        problems.append(f"platform {config.platform!r} is not {PLATFORM}")
+    batched = config.max_batch_size > 0
+    for kind, declared, actual in (("input", config.input, runner.inputs), ("output", config.output, runner.outputs)):
+        by_name = {t.name: t for t in declared}
+        if set(by_name) != {t.name for t in actual}:
+            problems.append(f"{kind}s {sorted(by_name)} != model {sorted(t.name for t in actual)}")
+            continue
+        for t in actual:
+            got = by_name[t.name]
+            want_type = triton_type(name, t)
+            if model_config_pb2.DataType.Name(got.data_type) != want_type:
+                problems.append(f"{kind} {t.name}: {model_config_pb2.DataType.Name(got.data_type)} != {want_type}")
+            if list(got.dims) != triton_dims(t.shape, batched):
+                problems.append(f"{kind} {t.name}: dims {list(got.dims)} != {triton_dims(t.shape, batched)}")
+    if config.HasField("dynamic_batching") and not batched:
+        problems.append("dynamic_batching with max_batch_size 0")
+    if problems:
+        raise EdgeDLError(f"config.pbtxt for {name} does not match the model: {'; '.join(problems)}")
+
+
+def populate_repository(models: list[Path], repo: Path, options: TritonOptions, names: list[str] | None = None) -> list[TritonModelReport]:
+    """Write the models into the (existing, empty) directory ``repo``; validate every config.pbtxt."""
+    reports = []
+    for src, name in zip(models, model_names(models, names)):
+        src = Path(src)
+        runner = load_model(src)
+        labels = model_labels(runner)
+        text, report = config_text(name, runner, options, labels)
+        check_model_config(parse_model_config(text, f"{name}/config.pbtxt"), runner, name)
+        model_dir = repo / name
+        (model_dir / str(options.version)).mkdir(parents=True)
+        shutil.copyfile(src, model_dir / str(options.version) / "model.onnx")
+        (model_dir / "config.pbtxt").write_text(text)
+        if report.labels:
+            (model_dir / "labels.txt").write_text("\n".join(map(str, labels)) + "\n")
+        reports.append(replace(report, path=str(model_dir / str(options.version) / "model.onnx"),
+                               config=str(model_dir / "config.pbtxt")))
+    return reports
+
+
+def moved(reports: list[TritonModelReport], staging: Path, out: Path) -> list[TritonModelReport]:
+    """The reports of models written under ``staging``, with their paths where ``staging`` was renamed to."""
+    return [replace(r, path=r.path.replace(str(staging), str(out), 1), config=r.config.replace(str(staging), str(out), 1))
+            for r in reports]
