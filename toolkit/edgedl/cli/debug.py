@@ -150,7 +150,7 @@ def compare(reference, candidate, data_options, shape_options, samples, min_sqnr
         raise EdgeDLError("--remote and --candidate-python both say where CANDIDATE runs; give one")
     placement = Placement()
     if remote:
-        from edgedl.stages.deploy.ssh import SSHTarget
+        from edgedl.stages.device import SSHTarget
 
         placement = Placement("device", target=SSHTarget.parse(remote, identity=identity, known_hosts=known_hosts,
                                                                accept_new_host_key=accept_new_host_key,

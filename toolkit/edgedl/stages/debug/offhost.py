@@ -92,7 +92,7 @@ def run_with_python(job: WorkerJob, command: tuple[str, ...], timeout_s: float =
 def run_on_device(job: WorkerJob, target, remote_dir: str = "edgedl-bench", remote_python: str = "python3",
                   cache_dir: Path | None = None, timeout_s: float = 1800) -> tuple[list, dict]:
     """Run the worker on ``target`` (an ``SSHTarget``) with the edgedl runtime ``bench --remote`` installs there."""
-    from edgedl.stages.deploy.remote_bench import remote_bench
+    from edgedl.stages.bench.remote import remote_bench
 
     shapes = {name: list(np.asarray(value).shape) for name, value in job.batches[0].items()}
     # one short timed run per model: installs (or reuses) the runtime venv, copies the models, and proves they load
@@ -100,15 +100,15 @@ def run_on_device(job: WorkerJob, target, remote_dir: str = "edgedl-bench", remo
                          {"iterations": 1, "warmup": 0, "duration_s": None, "placement": False, "threads": job.threads,
                           "shape_options": {"input_shapes": shapes}},
                          remote_dir=remote_dir, remote_python=remote_python, cache_dir=cache_dir, progress=False)
-    remote_models = [r["remote_model"] for r in setup["results"]]
+    remote_models = [r["remote_model"] for r in setup.results]
     # the venv's site-packages hold onnxruntime: ENV/venv/lib/pythonX.Y/site-packages/onnxruntime
-    ort_dir = PurePosixPath(setup["environment"]["onnxruntime"]["path"])
+    ort_dir = PurePosixPath(setup.environment["onnxruntime"]["path"])
     python = str(ort_dir.parents[3] / "bin" / "python")
     key = hashlib.sha256(json.dumps([remote_models, shapes, len(job.batches)]).encode()).hexdigest()[:12]
     folder = str(PurePosixPath(remote_models[0]).parent.parent / f"debug-{key}")
     with tempfile.TemporaryDirectory(prefix="edgedl-compare-") as tmp:
         job.write(Path(tmp), remote_models, folder)
-        target.copy_dir(Path(tmp), folder, use_rsync=bool(setup["device"].get("rsync")))
+        target.copy_dir(Path(tmp), folder, use_rsync=setup.device.rsync)
     try:
         proc = target.run('"$1" "$2/worker.py" "$2/request.json" < /dev/null', python, folder, check=False,
                           timeout=timeout_s)
