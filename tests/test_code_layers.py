@@ -42,10 +42,10 @@ def test_the_flag_finder_finds_flags():
 STAGES = {"export", "quantize", "bench", "package", "deploy", "fleet", "triton", "kserve", "debug", "doctor",
           "train", "inspect"}
 # known and left (none in the package -> deploy -> fleet -> bench cluster): debug and doctor read bench's CPU facts
-# and trace parsing, debug runs quantize's gates, quantize loads models with inspect's loader, export reads the
-# metrics train recorded in a checkpoint
-KNOWN = {("debug", "bench"), ("doctor", "bench"), ("debug", "quantize"), ("quantize", "inspect"),
-         ("export", "train")}
+# and trace parsing, debug runs quantize's gates and quantize --bisect runs debug compare, quantize loads models
+# with inspect's loader, export reads the metrics train recorded in a checkpoint
+KNOWN = {("debug", "bench"), ("doctor", "bench"), ("debug", "quantize"), ("quantize", "debug"),
+         ("quantize", "inspect"), ("export", "train")}
 
 
 def _stage_of(path: Path) -> str:

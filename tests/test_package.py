@@ -273,3 +273,19 @@ def test_reference_outputs_are_stored_at_package_time(rpi5_bundle, zoo):
     expected = load(zoo["cnn"].onnx).run(x)["logits"]
     got = np.array(cnn.outputs[0]["data"], np.float32).reshape(cnn.outputs[0]["shape"])
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+
+
+def test_the_size_options_reach_start_sh_as_serve_parses_them():
+    """package writes the options into start.sh's `edgedl serve` command; the CLI's parser reads back the same."""
+    from edgedl.cli._shapes import shape_options_from
+    from edgedl.runtime.signature import ShapeOptions
+    from edgedl.stages.package import serve_args
+
+    given = ShapeOptions(dims={"seq": 128}, input_shapes={"x": (1, 3, 48, 192), "sr": ()},
+                         batch_axes={"state": 1, "sr": None}, value_ranges={"sr": (16000.0, 16000.0), "x": (-0.5, 1.0)})
+    args = serve_args(given)
+    grouped = {flag: [v for f, v in zip(args[::2], args[1::2]) if f == flag]
+               for flag in ("--shape", "--input-shape", "--batch-axis", "--input-range")}
+    assert shape_options_from(grouped["--shape"], grouped["--input-shape"], grouped["--batch-axis"],
+                              grouped["--input-range"]) == given
+    assert "sr=scalar" in args and "sr=16000..16000" in args and "state=1" in args and "sr=none" in args

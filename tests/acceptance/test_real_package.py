@@ -61,6 +61,7 @@ def monkeypatch_module():
 def test_the_options_travel_in_the_bundle(bundles, bundle):
     """Into start.sh's server command and the manifest, as they were given."""
     from edgedl.runtime.signature import ShapeOptions
+    from edgedl.stages.package import serve_args
 
     given = _options(BUNDLES[bundle])
     pairs = lambda args: sorted(zip(args[::2], args[1::2]))  # noqa: E731
@@ -68,7 +69,7 @@ def test_the_options_travel_in_the_bundle(bundles, bundle):
     after_limits = command[command.index("$LIMITS") + 1:]
     assert pairs([a for a in after_limits if a != "$@"]) == pairs(given)  # "$@": start.sh's optional --grpc-port
     manifest = json.loads((bundles[bundle] / "manifest.json").read_text())
-    assert pairs(ShapeOptions.from_json(manifest["server"]["shape_options"]).to_args()) == pairs(given)
+    assert pairs(serve_args(ShapeOptions.from_json(manifest["server"]["shape_options"]))) == pairs(given)
 
 
 def test_reference_outputs_are_computed_at_the_given_sizes_and_ranges(bundles):

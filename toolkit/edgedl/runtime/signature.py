@@ -62,15 +62,6 @@ class ShapeOptions:
                             batch_axes={k: v for k, v in self.batch_axes.items() if k in tensors},
                             value_ranges={k: v for k, v in self.value_ranges.items() if k in tensors})
 
-    def to_args(self) -> list[str]:
-        """The command-line options that say the same (edgedl.cli._shapes), e.g. for a bundle's start script."""
-        args = [a for k, v in self.dims.items() for a in ("--shape", f"{k}={v}")]
-        args += [a for k, v in self.input_shapes.items() for a in ("--input-shape", f"{k}={'x'.join(map(str, v)) or 'scalar'}")]
-        args += [a for k, v in self.batch_axes.items() for a in ("--batch-axis", f"{k}={'none' if v is None else v}")]
-        number = lambda v: str(int(v)) if float(v).is_integer() else repr(float(v))  # noqa: E731 - exact
-        args += [a for k, (lo, hi) in self.value_ranges.items() for a in ("--input-range", f"{k}={number(lo)}..{number(hi)}")]
-        return args
-
     def to_json(self) -> dict[str, Any]:
         return {"dims": dict(self.dims), "input_shapes": {k: list(v) for k, v in self.input_shapes.items()},
                 "batch_axes": dict(self.batch_axes),

@@ -137,6 +137,17 @@ def _model_entry(path: Path, name: str) -> ModelEntry:
                       quantization=meta.get("quantization"))
 
 
+def serve_args(options: ShapeOptions) -> list[str]:
+    """The size options as ``edgedl serve`` takes them (the flags of edgedl.cli._shapes), for start.sh's command."""
+    number = lambda v: str(int(v)) if float(v).is_integer() else repr(float(v))  # noqa: E731 - exact
+    return [*(a for k, v in options.dims.items() for a in ("--shape", f"{k}={v}")),
+            *(a for k, v in options.input_shapes.items()
+              for a in ("--input-shape", f"{k}={'x'.join(map(str, v)) or 'scalar'}")),
+            *(a for k, v in options.batch_axes.items() for a in ("--batch-axis", f"{k}={'none' if v is None else v}")),
+            *(a for k, (lo, hi) in options.value_ranges.items()
+              for a in ("--input-range", f"{k}={number(lo)}..{number(hi)}"))]
+
+
 def _model_options(models: list[Path], names: list[str], options: ShapeOptions) -> dict[str, ShapeOptions]:
     """The size options each model gets (those naming its dims, inputs and outputs), checked now: a name no
     model has, a name several models have (the one server of a bundle could not tell whose it is), or a shape the
@@ -227,7 +238,8 @@ def package(config: PackageConfig) -> PackageResult:
     grpc_port = None if config.grpc_port is None else tcp_port(config.grpc_port, "--grpc-port")
     if grpc_port == port:
         raise EdgeDLError(f"--grpc-port {grpc_port} is the HTTP --port too; give gRPC a port of its own (nothing was written)")
-    server = ServerDefaults(host=serve_host(config.host, "--host"), port=port, grpc_port=grpc_port, limits=profile.serve_limits,
+    server = ServerDefaults(host=serve_host(config.host, "--host"), port=port, grpc_port=grpc_port,
+                            limits=profile.serve_limits,
                             shape_options=config.shape_options)
     writable_output(out, "bundle directory", directory=True)
     if config.sign_key is not None:
@@ -260,7 +272,7 @@ def package(config: PackageConfig) -> PackageResult:
             # HOST/PORT land in start.sh (sh, quoted); BUNDLE in the unit's Description= (systemd: % is a specifier)
             values = {"HOST": shlex.quote(server.host), "PORT": server.port, "GRPC_PORT": server.grpc_port or "",
                       "LIMITS": shlex.quote(server.limits),
-                      "SERVE_OPTIONS": " ".join(map(shlex.quote, server.shape_options.to_args())),
+                      "SERVE_OPTIONS": " ".join(map(shlex.quote, serve_args(server.shape_options))),
                       "PROFILE": profile.name, "DESCRIPTION": profile.description,
                       "BASE_IMAGE": profile.docker_image(python), "DOCKER_ARCH": "arm64" if profile.arch == "aarch64" else "amd64",
                       "WHEEL_NOTE": profile.wheel_note or "see the profile", "REMOTE_DIR": "/opt/edgedl",
