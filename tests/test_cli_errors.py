@@ -80,7 +80,8 @@ def test_a_file_where_a_folder_must_be_and_a_folder_where_a_file_must_be(zoo, tm
 def test_a_disk_that_fills_up_during_the_work_is_one_line(zoo, tmp_path):
     full = tmp_path / "full"
     full.mkdir()
-    proc = in_namespace(TINY_DISK, full, "quantize", zoo["mlp"].onnx, "-o", full / "mlp.int8.onnx", "--no-accuracy-gate")
+    proc = in_namespace(TINY_DISK, full, "quantize", zoo["mlp"].onnx, "-o", full / "mlp.int8.onnx", "--mode", "dynamic",
+                       "--no-accuracy-gate")
     assert_one_line_error(proc, "No space left on device", "free disk space or write elsewhere")
     assert "Traceback" not in proc.stderr
 
@@ -118,7 +119,7 @@ def test_threads_zero_is_onnxruntimes_default_everywhere(zoo, tmp_path):
                                    "--json").stdout)
     assert [r["threads"] for r in report["results"]] == [0] and report["results"][0]["queries"] >= 20
     out = tmp_path / "mlp.int8.onnx"
-    run_edgedl("quantize", zoo["mlp"].onnx, "-o", out, "--threads", "0", "--no-accuracy-gate")
+    run_edgedl("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "dynamic", "--threads", "0", "--no-accuracy-gate")
     assert out.is_file()
     with ServerProcess(zoo["mlp"].onnx, "--threads", "0") as server:
         assert "ready in" in server.stderr
