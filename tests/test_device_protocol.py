@@ -119,9 +119,10 @@ MANIFEST = {
                 "onnxruntime": "1.32.0", "description": "Raspberry Pi 5", "onnxruntime_known_bad": [],
                 "onnxruntime_for_python": {}, "providers": ["cpu"], "threads": 4, "quantization": "arm64",
                 "memory_mb": 3500, "min_free_disk_mb": 200, "cpu_features": [], "docker_base": "", "wheel_note": "", "serve_limits": "small"},
-    "python": "3.11", "platforms": ["manylinux_2_28_aarch64"], "server": {"host": "0.0.0.0", "port": 8000, "limits": "small",
-               "shape_options": {"dims": {"batch": 4}, "input_shapes": {}, "batch_axes": {},
-                                 "value_ranges": {"image": [0.0, 1.0]}}},
+    "python": "3.11", "platforms": ["manylinux_2_28_aarch64"], "server": {
+        "host": "0.0.0.0", "port": 8000, "grpc_port": 8001, "limits": "small",
+        "shape_options": {"dims": {"batch": 4}, "input_shapes": {}, "batch_axes": {},
+                          "value_ranges": {"image": [0.0, 1.0]}}},
     "models": [{"name": "cnn", "version": 1, "path": "models/cnn/1/model.onnx",
                 "inputs": [{"name": "image", "dtype": "float32", "shape": ["batch", 1, 8, 8]}],
                 "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", 10]}],
@@ -138,7 +139,8 @@ def test_the_manifest_round_trips_through_its_typed_form():
     assert m.profile.name == "rpi5" and m.profile.python == ("3.11", "3.12") and m.server.port == 8000
     assert m.models[0].inputs[0].shape == ("batch", 1, 8, 8) and m.models[0].source.size == 1234
     assert m.runtime.requirements == ("numpy==2.1.0", "onnxruntime==1.32.0")
-    assert m.server.shape_options.dims == {"batch": 4} and m.server.shape_options.value_ranges == {"image": (0.0, 1.0)}
+    assert m.server.grpc_port == 8001 and m.server.shape_options.dims == {"batch": 4}
+    assert m.server.shape_options.value_ranges == {"image": (0.0, 1.0)}
     assert m.to_json() == MANIFEST
     assert Manifest.from_json(m.to_json()) == m
 
