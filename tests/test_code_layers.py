@@ -39,8 +39,10 @@ def test_the_flag_finder_finds_flags():
 
 # the pipeline stages (a command each); everything else under stages/ is a module two or more of them share,
 # named for what it shares (bundle, device, repository, reference, wheelhouse, compare, validate, files, ...)
-STAGES = {"export", "quantize", "bench", "package", "deploy", "fleet", "triton", "kserve", "debug", "doctor",
+STAGES = {"export", "quantize", "bench", "package", "deploy", "fleet", "triton", "kserve", "debug", "doctor", "optimize",
           "train", "inspect"}
+# a layer above the stages: optimize searches over what quantize builds and bench times, and packages the choice
+COMPOSERS = {"optimize"}
 # known and left (none in the package -> deploy -> fleet -> bench cluster): debug and doctor read bench's CPU facts
 # and trace parsing, debug runs quantize's gates and quantize --bisect runs debug compare, quantize loads models
 # with inspect's loader, export reads the metrics train recorded in a checkpoint
@@ -64,7 +66,7 @@ def _sideways() -> set[tuple[str, str, str]]:
                 parts = name.split(".")
                 if parts[:2] == ["edgedl", "stages"] and len(parts) > 2:
                     other = parts[2]
-                    if other != stage and other in STAGES and stage in STAGES:
+                    if other != stage and other in STAGES and stage in STAGES and stage not in COMPOSERS:
                         found.add((stage, other, str(path.relative_to(PACKAGE))))
     return found
 

@@ -41,7 +41,7 @@ def parse_budget(text: str | float | int) -> float:
 class RemoteDevice:
     """A device reached over SSH (the same target ``bench --remote`` takes)."""
 
-    target: Any  # edgedl.stages.deploy.ssh.SSHTarget
+    target: Any  # edgedl.stages.device.SSHTarget
     remote_dir: str = "edgedl-optimize"
 
 
