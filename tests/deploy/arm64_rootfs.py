@@ -170,6 +170,7 @@ def boot(work: Path, cache: Path) -> EmulatedPi:
     start its sshd on a free loopback port with fresh keys under ``work``. Undo with :func:`shutdown`."""
     enabled = ensure_binfmt()
     try:
+        work.mkdir(parents=True, exist_ok=True)
         tarball = rootfs_tarball(cache)
         host_key, user_key = throwaway_keys(work)
         port = free_port()
