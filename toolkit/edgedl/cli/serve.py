@@ -102,6 +102,8 @@ def serve(model, model_repository, model_name, host, port, api_key, max_batch_si
 
     from edgedl.runtime.server import BatchPolicy, ServerConfig, serve as run_server
 
+    if (model is None) == (model_repository is None):
+        raise EdgeDLError("give either a MODEL.onnx or --model-repository DIR (or a BUNDLE), not both")
     bundle = contextlib.ExitStack()  # a .tar.gz BUNDLE is unpacked into a temporary directory for the server's life
     if model is not None and is_bundle_path(model):
         if model_repository is not None:
