@@ -433,6 +433,17 @@ class SharedMemoryPath:
             self.shm.destroy_shared_memory_region(handle)
 
 
+TRITON_CASES = ("sequential", "wrk", "batched", "python", "binary", "json", "shm")
+
+
+def _triton_cases(text: str) -> str:
+    unknown = set(text.split(",")) - set(TRITON_CASES)
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown case(s) {', '.join(sorted(unknown))}; choose from "
+                                         f"{', '.join(TRITON_CASES)}")
+    return text
+
+
 def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet: Path) -> dict:
     """edgedl and the real Triton 2.51 serving the same models (zoo CNN unbatched and batched 32 rows / 500 us, a
     ResNet-18-sized network), both pinned to the server CPU, measured round by round by the same clients."""
@@ -441,6 +452,7 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
     from grpc_bench import _measure as grpc_measure
     from real_triton import triton_install
 
+    cases = set(args.triton_cases.split(","))
     install = triton_install()
     onnx_files = {"cnn": cnn, "cnn_batched": cnn, "resnet": resnet}
     peers = {kind: Peer(kind, peer_repository(work / f"repo-{kind}", kind, onnx_files), install)
@@ -464,19 +476,24 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
         for k in range(args.rounds):
             add("in_process|resnet", inproc(resnet, xl.shape, n_large, 0.005))
             for kind, p in peers.items():
-                add(f"{kind}|cnn_sequential_binary", sequential(p.http, v2_binary(p.http, "cnn", "image", x), seq_n))
+                if "sequential" in cases:
+                    add(f"{kind}|cnn_sequential_binary", sequential(p.http, v2_binary(p.http, "cnn", "image", x), seq_n))
                 seconds = max(1, round(args.seconds))  # wrk takes whole seconds
-                add(f"{kind}|cnn_wrk_32", p.measured(lambda: wrk_throughput(
-                    p.http, "/v2/models/cnn/infer", body, headers, 32, seconds, work), seconds))
-                for c in (1, 32):
+                if "wrk" in cases:
+                    add(f"{kind}|cnn_wrk_32", p.measured(lambda: wrk_throughput(
+                        p.http, "/v2/models/cnn/infer", body, headers, 32, seconds, work), seconds))
+                for c in (1, 32) if "batched" in cases else ():
                     add(f"{kind}|cnn_batched_wrk_{c}", p.measured(lambda: wrk_throughput(
                         p.http, "/v2/models/cnn_batched/infer", body, headers, c, seconds, work), seconds))
-                for proto in ("http", "unary", "stream"):  # Python clients, each in a fresh process
+                for proto in ("http", "unary", "stream") if "python" in cases else ():  # each in a fresh process
                     add(f"{kind}|cnn_{proto}_py_32", p.measured(lambda: grpc_measure(
                         proto, p.grpc if proto != "http" else p.http, p.pid, 32, args.seconds), args.seconds))
-                add(f"{kind}|resnet_binary", sequential(p.http, v2_binary(p.http, "resnet", "image", xl), n_large))
-                add(f"{kind}|resnet_json", sequential(p.http, json_large[kind], max(4, n_large // 2)))
-                add(f"{kind}|resnet_shared_memory", shared[kind].sequential(n_large))
+                if "binary" in cases:
+                    add(f"{kind}|resnet_binary", sequential(p.http, v2_binary(p.http, "resnet", "image", xl), n_large))
+                if "json" in cases:
+                    add(f"{kind}|resnet_json", sequential(p.http, json_large[kind], max(4, n_large // 2)))
+                if "shm" in cases:
+                    add(f"{kind}|resnet_shared_memory", shared[kind].sequential(n_large))
             print(f"triton side by side: round {k + 1}/{args.rounds} done", flush=True)
     finally:
         for s in shared.values():
@@ -540,6 +557,9 @@ def main() -> None:
     ap.add_argument("--triton", choices=("with", "only", "skip"), default="with",
                     help="the side-by-side run with the real Triton 2.51 (downloaded once into build/triton-2.51; "
                          "needs wrk): after the rest, only it (kept with the other figures of the last run), or not")
+    ap.add_argument("--triton-cases", default=",".join(TRITON_CASES), type=_triton_cases,
+                    help="the side-by-side cases to measure, comma-separated (with --triton only, the others keep "
+                         f"their last figures): {', '.join(TRITON_CASES)}")
     args = ap.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})
     seq_n = 300 if args.quick else 1000
@@ -555,9 +575,16 @@ def main() -> None:
     inproc = InProcess()
     if args.triton == "only":
         previous = json.loads((RESULTS / "serve_bench.json").read_text())
-        previous["triton_side_by_side"] = triton_side_by_side(args, work, inproc, cnn, resnet)
-        previous["triton_side_by_side"] |= {"date": report["date"], "command": report["command"],
-                                            "load_average_at_start": load}
+        measured = triton_side_by_side(args, work, inproc, cnn, resnet)
+        stamp = {"date": report["date"], "command": report["command"], "load_average_at_start": load}
+        if set(args.triton_cases.split(",")) == set(TRITON_CASES):
+            previous["triton_side_by_side"] = measured | stamp
+        else:  # some cases: their figures replace the last ones, the rest stay, and the table says which is which
+            kept = previous["triton_side_by_side"]
+            for kind in ("edgedl", "triton", "in_process"):
+                kept[kind] |= measured.get(kind, {})
+            kept.setdefault("updates", []).append({**stamp, "cases": args.triton_cases,
+                                                   "metrics": sorted(measured.get("edgedl", {}))})
         inproc.close()
         (RESULTS / "serve_bench.json").write_text(json.dumps(previous, indent=2))
         (RESULTS / "serve_bench.md").write_text(render(previous))
@@ -708,6 +735,9 @@ def render(r: dict) -> str:
         out += render_triton(t)
         if t.get("date") != r["date"]:
             out += ["", f"(The side-by-side section was measured {t['date']} with `{t['command']}`.)"]
+        for u in t.get("updates", []):
+            out += ["", f"(Re-measured {u['date']}, load average {', '.join(f'{v:.1f}' for v in u['load_average_at_start'])}"
+                    f", both servers again side by side: {', '.join(u['metrics'])}, with `{u['command']}`.)"]
     return "\n".join(out) + "\n"
 
 

@@ -60,12 +60,18 @@ def binary_body(rows: int) -> tuple[bytes, dict]:
     return head + x.tobytes(), {"Inference-Header-Content-Length": str(len(head))}
 
 
-def json_body(target_bytes: int) -> bytes:
-    """A JSON request of about ``target_bytes``: random pixels with 6 decimals, as a client would send them."""
-    sample = np.round(np.random.default_rng(0).random(64 * 100), 6)
-    per_row = len(json.dumps(sample.tolist())) / 100
+def json_values(n: int, seed: int, kind: str) -> np.ndarray:
+    """Random pixels as a client would send them: 'json' rounded to 6 decimals (~10 bytes each), 'json-f32' float32s
+    whose shortest repr json.dumps writes (~19 bytes each, as `x.tolist()` of a float32 array gives)."""
+    x = np.random.default_rng(seed).random(n)
+    return np.round(x, 6) if kind == "json" else x.astype(np.float32)
+
+
+def json_body(target_bytes: int, kind: str = "json") -> bytes:
+    """A JSON request of about ``target_bytes`` of ``json_values``."""
+    per_row = len(json.dumps(json_values(64 * 100, 0, kind).tolist())) / 100
     rows = max(int(target_bytes / per_row), 1)
-    x = np.round(np.random.default_rng(rows).random(rows * 64), 6)
+    x = json_values(rows * 64, rows, kind)
     return json.dumps({"inputs": [{"name": "image", "shape": [rows, 1, 8, 8], "datatype": "FP32",
                                    "data": x.tolist()}]}).encode()
 
@@ -121,7 +127,7 @@ def one_case(model: Path, kind: str, mib: int) -> dict:
             body, headers = binary_body(mib * MIB // ROW_BYTES)
             payload = len(body) - int(headers["Inference-Header-Content-Length"])
         else:
-            body, headers = json_body(mib * MIB), {}
+            body, headers = json_body(mib * MIB, kind), {}
             payload = len(body)
         big = http_request(HOST, server.port, "/v2/models/cnn/infer", body, headers)
         live = f"GET /v2/health/live HTTP/1.1\r\nHost: {HOST}:{server.port}\r\n\r\n".encode()
@@ -201,7 +207,7 @@ def main() -> None:
     ap.add_argument("--label", required=True, help="name of this run in the results (e.g. before, after)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--sizes", default="1,10,50", help="request sizes in MiB")
-    ap.add_argument("--kinds", default="binary,json")
+    ap.add_argument("--kinds", default="binary,json", help="binary, json (6 decimals), json-f32 (float32 reprs)")
     args = ap.parse_args()
     os.sched_setaffinity(0, {CLIENT_CPU})
     model = find_or_build_zoo() / "cnn.onnx"

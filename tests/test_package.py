@@ -61,7 +61,7 @@ def test_wheelhouse_is_for_the_target_and_pinned(rpi5_bundle):
     binary = [w for w in wheels if not w.endswith("-none-any.whl")]
     assert binary and all("aarch64" in w for w in binary), binary
     assert any(w.startswith("onnxruntime-1.32.0-cp311-cp311-manylinux_2_28_aarch64") for w in wheels)
-    for needed in ("numpy-", "click-", "rich-", "uvicorn-", "httptools-", "edgedl-0.1.0-py3-none-any.whl"):
+    for needed in ("numpy-", "click-", "rich-", "uvicorn-", "httptools-", "orjson-", "edgedl-0.1.0-py3-none-any.whl"):
         assert any(w.startswith(needed) for w in wheels), needed
     assert not any(w.startswith(("torch-", "onnx-", "scikit")) for w in wheels)  # the device never gets torch
     pins = [line for line in (rpi5_bundle / "requirements.txt").read_text().splitlines() if not line.startswith("#")]

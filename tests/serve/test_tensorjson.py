@@ -1,6 +1,7 @@
 """The streaming decoder that reads large JSON bodies (``tensorjson``) agrees with the standard library's parser,
 which reads small ones: for any request text, the same feeds (values and dtypes) or a refusal with the same
-status. The streaming path is forced on small texts by lowering its thresholds."""
+status. The streaming path is forced on small texts by lowering its thresholds, and tried with its numbers read
+by orjson (when installed) and by numpy."""
 
 from __future__ import annotations
 
@@ -28,19 +29,24 @@ TOKENS = ["0", "-0", "1", "-7", "42", "3.5", "-0.25", "1e3", "1E-2", "2.5e+4", "
           "+1", ".5", "1.", "01", "-01", "00", "1e", "0x10", "inf", "nan", "infinity", "--1", "1-2", "", " ", "1 2"]
 
 
-def _decode(text: bytes, datatype: str, dims: tuple, stream: bool, allow_nonfinite: bool):
+NUMBERS_BY = ("orjson", "numpy") if tensorjson.orjson else ("numpy",)
+
+
+def _decode(text: bytes, datatype: str, dims: tuple, stream: bool, allow_nonfinite: bool, numbers_by: str = ""):
     dtype, onnx_type = SPECS[datatype]
     inputs = {"x": TensorInfo("x", np.dtype(dtype), dims, onnx_type)}
-    saved = tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK
+    saved = tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK, tensorjson.orjson
     if stream:  # every body, and every numeric array longer than a shape, through the streaming path, in tiny
         tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK = 0, 12, 7  # pieces
+    if numbers_by == "numpy":
+        tensorjson.orjson = None
     try:
         request = parse_infer_request(text, None, inputs, ["y"], allow_nonfinite=allow_nonfinite)
         return "ok", request.feeds["x"]
     except HTTPError as exc:
         return exc.status, exc.message
     finally:
-        tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK = saved
+        tensorjson.STREAM_ABOVE_BYTES, tensorjson._SMALL_ARRAY, tensorjson.CHUNK, tensorjson.orjson = saved
 
 
 def _same(a, b) -> bool:
@@ -97,8 +103,31 @@ def requests(draw):
 def test_streaming_decoder_agrees_with_the_stdlib(case):
     text, datatype, dims, allow_nonfinite = case
     reference = _decode(text, datatype, dims, False, allow_nonfinite)
-    streamed = _decode(text, datatype, dims, True, allow_nonfinite)
-    assert _same(reference, streamed), (text, reference, streamed)
+    for numbers_by in NUMBERS_BY:
+        streamed = _decode(text, datatype, dims, True, allow_nonfinite, numbers_by)
+        assert _same(reference, streamed), (numbers_by, text, reference, streamed)
+
+
+@pytest.mark.parametrize("datatype, data", [
+    ("FP64", "[0.1, 1E-2, 2.2250738585072014e-308, 5e-324, 1.7976931348623157e308, -0.0, 0.30000000000000004]"),
+    ("FP32", "[0.1, 16777217, 3.4028235e38, 1.4e-45, 123456789012345678901234567890, -0]"),
+    ("FP64", "[1e400, 1, 2, 3, 4, 5, 6]"),  # Python's json reads inf (then refused unless non-finite is allowed)
+    ("FP32", "[NaN, -Infinity, 0.5, 0.25, 1, 2, 3]"),
+    ("INT64", "[9223372036854775807, -9223372036854775808, 0, -0, 1, 2, 3]"),
+    ("INT64", "[9223372036854775808, 0, 1, 2, 3, 4, 5]"),  # out of range: 400
+    ("UINT64", "[18446744073709551615, 0, 1, 2, 3, 4, 5]"),
+    ("UINT8", "[255, 0, 1, 2, 3, 4, 256]"),  # out of range: 400
+    ("INT32", "[1, 2, 3, 4, 5, 6, 01]"),  # not JSON: 400
+    ("FP32", "[1.5, 2.5, 3.5, +4.5, 5.5, 6.5, 7.5]"),  # not JSON: 400
+])
+def test_edge_numbers_read_as_the_stdlib_reads_them(datatype, data):
+    count = data.count(",") + 1
+    text = f'{{"inputs":[{{"name":"x","shape":[{count}],"datatype":"{datatype}","data":{data}}}]}}'.encode()
+    for allow_nonfinite in (False, True):
+        reference = _decode(text, datatype, (count,), False, allow_nonfinite)
+        for numbers_by in NUMBERS_BY:
+            streamed = _decode(text, datatype, (count,), True, allow_nonfinite, numbers_by)
+            assert _same(reference, streamed), (numbers_by, reference, streamed)
 
 
 TOO_DEEP = "JSON nesting depth exceeds maximum allowed limit (100)"  # Triton's words
@@ -119,7 +148,10 @@ def test_pathological_nesting_is_a_400(body, words):
     assert err.value.status == 400 and words in err.value.message
 
 
-def test_large_body_is_parsed_into_numpy_without_python_numbers():
+@pytest.mark.parametrize("numbers_by", NUMBERS_BY)
+def test_large_body_is_parsed_into_numpy_without_python_numbers(numbers_by, monkeypatch):
+    if numbers_by == "numpy":
+        monkeypatch.setattr(tensorjson, "orjson", None)
     x = np.random.default_rng(0).random((3000, 64)).astype(np.float32)
     body = json.dumps({"inputs": [{"name": "x", "shape": [3000, 64], "datatype": "FP32",
                                    "data": x.tolist()}]}).encode()

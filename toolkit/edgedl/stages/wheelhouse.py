@@ -22,8 +22,9 @@ from edgedl.errors import EdgeDLError
 from edgedl.stages.profiles import DeviceProfile
 
 SOURCE_ROOT = Path(__file__).resolve().parents[3]
-# what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools)
-RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools")
+# what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools;
+# orjson reads large JSON bodies' numbers, with wheels for both profile arches)
+RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools", "orjson")
 GRPC_REQUIREMENTS = ("grpcio", "protobuf")  # edgedl[grpc]: only in a bundle that serves gRPC (package --grpc-port)
 
 

@@ -6,11 +6,16 @@ that holds the GIL - and the event loop - for the whole parse. So a large body i
 the document's structure (objects, names, shapes, strings) the usual way, but each large array of numbers is
 only located and checked (``NumberArray``: its bytes, element count, nesting shape, integer or float), and later
 parsed by numpy straight into the input's dtype once the tensor's datatype is known (``NumberArray.to_numpy``).
-Every scan works on ``CHUNK``-sized pieces: numpy's text parser releases the GIL, and the Python loop between
-pieces lets the event loop run.
+Every scan works on ``CHUNK``-sized pieces: each holds the GIL for well under a millisecond, and the Python loop
+between pieces lets the event loop run.
 
 Number syntax is JSON's (with NaN and Infinity, as Python's json reads them), checked per piece where numpy's
 parser is more lenient. Nesting is limited to ``MAX_DEPTH`` levels, as in Triton (a 400, not a RecursionError).
+
+With orjson installed (the ``serve`` extra; wheels for x86_64, aarch64 and armv7l), each piece's numbers are
+read by orjson (strict JSON, ~10x faster than numpy's text parser, no syntax checks needed after it); a piece it
+refuses or would read differently from Python's json (NaN, Infinity, 1e400, 19+ digit integers, malformed
+numbers) goes the numpy way, which says what is wrong.
 """
 
 from __future__ import annotations
@@ -22,8 +27,13 @@ from typing import Any
 
 import numpy as np
 
+try:
+    import orjson
+except ImportError:  # a platform without its wheel: numpy reads the numbers
+    orjson = None
+
 STREAM_ABOVE_BYTES = 64 * 1024
-CHUNK = 256 * 1024
+CHUNK = 64 * 1024  # a piece's numbers as orjson's Python objects: ~0.2 MiB, ~0.3 ms of GIL
 MAX_DEPTH = 100
 TOO_DEEP = f"JSON nesting depth exceeds maximum allowed limit ({MAX_DEPTH})"  # Triton's words
 _SMALL_ARRAY = 4096  # numeric arrays shorter than this (shapes, small data) become plain lists
@@ -37,6 +47,7 @@ _NUM = rb"(?:-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?|NaN|-?Infinity
 _NUMBER_LIST = re.compile(rb"[ \t\n\r]*" + _NUM + rb"(?:[ \t\n\r]*,[ \t\n\r]*" + _NUM + rb")*[ \t\n\r]*")
 _NUMERIC_BYTES = b"0123456789+-.eE,[] \t\n\r"
 _NAN_INF_LETTERS = b"NaInfity"
+_NUMBER_ARRAY_BYTES = _NUMERIC_BYTES + _NAN_INF_LETTERS
 _NOT_SKELETON = bytes(c for c in range(256) if c not in b"[],")
 _NUMBER_START = frozenset(b"-0123456789NI")
 
@@ -119,25 +130,60 @@ class NumberArray:
         parse_as = np.dtype(np.int64) if integer else dtype  # up to 18 digits; longer ones go through Python
         info = np.iinfo(dtype) if integer else None
         pos = 0
-        for a, b in _pieces(self.start, self.end, self.buf, cut=True):
-            text = bytes(self.buf[a:b]).translate(None, b"[]")
-            _check_numbers(text, a)
-            if integer and re.search(rb"[0-9]{19}", text):  # may not fit int64: Python's ints decide
-                values = np.array(json.loads(b"[" + text + b"]"))
-                if values.dtype.kind not in "iu":
+        flat = self.shape is not None and len(self.shape) == 1  # brackets only at the ends: cut them off
+        with memoryview(self.buf) as view:  # one copy per piece, from bytes or bytearray alike
+            for a, b in _pieces(self.start, self.end, self.buf, cut=True):
+                if flat:
+                    text = bytes(view[max(a, self.start + 1):min(b, self.end - 1)])
+                else:
+                    text = bytes(view[a:b]).translate(None, b"[]")
+                values = _orjson_piece(text, integer, dtype)
+                if values is None:
+                    values = _numpy_piece(text, a, integer, parse_as)
+                if integer and values.size and (values.min() < info.min or values.max() > info.max):
                     raise OverflowError
-            else:
-                try:
-                    values = np.fromstring(text, dtype=parse_as, sep=",")
-                except ValueError:
-                    raise DecodeError(f"malformed number in an array near char {a}") from None
-                if values.size != text.count(b",") + 1:
-                    raise DecodeError(f"malformed number in an array near char {a}")
-            if integer and values.size and (values.min() < info.min or values.max() > info.max):
-                raise OverflowError
-            out[pos:pos + values.size] = values
-            pos += values.size
+                out[pos:pos + values.size] = values
+                pos += values.size
         return out
+
+
+def _orjson_piece(text: bytes, integer: bool, dtype: np.dtype) -> np.ndarray | None:
+    """The piece's numbers read by orjson (strict JSON, ~10x numpy's text parser), or None where orjson is missing
+    or does not read them as Python's json does: NaN, Infinity, 1e400, integers of 19+ digits (past 64 bits it
+    makes floats of them), and anything malformed (the numpy path says what is wrong)."""
+    if orjson is None or integer and re.search(rb"[0-9]{19}", text):
+        return None
+    try:
+        values = orjson.loads(b"[" + text + b"]")  # only numbers: ``numbers`` let no other letter through
+    except orjson.JSONDecodeError:
+        return None
+    if not values:  # only blanks: the numpy path words it
+        return None
+    if integer:
+        return np.array(values, dtype=np.int64)
+    return np.array(values, dtype=np.float64).astype(dtype, copy=False)  # via float64, as the stdlib path
+
+
+def _numpy_piece(text: bytes, at: int, integer: bool, parse_as: np.dtype) -> np.ndarray:
+    _check_numbers(text, at)
+    if integer and re.search(rb"[0-9]{19}", text):  # may not fit int64: Python's ints decide
+        values = np.array(json.loads(b"[" + text + b"]"))
+        if values.dtype.kind not in "iu":
+            raise OverflowError
+        return values
+    try:
+        values = np.fromstring(text, dtype=parse_as, sep=",")
+    except ValueError:
+        raise DecodeError(f"malformed number in an array near char {at}") from None
+    if values.size != text.count(b",") + 1:
+        raise DecodeError(f"malformed number in an array near char {at}")
+    return values
+
+
+def _count(buf, byte: int, start: int = 0, end: int | None = None) -> int:
+    """How often ``byte`` occurs in ``buf[start:end]``: numpy counts ~8x faster than ``bytes.count``."""
+    end = len(buf) if end is None else end
+    return int(np.count_nonzero(np.frombuffer(buf, np.uint8, end - start, start) == byte)) if end > start else 0
 
 
 def _check_numbers(text: bytes, at: int) -> None:
@@ -307,17 +353,18 @@ class _Parser:
         commas = opens = closes = 0
         is_float = False
         skeleton = []
-        for a, b in _pieces(start, end, buf, cut=False):
-            piece = bytes(buf[a:b])
-            if piece.translate(None, _NUMERIC_BYTES).translate(None, _NAN_INF_LETTERS):
-                return None  # strings, objects, true/false/null: the general parser
-            commas += piece.count(b",")
-            is_float = is_float or any(ch in piece for ch in (b".", b"e", b"E", b"N", b"I"))
-            if nesting == 1:
-                opens += piece.count(b"[")
-                closes += piece.count(b"]")
-            else:
-                skeleton.append(piece.translate(None, _NOT_SKELETON))
+        with memoryview(buf) as view:
+            for a, b in _pieces(start, end, buf, cut=False):
+                piece = bytes(view[a:b])
+                if piece.translate(None, _NUMBER_ARRAY_BYTES):
+                    return None  # strings, objects, true/false/null: the general parser
+                commas += _count(piece, 0x2C)
+                is_float = is_float or any(ch in piece for ch in (b".", b"e", b"E", b"N", b"I"))
+                if nesting == 1:
+                    opens += _count(piece, 0x5B)
+                    closes += _count(piece, 0x5D)
+                else:
+                    skeleton.append(piece.translate(None, _NOT_SKELETON))
         if nesting == 1:
             shape = (commas + 1,) if opens == closes == 1 else None
         else:
@@ -331,10 +378,10 @@ class _Parser:
             limit = min(pos + CHUNK, n)
             close = buf.find(b"]", pos, limit)
             if close < 0:
-                level += buf.count(b"[", pos, limit)
+                level += _count(buf, 0x5B, pos, limit)
                 pos = limit
                 continue
-            level += buf.count(b"[", pos, close) - 1
+            level += _count(buf, 0x5B, pos, close) - 1
             pos = close + 1
             if level <= 0:
                 return pos
