@@ -19,7 +19,7 @@ import numpy as np
 
 from edgedl.errors import EdgeDLError
 from edgedl.stages.compare import compare_arrays
-from edgedl.stages.bench.environment import X86_MACHINES, cpu_info, int8_support, ort_flavours
+from edgedl.stages.machine import X86_MACHINES, cpu_info, int8_support, ort_flavours
 
 # y = relu(x @ W + B), x: float32[2, 4] - built with onnx.helper when onnx is installed (tiny_model_with_onnx),
 # otherwise these exact bytes (a test proves the two are identical), so doctor works on a device without onnx.
