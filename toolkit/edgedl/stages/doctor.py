@@ -124,7 +124,7 @@ def prove_provider(provider: str, model: bytes) -> Check:
     """Run the tiny model on ``provider`` alone; ok only if its output is right and the provider ran its nodes."""
     from edgedl.runtime import Runner, RunnerConfig
     from edgedl.runtime.providers import short_name
-    from edgedl.stages.bench.placement import foreign_nodes, profile_placement
+    from edgedl.stages.profiling import foreign_nodes, profile_placement
 
     name = short_name(provider)
     if provider in NOT_COMPUTE:

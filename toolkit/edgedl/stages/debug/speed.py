@@ -17,7 +17,7 @@ from edgedl._lazy import require
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.signature import ShapeOptions, Signature
-from edgedl.stages.bench.placement import profiling_dir
+from edgedl.stages.profiling import profiling_dir
 from edgedl.stages.debug import advice as advice_rules
 from edgedl.stages.debug.advice import QDQ_OPS, Advice, CpuFeatures, Findings, Loser, base_op
 from edgedl.stages.debug.profile import Calibration, ModelTimes, NodeTime, Profiled, ProfilerCost, finish
