@@ -44,9 +44,8 @@ STAGES = {"export", "quantize", "bench", "package", "deploy", "fleet", "triton",
 # a layer above the stages: optimize searches over what quantize builds and bench times, and packages the choice
 COMPOSERS = {"optimize"}
 # known and left (none in the package -> deploy -> fleet -> bench cluster): debug runs bench's remote_bench, debug
-# runs quantize's gates and quantize --bisect runs debug compare, export reads the metrics train recorded in a
-# checkpoint
-KNOWN = {("debug", "bench"), ("debug", "quantize"), ("quantize", "debug"), ("export", "train")}
+# runs quantize's gates and quantize --bisect runs debug compare
+KNOWN = {("debug", "bench"), ("debug", "quantize"), ("quantize", "debug")}
 
 
 def _stage_of(path: Path) -> str:
