@@ -20,6 +20,7 @@ import numpy as np
 from edgedl.errors import EdgeDLError
 from edgedl.runtime import Runner, RunnerConfig, measure
 from edgedl.runtime.signature import Signature
+from edgedl.stages.compare import ErrorSums
 from edgedl.stages.data import Dataset
 
 EVAL_BATCH = 64
@@ -50,13 +51,6 @@ def eval_batches(dataset: Dataset, signature: Signature):
     """The batches a model is evaluated on: of its fixed batch when it has one."""
     fixed = signature.fixed_batch
     return dataset.batches(fixed or EVAL_BATCH, exact=fixed is not None)
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio from sums: 10 log10(sum ref^2 / sum (ref - actual)^2); inf when equal."""
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
 # --- the user metric ---------------------------------------------------------------------------------------
@@ -95,63 +89,6 @@ def load_metric(target: str) -> Metric:
 
 
 # --- evaluation --------------------------------------------------------------------------------------------
-@dataclass
-class ErrorSums:
-    """Running sums of how far ``got`` is from ``ref`` (any shapes, equal): enough for SQNR, cosine, max and mean
-    absolute difference over many batches. The accuracy gate keeps one per output; ``edgedl debug compare`` one
-    per intermediate tensor (and one per sample)."""
-
-    signal: float = 0.0
-    noise: float = 0.0
-    dot: float = 0.0
-    actual_sq: float = 0.0
-    max_abs: float = 0.0
-    abs_sum: float = 0.0
-    count: int = 0
-
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-        if r.shape != g.shape:
-            raise EdgeDLError(f"output shapes differ from the fp32 model's ({list(got.shape)} vs {list(ref.shape)})")
-        d = np.abs(r - g)
-        self.signal += float(r @ r)
-        self.noise += float(d @ d)
-        self.dot += float(r @ g)
-        self.actual_sq += float(g @ g)
-        self.max_abs = max(self.max_abs, float(d.max()) if d.size else 0.0)
-        self.abs_sum += float(d.sum())
-        self.count += d.size
-
-    def merge(self, other: "ErrorSums") -> None:
-        self.signal += other.signal
-        self.noise += other.noise
-        self.dot += other.dot
-        self.actual_sq += other.actual_sq
-        self.max_abs = max(self.max_abs, other.max_abs)
-        self.abs_sum += other.abs_sum
-        self.count += other.count
-
-    @property
-    def sqnr_db(self) -> float:
-        return _sqnr(self.signal, self.noise)
-
-    @property
-    def cosine(self) -> float:
-        denominator = math.sqrt(self.signal * self.actual_sq)
-        return self.dot / denominator if denominator > 0 else (1.0 if self.noise == 0 else 0.0)
-
-    @property
-    def relative(self) -> float:
-        """Relative L2 error, ||ref - got|| / ||ref|| (inf when ref is all zeros and got is not)."""
-        if self.noise == 0.0:
-            return 0.0
-        return math.sqrt(self.noise / self.signal) if self.signal > 0 else math.inf
-
-    def to_json(self) -> dict:
-        return {"max_abs_diff": self.max_abs, "mean_abs_diff": self.abs_sum / max(self.count, 1),
-                "sqnr_db": self.sqnr_db, "cosine": self.cosine}
-
-
 @dataclass
 class Evaluation:
     """One model on the evaluation data: against labels (class ids) and against the fp32 model's outputs."""
