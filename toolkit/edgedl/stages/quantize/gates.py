@@ -18,33 +18,17 @@ from typing import Callable
 import numpy as np
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime import Runner, RunnerConfig, measure
+from edgedl.runtime import Runner, measure
 from edgedl.runtime.signature import Signature
 from edgedl.stages.compare import ErrorSums
 from edgedl.stages.data import Dataset
+from edgedl.stages.side_by_side import adapt, runner_config
 
 EVAL_BATCH = 64
 
 
-def runner_config(threads: int, provider: str = "cpu", **extra) -> RunnerConfig:
-    """How the gates build sessions (``edgedl debug speed`` profiles with the same settings)."""
-    # spinning off: with both models alive in one process, a spinning idle pool would steal the timed core
-    return RunnerConfig(providers=(provider,), intra_op_threads=threads, inter_op_threads=1, spinning=False, **extra)
-
-
 def runner(path: Path, threads: int, provider: str = "cpu") -> Runner:
     return Runner(str(path), runner_config(threads, provider))
-
-
-def adapt(model: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cast float feeds to the model's float input type (an fp16 model with fp16 inputs gets fp16 data)."""
-    out = {}
-    for info in model.inputs:
-        value = feeds[info.name]
-        if value.dtype != info.dtype and value.dtype.kind == "f" and info.dtype.kind == "f":
-            value = value.astype(info.dtype)
-        out[info.name] = value
-    return out
 
 
 def eval_batches(dataset: Dataset, signature: Signature):
