@@ -86,7 +86,7 @@ def main() -> None:
                          "within_5pct": abs(diff) <= 5.0, "bench_rounds_ms": bench, "bare_rounds_ms": bare})
             print(f"{name:12s} bench p50 {b * 1000:8.2f} µs   bare session.run p50 {s * 1000:8.2f} µs   "
                   f"diff {diff:+5.1f} %  {'ok' if abs(diff) <= 5 else 'OUTSIDE 5 %'}", flush=True)
-    from edgedl.stages.bench.environment import environment
+    from edgedl.stages.machine import environment
 
     env = environment()
     result = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rounds": args.rounds,

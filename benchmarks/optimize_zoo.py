@@ -230,7 +230,7 @@ def main() -> None:
     args = parser.parse_args()
     import onnxruntime
 
-    from edgedl.stages.bench.environment import cpu_info
+    from edgedl.stages.machine import cpu_info
 
     zoo = find_or_build_zoo()
     out = Path(args.out)

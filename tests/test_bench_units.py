@@ -15,9 +15,9 @@ from edgedl.stages.bench.compare import compare_reports
 from edgedl.cli._shapes import parse_dim
 from edgedl.runtime.signature import ShapeOptions, Signature
 from edgedl.stages.bench.config import BenchConfig, parse_int_list, parse_percent, parse_provider_option
-from edgedl.stages.bench.environment import parse_cpuinfo
+from edgedl.stages.machine import parse_cpuinfo
 from edgedl.stages.bench.inputs import feed_sizes, load_npz_feeds, make_feeds
-from edgedl.stages.bench.placement import foreign_nodes, parse_profile, profile_placement
+from edgedl.stages.profiling import foreign_nodes, parse_profile, profile_placement
 from edgedl.stages.bench.report import BenchReport, config_key
 from edgedl.stages.doctor import tiny_model_bytes
 

@@ -43,11 +43,9 @@ STAGES = {"export", "quantize", "bench", "package", "deploy", "fleet", "triton",
           "train", "inspect"}
 # a layer above the stages: optimize searches over what quantize builds and bench times, and packages the choice
 COMPOSERS = {"optimize"}
-# known and left (none in the package -> deploy -> fleet -> bench cluster): debug and doctor read bench's CPU facts
-# and trace parsing, debug runs quantize's gates and quantize --bisect runs debug compare, quantize loads models
-# with inspect's loader, export reads the metrics train recorded in a checkpoint
-KNOWN = {("debug", "bench"), ("doctor", "bench"), ("debug", "quantize"), ("quantize", "debug"),
-         ("quantize", "inspect"), ("export", "train")}
+# known and left (none in the package -> deploy -> fleet -> bench cluster): debug runs bench's remote_bench on a device,
+# and quantize --bisect runs debug compare
+KNOWN = {("debug", "bench"), ("quantize", "debug")}
 
 
 def _stage_of(path: Path) -> str:

@@ -19,7 +19,7 @@ import pytest
 
 from edgedl_testing import ROOT, run_edgedl_inprocess
 from edgedl.runtime import measure
-from edgedl.stages.bench.environment import Int8Support, arm_hwcap_flags, parse_auxv
+from edgedl.stages.machine import Int8Support, arm_hwcap_flags, parse_auxv
 from edgedl.stages.debug.advice import (PRESET_FOR_CPU, CpuFeatures, Findings, Loser, advise, detect_cpu)
 from edgedl.stages.debug.profile import grouped_median
 

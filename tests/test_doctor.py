@@ -13,7 +13,7 @@ import onnxruntime as ort
 
 from edgedl_testing import EDGEDL, run_edgedl
 from edgedl.runtime import Runner
-from edgedl.stages.bench.environment import parse_cpuinfo
+from edgedl.stages.machine import parse_cpuinfo
 from edgedl.stages.doctor import (cpu_checks, known_bad, tiny_expected, tiny_model_bytes, tiny_model_with_onnx,
                                   TINY_X)
 from test_bench_units import ORIN_FEATURES, PI4_CPUINFO

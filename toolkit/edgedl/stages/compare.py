@@ -1,11 +1,15 @@
 """Compare outputs of a model against a reference, per output, with tolerances (truthy result objects), and say
-when a reference is too weak for the comparison to prove anything."""
+when a reference is too weak for the comparison to prove anything; and the running error sums (SQNR, cosine, max
+and mean absolute difference over many batches) that the accuracy gate and ``edgedl debug compare`` both keep."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from edgedl.errors import EdgeDLError
 
 
 @dataclass
@@ -74,3 +78,74 @@ def constant_reason(first: np.ndarray, second: np.ndarray, atol: float, rtol: fl
                                                   atol=atol, rtol=rtol, equal_nan=True):
         return "it is the same for different inputs: a model that ignores its inputs passes"
     return None
+
+
+def json_number(x):
+    """A float for JSON: inf/-inf as strings, NaN as null (JSON has neither)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def _sqnr(signal: float, noise: float) -> float:
+    """Signal-to-quantization-noise ratio from sums: 10 log10(sum ref^2 / sum (ref - actual)^2); inf when equal."""
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(max(signal, 1e-30) / noise)
+
+
+@dataclass
+class ErrorSums:
+    """Running sums of how far ``got`` is from ``ref`` (any shapes, equal): enough for SQNR, cosine, max and mean
+    absolute difference over many batches. The accuracy gate keeps one per output; ``edgedl debug compare`` one
+    per intermediate tensor (and one per sample)."""
+
+    signal: float = 0.0
+    noise: float = 0.0
+    dot: float = 0.0
+    actual_sq: float = 0.0
+    max_abs: float = 0.0
+    abs_sum: float = 0.0
+    count: int = 0
+
+    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
+        r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
+        if r.shape != g.shape:
+            raise EdgeDLError(f"output shapes differ from the fp32 model's ({list(got.shape)} vs {list(ref.shape)})")
+        d = np.abs(r - g)
+        self.signal += float(r @ r)
+        self.noise += float(d @ d)
+        self.dot += float(r @ g)
+        self.actual_sq += float(g @ g)
+        self.max_abs = max(self.max_abs, float(d.max()) if d.size else 0.0)
+        self.abs_sum += float(d.sum())
+        self.count += d.size
+
+    def merge(self, other: "ErrorSums") -> None:
+        self.signal += other.signal
+        self.noise += other.noise
+        self.dot += other.dot
+        self.actual_sq += other.actual_sq
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.abs_sum += other.abs_sum
+        self.count += other.count
+
+    @property
+    def sqnr_db(self) -> float:
+        return _sqnr(self.signal, self.noise)
+
+    @property
+    def cosine(self) -> float:
+        denominator = math.sqrt(self.signal * self.actual_sq)
+        return self.dot / denominator if denominator > 0 else (1.0 if self.noise == 0 else 0.0)
+
+    @property
+    def relative(self) -> float:
+        """Relative L2 error, ||ref - got|| / ||ref|| (inf when ref is all zeros and got is not)."""
+        if self.noise == 0.0:
+            return 0.0
+        return math.sqrt(self.noise / self.signal) if self.signal > 0 else math.inf
+
+    def to_json(self) -> dict:
+        return {"max_abs_diff": self.max_abs, "mean_abs_diff": self.abs_sum / max(self.count, 1),
+                "sqnr_db": self.sqnr_db, "cosine": self.cosine}

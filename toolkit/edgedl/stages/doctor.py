@@ -19,7 +19,7 @@ import numpy as np
 
 from edgedl.errors import EdgeDLError
 from edgedl.stages.compare import compare_arrays
-from edgedl.stages.bench.environment import X86_MACHINES, cpu_info, int8_support, ort_flavours
+from edgedl.stages.machine import X86_MACHINES, cpu_info, int8_support, ort_flavours
 
 # y = relu(x @ W + B), x: float32[2, 4] - built with onnx.helper when onnx is installed (tiny_model_with_onnx),
 # otherwise these exact bytes (a test proves the two are identical), so doctor works on a device without onnx.
@@ -124,7 +124,7 @@ def prove_provider(provider: str, model: bytes) -> Check:
     """Run the tiny model on ``provider`` alone; ok only if its output is right and the provider ran its nodes."""
     from edgedl.runtime import Runner, RunnerConfig
     from edgedl.runtime.providers import short_name
-    from edgedl.stages.bench.placement import foreign_nodes, profile_placement
+    from edgedl.stages.profiling import foreign_nodes, profile_placement
 
     name = short_name(provider)
     if provider in NOT_COMPUTE:

@@ -22,7 +22,7 @@ from edgedl.stages import provenance
 from edgedl.stages.export_source import ModelSource
 from edgedl.stages.exporters import check_mode, quiet, run_exporter
 from edgedl.stages.files import atomic_output, writable_output
-from edgedl.stages.torch_source import sha256, weights_file
+from edgedl.stages.torch_source import checkpoint_metrics, sha256, weights_file
 from edgedl.stages.validate import ValidationReport, validate
 
 
@@ -142,8 +142,6 @@ def export(source: ModelSource, config: ExportConfig, notice: Callable[[str], No
     model = torch_source.build()
     metrics = None
     if config.checkpoint is not None and source.kind == "recipe":
-        from edgedl.stages.train import checkpoint_metrics
-
         metrics = checkpoint_metrics(Path(config.checkpoint))
 
     try:

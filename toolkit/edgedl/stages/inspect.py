@@ -6,21 +6,9 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
 from edgedl.runtime import metadata as meta_codec
-
-
-def load_onnx(path: Path, what: str = "model"):
-    """onnx.load with errors a user can act on (missing file, not ONNX, missing external data)."""
-    onnx = require("onnx")
-    path = Path(path)
-    if not path.is_file():
-        raise EdgeDLError(f"{what} file not found: {path}")
-    try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise EdgeDLError(f"{path} is not an ONNX model ({type(exc).__name__}); pass a .onnx file") from exc
+from edgedl.stages.onnxfile import load_onnx
 
 
 def _value_info(vi) -> dict[str, Any]:

@@ -23,6 +23,9 @@ from edgedl.errors import EdgeDLError
 KINDS = ("recipe", "module", "torchscript")
 TORCHSCRIPT_SUFFIXES = (".jit", ".pt", ".pth", ".ts", ".torchscript")
 INIT_SEED = 0  # a module built without a checkpoint is initialized under this torch seed, at export and in bench
+# what a ``train --out`` directory holds: the weights, and the metrics training measured (export records them)
+WEIGHTS_FILE = "model.safetensors"
+METRICS_FILE = "metrics.json"
 
 
 def sha256(path: Path) -> str:
@@ -242,9 +245,14 @@ def load_torchscript(path: Path, attr: str = ""):
 
 def weights_file(checkpoint: Path) -> Path:
     """A ``train --out`` directory means its model.safetensors."""
-    from edgedl.stages.train import WEIGHTS_FILE
-
     return checkpoint / WEIGHTS_FILE if checkpoint.is_dir() else checkpoint
+
+
+def checkpoint_metrics(checkpoint: Path) -> dict[str, Any] | None:
+    """The metrics ``edgedl train`` wrote beside a checkpoint (in its ``--out`` directory), or None."""
+    directory = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    path = directory / METRICS_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def load_state_dict(checkpoint: Path) -> dict[str, Any]:

@@ -16,8 +16,7 @@ from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.recipe import Recipe, Split
 from edgedl.stages.files import writable_output
-
-WEIGHTS_FILE = "model.safetensors"
+from edgedl.stages.torch_source import METRICS_FILE, WEIGHTS_FILE
 
 
 @dataclass
@@ -113,7 +112,7 @@ def train(recipe: Recipe, out_dir: Path, overrides: dict[str, Any] | None = None
         "torch": torch.__version__,
         "edgedl": __version__,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n")
     (out_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
     return TrainResult(out_dir, weights, metrics, resolved)
 
@@ -151,10 +150,4 @@ def load_weights(recipe: Recipe, checkpoint: Path):
     return model.eval(), checkpoint
 
 
-def checkpoint_metrics(checkpoint: Path) -> dict[str, Any] | None:
-    directory = checkpoint if checkpoint.is_dir() else checkpoint.parent
-    path = directory / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-__all__ = ["TrainResult", "train", "load_weights", "evaluate_torch", "checkpoint_metrics"]
+__all__ = ["TrainResult", "train", "load_weights", "evaluate_torch"]

@@ -6,7 +6,7 @@ Library entry points: ``run_bench(BenchConfig(...)) -> BenchReport`` and ``compa
 __all__ = ["BenchConfig", "WorkerConfig", "run_bench", "compare_reports", "BenchReport"]
 
 
-def __getattr__(name):  # keep the worker free of the orchestrator's imports, and `environment` free of numpy
+def __getattr__(name):  # keep the worker free of the orchestrator's imports
     if name in ("BenchConfig", "WorkerConfig"):
         import edgedl.stages.bench.config as config
 

@@ -22,13 +22,13 @@ import numpy as np
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.providers import short_name
+from edgedl.runtime.signature import ShapeOptions, Signature
 from edgedl.runtime.timing import measure
 from edgedl.stages.bench import scenarios
 from edgedl.stages.bench.config import WorkerConfig
-from edgedl.stages.bench.environment import environment
-from edgedl.runtime.signature import ShapeOptions, Signature
 from edgedl.stages.bench.inputs import feed_sizes, make_feeds
-from edgedl.stages.bench.placement import foreign_nodes, profile_placement
+from edgedl.stages.machine import environment
+from edgedl.stages.profiling import foreign_nodes, profile_placement
 
 QUANTILES = np.linspace(0, 100, 101)
 

@@ -17,8 +17,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgedl.stages.bench.environment import (ARM64_MACHINES, X86_MACHINES, Int8Support, arm_hwcap_flags,
-                                             int8_support, parse_auxv, parse_cpuinfo)
+from edgedl.stages.machine import (ARM64_MACHINES, X86_MACHINES, Int8Support, arm_hwcap_flags, int8_support,
+                                   parse_auxv, parse_cpuinfo)
 
 # float op -> {quantize mode: the int8 kernel onnxruntime's CPU provider runs for it (after its fusions)}
 INT8_KERNELS: dict[str, dict[str, str]] = {

@@ -36,7 +36,7 @@ import numpy as np
 
 from edgedl._lazy import require
 from edgedl.runtime import LatencyStats, Runner, RunnerConfig, measure
-from edgedl.stages.bench.placement import KernelEvent, kernel_events, read_trace, run_spans
+from edgedl.stages.profiling import KernelEvent, kernel_events, read_trace, run_spans
 
 CALIBRATION_NODES = 16  # nodes per profiled calibration chain
 CALIBRATION_WIDE_INPUTS = 9  # inputs of the wide chain's nodes (QLinearConv and QGemm list 8-9)

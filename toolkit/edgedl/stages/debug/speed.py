@@ -17,15 +17,14 @@ from edgedl._lazy import require
 from edgedl.console import progress
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.signature import ShapeOptions, Signature
-from edgedl.stages.bench.placement import profiling_dir
 from edgedl.stages.debug import advice as advice_rules
 from edgedl.stages.debug.advice import QDQ_OPS, Advice, CpuFeatures, Findings, Loser, base_op
 from edgedl.stages.debug.profile import Calibration, ModelTimes, NodeTime, Profiled, ProfilerCost, finish
-from edgedl.stages.quantize.config import GateConfig
-from edgedl.stages.quantize.gates import adapt, runner_config
+from edgedl.stages.profiling import profiling_dir
+from edgedl.stages.side_by_side import MIN_SPEEDUP, SPEED_BATCH, THREADS, adapt, runner_config
 
-DEFAULT_BATCH = GateConfig.speed_batch  # explain what the speed gate judges
-DEFAULT_THREADS = GateConfig.threads
+DEFAULT_BATCH = SPEED_BATCH  # explain what the speed gate judges
+DEFAULT_THREADS = THREADS
 # int8 kernel -> (position of its weight input in the graph, whether it quantizes its activation itself to uint8)
 INTEGER_KERNELS = {
     "ConvInteger": (1, False), "MatMulInteger": (1, False), "QLinearConv": (3, False), "QLinearMatMul": (3, False),
@@ -55,7 +54,7 @@ class SpeedConfig:
     seed: int = 0
     shape_options: ShapeOptions = field(default_factory=ShapeOptions)
     provider: str = "cpu"
-    min_speedup: float = GateConfig.min_speedup
+    min_speedup: float = MIN_SPEEDUP
 
     def __post_init__(self) -> None:
         for what, path in (("float model", self.float_model), ("int8 model", self.quant_model)):

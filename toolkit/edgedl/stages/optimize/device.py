@@ -82,7 +82,7 @@ class LocalDevice:
     kind = "local"
 
     def __init__(self) -> None:
-        from edgedl.stages.bench.environment import cpu_info
+        from edgedl.stages.machine import cpu_info
 
         cpu = cpu_info()
         self.cores = int(cpu.get("usable_cores") or os.cpu_count() or 1)

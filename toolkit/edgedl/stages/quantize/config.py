@@ -9,6 +9,7 @@ from pathlib import Path
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.signature import ShapeOptions
 from edgedl.stages.data import DataOptions
+from edgedl.stages.side_by_side import MIN_SPEEDUP, SPEED_BATCH, THREADS
 
 MODES = ("dynamic", "static", "fp16", "auto")
 FORMATS = ("qdq", "qoperator")
@@ -85,11 +86,11 @@ class GateConfig:
     min_cosine: float | None = None  # worst output
     default_min_agreement: float = DEFAULT_MIN_AGREEMENT
     default_min_sqnr: float = DEFAULT_MIN_SQNR
-    speed_batch: int = 32
+    speed_batch: int = SPEED_BATCH
     speed_seconds: float = 0.6  # per model and batch size, split into interleaved rounds
-    threads: int = 1  # the same intra-op thread count for both models
+    threads: int = THREADS  # the same intra-op thread count for both models
     require_speedup: bool = False
-    min_speedup: float = 1.05  # "faster" means at least this ratio at speed_batch (medians drift ~5-10 %)
+    min_speedup: float = MIN_SPEEDUP  # "faster" means at least this ratio at speed_batch (medians drift ~5-10 %)
     target_provider: str = "cpu"
 
     def __post_init__(self) -> None:

@@ -21,9 +21,9 @@ from typing import Callable
 
 from edgedl._lazy import require
 from edgedl.errors import EdgeDLError
+from edgedl.stages.compare import json_number as _num
 from edgedl.stages.data import Dataset
 from edgedl.stages.files import atomic_output
-from edgedl.stages.quantize.report import json_number as _num
 
 RANK_SAMPLES = 32
 DEFAULT_STEPS = 12

@@ -18,45 +18,23 @@ from typing import Callable
 import numpy as np
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime import Runner, RunnerConfig, measure
+from edgedl.runtime import Runner, measure
 from edgedl.runtime.signature import Signature
+from edgedl.stages.compare import ErrorSums
 from edgedl.stages.data import Dataset
+from edgedl.stages.side_by_side import adapt, runner_config
 
 EVAL_BATCH = 64
-
-
-def runner_config(threads: int, provider: str = "cpu", **extra) -> RunnerConfig:
-    """How the gates build sessions (``edgedl debug speed`` profiles with the same settings)."""
-    # spinning off: with both models alive in one process, a spinning idle pool would steal the timed core
-    return RunnerConfig(providers=(provider,), intra_op_threads=threads, inter_op_threads=1, spinning=False, **extra)
 
 
 def runner(path: Path, threads: int, provider: str = "cpu") -> Runner:
     return Runner(str(path), runner_config(threads, provider))
 
 
-def adapt(model: Runner, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cast float feeds to the model's float input type (an fp16 model with fp16 inputs gets fp16 data)."""
-    out = {}
-    for info in model.inputs:
-        value = feeds[info.name]
-        if value.dtype != info.dtype and value.dtype.kind == "f" and info.dtype.kind == "f":
-            value = value.astype(info.dtype)
-        out[info.name] = value
-    return out
-
-
 def eval_batches(dataset: Dataset, signature: Signature):
     """The batches a model is evaluated on: of its fixed batch when it has one."""
     fixed = signature.fixed_batch
     return dataset.batches(fixed or EVAL_BATCH, exact=fixed is not None)
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    """Signal-to-quantization-noise ratio from sums: 10 log10(sum ref^2 / sum (ref - actual)^2); inf when equal."""
-    if noise == 0.0:
-        return math.inf
-    return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
 # --- the user metric ---------------------------------------------------------------------------------------
@@ -95,63 +73,6 @@ def load_metric(target: str) -> Metric:
 
 
 # --- evaluation --------------------------------------------------------------------------------------------
-@dataclass
-class ErrorSums:
-    """Running sums of how far ``got`` is from ``ref`` (any shapes, equal): enough for SQNR, cosine, max and mean
-    absolute difference over many batches. The accuracy gate keeps one per output; ``edgedl debug compare`` one
-    per intermediate tensor (and one per sample)."""
-
-    signal: float = 0.0
-    noise: float = 0.0
-    dot: float = 0.0
-    actual_sq: float = 0.0
-    max_abs: float = 0.0
-    abs_sum: float = 0.0
-    count: int = 0
-
-    def add(self, ref: np.ndarray, got: np.ndarray) -> None:
-        r, g = ref.astype(np.float64).ravel(), got.astype(np.float64).ravel()
-        if r.shape != g.shape:
-            raise EdgeDLError(f"output shapes differ from the fp32 model's ({list(got.shape)} vs {list(ref.shape)})")
-        d = np.abs(r - g)
-        self.signal += float(r @ r)
-        self.noise += float(d @ d)
-        self.dot += float(r @ g)
-        self.actual_sq += float(g @ g)
-        self.max_abs = max(self.max_abs, float(d.max()) if d.size else 0.0)
-        self.abs_sum += float(d.sum())
-        self.count += d.size
-
-    def merge(self, other: "ErrorSums") -> None:
-        self.signal += other.signal
-        self.noise += other.noise
-        self.dot += other.dot
-        self.actual_sq += other.actual_sq
-        self.max_abs = max(self.max_abs, other.max_abs)
-        self.abs_sum += other.abs_sum
-        self.count += other.count
-
-    @property
-    def sqnr_db(self) -> float:
-        return _sqnr(self.signal, self.noise)
-
-    @property
-    def cosine(self) -> float:
-        denominator = math.sqrt(self.signal * self.actual_sq)
-        return self.dot / denominator if denominator > 0 else (1.0 if self.noise == 0 else 0.0)
-
-    @property
-    def relative(self) -> float:
-        """Relative L2 error, ||ref - got|| / ||ref|| (inf when ref is all zeros and got is not)."""
-        if self.noise == 0.0:
-            return 0.0
-        return math.sqrt(self.noise / self.signal) if self.signal > 0 else math.inf
-
-    def to_json(self) -> dict:
-        return {"max_abs_diff": self.max_abs, "mean_abs_diff": self.abs_sum / max(self.count, 1),
-                "sqnr_db": self.sqnr_db, "cosine": self.cosine}
-
-
 @dataclass
 class Evaluation:
     """One model on the evaluation data: against labels (class ids) and against the fp32 model's outputs."""

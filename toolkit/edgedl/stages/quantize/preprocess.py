@@ -60,7 +60,7 @@ def op_histogram(model) -> dict[str, int]:
 
 def check_input(path: Path, output: Path):
     """Load the model; refuse non-ONNX files, already-quantized models and an output that is the input."""
-    from edgedl.stages.inspect import load_onnx
+    from edgedl.stages.onnxfile import load_onnx
 
     path = Path(path)
     if path.suffix.lower() != ".onnx":

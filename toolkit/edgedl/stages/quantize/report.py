@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgedl.stages.compare import json_number
 from edgedl.stages.quantize.gates import Check, Evaluation
-
-
-def json_number(x):
-    """A float for JSON: inf/-inf as strings, NaN as null (JSON has neither)."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
-    return x
 
 
 @dataclass

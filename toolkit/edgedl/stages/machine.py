@@ -1,6 +1,7 @@
-"""What machine a number was measured on: CPU model and flags, cores, onnxruntime version and flavour, OS, Python.
+"""What machine this is: CPU model and flags, cores, onnxruntime version and flavour, OS, Python.
 
-Standard library only (plus onnxruntime for its version), so the worker can report it from a device.
+Shared by bench (the environment block every report carries), debug (which int8 kernels this CPU has) and doctor.
+Standard library only (plus onnxruntime for its version), so the bench worker can report it from a device.
 """
 
 from __future__ import annotations

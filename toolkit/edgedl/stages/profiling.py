@@ -2,7 +2,8 @@
 runs they belong to; and, built on that, which execution provider actually ran each node.
 
 Session providers only say what was *registered*; the trace's per-node ``args.provider`` says what executed.
-``edgedl debug speed`` reads the same events for per-operator times (``edgedl.stages.debug.profile``).
+Shared by bench and doctor (where each node ran) and ``edgedl debug speed`` (per-operator times from the same
+events, ``edgedl.stages.debug.profile``).
 """
 
 from __future__ import annotations
