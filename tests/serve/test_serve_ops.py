@@ -72,6 +72,23 @@ def test_startup_errors_are_one_line(zoo, tmp_path):
     assert "did you mean" in serve_fails(zoo["cnn"].onnx, "--provider", "cpux")
 
 
+def test_a_taken_port_is_a_one_line_error_and_exit_1(zoo):
+    import socket
+
+    from serve_helpers import EDGEDL
+
+    with socket.socket() as holder:  # another process's server on the port
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        proc = subprocess.run([*EDGEDL, "serve", str(zoo["cnn"].onnx), "--port", str(port)], capture_output=True,
+                              text=True, timeout=60)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert lines[0].startswith(f"error: cannot listen on 127.0.0.1:{port}") and "pick another port" in lines[0]
+    assert "Errno" not in lines[0] and "Traceback" not in proc.stderr
+
+
 def _manifest(repo, tamper: bool = False) -> None:
     files = {p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
              for p in sorted(repo.rglob("*")) if p.is_file() and p.name != "manifest.json"}
