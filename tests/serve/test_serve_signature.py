@@ -66,7 +66,7 @@ def test_state_batched_on_axis_1_is_batched_along_axis_1(models, tmp_path):
     """Concurrent requests with different row counts are stacked along audio axis 0 and state axis 1; every
     request gets exactly its own rows back, equal to running it alone."""
     repo = tmp_path / "repo"
-    place(repo, "vad", 1, models["stateful"], "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 20000 }\n")
+    place(repo, "vad", 1, models["stateful"], "max_batch_size: 16\ndynamic_batching { max_queue_delay_microseconds: 200000 }\n")
     reference = Reference()
     rng = np.random.default_rng(0)
     requests = []
