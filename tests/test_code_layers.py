@@ -43,9 +43,8 @@ STAGES = {"export", "quantize", "bench", "package", "deploy", "fleet", "triton",
           "train", "inspect"}
 # a layer above the stages: optimize searches over what quantize builds and bench times, and packages the choice
 COMPOSERS = {"optimize"}
-# known and left (none in the package -> deploy -> fleet -> bench cluster): debug runs bench's remote_bench on a device,
-# and quantize --bisect runs debug compare
-KNOWN = {("debug", "bench"), ("quantize", "debug")}
+# known and left (none in the package -> deploy -> fleet -> bench cluster): none
+KNOWN: set[tuple[str, str]] = set()
 
 
 def _stage_of(path: Path) -> str:

@@ -139,8 +139,8 @@ def compare(reference, candidate, data_options, shape_options, samples, min_sqnr
     import shlex
 
     from edgedl.errors import EdgeDLError
-    from edgedl.stages.debug.compare import CompareConfig, compare as run
-    from edgedl.stages.debug.sides import Placement, SideSpec
+    from edgedl.stages.layerwise.compare import CompareConfig, compare as run
+    from edgedl.stages.layerwise.sides import Placement, SideSpec
     from edgedl.stages.torch_source import parse_init_args
 
     _check_report(report, "compare.html")

@@ -9,7 +9,7 @@ from html import escape
 from pathlib import Path
 
 from edgedl._lazy import require
-from edgedl.stages.debug.compare import CompareReport, LayerError
+from edgedl.stages.layerwise.compare import CompareReport, LayerError
 from edgedl.stages.debug.report import CSS, FLOAT_COLOR, QDQ_COLOR, write
 
 CAP_DB = 140.0  # an exact tensor (inf dB) is drawn at the top of the scale

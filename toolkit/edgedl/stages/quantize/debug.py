@@ -100,9 +100,9 @@ def _quantizable(mode: str, qoperator: bool) -> set[str]:
 def rank(float_path: Path, quant_path: Path, data: Dataset, mode: str, qoperator: bool,
          samples: int = RANK_SAMPLES) -> tuple[list[Group], dict]:
     """The groups of nodes to keep in float, most harmful first, from a comparison on ``data``."""
-    from edgedl.stages.debug.compare import CompareConfig, compare
-    from edgedl.stages.debug.graph import OnnxGraph
-    from edgedl.stages.debug.sides import SideSpec
+    from edgedl.stages.layerwise.compare import CompareConfig, compare
+    from edgedl.stages.layerwise.graph import OnnxGraph
+    from edgedl.stages.layerwise.sides import SideSpec
 
     report = compare(CompareConfig(SideSpec(str(float_path)), SideSpec(str(quant_path)), samples=samples),
                      dataset=data.head(samples))

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgedl.errors import EdgeDLError
-from edgedl.stages.debug.graph import OnnxGraph
+from edgedl.stages.layerwise.graph import OnnxGraph
 
 RECORDS = "__records__"
 WHERE = ("local", "python", "device")
@@ -123,7 +123,7 @@ class OnnxSide:
 
     def _run_elsewhere(self, batches, wanted):
         from edgedl.runtime.providers import resolve_provider
-        from edgedl.stages.debug import offhost
+        from edgedl.stages.layerwise import offhost
 
         placement = self.spec.placement
         outputs = tuple(self.graph.outputs)
@@ -180,7 +180,7 @@ class TorchSide:
 
     def run(self, batches: list, wanted: list[str] | None = None) -> Iterator[dict[str, np.ndarray]]:
         from edgedl._lazy import require
-        from edgedl.stages.debug.capture import TorchCapture
+        from edgedl.stages.layerwise.capture import TorchCapture
 
         torch = require("torch")
         torch.set_num_threads(max(self.threads, 1))

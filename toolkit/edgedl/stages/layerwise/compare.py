@@ -27,9 +27,9 @@ from edgedl.runtime.signature import ShapeOptions, Signature
 from edgedl.stages.compare import ErrorSums
 from edgedl.stages.compare import json_number as _num
 from edgedl.stages.data import DataOptions, Dataset, plan_data
-from edgedl.stages.debug.align import Pair, align_onnx, align_torch, key_records, leaving
-from edgedl.stages.debug.graph import OnnxGraph
-from edgedl.stages.debug.sides import RECORDS, OnnxSide, SideSpec, build_side
+from edgedl.stages.layerwise.align import Pair, align_onnx, align_torch, key_records, leaving
+from edgedl.stages.layerwise.graph import OnnxGraph
+from edgedl.stages.layerwise.sides import RECORDS, OnnxSide, SideSpec, build_side
 
 DEFAULT_SAMPLES = 32
 TOLERANCE_DB = {"fp32": 60.0, "fp16": 30.0, "int8": 20.0}

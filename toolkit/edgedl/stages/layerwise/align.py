@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from edgedl.stages.debug.capture import Record, short_location
-from edgedl.stages.debug.graph import OnnxGraph, Point
+from edgedl.stages.layerwise.capture import Record, short_location
+from edgedl.stages.layerwise.graph import OnnxGraph, Point
 
 _TRANSPARENT = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Cast"}
 
