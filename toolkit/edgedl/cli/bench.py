@@ -123,7 +123,7 @@ output_options = option_group("output", [
 @shape_options
 @scenario_options
 @baseline_options
-@ssh_options("--remote", required=False, port=False, what="--remote: ")
+@ssh_options("--remote", required=False, port=False)
 @click.option("--remote-dir", default="edgedl-bench", show_default=True, help="--remote: working directory on the device.")
 @output_options
 @config_option("bench")
@@ -144,16 +144,12 @@ def bench(models, providers, measurement, shape_options, scenario, baseline, ssh
     config = BenchConfig(models=list(models), shape_options=shape_options, **providers, **measurement, **scenario,
                          **baseline, **session)
     _check_outputs(output.save, output.plot)  # before measuring: a bad path must not cost the run
-    if not ssh.host and ssh.extras():
-        from edgedl.errors import EdgeDLError
-
-        raise EdgeDLError(f"{'/'.join(ssh.extras())} {'is' if len(ssh.extras()) == 1 else 'are'} for --remote "
-                          "USER@HOST; add --remote")
+    target = ssh.remote_target()
     show_progress = not output.quiet and not as_json
-    if ssh.host:
+    if target:
         from edgedl.stages.bench.orchestrate import run_bench_remote
 
-        report = run_bench_remote(config, ssh.target(), remote_dir=remote_dir, show_progress=show_progress)
+        report = run_bench_remote(config, target, remote_dir=remote_dir, show_progress=show_progress)
     else:
         report = run_bench(config, show_progress=show_progress)
     if output.save:

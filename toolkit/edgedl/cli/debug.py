@@ -9,6 +9,7 @@ import click
 from edgedl.cli import LazyGroup, debug_option, emit_json, json_option
 from edgedl.cli._data import data_options
 from edgedl.cli._shapes import shape_options
+from edgedl.cli._ssh import ssh_options
 
 # subcommand -> (module, attribute, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
@@ -109,12 +110,8 @@ def speed(float_model, quant_model, batch, threads, shape_options, runs, seconds
               help="Weights of a PyTorch side given as file.py:Class or a recipe [default: the model's record].")
 @click.option("--torch-init-args", metavar="JSON", help="Constructor arguments of a file.py:Class side.")
 @click.option("-t", "--threads", type=int, default=1, show_default=True, help="Threads per side (0: the runtime's default).")
-@click.option("--remote", metavar="USER@HOST[:PORT]",
-              help="Run CANDIDATE on this device over SSH, with the runtime bench --remote installs there.")
-@click.option("-i", "--identity", type=click.Path(path_type=Path), help="--remote: SSH private key file.")
-@click.option("--known-hosts", type=click.Path(path_type=Path), help="--remote: known_hosts file (default: ssh's own).")
-@click.option("--accept-new-host-key", is_flag=True, help="--remote: trust a host seen for the first time.")
-@click.option("--ssh-config", type=click.Path(path_type=Path), hidden=True)
+@ssh_options("--remote", required=False, port=False,
+             host_help="Run CANDIDATE on this device over SSH, with the runtime bench --remote installs there.")
 @click.option("--remote-dir", default="edgedl-bench", show_default=True, help="--remote: working directory on the device.")
 @click.option("--candidate-python", metavar="COMMAND",
               help="Run CANDIDATE with another Python on this machine: its command line, e.g. a venv's python or "
@@ -126,8 +123,8 @@ def speed(float_model, quant_model, batch, threads, shape_options, runs, seconds
 @json_option
 @debug_option
 def compare(reference, candidate, data_options, shape_options, samples, min_sqnr, atol, top, reference_provider,
-            candidate_provider, torch_checkpoint, torch_init_args, threads, remote, identity, known_hosts,
-            accept_new_host_key, ssh_config, remote_dir, candidate_python, report, check, quiet, as_json, debug):
+            candidate_provider, torch_checkpoint, torch_init_args, threads, ssh, remote_dir, candidate_python, report,
+            check, quiet, as_json, debug):
     """Run REFERENCE and CANDIDATE on the same real data, capture every intermediate tensor, and report the
     first one whose error exceeds the tolerance (in graph order), the worst ones and the samples that diverge
     most: ONNX node, op type, PyTorch module and source line.
@@ -144,17 +141,12 @@ def compare(reference, candidate, data_options, shape_options, samples, min_sqnr
     from edgedl.stages.torch_source import parse_init_args
 
     _check_report(report, "compare.html")
-    if not remote and (identity or known_hosts or accept_new_host_key):
-        raise EdgeDLError("--identity/--known-hosts/--accept-new-host-key are for --remote USER@HOST; add --remote")
-    if remote and candidate_python:
+    if ssh.host and candidate_python:
         raise EdgeDLError("--remote and --candidate-python both say where CANDIDATE runs; give one")
+    target = ssh.remote_target()
     placement = Placement()
-    if remote:
-        from edgedl.stages.device import SSHTarget
-
-        placement = Placement("device", target=SSHTarget.parse(remote, identity=identity, known_hosts=known_hosts,
-                                                               accept_new_host_key=accept_new_host_key,
-                                                               ssh_config=ssh_config), remote_dir=remote_dir)
+    if target:
+        placement = Placement("device", target=target, remote_dir=remote_dir)
     elif candidate_python:
         placement = Placement("python", command=tuple(shlex.split(candidate_python)))
     torch_side = dict(torch_checkpoint=str(torch_checkpoint) if torch_checkpoint else None,

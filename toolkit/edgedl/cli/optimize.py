@@ -7,6 +7,7 @@ import click
 from edgedl.cli import debug_option, emit_json, json_option
 from edgedl.cli._data import data_options
 from edgedl.cli._shapes import shape_options
+from edgedl.cli._ssh import ssh_options
 
 
 def _list_knobs(ctx, _param, value) -> None:
@@ -47,12 +48,8 @@ def _list_knobs(ctx, _param, value) -> None:
                    "`quantize --bisect` wrote).")
 @data_options
 @shape_options
-@click.option("--device", metavar="USER@HOST[:PORT]",
-              help="Time on this device over SSH (as bench --remote) [default: this machine].")
-@click.option("-i", "--identity", type=click.Path(path_type=Path), help="--device: SSH private key file.")
-@click.option("--known-hosts", type=click.Path(path_type=Path), help="--device: known_hosts file (default: ssh's own).")
-@click.option("--accept-new-host-key", is_flag=True, help="--device: trust a host seen for the first time.")
-@click.option("--ssh-config", type=click.Path(path_type=Path), hidden=True)
+@ssh_options("--device", required=False, port=False,
+             host_help="Time on this device over SSH (as bench --remote) [default: this machine].")
 @click.option("--remote-dir", default="edgedl-optimize", show_default=True, help="--device: working directory there.")
 @click.option("-o", "--output", type=click.Path(path_type=Path),
               help="Directory to write model.onnx, config.json, report.json and pareto.png into (new or empty).")
@@ -69,9 +66,8 @@ def _list_knobs(ctx, _param, value) -> None:
 @json_option
 @debug_option
 def optimize(model, target, objective, max_accuracy_drop, metric, max_metric_drop, min_agreement, min_sqnr,
-             latency_budget, budget, batch, space, exclude_nodes, data_options, shape_options, device, identity,
-             known_hosts, accept_new_host_key, ssh_config, remote_dir, output, make_package, seed, rounds, cache,
-             no_cache, no_progress, as_json, debug):
+             latency_budget, budget, batch, space, exclude_nodes, data_options, shape_options, ssh, remote_dir, output,
+             make_package, seed, rounds, cache, no_cache, no_progress, as_json, debug):
     """Search quantization, graph optimization, onnxruntime session settings and batch for MODEL (an fp32 .onnx)
     on a device profile: every configuration judged by quantize's accuracy gate and timed by bench's worker
     (here, or on --device), within --budget; the finalists re-measured in interleaved rounds, and the best one
@@ -85,15 +81,8 @@ def optimize(model, target, objective, max_accuracy_drop, metric, max_metric_dro
     from edgedl.stages.quantize.config import GateConfig
     from edgedl.stages.quantize.debug import node_names
 
-    if not device and (identity or known_hosts or accept_new_host_key):
-        raise EdgeDLError("--identity/--known-hosts/--accept-new-host-key are for --device USER@HOST; add --device")
-    remote = None
-    if device:
-        from edgedl.stages.device import SSHTarget
-
-        remote = RemoteDevice(SSHTarget.parse(device, identity=identity, known_hosts=known_hosts,
-                                              accept_new_host_key=accept_new_host_key, ssh_config=ssh_config),
-                              remote_dir)
+    over_ssh = ssh.remote_target()
+    remote = RemoteDevice(over_ssh, remote_dir) if over_ssh else None
     gates = GateConfig(max_accuracy_drop=max_accuracy_drop, metric=metric, max_metric_drop=max_metric_drop,
                        min_agreement=min_agreement, min_sqnr=min_sqnr, speed_seconds=0.0)
     sets = tuple(node_names(group) for group in exclude_nodes)

@@ -117,37 +117,4 @@ def train(recipe: Recipe, out_dir: Path, overrides: dict[str, Any] | None = None
     return TrainResult(out_dir, weights, metrics, resolved)
 
 
-def load_weights(recipe: Recipe, checkpoint: Path):
-    """Build the recipe's model and load weights from a safetensors file (or a train --out directory)."""
-    require("torch")
-    safetensors_torch = require("safetensors.torch")
-    checkpoint = Path(checkpoint)
-    if checkpoint.is_dir():
-        checkpoint = checkpoint / WEIGHTS_FILE
-    if not checkpoint.is_file():
-        raise EdgeDLError(f"checkpoint not found: {checkpoint}; pass the model.safetensors written by `edgedl train`")
-    if recipe.load_checkpoint is not None:  # the recipe reads a published checkpoint its own way
-        try:
-            state = recipe.load_checkpoint(checkpoint)
-        except EdgeDLError:
-            raise
-        except Exception as exc:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
-            raise EdgeDLError(f"recipe '{recipe.name}' could not read {checkpoint}: {type(exc).__name__}: {first}") from exc
-    else:
-        try:
-            state = safetensors_torch.load_file(str(checkpoint))
-        except Exception as exc:
-            raise EdgeDLError(f"{checkpoint} is not a safetensors checkpoint ({exc}); pass the file `edgedl train` wrote") from exc
-    model = recipe.build()
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        detail = " ".join(ln.strip() for ln in str(exc).splitlines()[1:3])[:300]
-        raise EdgeDLError(
-            f"{checkpoint} does not fit recipe '{recipe.name}' ({detail}); retrain with `edgedl train` for this recipe"
-        ) from exc
-    return model.eval(), checkpoint
-
-
-__all__ = ["TrainResult", "train", "load_weights", "evaluate_torch"]
+__all__ = ["TrainResult", "train", "evaluate_torch"]

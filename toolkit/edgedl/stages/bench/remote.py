@@ -1,25 +1,22 @@
 """Benchmark models ON the device over SSH: the building block of ``edgedl bench --remote``.
 
-The device gets the models and the edgedl runtime (numpy, onnxruntime, edgedl; never torch) from an offline
-wheelhouse for its own architecture and Python (:mod:`edgedl.stages.wheelhouse`, as a bundle's), installed once
-into a venv keyed by the wheel set and reused by later runs (``device.sh ensure-env``). Each configuration then
+The device gets the models and the edgedl runtime (numpy, onnxruntime, edgedl; never torch) the way every
+command that runs models on a device sets it up (:func:`edgedl.stages.device.runtime.stage_runtime`: an offline
+wheelhouse for its arch and Python in a venv keyed by the wheel set, reused by later runs). Each configuration then
 runs in its own fresh process there (``device.sh bench``: ``python -m edgedl.stages.bench.worker CONFIG_JSON``,
 the same worker local benchmarks use) and its result comes back labelled with the device.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgedl.errors import EdgeDLError
-from edgedl.runtime.manifest import sha256_file
-from edgedl.stages.device import Device, DeviceFacts, SSHTarget
+from edgedl.stages.device import DeviceFacts, SSHTarget
 
 
 @dataclass(frozen=True)
@@ -55,10 +52,8 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
     ``models``.
     """
     from edgedl.console import progress as progress_bar
-    from edgedl.stages import wheelhouse
     from edgedl.stages.bench.orchestrate import worker_result
-    from edgedl.stages.profiles import DEFAULT_PROFILE_FOR_ARCH, default_profile, load_profile
-    from edgedl.stages.resources import cache_root
+    from edgedl.stages.device.runtime import stage_runtime
 
     models = [Path(m) for m in models]
     for m in models:
@@ -67,49 +62,21 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
     configs = _configs(models, config)
     if any(c.get("engine", "onnxruntime") != "onnxruntime" for c in configs):
         raise EdgeDLError("only the onnxruntime engine runs on a device (the device gets no torch); drop the torch baseline")
-    device = Device(target, remote_dir, remote_python)
+    # the models, and the input data (.npz) configurations name, go as content-addressed copies
+    inputs = [Path(c["input_data"]) for c in configs if c.get("input_data")]
+    for i in inputs:
+        if not i.is_file():
+            raise EdgeDLError(f"input data file {i} does not exist")
     with progress_bar(f"benchmarking on {target.label}", total=3 + len(configs), enabled=progress, lines=True) as advance:
-        facts = device.facts()
-        if not facts.python:
-            raise EdgeDLError(f"{remote_python} was not found on {target.label}; install Python there or pass the path")
-        if not facts.venv:
-            raise EdgeDLError(f"{remote_python} on {target.label} cannot create virtual environments; install python3-venv")
-        name = profile or default_profile(facts.arch)
-        if name is None:
-            raise EdgeDLError(f"{target.label} is {facts.arch}; edgedl has wheels for {', '.join(DEFAULT_PROFILE_FOR_ARCH)} only")
-        prof = load_profile(name)
-        if prof.arch != facts.arch:
-            raise EdgeDLError(f"{target.label} is {facts.arch} but profile {prof.name} is for {prof.arch}")
-        prof.check_python(facts.python)
-        advance(info="device checked")
-
-        with tempfile.TemporaryDirectory(prefix="edgedl-remote-bench-") as tmp:
-            kit = Path(tmp) / "env"
-            wheels = wheelhouse.assemble(kit, prof, facts.python, cache_root(cache_dir), link=True)
-            key = hashlib.sha256("\n".join(sorted(sha256_file(w) for w in wheels.directory.glob("*.whl"))).encode()).hexdigest()[:16]
-            env_dir = f"env-{facts.arch}-py{facts.python}-{key}"
-            models_dir = Path(tmp) / "models"
-            models_dir.mkdir()
-            remote_of: dict[str, str] = {}
-            # the models, and the input data (.npz) configurations name, go as content-addressed copies
-            inputs = [Path(c["input_data"]) for c in configs if c.get("input_data")]
-            for m in dict.fromkeys([*models, *inputs]):
-                if not m.is_file():
-                    raise EdgeDLError(f"input data file {m} does not exist")
-                digest = sha256_file(m)[:12]
-                (models_dir / f"{digest}-{m.name}").symlink_to(m.resolve())
-                remote_of[str(m)] = f"{facts.directory}/models/{digest}-{m.name}"
-            device.ensure_env(env_dir, kit, rsync=facts.rsync)
-            advance(info="runtime ready")
-            target.copy_dir(models_dir, f"{remote_dir}/models", use_rsync=facts.rsync, copy_links=True, delete=False)
-            advance(info="models copied")
-
+        staged = stage_runtime(target, [*models, *inputs], remote_dir=remote_dir, remote_python=remote_python,
+                               profile=profile, cache_dir=cache_dir, advance=advance)
+        device, remote_of = staged.device, staged.remote_of
         results = []
         for cfg in configs:
             local_model = cfg["model"]
             payload = json.dumps({**cfg, "model": remote_of[local_model],
                                   "input_data": remote_of[str(Path(cfg["input_data"]))] if cfg.get("input_data") else None})
-            proc = device.bench(env_dir, payload, timeout=timeout_s)
+            proc = device.bench(staged.env, payload, timeout=timeout_s)
             result = worker_result(Path(local_model).name, proc.returncode, proc.stdout, proc.stderr,
                                    where=f" on {target.label}")
             result["model"] = local_model
@@ -118,6 +85,6 @@ def remote_bench(target: SSHTarget, models: list[Path], config: dict | list[dict
             result["device"] = target.label
             results.append(result)
             advance(info=Path(local_model).name)
-    return RemoteBench(host=target.label, device=facts, profile=prof.name,
+    return RemoteBench(host=target.label, device=staged.facts, profile=staged.profile,
                        environment=results[0]["environment"] if results else None, results=results,
                        command=f"python -m edgedl.stages.bench.worker {shlex.quote('CONFIG_JSON')}")

@@ -1,8 +1,9 @@
 """Run the capture worker (``worker.py``) somewhere other than this process: another Python on this machine
 (e.g. an emulated aarch64 one, or a venv with another onnxruntime), or a device over SSH.
 
-The device gets the edgedl runtime the way ``bench --remote`` installs it (``remote_bench``: an offline wheelhouse
-for its architecture in a venv reused across runs, the models copied content-addressed); this module then copies
+The device gets the edgedl runtime the way ``bench --remote`` installs it (``stages.device.runtime.stage_runtime``:
+an offline wheelhouse for its architecture in a venv reused across runs, the models copied content-addressed); this
+module then copies
 the worker, the inputs and the request next to them, runs the worker with that venv's Python, and reads the
 tensors back (base64 over the same SSH connection: the SSH layer has no copy in that direction).
 """
@@ -92,23 +93,18 @@ def run_with_python(job: WorkerJob, command: tuple[str, ...], timeout_s: float =
 def run_on_device(job: WorkerJob, target, remote_dir: str = "edgedl-bench", remote_python: str = "python3",
                   cache_dir: Path | None = None, timeout_s: float = 1800) -> tuple[list, dict]:
     """Run the worker on ``target`` (an ``SSHTarget``) with the edgedl runtime ``bench --remote`` installs there."""
-    from edgedl.stages.bench.remote import remote_bench
+    from edgedl.stages.device.runtime import stage_runtime
 
     shapes = {name: list(np.asarray(value).shape) for name, value in job.batches[0].items()}
-    # one short timed run per model: installs (or reuses) the runtime venv, copies the models, and proves they load
-    setup = remote_bench(target, [m for m, _ in job.models],
-                         {"iterations": 1, "warmup": 0, "duration_s": None, "placement": False, "threads": job.threads,
-                          "shape_options": {"input_shapes": shapes}},
-                         remote_dir=remote_dir, remote_python=remote_python, cache_dir=cache_dir, progress=False)
-    remote_models = [r["remote_model"] for r in setup.results]
-    # the venv's site-packages hold onnxruntime: ENV/venv/lib/pythonX.Y/site-packages/onnxruntime
-    ort_dir = PurePosixPath(setup.environment["onnxruntime"]["path"])
-    python = str(ort_dir.parents[3] / "bin" / "python")
+    staged = stage_runtime(target, [m for m, _ in job.models], remote_dir=remote_dir, remote_python=remote_python,
+                           cache_dir=cache_dir)
+    remote_models = [staged.remote_of[str(Path(m))] for m, _ in job.models]
+    python = staged.python
     key = hashlib.sha256(json.dumps([remote_models, shapes, len(job.batches)]).encode()).hexdigest()[:12]
     folder = str(PurePosixPath(remote_models[0]).parent.parent / f"debug-{key}")
     with tempfile.TemporaryDirectory(prefix="edgedl-compare-") as tmp:
         job.write(Path(tmp), remote_models, folder)
-        target.copy_dir(Path(tmp), folder, use_rsync=setup.device.rsync)
+        target.copy_dir(Path(tmp), folder, use_rsync=staged.facts.rsync)
     try:
         proc = target.run('"$1" "$2/worker.py" "$2/request.json" < /dev/null', python, folder, check=False,
                           timeout=timeout_s)
