@@ -12,7 +12,6 @@ pip install + server start take a few minutes more. It runs only with EDGEDL_ARM
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -26,17 +25,13 @@ import arm64_rootfs  # noqa: E402
 from loopback_sshd import free_port  # noqa: E402
 
 CACHE_ENV = {"EDGEDL_CACHE": str(ROOT / "build" / "cache")}
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1", reason="slow arm64 root filesystem test: set EDGEDL_ARM64_ROOTFS=1"),
-    pytest.mark.skipif(arm64_rootfs.available() is not None, reason=str(arm64_rootfs.available())),
-]
+pytestmark = arm64_rootfs.marks()
 
 
 @pytest.fixture(scope="module")
 def pi(tmp_path_factory):
-    pi = arm64_rootfs.boot(tmp_path_factory.mktemp("pi"), ROOT / "build" / "arm64")
-    yield {"port": pi.port, "identity": pi.identity, "known_hosts": pi.known_hosts, "root": pi.root}
-    arm64_rootfs.shutdown(pi)
+    with arm64_rootfs.booted(tmp_path_factory.mktemp("pi"), ROOT / "build" / "arm64") as pi:
+        yield {"port": pi.port, "identity": pi.identity, "known_hosts": pi.known_hosts, "root": pi.root}
 
 
 def test_deploy_to_emulated_pi_and_infer_from_the_host(pi, zoo, tmp_path):

@@ -220,11 +220,10 @@ def test_a_device_over_ssh_runs_the_candidate(zoo, tmp_path, monkeypatch):
     server = loopback_sshd.start(tmp_path / "sshd")
     try:
         bad = scaled(zoo["cnn"].onnx, tmp_path / "cnn.bad.onnx", "features.3.weight", 3.0)
-        conn = ["--remote", f"{server.user}@127.0.0.1:{server.port}", "-i", server.identity, "--known-hosts",
-                server.known_hosts, "--ssh-config", "/dev/null", "--remote-dir", device]
+        conn = [*server.ssh_args(), "--remote-dir", device]
         report = compare(zoo["cnn"].onnx, bad, *conn, "--samples", "4")
         env = report["candidate"]["environment"]
-        assert env["device"] == f"{server.user}@127.0.0.1:{server.port}" and env["machine"] == "x86_64"
+        assert env["device"] == server.address and env["machine"] == "x86_64"
         assert report["first_divergence"]["node"] == consumer(bad, "features.3.weight")
         assert report["samples"] == 4 and not list(device.glob("debug-*"))  # the worker's folder is gone again
     finally:

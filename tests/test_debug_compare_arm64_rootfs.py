@@ -9,7 +9,6 @@ filesystem and the emulated pip install take minutes): only with EDGEDL_ARM64_RO
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -20,30 +19,23 @@ from edgedl_testing import ROOT, run_edgedl_inprocess
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import arm64_rootfs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1",
-                       reason="slow arm64 root filesystem test: set EDGEDL_ARM64_ROOTFS=1"),
-    pytest.mark.skipif(arm64_rootfs.available() is not None, reason=str(arm64_rootfs.available())),
-]
+pytestmark = arm64_rootfs.marks()
 
 
 @pytest.fixture(scope="module")
 def pi(tmp_path_factory):
-    pi = arm64_rootfs.boot(tmp_path_factory.mktemp("pi"), ROOT / "build" / "arm64")
-    yield pi
-    arm64_rootfs.shutdown(pi)
+    with arm64_rootfs.booted(tmp_path_factory.mktemp("pi"), ROOT / "build" / "arm64") as pi:
+        yield pi
 
 
 def test_x86_against_the_emulated_pi_over_ssh(pi, zoo, monkeypatch):
     monkeypatch.setenv("EDGEDL_CACHE", str(ROOT / "build" / "cache"))
-    conn = ["--remote", f"root@127.0.0.1:{pi.port}", "-i", pi.identity, "--known-hosts", pi.known_hosts,
-            "--ssh-config", "/dev/null"]
-    result = run_edgedl_inprocess("debug", "compare", zoo["cnn"].onnx, zoo["cnn"].onnx, *conn, "--samples", "8",
+    result = run_edgedl_inprocess("debug", "compare", zoo["cnn"].onnx, zoo["cnn"].onnx, *pi.ssh_args(), "--samples", "8",
                                   "--quiet", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     env = report["candidate"]["environment"]
-    assert env["machine"] == "aarch64" and env["device"] == f"root@127.0.0.1:{pi.port}"
+    assert env["machine"] == "aarch64" and env["device"] == pi.address
     assert report["first_divergence"] is None and report["compared"] >= 5
     # different kernels, same model: float rounding only
     assert all(x["sqnr_db"] == "inf" or x["sqnr_db"] > 80 for x in report["layers"])

@@ -90,8 +90,7 @@ def test_bench_cli_remote_labels_results_with_the_device(sshd, zoo, tmp_path):
 
     remote_dir = tmp_path / "device"
     save = tmp_path / "remote.json"
-    args = ["bench", os.path.relpath(zoo["lstm"].onnx),  "--remote", f"{sshd.user}@127.0.0.1:{sshd.port}", "-i", sshd.identity,
-            "--known-hosts", sshd.known_hosts, "--ssh-config", "/dev/null", "--remote-dir", remote_dir,
+    args = ["bench", os.path.relpath(zoo["lstm"].onnx),  *sshd.ssh_args(), "--remote-dir", remote_dir,
             "-n", "30", "--batch", "1,4", "--quiet", "--save", save]
     env = {"EDGEDL_CACHE": str(ROOT / "build" / "cache")}
     proc = run_edgedl(*args, "--json", env=env)

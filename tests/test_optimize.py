@@ -173,8 +173,7 @@ def test_optimize_times_on_a_device_over_ssh(zoo, tmp_path):
                              "graph_optimization=all", "execution_mode=sequential", "memory_arena=true",
                              "intra_op_threads=1"] for a in ("--space", s)]
         result = run_edgedl_inprocess(
-            "optimize", zoo["mlp"].onnx, "--target", "x86-server", "--device", f"{server.user}@127.0.0.1:{server.port}",
-            "-i", server.identity, "--known-hosts", server.known_hosts, "--ssh-config", "/dev/null", "--remote-dir",
+            "optimize", zoo["mlp"].onnx, "--target", "x86-server", *server.ssh_args("--device"), "--remote-dir",
             remote_dir, "--budget", "30s", "--rounds", "2", "--cache", tmp_path / "cache", *space, "--json")
     finally:
         loopback_sshd.stop(server)

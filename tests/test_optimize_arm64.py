@@ -10,7 +10,6 @@ runs only with EDGEDL_ARM64_ROOTFS=1:
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -21,28 +20,22 @@ from edgedl_testing import ROOT, run_edgedl
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
 import arm64_rootfs  # noqa: E402
 
-pytestmark = [
-    pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1",
-                       reason="slow arm64 root filesystem test: set EDGEDL_ARM64_ROOTFS=1"),
-    pytest.mark.skipif(arm64_rootfs.available() is not None, reason=str(arm64_rootfs.available())),
-]
+pytestmark = arm64_rootfs.marks()
 
 
 def test_optimize_on_the_emulated_pi(zoo, tmp_path):
-    pi = arm64_rootfs.boot(tmp_path / "pi", ROOT / "build" / "arm64")
-    try:
+    with arm64_rootfs.booted(tmp_path / "pi", ROOT / "build" / "arm64") as pi:
         space = [a for s in ["precision=fp32,dynamic", "weight_type=int8", "saved_optimized=false",
                              "graph_optimization=all", "execution_mode=sequential", "memory_arena=true",
                              "intra_op_threads=1"] for a in ("--space", s)]
-        proc = run_edgedl("optimize", zoo["mlp"].onnx, "--target", "rpi5", "--device", f"root@127.0.0.1:{pi.port}",
-                          "-i", pi.identity, "--known-hosts", pi.known_hosts, "--ssh-config", "/dev/null",
-                          "--budget", "20m", "--rounds", "2", "--cache", tmp_path / "cache", *space,
-                          "-o", tmp_path / "out", "--json", "--no-progress", timeout=3600,
+        proc = run_edgedl("optimize", zoo["mlp"].onnx, "--target", "rpi5", *pi.ssh_args("--device"), "--budget", "20m",
+                          "--rounds", "2", "--cache", tmp_path / "cache", *space, "-o", tmp_path / "out", "--json",
+                          "--no-progress", timeout=3600,
                           env={"EDGEDL_CACHE": str(ROOT / "build" / "cache")})
         report = json.loads(proc.stdout)
         print("optimize on the emulated Pi:", report["chosen"]["label"], report["chosen"]["reason"],
               f"wall {report['wall_s']:.0f} s", report["work"])
-        assert report["device"] == f"root@127.0.0.1:{pi.port} (profile rpi5)" and report["target"] == "rpi5"
+        assert report["device"] == f"{pi.address} (profile rpi5)" and report["target"] == "rpi5"
         assert report["chosen"]["vs_fp32"] in ("faster", "tie", "fp32")
         assert {c["status"] for c in report["candidates"]} <= {"timed", "pruned"}
         fp32 = [m for m in report["finalists"] if m["vs_fp32"] == "fp32"]
@@ -51,5 +44,3 @@ def test_optimize_on_the_emulated_pi(zoo, tmp_path):
         so = next((pi.root / "root/edgedl-optimize").glob(
             "env-aarch64-*/venv/lib/python3.*/site-packages/onnxruntime/capi/onnxruntime_pybind11_state*.so"))
         assert so.read_bytes()[18:20] == (183).to_bytes(2, "little")  # ELF e_machine: EM_AARCH64
-    finally:
-        arm64_rootfs.shutdown(pi)

@@ -14,8 +14,10 @@ import shutil
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 # tests/deploy is on sys.path wherever this module is imported
 from loopback_sshd import LoopbackLogin, free_port, throwaway_keys, wait_listening, write_known_hosts
@@ -23,6 +25,14 @@ from loopback_sshd import LoopbackLogin, free_port, throwaway_keys, wait_listeni
 INCLUDE = ["python3", "python3-venv", "ca-certificates", "openssh-server", "rsync"]
 SUITE = "bookworm"
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
+
+
+def marks(reason: str = "slow arm64 root filesystem test: set EDGEDL_ARM64_ROOTFS=1") -> list:
+    """A rootfs test module's ``pytestmark``: it runs only with EDGEDL_ARM64_ROOTFS=1 and the tools at hand."""
+    import pytest
+
+    return [pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1", reason=reason),
+            pytest.mark.skipif(available() is not None, reason=str(available()))]
 
 
 def available() -> str | None:
@@ -180,6 +190,16 @@ def boot(work: Path, cache: Path) -> EmulatedPi:
         raise
     return EmulatedPi(port=port, identity=user_key, running=running, binfmt_enabled=enabled,
                       known_hosts=write_known_hosts(work / "known_hosts", port, host_key.with_suffix(".pub")))
+
+
+@contextmanager
+def booted(work: Path, cache: Path) -> Iterator[EmulatedPi]:
+    """:func:`boot`, shut down again on leaving (a module fixture's body: ``with booted(...) as pi: yield pi``)."""
+    pi = boot(work, cache)
+    try:
+        yield pi
+    finally:
+        shutdown(pi)
 
 
 def shutdown(pi: EmulatedPi) -> None:

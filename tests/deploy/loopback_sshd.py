@@ -26,9 +26,19 @@ class LoopbackLogin:
     def host(self) -> str:
         return f"{self.user}@127.0.0.1"
 
+    @property
+    def address(self) -> str:
+        """USER@127.0.0.1:PORT, as the device options take it (and as edgedl labels the device)."""
+        return f"{self.host}:{self.port}"
+
     def cli_args(self, remote_dir: Path | str) -> list[str]:
         return ["--host", self.host, "--port", str(self.port), "--identity", str(self.identity),
                 "--known-hosts", str(self.known_hosts), "--ssh-config", "/dev/null", "--remote-dir", str(remote_dir)]
+
+    def ssh_args(self, flag: str = "--remote") -> list[str]:
+        """The device options of bench --remote, debug compare --remote (``flag``) or optimize --device."""
+        return [flag, self.address, "-i", str(self.identity), "--known-hosts", str(self.known_hosts),
+                "--ssh-config", "/dev/null"]
 
     def target(self, **kw):
         from edgedl.stages.device.ssh import SSHTarget

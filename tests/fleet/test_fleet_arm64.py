@@ -41,9 +41,7 @@ READY_TIMEOUT = "900"  # an emulated server start takes tens of seconds; be gene
 
 pytestmark = [
     pytest.mark.arm64_rootfs,
-    pytest.mark.skipif(os.environ.get("EDGEDL_ARM64_ROOTFS") != "1",
-                       reason="emulated arm64 fleet device: set EDGEDL_ARM64_ROOTFS=1 (slow)"),
-    pytest.mark.skipif(arm64_rootfs.available() is not None, reason=str(arm64_rootfs.available())),
+    *arm64_rootfs.marks("emulated arm64 fleet device: set EDGEDL_ARM64_ROOTFS=1 (slow)"),
     pytest.mark.skipif(loopback_sshd.available() is not None, reason=str(loopback_sshd.available())),
     pytest.mark.timeout(1800),
 ]
