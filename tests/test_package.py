@@ -275,6 +275,35 @@ def test_reference_outputs_are_stored_at_package_time(rpi5_bundle, zoo):
     np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
+def test_reference_outputs_computed_for_a_bundle_without_them_are_at_its_packaged_sizes(zoo, tmp_path):
+    """A bundle from elsewhere may carry no reference.json: the rollout computes one with the size options (here
+    a value range) the manifest says the bundle was packaged with, as its server runs, not the model's defaults."""
+    import json
+
+    from edgedl.runtime.manifest import hash_tree
+    from edgedl.stages import reference
+    from edgedl.stages.bundle import Bundle
+
+    def in_range(ref) -> bool:
+        data = ref.models[0].inputs[0]["data"]
+        return len(data) == 2 * 64 and all(5.0 <= x <= 6.0 for x in data)
+
+    out = tmp_path / "cnn-ranged"
+    run_edgedl("package", zoo["cnn"].onnx, "--target", "x86-server", "--input-range", "image=5..6", "-o", out,
+               "--no-tarball", env=CACHE_ENV)
+    with Bundle.open(out) as bundle:
+        assert in_range(reference.for_bundle(bundle))  # the stored one
+    (out / "reference.json").unlink()
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["reference"] = None
+    manifest["files"] = hash_tree(out)
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with Bundle.open(out) as bundle:
+        ref = reference.for_bundle(bundle)
+    assert ref.source.startswith("computed at rollout time")
+    assert in_range(ref) and ref.models[0].outputs[0]["shape"] == [2, 10]
+
+
 def test_the_size_options_reach_start_sh_as_serve_parses_them():
     """package writes the options into start.sh's `edgedl serve` command; the CLI's parser reads back the same."""
     from edgedl.cli._shapes import shape_options_from

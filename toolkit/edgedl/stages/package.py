@@ -261,7 +261,7 @@ def package(config: PackageConfig) -> PackageResult:
                                      if config.ort_format else None)
             # reference outputs for the smoke inference a device must pass after a rollout (edgedl fleet)
             ref = reference.compute(staging, entries, f"computed at package time with onnxruntime {_ort_version()} on "
-                                                      "the packaging host", options)
+                                                      "the packaging host", config.shape_options)
             (staging / REFERENCE).write_text(json.dumps(ref.to_json()) + "\n")
             advance(info="models")
             wheels = wheelhouse.assemble(

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -82,16 +82,21 @@ def reference_feeds(runner, options=None) -> dict[str, np.ndarray]:
 
 
 def compute(directory: Path, models: Sequence[ModelEntry], source: str,
-            options: Mapping[str, ShapeOptions] | None = None) -> ReferenceOutputs:
-    """Run every model of a bundle directory on seeded inputs (``options``: model name -> the ShapeOptions it was
-    packaged with); a model with non-numeric tensors is skipped."""
+            options: ShapeOptions | None = None) -> ReferenceOutputs:
+    """Run every model of a bundle directory on seeded inputs at the sizes ``options`` give (the size options the
+    bundle is packaged with, for all its models; each model takes those naming its dims and tensors, as the
+    bundle's server does); a model with non-numeric tensors is skipped."""
+    from edgedl.runtime.signature import options_per_model
+
     runners = [(entry, _load(directory, entry)) for entry in models]
+    per_model = (options_per_model(options, [(r.inputs, r.outputs) for _, r in runners]) if options is not None
+                 else [None] * len(runners))
     computed, skipped = [], []
-    for entry, runner in runners:
+    for (entry, runner), own in zip(runners, per_model):
         if any(t.dtype.kind == "O" for t in (*runner.inputs, *runner.outputs)):
             skipped.append(f"{entry.name}: non-numeric tensors, not smoke-tested")
             continue
-        feeds = reference_feeds(runner, (options or {}).get(entry.name))
+        feeds = reference_feeds(runner, own)
         try:
             outputs = runner.run(feeds)
         except EdgeDLError as exc:
@@ -117,4 +122,5 @@ def for_bundle(bundle: Bundle) -> ReferenceOutputs:
         data = ReferenceOutputs.from_json(json.loads(own.read_text()))
         return ReferenceOutputs(source=f"bundle: {data.source}", models=data.models, atol=data.atol, rtol=data.rtol,
                                 skipped=data.skipped)
-    return compute(bundle.path, bundle.manifest.models, "computed at rollout time with onnxruntime on the controller")
+    return compute(bundle.path, bundle.manifest.models, "computed at rollout time with onnxruntime on the controller",
+                   bundle.manifest.server.shape_options)
