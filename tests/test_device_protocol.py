@@ -40,9 +40,13 @@ def test_an_unknown_command_is_a_usage_error(tmp_path):
     assert proc.returncode == DeviceExit.USAGE and "unknown command frobnicate" in proc.stderr
 
 
-STATUS = """current=sha-bbbbbbbbbbbb
+STATUS = """dir=/home/pi/edgedl
+arch=aarch64
+device_uptime_s=86400.25
+current=sha-bbbbbbbbbbbb
 running=yes
 pid=4242
+uptime_s=3600.5
 service=systemd
 unit=edgedl.service
 enabled=enabled
@@ -67,6 +71,7 @@ def test_status_lines_parse_into_one_typed_status():
     assert (st.current, st.running, st.pid, st.manager, st.unit, st.enabled) == (
         "sha-bbbbbbbbbbbb", True, 4242, "systemd", "edgedl.service", "enabled")
     assert st.service == {"EDGEDL_HOST": "0.0.0.0", "EDGEDL_PORT": "8000", "EDGEDL_API_KEY": "(set)"}
+    assert (st.directory, st.arch, st.uptime_s, st.device_uptime_s) == ("/home/pi/edgedl", "aarch64", 3600.5, 86400.25)
     assert [(r.id, r.state, r.size_mb, r.current) for r in st.releases] == [
         ("sha-aaaaaaaaaaaa", "installed", 20.0, False), ("sha-bbbbbbbbbbbb", "installed", 10.0, True),
         ("sha-cccccccccccc", "failed", 5.0, False)]
@@ -76,6 +81,24 @@ def test_status_lines_parse_into_one_typed_status():
     assert st.to_json()["history"][-1] == "2026-12-01T12:00:00Z sha-bbbbbbbbbbbb activated"
     empty = DeviceStatus.parse("current=\nrunning=no\nservice=process\n")
     assert (empty.current, empty.running, empty.releases, empty.last_activated(None)) == (None, False, (), None)
+    assert empty.uptime_s is None and DeviceStatus.parse("uptime_s=soon\n").uptime_s is None
+
+
+def test_device_sh_status_reports_the_running_servers_uptime(tmp_path):
+    """device.sh status on a real directory: a live pid's uptime comes from /proc (0 <= it < the device's)."""
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / "d" / "run").mkdir(parents=True)
+        (tmp_path / "d" / "run" / "edgedl.pid").write_text(f"{sleeper.pid}\n")
+        proc = subprocess.run(["sh", "-c", programs.DEVICE, "edgedl", str(tmp_path / "d"), "status"],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    st = DeviceStatus.parse(proc.stdout)
+    assert proc.returncode == 0 and st.running and st.pid == sleeper.pid and st.manager == "process"
+    assert st.directory == str((tmp_path / "d").resolve()) and st.arch
+    assert st.uptime_s is not None and 0 <= st.uptime_s < 30 and st.uptime_s <= st.device_uptime_s
 
 
 def test_key_values_keep_order_and_repeats_and_skip_other_lines():
@@ -88,8 +111,9 @@ def test_activation_and_health_reports():
     assert (act.service, act.unit, act.bind, act.auth, act.api_key_generated) == ("systemd", "edgedl-x.service", "::",
                                                                                   "key", "abc")
     assert Activation.parse("service=process\nbind=127.0.0.1\nauth=none\n").unit is None
-    ok = Health.parse(0, '{"ready": true, "max_abs_diff": 1e-06, "models": ["cnn"], "code": 0}\n')
-    assert ok.ready and ok.max_abs_diff == 1e-06 and ok.models == ("cnn",)
+    ok = Health.parse(0, '{"ready": true, "max_abs_diff": 1e-06, "models": ["cnn"], "code": 0, '
+                         '"release_models": {"cnn": "ab12"}}\n')
+    assert ok.ready and ok.max_abs_diff == 1e-06 and ok.models == ("cnn",) and ok.release_models == {"cnn": "ab12"}
     missing = Health.parse(13, '{"ready": false, "error": "the server runs without its model cnn (HTTP 503: x); '
                                'its log ends: a | b", "code": 13}')
     assert not missing.ready and missing.code is DeviceExit.MODEL_MISSING
@@ -157,3 +181,24 @@ def test_a_manifest_that_is_not_a_bundles_is_refused_in_one_line(change, message
     change(data)
     with pytest.raises(EdgeDLError, match=re.escape(message)):
         Manifest.from_json(data, "digits")
+
+
+def test_a_fleet_status_row_is_read_from_the_devices_own_lines():
+    """fleet status.yml hands back what device.sh status and wait-ready printed; the same parsers make the row."""
+    from edgedl.stages.fleet import _device_state
+
+    health = '{"ready": true, "code": 0, "release_models": {"cnn": "ab12", "mlp": "cd34"}}'
+    row = _device_state({"host": "pi", "reachable": True, "status": STATUS, "health": health, "health_rc": 0},
+                        ["rpi5"])
+    assert (row.current, row.running, row.ready, row.arch, row.dir, row.port, row.uptime_s, row.service) == (
+        "sha-bbbbbbbbbbbb", True, True, "aarch64", "/home/pi/edgedl", "8000", 3600.5, "systemd")
+    assert row.models == {"cnn": "ab12", "mlp": "cd34"} and row.groups == ["rpi5"] and row.error is None
+    slow = _device_state({"host": "pi", "reachable": True, "status": STATUS, "health_rc": 10,
+                          "health": '{"ready": false, "code": 10, "error": "not ready within 3 s; its log ends: x"}'},
+                         [])
+    assert not slow.ready and slow.running and slow.error == "not ready within 3 s"
+    stopped = _device_state({"host": "pi", "reachable": True, "status": "current=sha-b\nrunning=no\n",
+                             "health": "", "health_rc": None}, [])
+    assert (stopped.running, stopped.ready, stopped.models, stopped.error) == (False, False, {}, None)
+    down = _device_state({"host": "dev4", "reachable": False, "error": "Connection refused"}, [])
+    assert not down.reachable and down.error == "Connection refused" and down.current is None

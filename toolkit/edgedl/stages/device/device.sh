@@ -448,10 +448,20 @@ stop)  # stop the server (and keep it stopped across a reboot)
     [ "$(service_mode)" = systemd ] && [ -e "$UNIT_DIR/$UNIT" ] && sc disable --quiet "$UNIT" 2>/dev/null
     log_event "$(current_id)" stopped
     ;;
-status)  # [show-key]: key=value lines for `edgedl deploy status`
+status)  # [show-key]: key=value lines for `edgedl deploy status` and `edgedl fleet status`
+    echo "dir=$HERE_DIR"
+    echo "arch=$(uname -m)"
+    boot=$(cut -d' ' -f1 /proc/uptime 2>/dev/null) && echo "device_uptime_s=$boot"
     echo "current=$(current_id)"
     echo "running=$(running && echo yes || echo no)"
-    pid=$(main_pid) && [ -n "$pid" ] && echo "pid=$pid"
+    if pid=$(main_pid) && [ -n "$pid" ]; then
+        echo "pid=$pid"
+        # how long the server (its supervisor) has run: /proc/PID/stat's start time (field 22; the command name
+        # before it, in parentheses, may hold spaces) in clock ticks since boot
+        started=$(sed 's/.*) //' "/proc/$pid/stat" 2>/dev/null | cut -d' ' -f20)
+        [ -n "$started" ] && [ -n "$boot" ] && awk -v b="$boot" -v s="$started" -v t="$(getconf CLK_TCK)" \
+            'BEGIN { u = b - s / t; printf "uptime_s=%.1f\n", (u < 0 ? 0 : u) }'
+    fi
     echo "service=$(service_mode)"
     [ "$(service_mode)" = systemd ] && echo "unit=$UNIT" && echo "enabled=$(systemctl is-enabled "$UNIT" 2>/dev/null)"
     # SHOW_KEY=show-key: the API key itself (edgedl deploy status --show-key); else only that one is set

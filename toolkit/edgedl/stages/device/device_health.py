@@ -55,8 +55,23 @@ def log_tail():
     return " | ".join(line for line in lines[-4:] if line.strip())[-400:]
 
 
+def release_models():
+    """The models of DIR/releases/ID/manifest.json (name -> sha256), for the release whose log is DIR/logs/ID.log."""
+    import os
+
+    release = os.path.basename(log)[:-len(".log")]
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(log))), "releases", release, "manifest.json")
+    try:
+        return {m["name"]: m.get("sha256") for m in json.load(open(path)).get("models", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+MODELS = release_models()
+
+
 def done(code, **fields):
-    print(json.dumps(dict(fields, code=code)))
+    print(json.dumps(dict(fields, code=code, release_models=MODELS)))
     sys.exit(code)
 
 
@@ -74,19 +89,7 @@ while True:
     time.sleep(0.3)
 
 
-def release_models():
-    """The model names in DIR/releases/ID/manifest.json, for the release whose log is DIR/logs/ID.log."""
-    import os
-
-    release = os.path.basename(log)[:-len(".log")]
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(log))), "releases", release, "manifest.json")
-    try:
-        return [m["name"] for m in json.load(open(path)).get("models", [])]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-
-
-for name in release_models():
+for name in MODELS:
     try:
         with urllib.request.urlopen(urllib.request.Request(base + "/v2/models/%s/ready" % name, headers=HEADERS),
                                     timeout=5):

@@ -176,6 +176,7 @@ class Health:
     error: str | None = None
     max_abs_diff: float | None = None
     models: tuple[str, ...] = ()
+    release_models: dict[str, str | None] = field(default_factory=dict)  # the release's models -> sha256
 
     @property
     def ready(self) -> bool:
@@ -188,12 +189,20 @@ class Health:
         if error is None and code != 0:
             error = ((stderr.strip() or stdout.strip()).splitlines() or ["no output"])[-1]
         return cls(code=DeviceExit.of(code), error=error, max_abs_diff=report.get("max_abs_diff"),
-                   models=tuple(report.get("models") or ()))
+                   models=tuple(report.get("models") or ()),
+                   release_models=dict(report.get("release_models") or {}))
 
     @property
     def reason(self) -> str:
         """The error up to the log tail device_health.py appends."""
         return (self.error or "").split("; its log ends:")[0]
+
+
+def _seconds(text: str | None) -> float | None:
+    try:
+        return float(text) if text else None
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -228,6 +237,10 @@ class DeviceStatus:
     releases: tuple[Release, ...] = ()
     staging: tuple[str, ...] = ()
     history: tuple[HistoryEvent, ...] = ()
+    directory: str | None = None  # the deploy directory's full path there
+    arch: str | None = None
+    uptime_s: float | None = None  # how long the server has run
+    device_uptime_s: float | None = None
 
     @classmethod
     def parse(cls, text: str) -> "DeviceStatus":
@@ -248,7 +261,8 @@ class DeviceStatus:
                    unit=kv.get("unit") or None, enabled=kv.get("enabled") or None,
                    service={k[len("service."):]: v for k, v in pairs if k.startswith("service.")},
                    releases=tuple(releases), staging=tuple(v for k, v in pairs if k == "staging"),
-                   history=tuple(history))
+                   history=tuple(history), directory=kv.get("dir") or None, arch=kv.get("arch") or None,
+                   uptime_s=_seconds(kv.get("uptime_s")), device_uptime_s=_seconds(kv.get("device_uptime_s")))
 
     def installed(self) -> list[str]:
         return [r.id for r in self.releases if r.state == "installed"]

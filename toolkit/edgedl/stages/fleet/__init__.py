@@ -275,7 +275,8 @@ class StatusConfig:
 
 @dataclass(frozen=True)
 class DeviceState:
-    """One device's row of ``fleet status`` (roles/edgedl_release/files/status.py's report)."""
+    """One device's row of ``fleet status``: what ``device.sh status`` and ``wait-ready`` said there (status.yml
+    runs them, as ``edgedl deploy status`` does), or why the device could not be read."""
 
     host: str
     reachable: bool
@@ -307,6 +308,25 @@ class FleetStatus:
         return {"run_dir": self.run_dir, "log": self.log, "hosts": [h.to_json() for h in self.hosts]}
 
 
+def _device_state(report: dict[str, Any], groups: list[str]) -> DeviceState:
+    """A row from one device's report: the device's own lines parsed by the same types as ``edgedl deploy status``."""
+    from edgedl.stages.device import DeviceStatus
+    from edgedl.stages.device.protocol import Health
+
+    if "status" not in report:  # unreachable, or device.sh failed there
+        return DeviceState(host=str(report.get("host")), reachable=bool(report.get("reachable")), groups=groups,
+                           error=str(report.get("error") or "no answer (see the ansible log)"))
+    st = DeviceStatus.parse(str(report["status"]))
+    rc = report.get("health_rc")
+    health = Health.parse(int(rc), str(report.get("health") or "")) if isinstance(rc, int) else None
+    return DeviceState(host=str(report["host"]), reachable=True, groups=groups, current=st.current,
+                       running=st.running, ready=bool(st.running and health and health.ready),
+                       models=dict(health.release_models) if health else {}, uptime_s=st.uptime_s,
+                       device_uptime_s=st.device_uptime_s, arch=st.arch, dir=st.directory, service=st.manager,
+                       unit=st.unit, port=st.service.get("EDGEDL_PORT"),
+                       error=None if health is None or health.ready else health.reason or None)
+
+
 def status(config: StatusConfig) -> FleetStatus:
     pdir = playbook_dir(config.playbook_dir)
     inventory = read_inventory(config.inventory, config.playbook_dir)
@@ -327,7 +347,7 @@ def status(config: StatusConfig) -> FleetStatus:
         report: dict[str, Any] = (json.loads(path.read_text()) if path.is_file() else
                                   {"host": host, "reachable": False,
                                    "error": unreachable.get(host, "no answer (see the ansible log)")})
-        rows.append(_typed(DeviceState, {**report, "groups": inventory.groups[host]}))
+        rows.append(_device_state(report, inventory.groups[host]))
     return FleetStatus(run_dir=str(run_dir), log=str(run_dir / "ansible.log"), hosts=rows)
 
 
