@@ -423,6 +423,7 @@ wait-ready)  # PY TIMEOUT ID HEALTH [REFERENCE]: device_health.py (HEALTH: its f
     ADDR=$(env_get EDGEDL_HOST); PORT=$(env_get EDGEDL_PORT)
     case $ADDR in 0.0.0.0|"") ADDR=127.0.0.1;; ::) ADDR=::1;; esac
     case $ADDR in *:*) ADDR="[$ADDR]";; esac
+    EDGEDL_API_KEY=$(env_get EDGEDL_API_KEY) && export EDGEDL_API_KEY  # the health gate's bearer token, if any
     run_py "$PY" "$HEALTH" "http://$ADDR:$PORT" "$REFERENCE" "$TIMEOUT" "$HERE_DIR/logs/$ID.log"
     ;;
 restore)  # ID PREV: the new release failed; mark it, go back to PREV (if any) with its service settings

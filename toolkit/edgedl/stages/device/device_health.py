@@ -21,19 +21,13 @@ deadline = time.time() + timeout
 
 
 def auth_headers():
-    """The server requires `Authorization: Bearer KEY` when its service.env (DIR/service.env, next to DIR/logs/)
-    sets EDGEDL_API_KEY (written by `edgedl deploy --api-key-file`, kept by fleet rollouts)."""
+    """The server requires `Authorization: Bearer KEY` when its service.env sets EDGEDL_API_KEY (written by `edgedl
+    deploy --api-key-file`, kept by fleet rollouts): device.sh wait-ready, which reads service.env, passes it in the
+    environment (never on a command line)."""
     import os
 
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(log))), "service.env")
-    try:
-        for line in open(path):
-            if line.startswith("EDGEDL_API_KEY="):
-                key = line.strip().split("=", 1)[1].strip("'\"")
-                return {"Authorization": "Bearer " + key} if key else {}
-    except OSError:
-        pass
-    return {}
+    key = os.environ.get("EDGEDL_API_KEY", "")
+    return {"Authorization": "Bearer " + key} if key else {}
 
 
 HEADERS = auth_headers()
