@@ -228,3 +228,47 @@ def test_sigterm_drains_in_flight_requests(built, tmp_path):
     assert result["y"].shape == (8192, 512)
     assert code == 0
     assert "draining in-flight requests" in proc.stderr
+
+
+def test_fast_batches_run_on_the_event_loop_and_slow_ones_on_a_worker_thread(zoo, built, tmp_path, reference):
+    """A batched model whose full batch runs in under a millisecond at warm-up (the zoo CNN) runs its batches on
+    the event loop (no thread hop); a slow one (~ms per row) on its worker thread, so the loop keeps reading
+    requests meanwhile. Both gather concurrent requests into batches and answer each with its own rows."""
+    from conftest import BATCHED
+
+    repo = tmp_path / "repo"
+    place(repo, "cnn", 1, zoo["cnn"].onnx, BATCHED.format(delay=20000))
+    place(repo, "slow", 1, built["slow"], BATCHED.format(delay=20000))
+    rng = np.random.default_rng(3)
+    inputs = {"cnn": ("image", [rng.random((1, 1, 8, 8), dtype=np.float32) for _ in range(16)]),
+              "slow": ("x", [rng.random((1, 512), dtype=np.float32) for _ in range(16)])}
+    with ServerProcess("--model-repository", repo, "--threads", "1") as proc:
+        ready = next(line for line in proc.stderr.splitlines() if "ready in" in line)
+        assert "cnn v1 (batching up to 8 rows, 20000 us delay, inline)" in ready, ready
+        assert "slow v1 (batching up to 8 rows, 20000 us delay)" in ready, ready
+        for model, (name, xs) in inputs.items():
+            path = repo / model / "1" / "model.onnx"
+            start, errors = threading.Barrier(len(xs)), []
+
+            def one(x):
+                c = httpclient.InferenceServerClient(proc.url, network_timeout=120)
+                try:
+                    start.wait(30)
+                    out = c.get_model_metadata(model)["outputs"][0]["name"]
+                    got = c.infer(model, [_input(name, x, True)]).as_numpy(out)
+                    want = next(iter(reference(path, {name: x}).values()))
+                    if not np.allclose(got, want, rtol=1e-4, atol=1e-4):
+                        errors.append(f"{model}: wrong rows")
+                except Exception as exc:  # noqa: BLE001 - collected and reported below
+                    errors.append(f"{model}: {exc}")
+                finally:
+                    c.close()
+
+            threads = [threading.Thread(target=one, args=(x,)) for x in xs]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert not errors, errors
+            stats = httpclient.InferenceServerClient(proc.url).get_inference_statistics(model)["model_stats"][0]
+            assert stats["inference_count"] == 16 and stats["execution_count"] < 16, (model, stats["execution_count"])

@@ -122,7 +122,7 @@ class ServedModel:
         # warm-up doubles as the timing that picks the execution mode (no extra runs for big models); a model
         # that rejects synthetic inputs is served without warm-up: its own requests are what count. Text (BYTES)
         # inputs are never made up: such a model warms up from the samples its config declares, or not at all
-        self.single_ms, self.warmup_error = None, None
+        self.single_ms, self.batch_ms, self.warmup_error = None, None, None
         try:
             example = self._declared_warmup(source)
             if example is None:
@@ -133,14 +133,22 @@ class ServedModel:
                 example = self.signature.feeds()
             self.single_ms = measure(lambda: self.runner.run(example), warmup=1,
                                      iterations=max(config.warmup_iterations, 1)).p50_ms
-            if self.batching and self.signature.samples(example) < self.policy.max_batch_size:
-                self.runner.run(self.signature.tile(example, self.policy.max_batch_size))
+            if self.batching:  # a full batch: warms it up, and its time picks where batches run
+                full = (example if self.signature.samples(example) >= self.policy.max_batch_size else
+                        self.signature.tile(example, self.policy.max_batch_size))
+                self.batch_ms = measure(lambda: self.runner.run(full), warmup=1,
+                                        iterations=max(config.warmup_iterations, 1)).p50_ms
         except EdgeDLError as exc:
             self.warmup_error = str(exc)
             log.warning("model %s: served without warm-up (%s); give sizes or value ranges for its inputs "
                         "(or a model_warmup in config.pbtxt) to warm it up", self.name, exc)
         self.inline = (not self.batching and self.policy.instances == 1 and self.single_ms is not None
                        and self.single_ms < config.inline_below_ms)
+        # batches run on the event loop too when a full one takes less than a thread hop is worth: every
+        # request of the batch waits for it anyway, and the hop (wake a worker, hand the GIL over and back)
+        # costs more than such a run
+        self.inline_batches = (self.batching and self.policy.instances == 1 and self.batch_ms is not None
+                               and self.batch_ms < config.inline_below_ms)
         self.executor = None if self.inline else ThreadPoolExecutor(
             self.policy.instances, thread_name_prefix=f"edgedl-{self.name}")
         self.delay_s = self.policy.max_queue_delay_us / 1e6
@@ -216,7 +224,8 @@ class ServedModel:
     @property
     def mode(self) -> str:
         if self.batching:
-            return f"batching up to {self.max_rows} rows, {self.policy.max_queue_delay_us} us delay"
+            return (f"batching up to {self.max_rows} rows, {self.policy.max_queue_delay_us} us delay"
+                    + (", inline" if self.inline_batches else ""))
         return "inline" if self.inline else f"{self.policy.instances} thread(s)"
 
     # --- decoding ----------------------------------------------------------------------------------------
@@ -349,7 +358,8 @@ class ServedModel:
                 continue
             batch = self._take()
             try:
-                out, t0, t1, t2 = await loop.run_in_executor(self.executor, self._run_batch, batch)
+                out, t0, t1, t2 = (self._run_batch(batch) if self.inline_batches else
+                                   await loop.run_in_executor(self.executor, self._run_batch, batch))
             except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
                 for item in batch:
                     if not item.future.done():
@@ -362,6 +372,8 @@ class ServedModel:
             for item, part in zip(batch, parts):
                 if not item.future.done():
                     item.future.set_result((part, Timing(t0 - item.enqueued, t1 - t0, t2 - t1, output_s, total)))
+            if self.inline_batches:
+                await asyncio.sleep(0)  # let this batch's requests answer before the next one runs
 
     async def _run_large(self, feeds: dict, rows: int, names):
         """``infer`` of a large request: off the event loop, and a batch of many rows as several runs of
