@@ -105,6 +105,48 @@ def _reply(status: int, message: str) -> bytes:
             f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
 
 
+COALESCE_BELOW_BYTES = 64 * 1024  # writes smaller than this wait for the end of the event loop's iteration
+
+
+class CoalescingTransport:
+    """A connection's transport whose small writes in one event-loop iteration leave in one send: uvicorn writes
+    a response's head and its body separately (two system calls, two TCP segments to wake the client for); here
+    they go out together, after the handler that wrote them returns. Large writes go at once, after what is
+    pending (no copy of a big body). Everything else is the transport's own."""
+
+    __slots__ = ("_transport", "_loop", "_parts")
+
+    def __init__(self, transport, loop):
+        self._transport, self._loop, self._parts = transport, loop, []
+
+    def write(self, data) -> None:
+        if len(data) >= COALESCE_BELOW_BYTES:
+            self.flush()
+            self._transport.write(data)
+            return
+        if not self._parts:
+            self._loop.call_soon(self.flush)
+        self._parts.append(data)
+
+    def flush(self) -> None:
+        parts = self._parts
+        if parts:
+            self._parts = []
+            if not self._transport.is_closing():  # a connection lost meanwhile takes nothing more
+                self._transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._parts = []
+        self._transport.abort()
+
+    def __getattr__(self, name):
+        return getattr(self._transport, name)
+
+
 def protocol_class(guard: ConnectionGuard):
     """The uvicorn protocol class for a server guarded by ``guard`` (pass it as ``uvicorn.Config(http=...)``)."""
     try:
@@ -125,6 +167,7 @@ def protocol_class(guard: ConnectionGuard):
     class GuardedProtocol(HttpToolsProtocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            self.transport = CoalescingTransport(transport, self.loop)  # what the request cycles write to
             self._in_headers = True
             self._header_bytes = 0  # received while reading a request's line and headers (0: a silent close is owed)
             self._phase, self.deadline = "headers", self.loop.time() + limits.header_timeout_s
