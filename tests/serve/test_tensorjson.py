@@ -1,7 +1,7 @@
-"""The streaming decoder that reads large JSON bodies (``tensorjson``) agrees with the standard library's parser,
-which reads small ones: for any request text, the same feeds (values and dtypes) or a refusal with the same
-status. The streaming path is forced on small texts by lowering its thresholds, and tried with its numbers read
-by orjson (when installed) and by numpy."""
+"""Every way the server reads a JSON request agrees with the standard library's parser: for any request text, the
+same feeds (values and dtypes) or a refusal with the same status. A small body is read by orjson (when installed;
+json where orjson refuses or would read it differently), a large one by the streaming decoder (``tensorjson``),
+forced on small texts here by lowering its thresholds, with its numbers read by orjson and by numpy."""
 
 from __future__ import annotations
 
@@ -102,10 +102,11 @@ def requests(draw):
 @given(case=requests())
 def test_streaming_decoder_agrees_with_the_stdlib(case):
     text, datatype, dims, allow_nonfinite = case
-    reference = _decode(text, datatype, dims, False, allow_nonfinite)
+    reference = _decode(text, datatype, dims, False, allow_nonfinite, "numpy")  # a small body by json alone
     for numbers_by in NUMBERS_BY:
-        streamed = _decode(text, datatype, dims, True, allow_nonfinite, numbers_by)
-        assert _same(reference, streamed), (numbers_by, text, reference, streamed)
+        for stream in (False, True):  # a small body by orjson (json where it refuses), and the streaming path
+            got = _decode(text, datatype, dims, stream, allow_nonfinite, numbers_by)
+            assert _same(reference, got), (numbers_by, stream, text, reference, got)
 
 
 @pytest.mark.parametrize("datatype, data", [
@@ -116,6 +117,8 @@ def test_streaming_decoder_agrees_with_the_stdlib(case):
     ("INT64", "[9223372036854775807, -9223372036854775808, 0, -0, 1, 2, 3]"),
     ("INT64", "[9223372036854775808, 0, 1, 2, 3, 4, 5]"),  # out of range: 400
     ("UINT64", "[18446744073709551615, 0, 1, 2, 3, 4, 5]"),
+    ("UINT64", "[18446744073709551616, 0, 1, 2, 3, 4, 5]"),  # out of range (orjson alone would read a float): 400
+    ("FP64", "[12345678901234567890123, 1, 2, 3, 4, 5, 6]"),  # a huge integer: json's exact int, then a float
     ("UINT8", "[255, 0, 1, 2, 3, 4, 256]"),  # out of range: 400
     ("INT32", "[1, 2, 3, 4, 5, 6, 01]"),  # not JSON: 400
     ("FP32", "[1.5, 2.5, 3.5, +4.5, 5.5, 6.5, 7.5]"),  # not JSON: 400
@@ -124,10 +127,11 @@ def test_edge_numbers_read_as_the_stdlib_reads_them(datatype, data):
     count = data.count(",") + 1
     text = f'{{"inputs":[{{"name":"x","shape":[{count}],"datatype":"{datatype}","data":{data}}}]}}'.encode()
     for allow_nonfinite in (False, True):
-        reference = _decode(text, datatype, (count,), False, allow_nonfinite)
+        reference = _decode(text, datatype, (count,), False, allow_nonfinite, "numpy")
         for numbers_by in NUMBERS_BY:
-            streamed = _decode(text, datatype, (count,), True, allow_nonfinite, numbers_by)
-            assert _same(reference, streamed), (numbers_by, reference, streamed)
+            for stream in (False, True):
+                got = _decode(text, datatype, (count,), stream, allow_nonfinite, numbers_by)
+                assert _same(reference, got), (numbers_by, stream, reference, got)
 
 
 TOO_DEEP = "JSON nesting depth exceeds maximum allowed limit (100)"  # Triton's words

@@ -476,6 +476,17 @@ def _dumps(value) -> bytes:
     return json.dumps(value, separators=(",", ":")).encode()
 
 
+def _dumps_plain(value) -> bytes:
+    """``_dumps`` of a document that holds no float (names, shapes, sizes: a binary response's header): orjson's
+    JSON of it is the same document, in a fraction of the time; without orjson, or for what it refuses, json's."""
+    if tensorjson.orjson is not None:
+        try:
+            return tensorjson.orjson.dumps(value)
+        except TypeError:  # orjson.JSONEncodeError (e.g. a lone surrogate in a request id)
+            pass
+    return _dumps(value)
+
+
 def _json_pieces(values: np.ndarray) -> list[bytes]:
     """A large array as JSON list items, in pieces (with the commas between them): no GIL hold, no big copy."""
     parts = []
@@ -531,7 +542,7 @@ def _encode(model_name, version, req_id, outputs):
     if req_id is not None:
         doc["id"] = req_id
     if not large_json:
-        header = _dumps(doc)
+        header = _dumps_plain(doc) if not any("data" in e for e in entries) else _dumps(doc)
         if not blobs:
             return header, None
         if blob_bytes < _JOIN_BELOW:
