@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 _MODEL = "/v2/models/{model}"
+SEEN_PATHS = 1024
 
 
 class Methods(dict):
@@ -43,9 +44,21 @@ class Router:
             self._by_length.setdefault(len(segments), []).append((literals, captures, methods))
         for candidates in self._by_length.values():
             candidates.sort(key=lambda c: -len(c[0]))
+        self._seen: dict[str, tuple[Methods, dict[str, str]] | None] = {}
 
     def match(self, path: str) -> tuple[Methods, dict[str, str]] | None:
-        """-> (the handlers by method, the captured segments) for ``path``, or None when no pattern matches."""
+        """-> (the handlers by method, the captured segments: not to be changed) for ``path``, or None when no
+        pattern matches. The paths a server sees repeat (a few models' infer paths); the last ones matched are
+        kept, a bounded number (clients choose paths)."""
+        found = self._seen.get(path, False)
+        if found is False:
+            found = self._match(path)
+            if len(self._seen) >= SEEN_PATHS:
+                self._seen.clear()
+            self._seen[path] = found
+        return found
+
+    def _match(self, path: str) -> tuple[Methods, dict[str, str]] | None:
         segments = path.rstrip("/").split("/")[1:]
         for literals, captures, methods in self._by_length.get(len(segments), ()):
             for i, literal in literals:
