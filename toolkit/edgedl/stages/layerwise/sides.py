@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgedl.errors import EdgeDLError
+from edgedl.stages.compare import compare_arrays
 from edgedl.stages.layerwise.graph import OnnxGraph
 
 RECORDS = "__records__"
@@ -95,9 +96,8 @@ class OnnxSide:
             got = captured.get(name)
             if got is None or got.shape != value.shape or value.dtype.kind != "f" or not value.size:
                 continue
-            scale = float(np.abs(value).max()) or 1.0
-            self.capture_effect = max(self.capture_effect,
-                                      float(np.abs(got.astype(np.float64) - value).max()) / scale)
+            c = compare_arrays(name, got, value, 0.0, 0.0)
+            self.capture_effect = max(self.capture_effect, c.rel_diff if c.reference_scale > 0 else c.max_abs_diff)
 
     def run(self, batches: list, wanted: list[str]) -> Iterator[dict[str, np.ndarray]]:
         wanted = [w for w in dict.fromkeys(wanted) if w not in self.graph.outputs]
