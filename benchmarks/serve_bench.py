@@ -556,7 +556,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
     ap.add_argument("--triton", choices=("with", "only", "skip"), default="with",
                     help="the side-by-side run with the real Triton 2.51 (downloaded once into build/triton-2.51; "
-                         "needs wrk): after the rest, only it (kept with the other figures of the last run), or not")
+                         "needs wrk): after the rest, only it (kept with the other figures of the last run), or not "
+                         "(its figures of the last run kept)")
     ap.add_argument("--triton-cases", default=",".join(TRITON_CASES), type=_triton_cases,
                     help="the side-by-side cases to measure, comma-separated (with --triton only, the others keep "
                          f"their last figures): {', '.join(TRITON_CASES)}")
@@ -662,6 +663,10 @@ def main() -> None:
     if args.triton == "with":
         report["triton_side_by_side"] = triton_side_by_side(args, work, inproc, cnn, resnet) | {
             "date": report["date"], "command": report["command"], "load_average_at_start": load}
+    elif (RESULTS / "serve_bench.json").is_file():  # skip: the side-by-side figures of the last run stay
+        previous = json.loads((RESULTS / "serve_bench.json").read_text()).get("triton_side_by_side")
+        if previous:
+            report["triton_side_by_side"] = previous
     inproc.close()
     print("large", L, flush=True)
 
