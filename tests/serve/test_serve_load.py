@@ -234,11 +234,10 @@ def test_fast_batches_run_on_the_event_loop_and_slow_ones_on_a_worker_thread(zoo
     """A batched model whose full batch runs in under a millisecond at warm-up (the zoo CNN) runs its batches on
     the event loop (no thread hop); a slow one (~ms per row) on its worker thread, so the loop keeps reading
     requests meanwhile. Both gather concurrent requests into batches and answer each with its own rows."""
-    from conftest import BATCHED
-
+    batched = "max_batch_size: 8\ndynamic_batching { max_queue_delay_microseconds: 20000 }\n"
     repo = tmp_path / "repo"
-    place(repo, "cnn", 1, zoo["cnn"].onnx, BATCHED.format(delay=20000))
-    place(repo, "slow", 1, built["slow"], BATCHED.format(delay=20000))
+    place(repo, "cnn", 1, zoo["cnn"].onnx, batched)
+    place(repo, "slow", 1, built["slow"], batched)
     rng = np.random.default_rng(3)
     inputs = {"cnn": ("image", [rng.random((1, 1, 8, 8), dtype=np.float32) for _ in range(16)]),
               "slow": ("x", [rng.random((1, 512), dtype=np.float32) for _ in range(16)])}
