@@ -25,6 +25,15 @@ def _input(name, arr, binary):
     return i
 
 
+def _in_threads(fn, args, timeout_s: float) -> None:
+    """``fn(a)`` for every ``a`` at once, one thread each; back when all are done (or ``timeout_s`` each)."""
+    threads = [threading.Thread(target=fn, args=(a,)) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout_s)
+
+
 def _metric(url: str, prefix: str) -> float:
     text = urllib.request.urlopen(f"http://{url}/metrics", timeout=10).read().decode()
     return sum(float(l.split()[-1]) for l in text.splitlines() if l.startswith(prefix))
@@ -76,11 +85,7 @@ def test_32_clients_no_cross_talk(server, repository, reference):
         finally:
             c.close()
 
-    threads = [threading.Thread(target=client, args=(p,)) for p in plans]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    _in_threads(client, plans, 300)
     assert not errors, f"{len(errors)} failures, first: {errors[:5]}"
     assert done[0] == CLIENTS * REQUESTS_PER_CLIENT
     # the batcher really stacked requests: the runs' rows add up to more than the rows sent
@@ -263,11 +268,7 @@ def test_fast_batches_run_on_the_event_loop_and_slow_ones_on_a_worker_thread(zoo
                 finally:
                     c.close()
 
-            threads = [threading.Thread(target=one, args=(x,)) for x in xs]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(120)
+            _in_threads(one, xs, 120)
             assert not errors, errors
             stats = httpclient.InferenceServerClient(proc.url).get_inference_statistics(model)["model_stats"][0]
             assert stats["inference_count"] == 16 and stats["execution_count"] < 16, (model, stats["execution_count"])

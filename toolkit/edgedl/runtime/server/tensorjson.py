@@ -51,6 +51,7 @@ _NUMBER_ARRAY_BYTES = _NUMERIC_BYTES + _NAN_INF_LETTERS
 _NOT_SKELETON = bytes(c for c in range(256) if c not in b"[],")
 _NUMBER_START = frozenset(b"-0123456789NI")
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_UNREAD = object()
 
 
 class DecodeError(ValueError):
@@ -60,16 +61,16 @@ class DecodeError(ValueError):
 def loads(raw: bytes | bytearray) -> Any:
     """Parse a request body; large numeric arrays come back as ``NumberArray`` (only from large bodies)."""
     if len(raw) < STREAM_ABOVE_BYTES:
-        try:
-            # orjson reads the strict JSON of a small request in a fraction of json's time; what it refuses
-            # (NaN, Infinity, huge integers, another encoding, an error) is read by json, as before, whose
-            # messages and leniency stay the server's
-            # (and 19+ digit integers, which orjson would read as floats)
-            doc = (orjson.loads(raw) if orjson is not None and _LONG_DIGITS.search(raw) is None else
-                   json.loads(raw))
-        except RecursionError:
-            raise DecodeError(TOO_DEEP) from None
-        except ValueError:
+        # orjson reads the strict JSON of a small request in a fraction of json's time; what it refuses (NaN,
+        # Infinity, another encoding, an error) and 19+ digit integers (which it would read as floats) are read by
+        # json, as before, whose messages and leniency stay the server's
+        doc = _UNREAD
+        if orjson is not None and _LONG_DIGITS.search(raw) is None:
+            try:
+                doc = orjson.loads(raw)
+            except ValueError:  # orjson.JSONDecodeError
+                pass
+        if doc is _UNREAD:
             try:
                 doc = json.loads(raw)
             except RecursionError:
