@@ -197,8 +197,13 @@ def test_a_fleet_status_row_is_read_from_the_devices_own_lines():
                           "health": '{"ready": false, "code": 10, "error": "not ready within 3 s; its log ends: x"}'},
                          [])
     assert not slow.ready and slow.running and slow.error == "not ready within 3 s"
-    stopped = _device_state({"host": "pi", "reachable": True, "status": "current=sha-b\nrunning=no\n",
-                             "health": "", "health_rc": None}, [])
-    assert (stopped.running, stopped.ready, stopped.models, stopped.error) == (False, False, {}, None)
+    stopped = _device_state({"host": "pi", "reachable": True, "status": "current=sha-b\nrunning=no\n", "health_rc": 10,
+                             "health": '{"ready": false, "code": 10, "error": "not ready within 0 s", '
+                                       '"release_models": {"cnn": "ab12"}}'}, [])
+    # a stopped server is not ready, which is no error; its current release's models are still named
+    assert (stopped.running, stopped.ready, stopped.models, stopped.error) == (False, False, {"cnn": "ab12"}, None)
+    unprobed = _device_state({"host": "pi", "reachable": True, "status": "current=\nrunning=no\n", "health": "",
+                              "health_rc": None}, [])
+    assert (unprobed.ready, unprobed.models, unprobed.error) == (False, {}, None)
     down = _device_state({"host": "dev4", "reachable": False, "error": "Connection refused"}, [])
     assert not down.reachable and down.error == "Connection refused" and down.current is None

@@ -324,7 +324,7 @@ def _device_state(report: dict[str, Any], groups: list[str]) -> DeviceState:
                        models=dict(health.release_models) if health else {}, uptime_s=st.uptime_s,
                        device_uptime_s=st.device_uptime_s, arch=st.arch, dir=st.directory, service=st.manager,
                        unit=st.unit, port=st.service.get("EDGEDL_PORT"),
-                       error=None if health is None or health.ready else health.reason or None)
+                       error=health.reason or None if st.running and health and not health.ready else None)
 
 
 def status(config: StatusConfig) -> FleetStatus:
