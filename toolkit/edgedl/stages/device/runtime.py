@@ -38,8 +38,10 @@ class StagedRuntime:
         return f"{self.facts.directory}/{self.env}/venv/bin/python"
 
 
-def check_device(device: Device, profile: str | None = None):
-    """The device's facts and the profile to install for it; one error saying what to fix otherwise."""
+def profile_for(device: Device, profile: str | None = None):
+    """The device's facts and the profile whose wheels suit it (``profile``, else its arch's default) for its
+    own Python: unlike a bundle's, this runtime is built for what the device has. One error saying what to fix
+    otherwise."""
     from edgedl.stages.profiles import DEFAULT_PROFILE_FOR_ARCH, default_profile, load_profile
 
     label = device.label
@@ -71,7 +73,7 @@ def stage_runtime(target: SSHTarget, files: Iterable[Path], *, remote_dir: str, 
         if not f.is_file():
             raise EdgeDLError(f"{f} does not exist")
     device = Device(target, remote_dir, remote_python)
-    facts, prof = check_device(device, profile)
+    facts, prof = profile_for(device, profile)
     advance(info="device checked")
     with tempfile.TemporaryDirectory(prefix="edgedl-device-runtime-") as tmp:
         kit = Path(tmp) / "env"
@@ -93,4 +95,4 @@ def stage_runtime(target: SSHTarget, files: Iterable[Path], *, remote_dir: str, 
     return StagedRuntime(device=device, facts=facts, profile=prof.name, env=env, remote_of=remote_of)
 
 
-__all__ = ["StagedRuntime", "check_device", "stage_runtime"]
+__all__ = ["StagedRuntime", "profile_for", "stage_runtime"]
