@@ -1,14 +1,18 @@
 """gRPC vs HTTP binary on the same `edgedl serve` process: requests per second at 1 / 8 / 32 clients on the zoo CNN,
-server pinned to CPU 0 and the clients (this process) to CPU 1, rounds interleaved, medians.
+server pinned to CPU 0 and the clients to CPU 1, rounds interleaved, medians.
 
-Both clients cost little next to the server they measure: HTTP requests are pre-encoded bytes on keep-alive
-connections (serve_loadgen), gRPC requests a pre-serialized ModelInferRequest sent through grpc.aio's raw
-unary call (unary: one call per request, as tritonclient.grpc's infer; stream: ModelStreamInfer with one
-request in flight per client, as perf_analyzer --streaming). For reference, the same clients against grpcio's
-asyncio server answering with a canned reply: what gRPC costs in Python before any model runs.
+Two kinds of client. C load generators, which cost the least next to the server: wrk (HTTP/1.1 binary
+requests) and h2load (nghttp2's, gRPC unary calls: a pre-serialized ModelInferRequest over HTTP/2, one call
+in flight per connection; it counts HTTP statuses, so the server's statistics check that every call
+succeeded). Python clients, as users run them: pre-encoded HTTP requests on keep-alive connections
+(serve_loadgen) and grpc.aio's raw calls (unary: one call per request, as tritonclient.grpc's infer; stream:
+ModelStreamInfer with one request in flight per client, as perf_analyzer --streaming); a grpc.aio client costs
+more CPU per call than the server it measures. For reference, grpcio's own asyncio server answering with a
+canned reply (no model): what a gRPC call costs in grpcio before any model runs, the reason edgedl serves
+gRPC with its own HTTP/2 layer.
 
 usage: python benchmarks/grpc_bench.py [--rounds 5] [--seconds 2] [--batching]
-Writes benchmarks/results/grpc_bench.{json,md}.
+needs wrk and h2load (apt-get install wrk nghttp2-client). Writes benchmarks/results/grpc_bench.{json,md}.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from serve_bench import CLIENT_CPU, HOST, SERVER_CPU, free_port, v2_binary, zoo_cnn  # noqa: E402
+from serve_bench import (CLIENT_CPU, HOST, SERVER_CPU, _binary_body, free_port, v2_binary, wrk_throughput,  # noqa: E402
+                         zoo_cnn)
 from serve_loadgen import cpu_seconds, throughput  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -45,7 +50,7 @@ def grpc_throughput(address: str, request: bytes, clients: int, seconds: float, 
                     warmup_s: float = 0.5) -> dict:
     import grpc
 
-    counts = [0, 0]  # measured requests, errors
+    counts = [0, 0, 0]  # measured requests, errors, all requests (the CPU window includes the warm-up)
 
     async def unary_client(channel, stop_at, warm_until):
         call = channel.unary_unary(METHOD + "ModelInfer")
@@ -53,6 +58,7 @@ def grpc_throughput(address: str, request: bytes, clients: int, seconds: float, 
             try:
                 await call(request)
                 counts[0] += now >= warm_until
+                counts[2] += 1
             except grpc.RpcError:
                 counts[1] += 1
 
@@ -62,6 +68,7 @@ def grpc_throughput(address: str, request: bytes, clients: int, seconds: float, 
             await call.write(request)
             reply = await call.read()
             counts[0 if reply[:1] == b"\x12" else 1] += now >= warm_until  # field 2: infer_response
+            counts[2] += 1
         await call.done_writing()
 
     async def main():
@@ -79,7 +86,50 @@ def grpc_throughput(address: str, request: bytes, clients: int, seconds: float, 
     asyncio.run(main())
     cpu = cpu_seconds(server_pid) - cpu0
     return {"clients": clients, "requests_per_s": counts[0] / seconds, "errors": counts[1],
-            "requests_per_server_cpu_s": counts[0] / cpu if cpu else float("nan")}
+            "requests_per_server_cpu_s": counts[2] / cpu if cpu else float("nan")}
+
+
+def h2load_throughput(port: int, request: bytes, clients: int, seconds: float, server_pid: int, work: Path,
+                      stats_port: int | None = None) -> dict:
+    """h2load sending ``request`` (a serialized ModelInferRequest) as gRPC unary calls over ``clients``
+    connections, one in flight on each. h2load checks HTTP statuses only: with ``stats_port``, the server's
+    statistics must count every call as a success (gRPC's status travels in trailers)."""
+    import subprocess
+
+    body = work / f"h2load-{len(request)}.bin"
+    body.write_bytes(len(request).to_bytes(5, "big") + request)  # flag 0, length: the gRPC message prefix
+    before = _successes(stats_port) if stats_port else None
+    cpu0 = cpu_seconds(server_pid)
+    out = subprocess.run(["h2load", "-D", str(max(1, round(seconds))), "-c", str(clients), "-m", "1", "-d", str(body),
+                          "-H", "content-type: application/grpc", "-H", "te: trailers",
+                          f"http://{HOST}:{port}{METHOD}ModelInfer"], capture_output=True, text=True,
+                         timeout=seconds + 60, check=True).stdout
+    cpu = cpu_seconds(server_pid) - cpu0
+    line = next(x for x in out.splitlines() if x.startswith("finished in"))
+    rate = float(line.split(",")[1].split()[0])
+    codes = next(x for x in out.splitlines() if x.startswith("status codes:")).split()
+    ok = int(codes[2])
+    errors = 0
+    if stats_port:
+        errors = ok - (_successes(stats_port) - before)
+    return {"clients": clients, "requests_per_s": rate, "errors": errors + int(codes[6]) + int(codes[8]),
+            "requests_per_server_cpu_s": ok / cpu if cpu else float("nan")}
+
+
+def _successes(port: int) -> int:
+    import urllib.request
+
+    doc = json.loads(urllib.request.urlopen(f"http://{HOST}:{port}/v2/models/cnn/stats", timeout=10).read())
+    return doc["model_stats"][0]["inference_stats"]["success"]["count"]
+
+
+def wrk_binary(port: int, x: np.ndarray, clients: int, seconds: float, server_pid: int, work: Path) -> dict:
+    body, headers = _binary_body(x)
+    cpu0 = cpu_seconds(server_pid)
+    result = wrk_throughput(port, "/v2/models/cnn/infer", body, headers, clients, seconds, work)
+    cpu = cpu_seconds(server_pid) - cpu0
+    return {"clients": clients, **result,
+            "requests_per_server_cpu_s": result["requests_per_s"] * max(1, round(seconds)) / cpu if cpu else float("nan")}
 
 
 # the ceiling: grpcio's asyncio server answering every call with a canned reply, no model and no decoding
@@ -106,29 +156,37 @@ except ImportError:
 """
 
 
-def _client(protocol: str, port: int, server_pid: int, clients: int, seconds: float) -> dict:
+def _client(protocol: str, port: int, server_pid: int, clients: int, seconds: float, stats_port: int = 0) -> dict:
     """One measurement, in this (fresh) process: grpc's core keeps threads busy in a process after its calls end,
     which would slow an HTTP client measured after it in the same process by 2x."""
+    import tempfile
+
     os.sched_setaffinity(0, {CLIENT_CPU})
     x = np.random.default_rng(0).random((1, 1, 8, 8), dtype=np.float32)
+    if protocol in ("wrk", "h2load"):
+        with tempfile.TemporaryDirectory() as work:
+            if protocol == "wrk":
+                return wrk_binary(port, x, clients, seconds, server_pid, Path(work))
+            return h2load_throughput(port, grpc_request("cnn", "image", x), clients, seconds, server_pid, Path(work),
+                                     stats_port or None)
     if protocol == "http":
         return throughput(HOST, port, v2_binary(port, "cnn", "image", x), clients, seconds, server_pid=server_pid)
     return grpc_throughput(f"{HOST}:{port}", grpc_request("cnn", "image", x), clients, seconds,
                            protocol == "stream", server_pid)
 
 
-def _measure(protocol: str, port: int, server_pid: int, clients: int, seconds: float) -> dict:
+def _measure(protocol: str, port: int, server_pid: int, clients: int, seconds: float, stats_port: int = 0) -> dict:
     import subprocess
 
     out = subprocess.run([sys.executable, __file__, "--client", protocol, str(port), str(server_pid), str(clients),
-                          str(seconds)], capture_output=True, text=True, timeout=120, check=True)
+                          str(seconds), str(stats_port)], capture_output=True, text=True, timeout=120, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     if sys.argv[1:2] == ["--client"]:
-        protocol, port, pid, clients, seconds = sys.argv[2:7]
-        print(json.dumps(_client(protocol, int(port), int(pid), int(clients), float(seconds))))
+        protocol, port, pid, clients, seconds, stats_port = sys.argv[2:8]
+        print(json.dumps(_client(protocol, int(port), int(pid), int(clients), float(seconds), int(stats_port))))
         return
     import subprocess
     import urllib.request
@@ -154,15 +212,20 @@ def main() -> None:
                     break
             except OSError:
                 time.sleep(0.05)
-        kinds = {"HTTP binary": ("http", http_port, proc.pid), "gRPC unary": ("unary", grpc_port, proc.pid),
-                 "gRPC stream": ("stream", grpc_port, proc.pid),
-                 "grpcio echo server, unary (no model)": ("unary", echo_port, echo.pid),
-                 "grpcio echo server, stream (no model)": ("stream", echo_port, echo.pid)}
+        kinds = {"HTTP binary, wrk": ("wrk", http_port, proc.pid),
+                 "gRPC unary, h2load": ("h2load", grpc_port, proc.pid),
+                 "grpcio echo server, unary, h2load (no model)": ("h2load", echo_port, echo.pid),
+                 "HTTP binary, Python client": ("http", http_port, proc.pid),
+                 "gRPC unary, grpc.aio client": ("unary", grpc_port, proc.pid),
+                 "gRPC stream, grpc.aio client": ("stream", grpc_port, proc.pid),
+                 "grpcio echo server, unary, grpc.aio client (no model)": ("unary", echo_port, echo.pid),
+                 "grpcio echo server, stream, grpc.aio client (no model)": ("stream", echo_port, echo.pid)}
         rounds: dict[str, dict[int, list[dict]]] = {k: {n: [] for n in CLIENTS} for k in kinds}
         for _ in range(args.rounds):  # interleaved: each round measures every kind at every client count
             for n in CLIENTS:
                 for kind, (protocol, port, pid) in kinds.items():
-                    rounds[kind][n].append(_measure(protocol, port, pid, n, args.seconds))
+                    stats = http_port if port == grpc_port else 0
+                    rounds[kind][n].append(_measure(protocol, port, pid, n, args.seconds, stats))
     finally:
         for server in (proc, echo):
             server.terminate()

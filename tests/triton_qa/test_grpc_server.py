@@ -366,7 +366,7 @@ def test_grpc_startup_errors_are_one_line(tmp_path):
     repo = qa_models.write_repository(tmp_path / "models", [qa_models.identity("batched", np.float32, (4,))], "edgedl")
     port = free_port()
     assert "differ from the HTTP port" in _serve_fails("--model-repository", repo, "--port", port, "--grpc-port", port)
-    no_grpc = ("import sys; sys.modules['grpc'] = None; sys.argv = ['edgedl', 'serve', *sys.argv[1:]]; "
+    no_grpc = ("import sys; sys.modules['hpack'] = None; sys.argv = ['edgedl', 'serve', *sys.argv[1:]]; "
                "from edgedl.cli import main; main()")
     assert "pip install 'edgedl[grpc]'" in _serve_fails("--model-repository", repo, "--port", "0", "--grpc-port", "0",
                                                        code=no_grpc)

@@ -18,7 +18,7 @@ from edgedl.cli._shapes import shape_options
 @click.option("--name", "names", multiple=True, help="Model name in the bundle's repository, one per MODEL (default: file stem).")
 @click.option("--port", default=8000, show_default=True, help="Port the server listens on by default.")
 @click.option("--grpc-port", type=int, default=None,
-              help="Also serve gRPC (KServe v2 / Triton) on this port by default; the wheelhouse then carries grpcio.")
+              help="Also serve gRPC (KServe v2 / Triton) on this port by default; the wheelhouse then carries hpack and protobuf.")
 @click.option("--host", default="0.0.0.0", show_default=True, help="Address the server binds to by default.")
 @click.option("--no-tarball", is_flag=True, help="Do not write DIR.tar.gz.")
 @click.option("--ort", "ort_format", is_flag=True, help="Also write each model in onnxruntime's .ort format (minimal builds).")

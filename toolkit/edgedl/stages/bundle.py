@@ -120,7 +120,7 @@ class ServerDefaults:
 
     host: str
     port: int
-    grpc_port: int | None = None  # also gRPC (KServe v2 / Triton) there; the wheelhouse then carries grpcio
+    grpc_port: int | None = None  # also gRPC (KServe v2 / Triton) there; the wheelhouse then carries hpack, protobuf
     limits: str = "default"  # the server's limits preset (the profile's serve_limits; start.sh passes it)
     # the size options the bundle was packaged with (start.sh passes them; the reference outputs are at those sizes)
     shape_options: ShapeOptions = field(default_factory=ShapeOptions)

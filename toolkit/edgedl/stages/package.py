@@ -48,7 +48,7 @@ class PackageConfig:
     output: Path
     python: str | None = None  # default: the profile's first Python version
     port: int = 8000
-    grpc_port: int | None = None  # also serve gRPC on this port (the bundle's wheelhouse then carries grpcio)
+    grpc_port: int | None = None  # also serve gRPC on this port (the bundle's wheelhouse then carries hpack and protobuf)
     host: str = "0.0.0.0"
     names: list[str] = field(default_factory=list)  # model names in the repository; default: file stems
     tarball: bool = True

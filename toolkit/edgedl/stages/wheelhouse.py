@@ -25,7 +25,7 @@ SOURCE_ROOT = Path(__file__).resolve().parents[3]
 # what the device needs to serve: the runtime (numpy, onnxruntime, click, rich) and the server (uvicorn, httptools;
 # orjson reads large JSON bodies' numbers, with wheels for both profile arches)
 RUNTIME_REQUIREMENTS = ("numpy", "click", "rich", "uvicorn", "httptools", "orjson")
-GRPC_REQUIREMENTS = ("grpcio", "protobuf")  # edgedl[grpc]: only in a bundle that serves gRPC (package --grpc-port)
+GRPC_REQUIREMENTS = ("hpack", "protobuf")  # edgedl[grpc]: only in a bundle that serves gRPC (package --grpc-port)
 
 
 @dataclass(frozen=True)

@@ -204,8 +204,7 @@ class InferenceApp:
         path, method = scope["path"], scope["method"]
         found = self.router.match(path)
         if self._api_key is not None and (found is None or not found[0].public):
-            if auth is None or auth[:7].lower() != b"bearer " or not hmac.compare_digest(auth[7:].strip(),
-                                                                                        self._api_key):
+            if not key_matches(auth, self._api_key):
                 raise HTTPError(401, "missing or wrong API key; send the header 'Authorization: Bearer <key>'")
         if found is None:
             if path.startswith("/v2/") or path == "/v2":
@@ -491,6 +490,14 @@ ROUTES = (
     ("GET", "/v2/logging", "_log_get", "logging", False),
     ("POST", "/v2/logging", "_log_update", "logging", False),
 )
+
+
+def key_matches(auth: bytes | str | None, key: bytes) -> bool:
+    """An ``Authorization: Bearer KEY`` value (HTTP header or gRPC metadata) that carries ``key``."""
+    if auth is None:
+        return False
+    raw = auth.encode() if isinstance(auth, str) else auth
+    return raw[:7].lower() == b"bearer " and hmac.compare_digest(raw[7:].strip(), key)
 
 
 def load_parameters(doc) -> tuple[dict | None, dict[str, bytes]]:

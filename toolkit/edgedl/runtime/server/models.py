@@ -23,7 +23,8 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
 from edgedl.runtime.server.config import ServerConfig, model_limits
 from edgedl.runtime.server.metrics import ServerMetrics
-from edgedl.runtime.server.protocol import HTTPError, InferRequest, bytes_elements, parse_infer_request
+from edgedl.runtime.server.protocol import (HTTPError, InferRequest, bytes_elements, parse_infer_document,
+                                           parse_infer_request)
 from edgedl.runtime.server.pbtxt import first
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover, override_source
 from edgedl.runtime.signature import Signature, options_per_model
@@ -240,6 +241,13 @@ class ServedModel:
                                    allow_nonfinite=self.allow_nonfinite, max_elements=limits.max_tensor_elements,
                                    max_rows=limits.max_batch_rows, model_name=self.name,
                                    leading_batch=self.leading_batch, shared_memory=shared_memory)
+
+    def decode_document(self, doc: dict, binary, shared_memory=None) -> InferRequest:
+        """``decode`` of a request given as its JSON document and binary tensors (what gRPC's requests are)."""
+        limits = self.limits
+        return parse_infer_document(doc, binary, self.inputs, self.output_names,
+                                    allow_nonfinite=self.allow_nonfinite, max_elements=limits.max_tensor_elements,
+                                    max_rows=limits.max_batch_rows, shared_memory=shared_memory)
 
     @contextlib.contextmanager
     def busy(self, metrics: ServerMetrics):

@@ -279,8 +279,17 @@ def parse_infer_request(
                                  "finite numbers")
         return request
     json_part, binary = _header_split(body, header_length)
-    streamed = len(json_part) >= tensorjson.STREAM_ABOVE_BYTES
-    doc = _loads(json_part)
+    return parse_infer_document(_loads(json_part), binary, inputs, output_names, allow_nonfinite=allow_nonfinite,
+                                max_elements=max_elements, max_rows=max_rows, shared_memory=shared_memory,
+                                streamed=len(json_part) >= tensorjson.STREAM_ABOVE_BYTES)
+
+
+def parse_infer_document(doc, binary, inputs: dict[str, TensorInfo], output_names: list[str], *,
+                         allow_nonfinite: bool = False, max_elements: int | None = None, max_rows: int | None = None,
+                         shared_memory=None, streamed: bool = False) -> InferRequest:
+    """``parse_infer_request`` of a request whose JSON header is already a document (gRPC's requests are one
+    without being JSON): ``binary`` holds the tensors its ``binary_data_size`` entries declare, in order;
+    ``streamed``: the document came from the streaming JSON parser (large data lists)."""
     if not isinstance(doc, dict):
         raise HTTPError(400, "request body must be a JSON object with an 'inputs' list")
     req_id = doc.get("id")
@@ -459,6 +468,21 @@ def select_outputs(request: InferRequest, out: dict[str, np.ndarray], output_nam
     return chosen
 
 
+def wire_bytes(arr: np.ndarray, datatype: str, copy_below: int | None = None):
+    """An output's bytes as the binary protocols carry them: little-endian, row-major, BYTES as 4-byte-length-
+    prefixed elements. A view of the array's memory when it holds ``copy_below`` bytes or more, else bytes."""
+    if datatype == "BYTES":
+        return _bytes_blob(arr)
+    wire = np.ascontiguousarray(arr, dtype=arr.dtype if _NATIVE_LE else arr.dtype.newbyteorder("<"))
+    if copy_below is not None and wire.nbytes >= copy_below:
+        return wire.reshape(-1).view(np.uint8).data
+    return wire.tobytes()
+
+
+def output_datatype(arr: np.ndarray) -> str:
+    return datatype_of(arr.dtype) if arr.dtype.kind != "U" else "BYTES"
+
+
 def _bytes_blob(arr: np.ndarray) -> bytes:
     parts = []
     for value in arr.ravel():
@@ -515,19 +539,15 @@ def _encode(model_name, version, req_id, outputs):
     blob_bytes = 0
     large_json = {}  # entry index -> data too large for one json.dumps call
     for name, arr, as_binary, shared in outputs:
-        datatype = datatype_of(arr.dtype) if arr.dtype.kind != "U" else "BYTES"
+        datatype = output_datatype(arr)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if shared is not None:  # already written to the region
             entry["parameters"] = {"shared_memory_region": shared.region, "shared_memory_byte_size": shared.byte_size}
             if shared.offset:
                 entry["parameters"]["shared_memory_offset"] = shared.offset
         elif as_binary or datatype == "FP16":
-            if datatype == "BYTES":
-                blob = _bytes_blob(arr)
-            else:
-                wire = np.ascontiguousarray(arr, dtype=arr.dtype if _NATIVE_LE else arr.dtype.newbyteorder("<"))
-                # a large tensor goes out from its own memory; a small one is copied into the one response
-                blob = wire.reshape(-1).view(np.uint8).data if wire.nbytes >= _JOIN_BELOW else wire.tobytes()
+            # a large tensor goes out from its own memory; a small one is copied into the one response
+            blob = wire_bytes(arr, datatype, copy_below=_JOIN_BELOW)
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
             blob_bytes += len(blob)

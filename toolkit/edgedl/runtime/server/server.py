@@ -80,7 +80,7 @@ def _grpc_server():
     try:
         from edgedl.runtime.server.grpc_server import GrpcServer
     except ImportError:
-        raise EdgeDLError("the gRPC endpoint needs grpcio and protobuf; install them with: "
+        raise EdgeDLError("the gRPC endpoint needs hpack and protobuf; install them with: "
                           "pip install 'edgedl[grpc]'") from None
     return GrpcServer
 

@@ -1,5 +1,5 @@
 """The gRPC endpoint of ``edgedl serve`` (KServe v2 GRPCInferenceService + Triton's extensions); needs the
-``grpc`` extra (grpcio, protobuf). ``GrpcServer(app)`` runs on the HTTP server's event loop."""
+``grpc`` extra (hpack, protobuf). ``GrpcServer(app)`` runs on the HTTP server's event loop."""
 
 from edgedl.runtime.server.grpc_server.service import GrpcServer
 

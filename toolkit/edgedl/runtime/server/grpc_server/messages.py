@@ -24,7 +24,7 @@ def _load():
         from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
         from google.protobuf import json_format
     except ImportError:
-        raise EdgeDLError("the gRPC endpoint needs grpcio and protobuf; install them with: pip install "
+        raise EdgeDLError("the gRPC endpoint needs hpack and protobuf; install them with: pip install "
                           "'edgedl[grpc]'") from None
     if not hasattr(message_factory, "GetMessageClass"):
         raise EdgeDLError("the gRPC endpoint needs protobuf >= 4.22; upgrade it with: pip install 'edgedl[grpc]'")

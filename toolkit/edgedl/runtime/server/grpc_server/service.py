@@ -1,9 +1,10 @@
 """The KServe v2 ``GRPCInferenceService`` with Triton's extensions (model config, statistics, repository), served
-by grpcio's asyncio server on the HTTP server's event loop, over the same Registry, models and statistics.
+by this package's HTTP/2 layer (http2.py) on the HTTP server's event loop, over the same Registry, models and statistics.
 
-One codec for both protocols: a ModelInferRequest is rewritten into the HTTP binary form (a JSON header plus the
-raw tensors) and decoded by ``protocol.parse_infer_request``, so every check and message is the HTTP one; the
-response is encoded by ``protocol.encode_response`` (all outputs binary) and split into ``raw_output_contents``.
+One decoder for both protocols: a ModelInferRequest is rewritten into the document of the equivalent HTTP binary
+request (its JSON header, never serialized, and the raw tensors) and decoded by ``protocol.parse_infer_document``,
+so every check and message is the HTTP one; outputs go out as their binary wire bytes (``protocol.wire_bytes``)
+in ``raw_output_contents``.
 Metadata, config, statistics and the index are the HTTP documents converted with protobuf's JSON mapping
 (Triton's HTTP documents are that mapping); shared memory, trace and log settings go to the same objects as
 HTTP's. A large request is decoded, run and encoded off the event loop, as over HTTP.
@@ -13,28 +14,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hmac
-import json
 import logging
-import socket
 import traceback
+from functools import partial
 from time import perf_counter
-
-import grpc
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server import documents
-from edgedl.runtime.server.app import load_parameters
-from edgedl.runtime.server.grpc_server.messages import SERVICE, json_format, message, methods
-from edgedl.runtime.server.protocol import HTTPError, encode_response
+from edgedl.runtime.server.app import key_matches, load_parameters
+from edgedl.runtime.server.grpc_server import http2, messages
+from edgedl.runtime.server.grpc_server.messages import SERVICE, json_format, message
+from edgedl.runtime.server.protocol import HTTPError, output_datatype, wire_bytes
 from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES as LARGE_BODY_BYTES
 
 log = logging.getLogger("edgedl.serve")
 
 # the status an HTTP front end would answer -> the gRPC code Triton uses for the same case
-_CODES = {400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED,
-          404: grpc.StatusCode.NOT_FOUND, 413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-          503: grpc.StatusCode.UNAVAILABLE}
+_CODES = {400: http2.INVALID_ARGUMENT, 401: http2.UNAUTHENTICATED, 404: http2.NOT_FOUND,
+          413: http2.RESOURCE_EXHAUSTED, 503: http2.UNAVAILABLE}
 # typed InferTensorContents field for each datatype (FP16 and BF16 have none: raw_input_contents only)
 _CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
              "INT64": "int64_contents", "UINT8": "uint_contents", "UINT16": "uint_contents",
@@ -53,24 +50,24 @@ def _param(p):
     return None if kind is None else getattr(p, kind)
 
 
-def http_form(request) -> tuple[bytes, int]:
-    """A ModelInferRequest as the HTTP binary-tensor body it is equivalent to: (body, JSON header length)."""
+def request_document(request) -> tuple[dict, bytes]:
+    """A ModelInferRequest as the HTTP binary-tensor request it is equivalent to: (the JSON document, the
+    binary tensors after it), for the HTTP decoder's checks and messages."""
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise HTTPError(400, f"raw_input_contents holds {len(raw)} tensors for {len(request.inputs)} inputs; "
                              "send one per input, in the order of 'inputs'")
-    inputs, blobs = [], []
+    inputs = []
     for i, tensor in enumerate(request.inputs):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         params = {k: _param(v) for k, v in tensor.parameters.items()} if tensor.parameters else {}
-        field = _CONTENTS.get(tensor.datatype)
         typed = [f for f in _FIELDS if len(getattr(tensor.contents, f))] if tensor.HasField("contents") else []
         if raw:
             if typed:
                 raise HTTPError(400, f"input '{tensor.name}' has both contents and raw_input_contents; send one")
             params["binary_data_size"] = len(raw[i])
-            blobs.append(raw[i])
         elif typed:
+            field = _CONTENTS.get(tensor.datatype)
             if typed != [field]:
                 raise HTTPError(400, f"input '{tensor.name}' is {tensor.datatype} but its data is in "
                                      f"{', '.join(typed)}; use {field or 'raw_input_contents'}")
@@ -92,39 +89,27 @@ def http_form(request) -> tuple[bytes, int]:
     if request.outputs:
         doc["outputs"] = [{"name": o.name, "parameters": {k: _param(v) for k, v in o.parameters.items()}}
                           for o in request.outputs]
-    header = json.dumps(doc, separators=(",", ":")).encode()
-    return b"".join([header, *blobs]), len(header)
-
-
-def grpc_response(body: bytes, json_length: int | None):
-    """The HTTP response body of ``encode_response`` (every output binary, or in shared memory) as a
-    ModelInferResponse; an output in shared memory gets an empty raw_output_contents entry, so that the
-    entries stay in the order of the outputs."""
-    doc = json.loads(body if json_length is None else body[:json_length])
-    response = InferResponse(model_name=doc["model_name"], model_version=doc["model_version"], id=doc.get("id", ""))
-    offset = json_length or 0
-    for out in doc["outputs"]:
-        params = out.get("parameters", {})
-        tensor = OutputTensor(name=out["name"], datatype=out["datatype"], shape=out["shape"])
-        size = params.get("binary_data_size")
-        if size is None:  # in a shared memory region
-            for key, value in params.items():
-                if isinstance(value, str):
-                    tensor.parameters[key].string_param = value
-                else:
-                    tensor.parameters[key].int64_param = value
-            response.raw_output_contents.append(b"")
-        else:
-            response.raw_output_contents.append(body[offset:offset + size])
-            offset += size
-        response.outputs.append(tensor)
-    return response
+    return doc, raw[0] if len(raw) == 1 else b"".join(raw)
 
 
 def _encode_grpc(model, request_id, outputs):
-    body, json_length = encode_response(model.name, model.version, request_id,
-                                        [(n, a, True, shared) for n, a, _, shared in outputs])
-    return grpc_response(body, json_length)
+    """The outputs (as ``select_outputs`` gives them) as a ModelInferResponse, every tensor in
+    raw_output_contents; an output in shared memory gets an empty entry (the entries stay in the order of the
+    outputs) and the region in its parameters, as the HTTP response names it."""
+    response = InferResponse(model_name=model.name, model_version=model.version, id=request_id or "")
+    tensors, contents = response.outputs, response.raw_output_contents
+    for name, arr, _, shared in outputs:
+        datatype = output_datatype(arr)
+        tensor = tensors.add(name=name, datatype=datatype, shape=arr.shape)
+        if shared is None:
+            contents.append(wire_bytes(arr, datatype))
+            continue
+        tensor.parameters["shared_memory_region"].string_param = shared.region
+        tensor.parameters["shared_memory_byte_size"].int64_param = shared.byte_size
+        if shared.offset:
+            tensor.parameters["shared_memory_offset"].int64_param = shared.offset
+        contents.append(b"")
+    return response
 
 
 class InferenceService:
@@ -250,7 +235,7 @@ class InferenceService:
             shared = self.app.shared_memory
 
             def decode():
-                return model.decode(*http_form(request), shared)
+                return model.decode_document(*request_document(request), shared)
 
             with self.app.admitted():
                 response = await self.app.infer(model, decode, large, started, encode=_encode_grpc)
@@ -277,7 +262,7 @@ class InferenceService:
         else:
             m.total.observe((name, version), seconds)
 
-    async def ModelStreamInfer(self, requests, context):
+    async def ModelStreamInfer(self, requests):
         """Each request is answered as soon as it is done (not in order, as Triton does), up to STREAM_WINDOW at
         once; a failed request gets an error_message and the stream goes on."""
         responses: asyncio.Queue = asyncio.Queue()
@@ -316,63 +301,13 @@ class InferenceService:
                 task.cancel()
 
 
-def _status(exc: BaseException) -> tuple[grpc.StatusCode, str]:
+def _status(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, HTTPError):
-        return _CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message
+        return _CODES.get(exc.status, http2.INTERNAL), exc.message
     if isinstance(exc, EdgeDLError):  # the runner's input checks and onnxruntime failures on this input
-        return grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+        return http2.INVALID_ARGUMENT, str(exc)
     log.error("internal error in a gRPC call:\n%s", "".join(traceback.format_exception(exc)))
-    return grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}"
-
-
-def _unary(handler):
-    async def call(request, context):
-        try:
-            return await handler(request)
-        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a dropped call
-            code, text = _status(exc)
-        await context.abort(code, text)
-
-    return call
-
-
-class _ApiKey(grpc.aio.ServerInterceptor):
-    """'authorization: Bearer KEY' metadata on every call but ServerLive (as HTTP exempts /v2/health/live)."""
-
-    def __init__(self, key: str):
-        self.key = key.encode()
-
-        async def deny_unary(request, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
-                                "missing or wrong API key; send the metadata 'authorization: Bearer <key>'")
-
-        async def deny_stream(requests, context):
-            await deny_unary(None, context)
-            yield  # pragma: no cover - abort raises
-
-        self.deny = {False: grpc.unary_unary_rpc_method_handler(deny_unary),
-                     True: grpc.stream_stream_rpc_method_handler(deny_stream)}
-
-    async def intercept_service(self, continuation, details):
-        if details.method == f"/{SERVICE}/ServerLive":
-            return await continuation(details)
-        for key, value in details.invocation_metadata or ():
-            if key == "authorization":
-                raw = value.encode() if isinstance(value, str) else value
-                if raw[:7].lower() == b"bearer " and hmac.compare_digest(raw[7:].strip(), self.key):
-                    return await continuation(details)
-        return self.deny[details.method.endswith("/ModelStreamInfer")]
-
-
-def _check_bindable(host: str, port: int, address: str) -> None:
-    if port == 0:
-        return
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as grpc does: TIME_WAIT is no conflict
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise EdgeDLError(f"cannot listen for gRPC on {address} ({exc.strerror}); pick another gRPC port") from None
+    return http2.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}"
 
 
 class GrpcServer:
@@ -382,41 +317,42 @@ class GrpcServer:
     def __init__(self, app):
         self.app = app
         self.service = InferenceService(app)
-        self.server = None
+        self.server: asyncio.base_events.Server | None = None
+        self.connections: set[http2.Connection] = set()
 
-    def _handlers(self):
-        handlers = {}
-        for name, (request_type, response_type, streaming) in methods().items():
+    def _methods(self) -> dict[bytes, http2.Method]:
+        methods = {}
+        for name, (request_type, response_type, streaming) in messages.methods().items():
             handler = getattr(self.service, name, None)
-            if handler is None:
-                continue  # a method the service does not define: grpc answers UNIMPLEMENTED
-            kind = grpc.stream_stream_rpc_method_handler if streaming else grpc.unary_unary_rpc_method_handler
-            handlers[name] = kind(handler if streaming else _unary(handler),
-                                  request_deserializer=request_type.FromString,
-                                  response_serializer=response_type.SerializeToString)
-        return grpc.method_handlers_generic_handler(SERVICE, handlers)
+            if handler is not None:  # a method the service does not define is answered UNIMPLEMENTED
+                methods[f"/{SERVICE}/{name}".encode()] = http2.Method(
+                    request_type.FromString, response_type.SerializeToString, handler, streaming,
+                    public=name == "ServerLive")  # as HTTP exempts /v2/health/live from the API key
+        return methods
 
     async def start(self, host: str, port: int) -> int:
         config = self.app.config
-        interceptors = [_ApiKey(config.api_key)] if config.api_key else []
-        limit = config.limits.max_body_bytes
-        self.server = grpc.aio.server(interceptors=interceptors, options=[
-            ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0)])
-        self.server.add_generic_rpc_handlers((self._handlers(),))
+        key = config.api_key.encode() if config.api_key else None
+        limits = config.limits
+        endpoint = http2.Endpoint(self._methods(), _status, None if key is None else partial(key_matches, key=key),
+                                  max_message_bytes=limits.max_body_bytes, max_header_bytes=limits.max_header_bytes,
+                                  handshake_timeout_s=limits.header_timeout_s, max_connections=limits.max_connections)
         address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        _check_bindable(host, port, address)  # a plain bind says why in one line (grpc logs its own report)
+        loop = asyncio.get_running_loop()
         try:
-            bound = self.server.add_insecure_port(address)
-        except RuntimeError as exc:
-            bound, reason = 0, str(exc)
-        else:
-            reason = "the address is not local"
-        if not bound:
-            raise EdgeDLError(f"cannot listen for gRPC on {address} ({reason}); pick another gRPC port")
-        await self.server.start()
-        return bound
+            self.server = await loop.create_server(lambda: http2.Connection(endpoint, self.connections), host, port,
+                                                   reuse_address=True, backlog=1024)
+        except OSError as exc:
+            raise EdgeDLError(f"cannot listen for gRPC on {address} ({exc.strerror or exc}); pick another gRPC "
+                              "port") from None
+        return self.server.sockets[0].getsockname()[1]
 
     async def stop(self, grace: float) -> None:
-        if self.server is not None:
-            await self.server.stop(grace)
+        if self.server is None:
+            return
+        self.server.close()
+        idle = [c.drain() for c in list(self.connections)]
+        if idle:
+            await asyncio.wait([asyncio.ensure_future(e.wait()) for e in idle], timeout=grace)
+        for connection in list(self.connections):
+            connection.abort()
