@@ -582,8 +582,10 @@ def main() -> None:
             previous["triton_side_by_side"] = measured | stamp
         else:  # some cases: their figures replace the last ones, the rest stay, and the table says which is which
             kept = previous["triton_side_by_side"]
+            large_cases = {"binary", "json", "shm"} & set(args.triton_cases.split(","))
             for kind in ("edgedl", "triton", "in_process"):
-                kept[kind] |= measured.get(kind, {})
+                if kind != "in_process" or large_cases:  # the in-process figure goes with the large cases
+                    kept[kind] |= measured.get(kind, {})
             kept.setdefault("updates", []).append({**stamp, "cases": args.triton_cases,
                                                    "metrics": sorted(measured.get("edgedl", {}))})
         inproc.close()
