@@ -34,6 +34,7 @@ END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG = 0x1, 0x1, 0x4, 0x8, 0x20
 # error codes (RFC 9113 section 7)
 NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x3
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x8, 0x9
+ENHANCE_YOUR_CALM = 0xB
 # gRPC status codes
 OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 1, 3, 4, 5, 8
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
@@ -45,6 +46,7 @@ STREAM_WINDOW = 1 << 20  # each stream's receive window (SETTINGS_INITIAL_WINDOW
 CONNECTION_WINDOW = 1 << 24  # the connection's receive window, widened from the protocol's 65,535 at the start
 MAX_STREAMS = 256  # concurrent streams per connection (SETTINGS_MAX_CONCURRENT_STREAMS)
 STREAM_BACKLOG = 128  # messages of one stream received but not yet taken by its handler; beyond, its window waits
+MAX_RESETS = 1000  # streams a client may reset beyond the ones it let finish ("rapid reset", CVE-2023-44487)
 BLOCK_CACHE = 64  # decoded header blocks remembered per connection
 WRITE_HIGH = 4 << 20  # unsent bytes at which a connection stops reading until the peer catches up
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
@@ -172,6 +174,7 @@ class Connection(asyncio.Protocol):
         self.header_block: tuple[int, int, bytearray] | None = None  # (stream, flags, fragments) awaiting CONTINUATION
         self.send_window = 65_535  # the connection's, as the peer grants it
         self.unacked = 0  # bytes received on the connection not yet granted back
+        self.resets = self.finished = 0  # streams the client reset / streams this server answered
         self.blocks: dict[bytes, list] = {}  # decoded header blocks, while the HPACK table does not change
         self.table_state = None
         self.peer_stream_window = 65_535
@@ -337,6 +340,9 @@ class Connection(asyncio.Protocol):
             if stream is not None:
                 self._drop(stream)
                 self._stream_ended()
+                self.resets += 1
+                if self.resets > self.finished + MAX_RESETS:
+                    raise _ConnectionError(ENHANCE_YOUR_CALM, "too many streams reset by the client")
         elif kind == PRIORITY:
             if not sid or len(payload) != 5:
                 raise _ConnectionError(PROTOCOL_ERROR if not sid else FRAME_SIZE_ERROR, "bad PRIORITY")
@@ -764,6 +770,7 @@ class Connection(asyncio.Protocol):
 
     def _close_stream(self, stream: _Stream) -> None:
         stream.done = True
+        self.finished += 1
         if self.streams.pop(stream.sid, None) is not None:
             self._stream_ended()
 
