@@ -420,3 +420,19 @@ def test_api_key(models):
         assert wire.call(5, message(b""), "/inference.GRPCInferenceService/ServerLive").status == 0
         assert wire.call(7, message(infer_request()), INFER, ("authorization", f"Bearer {KEY}")).status == 0
         wire.close()
+
+
+def test_a_burst_of_stream_messages_within_the_window(server):
+    """2,000 requests sent at once on one stream (about 0.6 MB, inside the 1 MiB stream window) are all
+    answered: the backlog limit only stops a client that sends past its window. (The client opens its own
+    windows for the 2,000 answers: 65,535 bytes would hold about half of them.)"""
+    wire = Wire(server.grpc_port, settings=struct.pack(">HI", 4, 1 << 24))
+    wire.send(frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 1 << 24)))
+    body = message(infer_request(X[:1])) * 2000
+    wire.send(frame(HEADERS, END_HEADERS, 1, wire.block(STREAM)),
+              *(frame(DATA, 0, 1, body[i:i + 16_384]) for i in range(0, len(body), 16_384)), frame(DATA, END_STREAM, 1))
+    result = wire.read(1, seconds=60)
+    assert result.status == 0 and result.reset is None
+    replies = [pb.ModelStreamInferResponse.FromString(m) for m in messages(result.data)]
+    assert len(replies) == 2000 and not any(r.error_message for r in replies)
+    wire.close()

@@ -138,8 +138,8 @@ class _ConnectionError(Exception):
 
 
 class _Stream:
-    __slots__ = ("sid", "method", "encoding", "buf", "queue", "queued", "owed", "unacked", "remote_closed", "task", "send_window",
-                 "pending", "headers_sent", "done", "deadline", "waiting")
+    __slots__ = ("sid", "method", "encoding", "buf", "queue", "queued", "owed", "unacked", "remote_closed", "task",
+                 "send_window", "pending", "headers_sent", "done", "deadline", "waiting")
 
     def __init__(self, sid: int, send_window: int):
         self.sid, self.send_window = sid, send_window
@@ -569,7 +569,9 @@ class Connection(asyncio.Protocol):
             if message is None:
                 return
             stream.queue.append(message)
-            stream.queued += len(message)
+            stream.queued += 5 + len(message)
+            if stream.queued > 2 * STREAM_WINDOW + limit:  # more than the windows it was given allow
+                return self._reset(stream, FLOW_CONTROL_ERROR)
             if stream.waiting is not None and not stream.waiting.done():
                 stream.waiting.set_result(None)
 
@@ -649,9 +651,10 @@ class Connection(asyncio.Protocol):
         while True:
             if stream.queue:
                 message = stream.queue.popleft()
-                stream.queued -= len(message)
+                stream.queued -= 5 + len(message)
                 if stream.owed and len(stream.queue) < STREAM_BACKLOG // 2 and stream.queued < STREAM_WINDOW // 2:
-                    self.out.append(frame(WINDOW_UPDATE, 0, stream.sid, struct.pack(">I", stream.owed + stream.unacked)))
+                    granted = struct.pack(">I", stream.owed + stream.unacked)
+                    self.out.append(frame(WINDOW_UPDATE, 0, stream.sid, granted))
                     stream.owed = stream.unacked = 0
                     self._schedule_flush()
                 try:
