@@ -54,6 +54,7 @@ MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC: compressed flag, length
 TIMEOUT_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 DECOMPRESSORS = {b"gzip": 16 + zlib.MAX_WBITS, b"deflate": zlib.MAX_WBITS}
 ACCEPT_ENCODING = b"identity,deflate,gzip"
+CALL_HEADERS = frozenset((b":path", b":method", b"content-type", b"authorization", b"grpc-timeout", b"grpc-encoding"))
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
@@ -473,21 +474,10 @@ class Connection(asyncio.Protocol):
 
     # --- calls -----------------------------------------------------------------------------------------------
     def _start(self, stream: _Stream, headers) -> None:
-        path = method = content_type = auth = timeout = None
-        encoding = b"identity"
-        for name, value in headers:
-            if name == b":path":
-                path = value
-            elif name == b":method":
-                method = value
-            elif name == b"content-type":
-                content_type = value
-            elif name == b"authorization":
-                auth = value
-            elif name == b"grpc-timeout":
-                timeout = value
-            elif name == b"grpc-encoding":
-                encoding = value
+        found = {name: value for name, value in headers if name in CALL_HEADERS}
+        path, method, content_type = found.get(b":path"), found.get(b":method"), found.get(b"content-type")
+        auth, timeout = found.get(b"authorization"), found.get(b"grpc-timeout")
+        encoding = found.get(b"grpc-encoding", b"identity")
         if method != b"POST" or path is None or not path.startswith(b"/"):
             return self._refuse_http(stream, b"405" if path is not None else b"400")
         if content_type is None or not content_type.startswith(b"application/grpc"):
