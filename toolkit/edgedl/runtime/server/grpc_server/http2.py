@@ -48,6 +48,7 @@ MAX_STREAMS = 256  # concurrent streams per connection (SETTINGS_MAX_CONCURRENT_
 STREAM_BACKLOG = 128  # messages of one stream received but not yet taken by its handler; beyond, its window waits
 MAX_RESETS = 1000  # streams a client may reset beyond the ones it let finish ("rapid reset", CVE-2023-44487)
 BLOCK_CACHE = 64  # decoded header blocks remembered per connection
+OUTPUT_BACKLOG = 1 << 20  # a stream's answers held unsent (the peer's window is shut) before it stops taking requests
 WRITE_HIGH = 4 << 20  # unsent bytes at which a connection stops reading until the peer catches up
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
 MESSAGE_PREFIX = struct.Struct(">BI")  # gRPC: compressed flag, length
@@ -140,7 +141,7 @@ class _ConnectionError(Exception):
 
 class _Stream:
     __slots__ = ("sid", "method", "encoding", "buf", "queue", "queued", "owed", "unacked", "remote_closed", "task",
-                 "send_window", "pending", "headers_sent", "done", "deadline", "waiting")
+                 "send_window", "pending", "pending_bytes", "drained", "headers_sent", "done", "deadline", "waiting")
 
     def __init__(self, sid: int, send_window: int):
         self.sid, self.send_window = sid, send_window
@@ -154,6 +155,8 @@ class _Stream:
         self.remote_closed = False
         self.task: asyncio.Task | None = None
         self.pending: deque[bytes] = deque()  # framed output (DATA payloads, then b"" + a trailer block) unsent
+        self.pending_bytes = 0  # the DATA payload bytes in it
+        self.drained: asyncio.Future | None = None  # a streaming handler waiting for them to go out
         self.headers_sent = self.done = False
         self.deadline: asyncio.TimerHandle | None = None
         self.waiting: asyncio.Future | None = None  # the streaming handler waiting for a message
@@ -168,6 +171,7 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.preface = False
+        self.settled = False  # the client's first SETTINGS (the end of its preface) arrived
         self.decoder = Decoder()
         self.decoder.max_header_list_size = endpoint.max_header_bytes
         self.streams: dict[int, _Stream] = {}
@@ -299,6 +303,10 @@ class Connection(asyncio.Protocol):
                                                              f"{MAX_FRAME})")
                 if end - pos - 9 < length:
                     break
+                if not self.settled:
+                    if kind != SETTINGS or flags & ACK:
+                        raise _ConnectionError(PROTOCOL_ERROR, "the connection preface ends with SETTINGS")
+                    self.settled = True
                 payload = bytes(buf[pos + 9:pos + 9 + length])
                 pos += 9 + length
                 self._frame(kind, flags, sid & 0x7FFFFFFF, payload)
@@ -453,6 +461,8 @@ class Connection(asyncio.Protocol):
         headers = self._decode(block)
         stream = self.streams.get(sid)
         if stream is not None:  # trailers from the client end its half of the stream
+            if stream.remote_closed:
+                return self._reset(stream, STREAM_CLOSED)
             if not flags & END_STREAM:
                 raise _ConnectionError(PROTOCOL_ERROR, "a second header block without END_STREAM")
             self._end_of_input(stream)
@@ -627,6 +637,10 @@ class Connection(asyncio.Protocol):
             async for response in method.call(self._messages(stream)):
                 self._send_message(stream, method.encode(response))
                 self._schedule_flush()
+                if stream.pending_bytes > OUTPUT_BACKLOG:  # the peer does not read: take no more answers for now
+                    stream.drained = self.loop.create_future()
+                    await stream.drained
+                    stream.drained = None
         except asyncio.CancelledError:
             return
         except Exception as exc:  # noqa: BLE001
@@ -685,6 +699,7 @@ class Connection(asyncio.Protocol):
         view = memoryview(data)
         for i in range(0, n, self.peer_max_frame):
             stream.pending.append(bytes(view[i:i + self.peer_max_frame]))
+        stream.pending_bytes += n
         self._send_pending(stream)
 
     def _finish(self, stream: _Stream, code: int, message: str) -> None:
@@ -735,7 +750,10 @@ class Connection(asyncio.Protocol):
                 pending.popleft()
             stream.send_window -= len(chunk)
             self.send_window -= len(chunk)
+            stream.pending_bytes -= len(chunk)
             self.out.append(frame(DATA, 0, stream.sid, chunk))
+            if stream.drained is not None and stream.pending_bytes <= OUTPUT_BACKLOG // 2:
+                _resolve(stream.drained)
         self.blocked.pop(stream.sid, None)
 
     def _send_blocked(self) -> None:
@@ -753,6 +771,9 @@ class Connection(asyncio.Protocol):
     def _drop(self, stream: _Stream) -> None:
         stream.done = True
         stream.pending.clear()
+        stream.pending_bytes = 0
+        if stream.drained is not None:
+            _resolve(stream.drained)
         self.blocked.pop(stream.sid, None)
         if stream.deadline is not None:
             stream.deadline.cancel()
@@ -770,6 +791,11 @@ class Connection(asyncio.Protocol):
     def _stream_ended(self) -> None:
         if self.idle is not None and not self.streams:
             self.idle.set()
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 def _timeout(value: bytes) -> float | None:

@@ -264,7 +264,8 @@ class InferenceService:
 
     async def ModelStreamInfer(self, requests):
         """Each request is answered as soon as it is done (not in order, as Triton does), up to STREAM_WINDOW at
-        once; a failed request gets an error_message and the stream goes on."""
+        once, running or answered but not yet taken by the caller (a caller that stops taking answers stops the
+        reading of requests); a failed request gets an error_message and the stream goes on."""
         responses: asyncio.Queue = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
         running: set[asyncio.Task] = set()
@@ -275,8 +276,6 @@ class InferenceService:
             except Exception as exc:  # noqa: BLE001 - reported on the stream, like Triton
                 code, text = _status(exc)
                 result = StreamResponse(error_message=text)
-            finally:
-                window.release()
             await responses.put(result)
 
         async def read():
@@ -294,6 +293,7 @@ class InferenceService:
         try:
             while (item := await responses.get()) is not None:
                 yield item
+                window.release()
             await reader  # surfaces a failed read (a broken stream)
         finally:
             reader.cancel()
