@@ -36,7 +36,7 @@ NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0x0, 0x1, 0x2, 0x
 STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL, COMPRESSION_ERROR = 0x5, 0x6, 0x7, 0x8, 0x9
 ENHANCE_YOUR_CALM = 0xB
 # gRPC status codes
-OK, CANCELLED, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 1, 3, 4, 5, 8
+OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND, RESOURCE_EXHAUSTED = 0, 3, 4, 5, 8
 UNIMPLEMENTED, INTERNAL, UNAVAILABLE, UNAUTHENTICATED = 12, 13, 14, 16
 
 FRAME_HEADER = struct.Struct(">BHBBI")  # length (24 bits: high byte, low 16), type, flags, stream id
@@ -572,8 +572,8 @@ class Connection(asyncio.Protocol):
             stream.queued += 5 + len(message)
             if stream.queued > 2 * STREAM_WINDOW + limit:  # more than the windows it was given allow
                 return self._reset(stream, FLOW_CONTROL_ERROR)
-            if stream.waiting is not None and not stream.waiting.done():
-                stream.waiting.set_result(None)
+            if stream.waiting is not None:
+                _resolve(stream.waiting)
 
     def _message(self, stream: _Stream, compressed: int, data: bytes) -> bytes | None:
         if not compressed:
@@ -601,8 +601,8 @@ class Connection(asyncio.Protocol):
         if stream.queue is not None:  # streaming: the handler's iterator ends
             if stream.buf:
                 return self._finish(stream, INTERNAL, "the stream ended inside a message")
-            if stream.waiting is not None and not stream.waiting.done():
-                stream.waiting.set_result(None)
+            if stream.waiting is not None:
+                _resolve(stream.waiting)
             return
         buf = stream.buf
         if len(buf) < 5 or len(buf) != 5 + MESSAGE_PREFIX.unpack_from(buf)[1]:
@@ -710,8 +710,8 @@ class Connection(asyncio.Protocol):
         if stream.deadline is not None:
             stream.deadline.cancel()
             stream.deadline = None
-        if stream.waiting is not None and not stream.waiting.done():
-            stream.waiting.set_result(None)
+        if stream.waiting is not None:
+            _resolve(stream.waiting)
         if not stream.headers_sent:  # trailers-only
             stream.headers_sent = True
             block = status_block(code, message, True)
@@ -779,8 +779,8 @@ class Connection(asyncio.Protocol):
             stream.deadline.cancel()
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
-        if stream.waiting is not None and not stream.waiting.done():
-            stream.waiting.set_result(None)
+        if stream.waiting is not None:
+            _resolve(stream.waiting)
 
     def _close_stream(self, stream: _Stream) -> None:
         stream.done = True
