@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import ctypes
 import ctypes.util
 import hmac
@@ -65,7 +64,7 @@ def _dumps(doc) -> bytes:
     return json.dumps(doc, separators=(",", ":")).encode()
 
 
-class _Ctx:
+class RequestContext:
     """One request: what a handler reads (its body's receive channel and size headers) and what it learned
     along the way, for metrics and the access log."""
 
@@ -78,6 +77,25 @@ class _Ctx:
         self.receive = self.header_length = self.content_length = None
 
 
+class _Admission:
+    """The context manager of ``InferenceApp.admitted`` (a class, not a generator: it runs on every request)."""
+
+    __slots__ = ("app",)
+
+    def __init__(self, app: InferenceApp):
+        self.app = app
+
+    def __enter__(self) -> None:
+        app = self.app
+        if app._in_flight >= app._max_in_flight:
+            raise HTTPError(503, f"the server is serving {app._in_flight} infer requests (limit "
+                                 f"{app._max_in_flight}: the server's max_in_flight); retry later")
+        app._in_flight += 1
+
+    def __exit__(self, *exc) -> None:
+        self.app._in_flight -= 1
+
+
 class InferenceApp:
     def __init__(self, registry: Registry, config: ServerConfig, metrics: ServerMetrics,
                  logs: LogSettings | None = None):
@@ -87,6 +105,7 @@ class InferenceApp:
         self._api_key = config.api_key.encode() if config.api_key else None
         self._in_flight = 0
         self._max_in_flight = config.limits.max_in_flight
+        self._admission = _Admission(self)
         self._workers = ThreadPoolExecutor(2, thread_name_prefix="edgedl-decode")  # large requests' (de)coding
         self._trim = _malloc_trim()
         self._log_stream = None
@@ -129,19 +148,32 @@ class InferenceApp:
         self.logs.close()
 
     async def _http(self, scope, receive, send):
+        """ASGI: one HTTP request (for embedding the app in another ASGI server; ``edgedl serve`` drives
+        ``answer`` directly from its own HTTP/1.1 protocol, http1.py)."""
         t0 = perf_counter()
-        ctx = _Ctx()
-        header_length = content_length = None
-        auth = None
+        ctx = RequestContext()
+        header_length = content_length = auth = None
+        for key, value in scope["headers"]:
+            if key == b"inference-header-content-length":
+                header_length = value
+            elif key == b"content-length":
+                content_length = value
+            elif key == b"authorization":
+                auth = value
+        method, path = scope["method"], scope["path"]
+        status, headers, parts, size = await self.answer(ctx, method, path, header_length, content_length, auth,
+                                                         receive)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        for i, part in enumerate(parts):
+            await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
+        del parts
+        self.answered(ctx, scope.get("client"), method, path, status, size, t0)
+
+    async def answer(self, ctx: RequestContext, method: str, path: str, header_length, content_length, auth, receive):
+        """One HTTP request, for any front end: -> (status, response headers, body parts, body size). The size
+        fields and the key are the raw header values (or None); ``receive()`` gives the body as ASGI messages."""
         try:
-            for key, value in scope["headers"]:
-                if key == b"inference-header-content-length":
-                    header_length = value
-                elif key == b"content-length":
-                    content_length = value
-                elif key == b"authorization":
-                    auth = value
-            status, body, extra = await self._route(scope, receive, ctx, header_length, content_length, auth)
+            status, body, extra = await self._route(method, path, receive, ctx, header_length, content_length, auth)
         except HTTPError as exc:
             status, body, extra = exc.status, _dumps({"error": exc.message}), None
         except EdgeDLError as exc:  # the runner's input checks and onnxruntime failures on this input
@@ -150,31 +182,30 @@ class InferenceApp:
             status, body, extra = 503, _dumps({"error": "the server ran out of memory for this request; send a "
                                                         "smaller one"}), None
         except Exception as exc:  # noqa: BLE001 - a bug must not take the server down; log it, answer 500
-            log.error("internal error on %s %s:\n%s", scope["method"], scope["path"], traceback.format_exc())
+            log.error("internal error on %s %s:\n%s", method, path, traceback.format_exc())
             status, body, extra = 500, _dumps({"error": f"internal server error: {type(exc).__name__}: {exc}"}), None
         if body.__class__ is list:  # a large response in parts
-            parts, body = body, None
+            parts = body
             size = sum(len(p) for p in parts)
         else:
-            parts, size = None, len(body)
+            parts, size = [body], len(body)
         headers = [(b"content-length", str(size).encode())]
         if extra:
             headers.extend(extra)
         if not extra or extra[0][0] != b"content-type":
             headers.append((b"content-type", _JSON))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        if parts is None:
-            await send({"type": "http.response.body", "body": body})
-        else:
-            for i, part in enumerate(parts):
-                await send({"type": "http.response.body", "body": part, "more_body": i < len(parts) - 1})
-        del body, parts
-        self._account(scope, ctx, status, size, perf_counter() - t0)
+        return status, headers, parts, size
+
+    def answered(self, ctx: RequestContext, client, method: str, path: str, status: int, size: int, t0: float) -> None:
+        """A response handed to the transport: metrics, the access log, and a large request's memory back to the
+        operating system."""
+        self._account(client, method, path, ctx, status, size, perf_counter() - t0)
         if ctx.large and self._trim is not None:  # once the transport has (likely) sent the response
             loop = asyncio.get_running_loop()
             loop.call_later(0.5, loop.run_in_executor, self._workers, self._trim, 0)
 
-    def _account(self, scope, ctx: _Ctx, status: int, size: int, seconds: float) -> None:
+    def _account(self, client, method: str, path: str, ctx: RequestContext, status: int, size: int,
+                 seconds: float) -> None:
         m = self.metrics
         m.http.inc((ctx.endpoint, status))
         if ctx.endpoint == "infer":
@@ -186,22 +217,21 @@ class InferenceApp:
             else:
                 m.total.observe((model, version), seconds)
         if self._log_stream is not None:
-            client = scope.get("client") or ("-", 0)
+            client = client or ("-", 0)
             if self.config.access_log == "json":
                 line = _dumps({"ts": round(time.time(), 6), "client": f"{client[0]}:{client[1]}",
-                               "method": scope["method"], "path": scope["path"], "status": status, "bytes": size,
+                               "method": method, "path": path, "status": status, "bytes": size,
                                "ms": round(seconds * 1e3, 3), "model": ctx.model, "version": ctx.version,
                                "id": ctx.request_id}).decode()
             else:
                 extra = f" model={ctx.model}" if ctx.model else ""
                 extra += f" id={ctx.request_id}" if ctx.request_id else ""
-                line = (f'{time.strftime("%Y-%m-%dT%H:%M:%S")} {client[0]}:{client[1]} "{scope["method"]} '
-                        f'{scope["path"]}" {status} {size}B {seconds * 1e3:.3f}ms{extra}')
+                line = (f'{time.strftime("%Y-%m-%dT%H:%M:%S")} {client[0]}:{client[1]} "{method} '
+                        f'{path}" {status} {size}B {seconds * 1e3:.3f}ms{extra}')
             self._log_stream.write(line + "\n")
 
     # --- routing -----------------------------------------------------------------------------------------
-    async def _route(self, scope, receive, ctx, header_length, content_length, auth):
-        path, method = scope["path"], scope["method"]
+    async def _route(self, method, path, receive, ctx, header_length, content_length, auth):
         found = self.router.match(path)
         if self._api_key is not None and (found is None or not found[0].public):
             if not key_matches(auth, self._api_key):
@@ -404,19 +434,11 @@ class InferenceApp:
         extra = None if json_len is None else [(b"inference-header-content-length", str(json_len).encode())]
         return 200, body, extra
 
-    @contextlib.contextmanager
-    def admitted(self):
-        """One infer request being served (HTTP or gRPC); 503 beyond --max-in-flight."""
-        if self._in_flight >= self._max_in_flight:
-            raise HTTPError(503, f"the server is serving {self._in_flight} infer requests (limit "
-                                 f"{self._max_in_flight}: the server's max_in_flight); retry later")
-        self._in_flight += 1
-        try:
-            yield
-        finally:
-            self._in_flight -= 1
+    def admitted(self) -> _Admission:
+        """``with app.admitted():`` one infer request being served (HTTP or gRPC); 503 beyond --max-in-flight."""
+        return self._admission
 
-    async def infer(self, model: ServedModel, decode, large: bool, started: float, ctx: _Ctx | None = None,
+    async def infer(self, model: ServedModel, decode, large: bool, started: float, ctx: RequestContext | None = None,
                     encode=None):
         """Decode, run and encode one request for ``model``: the path HTTP and gRPC share. ``decode()`` gives
         the InferRequest; ``large``: decode, run and encode off the event loop; ``encode(model, request_id,

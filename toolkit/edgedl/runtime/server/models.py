@@ -4,7 +4,6 @@ batcher; and the registry that maps name/version to a loaded model and swaps rel
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -23,8 +22,8 @@ from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
 from edgedl.runtime.server.config import ServerConfig, model_limits
 from edgedl.runtime.server.metrics import ServerMetrics
-from edgedl.runtime.server.protocol import (HTTPError, InferRequest, bytes_elements, parse_infer_document,
-                                           parse_infer_request)
+from edgedl.runtime.server.protocol import (HTTPError, HeaderPlans, InferRequest, bytes_elements,
+                                           parse_infer_document, parse_infer_request)
 from edgedl.runtime.server.pbtxt import first
 from edgedl.runtime.server.repository import BatchPolicy, ModelSource, discover, override_source
 from edgedl.runtime.signature import Signature, options_per_model
@@ -41,6 +40,25 @@ class _Pending:
 
     def __init__(self, feeds, rows, signature, future, enqueued):
         self.feeds, self.rows, self.signature, self.future, self.enqueued = feeds, rows, signature, future, enqueued
+
+
+class _Busy:
+    """The context manager of ``ServedModel.busy`` (a class, not a generator: it runs on every request)."""
+
+    __slots__ = ("model", "metrics")
+
+    def __init__(self, model: ServedModel, metrics: ServerMetrics):
+        self.model, self.metrics = model, metrics
+
+    def __enter__(self) -> None:
+        model = self.model
+        model.in_flight += 1
+        self.metrics.in_flight.inc((model.name,), 1)
+
+    def __exit__(self, *exc) -> None:
+        model = self.model
+        model.in_flight -= 1
+        self.metrics.in_flight.inc((model.name,), -1)
 
 
 class Timing:
@@ -162,6 +180,7 @@ class ServedModel:
         self.pending_rows = 0
         self.waiting = 0  # requests submitted to the worker threads and not started (unbatched mode)
         self.in_flight = 0
+        self.header_plans = HeaderPlans()  # binary requests' JSON headers already validated
         self.retired = False
         self.stats = Stats()
         self._workers: list[asyncio.Task] = []
@@ -240,7 +259,8 @@ class ServedModel:
         return parse_infer_request(body, header_length, self.inputs, self.output_names,
                                    allow_nonfinite=self.allow_nonfinite, max_elements=limits.max_tensor_elements,
                                    max_rows=limits.max_batch_rows, model_name=self.name,
-                                   leading_batch=self.leading_batch, shared_memory=shared_memory)
+                                   leading_batch=self.leading_batch, shared_memory=shared_memory,
+                                   plans=self.header_plans)
 
     def decode_document(self, doc: dict, binary, shared_memory=None) -> InferRequest:
         """``decode`` of a request given as its JSON document and binary tensors (what gRPC's requests are)."""
@@ -249,16 +269,10 @@ class ServedModel:
                                     allow_nonfinite=self.allow_nonfinite, max_elements=limits.max_tensor_elements,
                                     max_rows=limits.max_batch_rows, shared_memory=shared_memory)
 
-    @contextlib.contextmanager
-    def busy(self, metrics: ServerMetrics):
-        """A request being decoded, queued or run on this model (a retired model waits for it)."""
-        self.in_flight += 1
-        metrics.in_flight.inc((self.name,), 1)
-        try:
-            yield
-        finally:
-            self.in_flight -= 1
-            metrics.in_flight.inc((self.name,), -1)
+    def busy(self, metrics: ServerMetrics) -> _Busy:
+        """``with model.busy(metrics):`` a request being decoded, queued or run on this model (a retired model
+        waits for it)."""
+        return _Busy(self, metrics)
 
     # --- running -----------------------------------------------------------------------------------------
     def _run(self, feeds, names):

@@ -253,6 +253,71 @@ def _raw_request(body, inputs: dict[str, TensorInfo], model_name: str, leading_b
     return InferRequest(None, {name: arr.reshape(dims)}, None, True, dims[0] if dims else 1)
 
 
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise HTTPError(400, f"input '{name}' contains NaN or infinite values; send finite numbers")
+
+
+PLAN_HEADER_BYTES = 4096  # JSON headers up to this size are remembered (a binary request's header is ~200 bytes)
+PLANS_KEPT = 64  # per model; past this the remembered headers are forgotten and collected again
+
+
+class _Plan:
+    """A validated JSON header whose inputs are all binary tensors: what to cut from the binary part of another
+    body with the same header."""
+
+    __slots__ = ("request_id", "entries", "outputs", "binary_default", "rows", "binary_size")
+
+    def __init__(self, request: InferRequest, entries: list[tuple], binary_size: int):
+        self.request_id, self.outputs = request.id, request.outputs
+        self.binary_default, self.rows = request.binary_default, request.rows
+        self.entries, self.binary_size = entries, binary_size
+
+    def apply(self, binary, allow_nonfinite: bool) -> InferRequest | None:
+        """The request for ``binary`` (the tensors' bytes are checked as on the first parse), or None when its
+        length differs from the header's sizes (the full parse then says what is wrong)."""
+        if len(binary) != self.binary_size:
+            return None
+        feeds, offset = {}, 0
+        for name, dtype, count, shape, size, datatype in self.entries:
+            arr = _tensor_from_bytes(binary[offset:offset + size], dtype, count, shape, name, datatype)
+            offset += size
+            if not allow_nonfinite:
+                _check_finite(name, arr)
+            feeds[name] = arr.reshape(shape)
+        return InferRequest(self.request_id, feeds, self.outputs, self.binary_default, self.rows)
+
+
+class HeaderPlans:
+    """One model's binary requests' JSON headers, validated, by their bytes. A client sends the same header with
+    every request (only the tensors change), so a header seen before skips JSON parsing and its checks; the
+    binary part is still checked each time (its length, BYTES elements, NaN). Kept only for headers whose
+    inputs are all binary and that name no shared memory (a region can be unregistered); at most PLANS_KEPT."""
+
+    def __init__(self):
+        self._plans: dict[bytes, _Plan] = {}
+
+    def get(self, key: bytes) -> _Plan | None:
+        return self._plans.get(key)
+
+    def remember(self, key: bytes, doc: dict, request: InferRequest, inputs: dict[str, TensorInfo]) -> None:
+        entries, size = [], 0
+        for item in doc["inputs"]:
+            params = item.get("parameters")
+            if not params or "binary_data_size" not in params or "shared_memory_region" in params:
+                return
+            name = item["name"]
+            arr = request.feeds[name]
+            entries.append((name, inputs[name].dtype, arr.size, list(arr.shape), params["binary_data_size"],
+                            item["datatype"]))
+            size += params["binary_data_size"]
+        if request.outputs is not None and any(o.shared is not None for o in request.outputs):
+            return
+        if len(self._plans) >= PLANS_KEPT:
+            self._plans.clear()
+        self._plans[key] = _Plan(request, entries, size)
+
+
 def parse_infer_request(
     body: bytes,
     header_length: int | None,
@@ -265,23 +330,37 @@ def parse_infer_request(
     model_name: str = "model",
     leading_batch: bool = False,
     shared_memory=None,
+    plans: HeaderPlans | None = None,
 ) -> InferRequest:
     """Validate and decode one infer request against a model's inputs and outputs (and, when given, the
     model's limits on elements per tensor, 413 beyond, and rows per request, 400 beyond as in Triton).
 
     ``header_length`` 0 is a raw body (the one input's bytes; ``leading_batch``: its axis 0 is one row);
-    ``shared_memory`` (a ``shm.SystemSharedMemory``) resolves inputs given as shared memory regions."""
+    ``shared_memory`` (a ``shm.SystemSharedMemory``) resolves inputs given as shared memory regions; ``plans``
+    (the model's ``HeaderPlans``) remembers JSON headers already validated."""
     if header_length == 0:
         request = _raw_request(body, inputs, model_name, leading_batch, max_elements, max_rows)
-        (arr,) = request.feeds.values()
-        if arr.dtype.kind == "f" and not allow_nonfinite and not np.isfinite(arr).all():
-            raise HTTPError(400, f"input '{next(iter(request.feeds))}' contains NaN or infinite values; send "
-                                 "finite numbers")
+        if not allow_nonfinite:
+            ((name, arr),) = request.feeds.items()
+            _check_finite(name, arr)
         return request
     json_part, binary = _header_split(body, header_length)
-    return parse_infer_document(_loads(json_part), binary, inputs, output_names, allow_nonfinite=allow_nonfinite,
-                                max_elements=max_elements, max_rows=max_rows, shared_memory=shared_memory,
-                                streamed=len(json_part) >= tensorjson.STREAM_ABOVE_BYTES)
+    if plans is None or header_length is None or len(json_part) > PLAN_HEADER_BYTES:
+        return parse_infer_document(_loads(json_part), binary, inputs, output_names, allow_nonfinite=allow_nonfinite,
+                                    max_elements=max_elements, max_rows=max_rows, shared_memory=shared_memory,
+                                    streamed=len(json_part) >= tensorjson.STREAM_ABOVE_BYTES)
+    key = bytes(json_part)
+    plan = plans.get(key)
+    if plan is not None:
+        request = plan.apply(binary, allow_nonfinite)
+        if request is not None:
+            return request
+    doc = _loads(key)
+    request = parse_infer_document(doc, binary, inputs, output_names, allow_nonfinite=allow_nonfinite,
+                                   max_elements=max_elements, max_rows=max_rows, shared_memory=shared_memory)
+    if plan is None:
+        plans.remember(key, doc, request, inputs)
+    return request
 
 
 def parse_infer_document(doc, binary, inputs: dict[str, TensorInfo], output_names: list[str], *,
@@ -368,8 +447,8 @@ def parse_infer_document(doc, binary, inputs: dict[str, TensorInfo], output_name
             if dtype == np.float16:
                 raise HTTPError(400, f"input '{name}' is FP16, which cannot travel as JSON; send it as binary data")
             arr = _from_json(item["data"], dtype, count, name, datatype, streamed)
-        if dtype.kind == "f" and not allow_nonfinite and not np.isfinite(arr).all():
-            raise HTTPError(400, f"input '{name}' contains NaN or infinite values; send finite numbers")
+        if not allow_nonfinite:
+            _check_finite(name, arr)
         feeds[name] = arr.reshape(shape)
         if rows < 0 and shape:
             rows = shape[0]

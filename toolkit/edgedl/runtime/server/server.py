@@ -1,12 +1,13 @@
-"""Run the app: load and warm up every model first, bind the socket, report ready, then serve under uvicorn
-(httptools parser, uvloop when installed) until SIGTERM/SIGINT; reload on SIGHUP.
+"""Run the app: load and warm up every model first, bind the socket, report ready, then serve until
+SIGTERM/SIGINT (uvloop when installed); reload on SIGHUP.
 
 ``Server`` composes a ``uvicorn.Server`` (it does not subclass it) and drives it through its public surface: the
 listening socket is bound here and handed to ``uvicorn.Server.serve(sockets=...)``; SIGINT/SIGTERM go to uvicorn's
 own ``handle_exit`` (the first drains in-flight requests for up to ``--drain-timeout``, a second SIGINT forces),
 and a watcher that follows ``should_exit`` - as uvicorn's own main loop does - marks the app draining, says so,
-and stops the gRPC endpoint alongside. The models are closed once both front ends are done. Connections go
-through ``connections.GuardedProtocol`` (timeouts, header size, a cap on open connections).
+and stops the gRPC endpoint alongside. The models are closed once both front ends are done. Each HTTP connection is
+edgedl's own HTTP/1.1 protocol (http1.py: httptools parses, the app answers without ASGI; timeouts, header size,
+a cap on open connections), which uvicorn's Server drives through its protocol interface.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from typing import Callable
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.server.app import InferenceApp
 from edgedl.runtime.server.config import ServerConfig
-from edgedl.runtime.server.connections import FD_RESERVE, ConnectionGuard, protocol_class, raise_fd_limit
+from edgedl.runtime.server.connections import FD_RESERVE, ConnectionGuard, raise_fd_limit
+from edgedl.runtime.server.http1 import protocol_class
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.models import Registry
 from edgedl.runtime.server.settings import LogSettings
@@ -70,8 +72,8 @@ def serve(config: ServerConfig, on_ready: Callable[[InferenceApp, str], None] | 
     # uvicorn's own log stays at errors: a client that sends garbage must not be able to fill the log
     uv_config = uvicorn.Config(
         app, host=config.host, port=config.port, lifespan="off", access_log=False, log_level="error",
-        http=protocol_class(guard), timeout_graceful_shutdown=config.drain_timeout_s, server_header=False,
-        date_header=False, timeout_keep_alive=limits.keep_alive_timeout_s, proxy_headers=False,
+        http=protocol_class(app, guard), timeout_graceful_shutdown=config.drain_timeout_s, server_header=False,
+        date_header=False, proxy_headers=False,
     )
     Server(app, uvicorn.Server(uv_config), grpc_server, on_ready, t0).run()
 
