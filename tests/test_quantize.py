@@ -336,6 +336,53 @@ def test_presets_are_named_typed_configs(tmp_path):
         preset("arm46", tmp_path / "a.onnx")
 
 
+@pytest.mark.parametrize("machine,flags,reduce", [
+    ("x86_64", ("avx2",), True),  # VPMADDUBSW: 16-bit sums saturate with full 8-bit weights
+    ("x86_64", ("avx2", "avx512f", "avx512bw"), True),  # AVX-512 without VNNI: the same instruction
+    ("x86_64", ("avx2", "avx512_vnni"), False),
+    ("x86_64", ("avx2", "avx_vnni"), False),
+    ("aarch64", ("asimd",), False),
+    ("aarch64", ("asimd", "asimddp"), False),
+])
+def test_the_default_weight_range_follows_the_cpu(machine, flags, reduce):
+    from edgedl.stages.machine import CpuReading
+    from edgedl.stages.quantize.config import default_reduce_range, weight_range_note
+
+    cpu = CpuReading(machine, "test cpu", flags, "test")
+    assert default_reduce_range(cpu) is reduce
+    chosen = StaticConfig(reduce_range=reduce)
+    assert ", the default here" in weight_range_note(chosen, cpu=cpu)
+    assert ("7-bit" in weight_range_note(chosen, cpu=cpu)) is reduce
+    other = weight_range_note(StaticConfig(reduce_range=not reduce), "x86-avx2" if not reduce else None, cpu=cpu)
+    assert ", the default here" not in other and "set by" in other
+    if reduce:  # full 8-bit where it saturates: the report warns that accuracy measured here can read low
+        assert "can read lower" in other
+
+
+def test_the_default_weight_range_is_this_cpus_and_the_report_says_why(zoo, tmp_path):
+    from edgedl.stages.machine import this_cpu
+
+    here = this_cpu().saturates_full_range_weights  # x86 without VNNI: 7-bit weights
+    assert StaticConfig().reduce_range is here
+    assert StaticConfig(reduce_range=not here).reduce_range is (not here)  # a choice given is kept
+    assert preset("x86-vnni", tmp_path / "v.onnx").static.reduce_range is False  # a preset's too
+    out = tmp_path / "mlp.static.onnx"
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", "--speed-seconds", "0",
+                                  "--no-progress", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["config"]["static"]["reduce_range"] is here  # saved with the model's record, as a plain bool
+    notes = [n for n in data["notes"] if n.startswith("static int8: ")]
+    assert len(notes) == 1 and ", the default here" in notes[0] and ("7-bit" in notes[0]) is here
+    with Runner(out) as runner:
+        assert runner.metadata["quantization"]["config"]["static"]["reduce_range"] is here
+    result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", tmp_path / "full.onnx", "--mode", "static",
+                                  "--full-range", "--speed-seconds", "0", "--no-progress", "--json")
+    data = json.loads(result.stdout)
+    assert data["config"]["static"]["reduce_range"] is False
+    assert any(n.startswith("static int8: full 8-bit weights") for n in data["notes"])
+
+
 def test_preset_on_the_cli_sets_int8_activations(zoo, tmp_path):
     out = tmp_path / "arm.onnx"
     result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", "--preset", "arm64",

@@ -46,7 +46,9 @@ def _moved(flag: str, instead: str):
 @click.option("--activation-type", metavar="uint8|int8", help="[default: uint8, or the preset's]")
 @click.option("--weight-type", metavar="int8|uint8", help="[default: int8]")
 @click.option("--reduce-range/--full-range", default=None,
-              help="Static int8: 7-bit weights (exact on AVX2 without VNNI) [default: the preset's, else full].")
+              help="Static int8: 7-bit weights, or full 8-bit [default: the preset's, else this CPU's: 7-bit on x86 "
+                   "without VNNI (onnxruntime's AVX2 int8 kernels saturate with 8-bit weights), full 8-bit elsewhere; "
+                   "the report says which].")
 @click.option("--exclude-nodes", multiple=True, metavar="NAME[,NAME]|@FILE",
               help="Keep these nodes in float (@FILE: one name per line, as --bisect writes).")
 @click.option("--exclude-op-types", multiple=True, metavar="OP[,OP]", help="Keep these op types in float.")

@@ -1,11 +1,13 @@
 """What machine this is: CPU model and flags, cores, onnxruntime version and flavour, OS, Python.
 
-Shared by bench (the environment block every report carries), debug (which int8 kernels this CPU has) and doctor.
+Shared by bench (the environment block every report carries), debug (which int8 kernels this CPU has), quantize
+(whether full 8-bit weights saturate here: its default weight range) and doctor.
 Standard library only (plus onnxruntime for its version), so the bench worker can report it from a device.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import struct
@@ -138,6 +140,60 @@ def int8_support(flags: set[str] | list[str], machine: str) -> Int8Support | Non
         return Int8Support("basic", (), "no dot-product instructions (asimddp; e.g. Cortex-A72 / Pi 4): int8 mostly "
                                         "saves size, not time; measure with edgedl bench")
     return None
+
+
+# x86 int8 dot-product instructions: with them onnxruntime's u8s8 kernels accumulate in int32 (VPDPBUSD)
+X86_VNNI = ("avx512_vnni", "avx_vnni")
+
+
+def saturates_full_range_weights(flags: set[str] | list[str] | tuple[str, ...], machine: str) -> bool:
+    """Whether onnxruntime's u8s8 int8 kernels can saturate here with full 8-bit weights: on x86 without VNNI they
+    multiply with VPMADDUBSW, whose pairwise sums of u8 x s8 products are 16-bit and clip (255 x 127 x 2 > 32767);
+    7-bit weights (reduce_range) keep them exact. VNNI and the Arm dot-product kernels accumulate in 32 bits."""
+    return machine in X86_MACHINES and not set(X86_VNNI) & set(flags)
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """The features of the CPU this process runs on, as onnxruntime's kernels see them."""
+
+    machine: str
+    model: str
+    flags: tuple[str, ...]  # the INTERESTING_FLAGS present
+    source: str  # where the flags were read
+
+    @property
+    def int8(self) -> Int8Support | None:
+        return int8_support(set(self.flags), self.machine)
+
+    @property
+    def saturates_full_range_weights(self) -> bool:
+        return saturates_full_range_weights(self.flags, self.machine)
+
+
+def read_cpu(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo", auxv_path: str | os.PathLike = "/proc/self/auxv",
+             machine: str | None = None) -> CpuReading:
+    """This CPU's features: on AArch64 from the auxiliary vector (what this process may execute, and what
+    onnxruntime dispatches on), elsewhere (or when it cannot be read) from /proc/cpuinfo."""
+    machine = machine or platform.machine()
+    path = Path(cpuinfo_path)
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    hwcaps, source = None, str(cpuinfo_path)
+    if machine in ARM64_MACHINES:
+        try:
+            hwcaps = arm_hwcap_flags(parse_auxv(Path(auxv_path).read_bytes())) or None
+        except OSError:
+            hwcaps = None
+        if hwcaps is not None:
+            source = "the auxiliary vector (AT_HWCAP)"
+    info = parse_cpuinfo(text, hwcaps)
+    return CpuReading(machine, info["model"], tuple(info["flags"]), source)
+
+
+@functools.lru_cache(maxsize=1)
+def this_cpu() -> CpuReading:
+    """``read_cpu()`` of the machine this process runs on, read once."""
+    return read_cpu()
 
 
 def cpu_info(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:

@@ -11,14 +11,12 @@ from /proc/cpuinfo.
 from __future__ import annotations
 
 import json
-import platform
 import shlex
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from edgedl.stages.machine import (ARM64_MACHINES, X86_MACHINES, Int8Support, arm_hwcap_flags, int8_support,
-                                   parse_auxv, parse_cpuinfo)
+from edgedl.stages.machine import ARM64_MACHINES, X86_MACHINES, Int8Support, read_cpu
 
 # float op -> {quantize mode: the int8 kernel onnxruntime's CPU provider runs for it (after its fusions)}
 INT8_KERNELS: dict[str, dict[str, str]] = {
@@ -92,20 +90,8 @@ class CpuFeatures:
 
 def detect_cpu(cpuinfo_path: str | Path = "/proc/cpuinfo", auxv_path: str | Path = "/proc/self/auxv",
                machine: str | None = None) -> CpuFeatures:
-    machine = machine or platform.machine()
-    path = Path(cpuinfo_path)
-    text = path.read_text(errors="replace") if path.is_file() else ""
-    hwcaps, source = None, str(cpuinfo_path)
-    if machine in ARM64_MACHINES:
-        try:
-            hwcaps = arm_hwcap_flags(parse_auxv(Path(auxv_path).read_bytes())) or None
-        except OSError:
-            hwcaps = None
-        if hwcaps is not None:
-            source = "the auxiliary vector (AT_HWCAP)"
-    info = parse_cpuinfo(text, hwcaps)
-    flags = tuple(info["flags"])
-    return CpuFeatures(machine, info["model"], flags, source, int8_support(set(flags), machine))
+    cpu = read_cpu(cpuinfo_path, auxv_path, machine)
+    return CpuFeatures(cpu.machine, cpu.model, cpu.flags, cpu.source, cpu.int8)
 
 
 @dataclass(frozen=True)
@@ -158,17 +144,40 @@ class Advice:
                 "command_line": self.command_line()}
 
 
+def int8_may_not_win(cpu: CpuFeatures) -> bool:
+    """No int8 dot-product instructions (x86 without VNNI, Arm without asimddp): int8 kernels there often only
+    match float, so an advised int8 model may honestly not pass a speed gate."""
+    return cpu.int8 is not None and cpu.int8.level != "fast"
+
+
 def quantize_command(f: Findings, cpu: CpuFeatures, mode: str, tag: str, *extra: str) -> tuple[str, ...]:
-    """`edgedl quantize` for ``mode`` with this CPU's preset, gated on being faster at the batch profiled."""
+    """`edgedl quantize` for ``mode`` with this CPU's preset, judged for speed at the batch profiled.
+
+    Where int8 may not win (``int8_may_not_win``) the command is ``--mode auto``: it builds the static and dynamic
+    candidates the same way and writes one only when it measures it faster, else keeps fp32 and says so - a
+    speed-up is promised only where the CPU has the instructions for it, and always measured."""
+    gated = not int8_may_not_win(cpu)
+    tag = tag if gated else tag.replace(mode, "int8", 1)  # auto may write either int8 mode
     model = Path(f.model)
     out = model.with_name(f"{model.stem}.{tag}.onnx")
     if out.resolve() == Path(f.int8_model).resolve():
         out = model.with_name(f"{model.stem}.{tag}-2.onnx")
-    cmd = ["edgedl", "quantize", str(model), "-o", str(out), "--mode", mode]
-    if mode == "static" and cpu.preset:
+    cmd = ["edgedl", "quantize", str(model), "-o", str(out), "--mode", mode if gated else "auto"]
+    if (mode == "static" or not gated) and cpu.preset:
         cmd += ["--preset", cpu.preset]
-    cmd += [*extra, "--require-speedup", "--speed-batch", str(f.batch), "--threads", str(f.threads)]
+    cmd += [*extra, *(["--require-speedup"] if gated else []), "--speed-batch", str(f.batch),
+            "--threads", str(f.threads)]
     return tuple(cmd)
+
+
+def _speed_caveat(cpu: CpuFeatures) -> str:
+    """What the advised command does about speed on this CPU, said with the fix."""
+    if not int8_may_not_win(cpu):
+        return ""
+    missing = "VNNI" if cpu.family == "x86" else "asimddp"
+    return (f". This CPU has no int8 dot-product instructions ({missing}): expect int8 to "
+            "match float here more than beat it, so the command lets the speed gate decide (--mode auto writes the "
+            "int8 model only if it measures faster, else keeps fp32 and says so)")
 
 
 def _cpu_advice(cpu: CpuFeatures) -> Advice:
@@ -199,8 +208,9 @@ def advise(cpu: CpuFeatures, f: Findings) -> tuple[Advice, ...]:
         out.append(Advice("fix", f"{len(same)} {op} node(s) run as {loser.int8_kernel} and cost {cost:,.0f} µs more "
                                  f"than in float. Quantize them {_ADVERB[mode]} (QDQ, per-channel weights"
                                  f"{', preset ' + cpu.preset if cpu.preset else ''}): onnxruntime then runs "
-                                 f"{instead}{data_note}", quantize_command(f, cpu, mode, mode)))
-        out.append(Advice("fix", f"or keep {op} in float and quantize the rest dynamically{data_note}",
+                                 f"{instead}{data_note}{_speed_caveat(cpu)}", quantize_command(f, cpu, mode, mode)))
+        rest = "(dynamic or static: the speed gate picks)" if int8_may_not_win(cpu) else "dynamically"
+        out.append(Advice("fix", f"or keep {op} in float and quantize the rest {rest}{data_note}",
                           quantize_command(f, cpu, "dynamic", f"dynamic-float-{op.lower()}", "--exclude-op-types",
                                            op)))
     for node, op, us in f.still_float:
@@ -209,7 +219,8 @@ def advise(cpu: CpuFeatures, f: Findings) -> tuple[Advice, ...]:
             mode = "static" if "static" in modes else "dynamic"
             kernel = modes[mode]
             out.append(Advice("fix", f"{node} ({op}) still runs in float in the int8 model ({us:.0f} µs): "
-                                     f"onnxruntime has an int8 {op} kernel only in {mode} mode ({kernel}){data_note}",
+                                     f"onnxruntime has an int8 {op} kernel only in {mode} mode ({kernel}){data_note}"
+                                     f"{_speed_caveat(cpu)}",
                               quantize_command(f, cpu, mode, mode)))
         else:
             out.append(Advice("note", f"{node} ({op}) runs in float in both models ({us:.0f} µs): onnxruntime has "

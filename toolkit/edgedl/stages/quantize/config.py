@@ -9,6 +9,7 @@ from pathlib import Path
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.signature import ShapeOptions
 from edgedl.stages.data import DataOptions
+from edgedl.stages.machine import X86_MACHINES, CpuReading, this_cpu
 from edgedl.stages.side_by_side import MIN_SPEEDUP, SPEED_BATCH, THREADS
 
 MODES = ("dynamic", "static", "fp16", "auto")
@@ -34,6 +35,34 @@ def choose(kind: str, value: str, options: tuple[str, ...]) -> str:
     raise EdgeDLError(f"unknown {kind} '{value}'; {hint}choose one of {', '.join(options)}")
 
 
+def default_reduce_range(cpu: CpuReading | None = None) -> bool:
+    """Static int8's weight range when none is given, for the CPU that calibrates, judges and times the model
+    (``cpu``, default: this one): 7-bit weights where onnxruntime's u8s8 kernels saturate with 8-bit ones (x86
+    without VNNI), as onnxruntime's quantization docs advise there; full 8-bit elsewhere."""
+    return (cpu or this_cpu()).saturates_full_range_weights
+
+
+def weight_range_note(static: "StaticConfig", preset_name: str | None = None, cpu: CpuReading | None = None) -> str:
+    """One line for the report: the static weight range used, and why."""
+    cpu = cpu or this_cpu()
+    default = default_reduce_range(cpu)
+    used = "7-bit weights (reduce_range)" if static.reduce_range else "full 8-bit weights"
+    if cpu.saturates_full_range_weights:
+        here = ("this CPU is x86 without VNNI: onnxruntime's u8s8 kernels multiply with VPMADDUBSW, whose 16-bit "
+                "sums saturate with full 8-bit weights")
+    elif cpu.machine in X86_MACHINES:
+        here = "this CPU has VNNI (int32 dot products): full 8-bit weights do not saturate"
+    else:
+        here = f"this CPU ({cpu.machine}) has no 16-bit saturation in onnxruntime's int8 kernels"
+    if static.reduce_range == default:
+        return f"static int8: {used}, the default here - {here}"
+    given = f"preset {preset_name}" if preset_name else "the configuration"
+    if static.reduce_range:
+        return f"static int8: {used}, set by {given}; full 8-bit is the default here - {here}"
+    return (f"static int8: {used}, set by {given}, not this CPU's default - {here}, so the accuracy measured here "
+            "can read lower than on a CPU with VNNI or on Arm")
+
+
 @dataclass
 class StaticConfig:
     """Static int8 settings: how tensors are calibrated and which integer types carry them."""
@@ -46,7 +75,8 @@ class StaticConfig:
     weight_type: str = "int8"
     activation_symmetric: bool = False
     weight_symmetric: bool = True
-    reduce_range: bool = False
+    # 7-bit weights; None: this CPU's default (``default_reduce_range``): 7-bit on x86 without VNNI, else full 8-bit
+    reduce_range: bool | None = None
     # histogram settings for entropy/percentile: onnxruntime's entropy default (128 bins, 128 quantized bins)
     # picks the full range, i.e. the same scales as minmax; 2048 bins give the KL search room to clip outliers.
     num_bins: int = 2048
@@ -54,6 +84,8 @@ class StaticConfig:
     percentile: float = 99.999
 
     def __post_init__(self) -> None:
+        if self.reduce_range is None:
+            self.reduce_range = default_reduce_range()
         self.format = choose("--format", self.format, FORMATS)
         self.calibration_method = choose("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
         self.activation_type = choose("--activation-type", self.activation_type, INT8_TYPES)
@@ -194,7 +226,7 @@ class QuantizeConfig:
         weights, reads explicit QDQ graphs, and quantizes weights per output channel; its GPU also runs fp16
         natively, so on the device (--target-provider tensorrt or cuda) auto mode also tries fp16."""
         static = StaticConfig(format="qdq", per_channel=True, activation_type="int8", weight_type="int8",
-                              activation_symmetric=True, weight_symmetric=True)
+                              activation_symmetric=True, weight_symmetric=True, reduce_range=False)
         return cls(output=output, static=static, preset="jetson", **overrides)
 
 

@@ -24,7 +24,7 @@ from edgedl.stages.data import DataPlan, plan_data
 from edgedl.stages.data.plan import model_recipe
 from edgedl.stages.files import atomic_output, writable_output
 from edgedl.stages.quantize import debug as layer_debug
-from edgedl.stages.quantize.config import QuantizeConfig
+from edgedl.stages.quantize.config import QuantizeConfig, weight_range_note
 from edgedl.stages.quantize.gates import (Evaluation, Metric, checks, compare_speed, eval_batches, evaluate,
                                           load_metric, runner, timing_batches, timing_feeds)
 from edgedl.stages.quantize.ops import analyze
@@ -372,7 +372,10 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
             if gates.speed_seconds > 0:
                 speed_batch, timed_shapes = _speed(fp32, candidates, plan, signature, gates)
                 advance(info="timed")
-        report = _decide(model_path, config, fp32, candidates, original, bench.preprocess_notes, plan, speed_batch)
+        # the weight range decides whether this CPU's int8 kernels saturate: say which one was used and why
+        range_note = [weight_range_note(config.static, config.preset)] if "static" in modes else []
+        report = _decide(model_path, config, fp32, candidates, original, [*bench.preprocess_notes, *range_note],
+                         plan, speed_batch)
         report.timed_shapes = timed_shapes
         if report.accepted and report.chosen is not None and report.chosen.mode != "fp32":
             record = {"mode": report.chosen.mode, "source": str(model_path), "source_size_bytes": fp32.size_bytes,
