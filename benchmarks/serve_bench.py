@@ -503,6 +503,11 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
     for key, values in rounds.items():
         kind, metric = key.split("|")
         R.setdefault(kind, {})[metric] = median_of(values)
+        theirs = rounds.get(f"triton|{metric}") if kind == "edgedl" else None
+        for field in ("requests_per_s", "requests_per_server_cpu_s") if theirs else ():
+            if field in values[0]:  # each round's edgedl / Triton: the two ran seconds apart, so drift cancels
+                R.setdefault("paired", {}).setdefault(metric, {})[field] = float(np.median(
+                    [ours[field] / other[field] for ours, other in zip(values, theirs)]))
     return R
 
 
@@ -541,8 +546,14 @@ def render_triton(t: dict) -> list[str]:
                    f"{'edgedl' if wins else 'Triton'} |")
     out += ["", f"Load average {', '.join(f'{v:.1f}' for v in t['load_average_at_start'])} at the start (other jobs "
             "ran on both CPUs): req/s depend on them, 'req per server CPU-s' (responses / CPU time of all the server's "
-            "processes in the window) much less.", "",
-            "Added to the in-process run (1x3x224x224): " + "; ".join(
+            "processes in the window) much less.", ""]
+    paired = t.get("paired", {})
+    if paired:
+        out += ["Median of each round's edgedl / Triton ratio (the two measured seconds apart in the same round, so a "
+                "slow spell of the machine hits both): " + "; ".join(
+                    f"{metric} {v['requests_per_s']:.2f}x req/s, {v['requests_per_server_cpu_s']:.2f}x per server CPU-s"
+                    for metric, v in sorted(paired.items()) if "requests_per_server_cpu_s" in v) + ".", ""]
+    out += ["Added to the in-process run (1x3x224x224): " + "; ".join(
         f"{kind} binary +{side['resnet_binary']['p50_ms'] - ip:.2f} ms, shared memory "
         f"+{side['resnet_shared_memory']['p50_ms'] - ip:.2f} ms" for kind, side in (("edgedl", e), ("Triton", tr))) + "."]
     return out
@@ -583,9 +594,9 @@ def main() -> None:
         else:  # some cases: their figures replace the last ones, the rest stay, and the table says which is which
             kept = previous["triton_side_by_side"]
             large_cases = {"binary", "json", "shm"} & set(args.triton_cases.split(","))
-            for kind in ("edgedl", "triton", "in_process"):
+            for kind in ("edgedl", "triton", "in_process", "paired"):
                 if kind != "in_process" or large_cases:  # the in-process figure goes with the large cases
-                    kept[kind] |= measured.get(kind, {})
+                    kept[kind] = kept.get(kind, {}) | measured.get(kind, {})
             kept.setdefault("updates", []).append({**stamp, "cases": args.triton_cases,
                                                    "metrics": sorted(measured.get("edgedl", {}))})
         inproc.close()
