@@ -92,24 +92,67 @@ def request_document(request) -> tuple[dict, bytes]:
     return doc, raw[0] if len(raw) == 1 else b"".join(raw)
 
 
-def _encode_grpc(model, request_id, outputs):
-    """The outputs (as ``select_outputs`` gives them) as a ModelInferResponse, every tensor in
+# an answer's ModelInferResponse fields 1-5 (names, version, id, the outputs' names, types and shapes) are the same
+# for every answer with the same outputs: serialized once and remembered (a bounded number), the tensors appended
+# as field 6 (raw_output_contents) entries - protobuf's own encoding of the whole message
+_RESPONSE_HEADS: dict[tuple, tuple[bytes, tuple[str, ...]]] = {}
+_RESPONSE_HEADS_KEPT = 256
+_RAW_OUTPUT_CONTENTS = b"\x32"  # field 6, length-delimited
+_INFER_RESPONSE = b"\x12"  # ModelStreamInferResponse field 2 (infer_response), length-delimited
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _encode_grpc(model, request_id, outputs) -> bytes:
+    """The outputs (as ``select_outputs`` gives them) as a serialized ModelInferResponse, every tensor in
     raw_output_contents; an output in shared memory gets an empty entry (the entries stay in the order of the
     outputs) and the region in its parameters, as the HTTP response names it."""
+    if any(o[3] is not None for o in outputs):
+        return _response_message(model, request_id, outputs).SerializeToString()
+    key = (model.name, model.version, request_id, tuple((o[0], o[1].dtype, o[1].shape) for o in outputs))
+    known = _RESPONSE_HEADS.get(key)
+    if known is None:
+        head = _response_message(model, request_id, outputs, contents=False)
+        known = head.SerializeToString(), tuple(t.datatype for t in head.outputs)
+        if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_KEPT:
+            _RESPONSE_HEADS.clear()
+        _RESPONSE_HEADS[key] = known
+    head, datatypes = known
+    parts = [head]
+    for output, datatype in zip(outputs, datatypes):
+        blob = wire_bytes(output[1], datatype)
+        parts += (_RAW_OUTPUT_CONTENTS, _varint(len(blob)), blob)
+    return b"".join(parts)
+
+
+def _response_message(model, request_id, outputs, contents: bool = True):
     response = InferResponse(model_name=model.name, model_version=model.version, id=request_id or "")
-    tensors, contents = response.outputs, response.raw_output_contents
+    tensors, raw = response.outputs, response.raw_output_contents
     for name, arr, _, shared in outputs:
         datatype = output_datatype(arr)
         tensor = tensors.add(name=name, datatype=datatype, shape=arr.shape)
+        if not contents:
+            continue
         if shared is None:
-            contents.append(wire_bytes(arr, datatype))
+            raw.append(wire_bytes(arr, datatype))
             continue
         tensor.parameters["shared_memory_region"].string_param = shared.region
         tensor.parameters["shared_memory_byte_size"].int64_param = shared.byte_size
         if shared.offset:
             tensor.parameters["shared_memory_offset"].int64_param = shared.offset
-        contents.append(b"")
+        raw.append(b"")
     return response
+
+
+def _as_is(serialized: bytes) -> bytes:
+    return serialized
 
 
 class InferenceService:
@@ -272,10 +315,11 @@ class InferenceService:
 
         async def answer(request):
             try:
-                result = StreamResponse(infer_response=await self.ModelInfer(request))
+                answer = await self.ModelInfer(request)
+                result = _INFER_RESPONSE + _varint(len(answer)) + answer
             except Exception as exc:  # noqa: BLE001 - reported on the stream, like Triton
-                code, text = _status(exc)
-                result = StreamResponse(error_message=text)
+                _, text = _status(exc)
+                result = StreamResponse(error_message=text).SerializeToString()
             await responses.put(result)
 
         async def read():
@@ -325,8 +369,9 @@ class GrpcServer:
         for name, (request_type, response_type, streaming) in messages.methods().items():
             handler = getattr(self.service, name, None)
             if handler is not None:  # a method the service does not define is answered UNIMPLEMENTED
+                encode = _as_is if name in ("ModelInfer", "ModelStreamInfer") else response_type.SerializeToString
                 methods[f"/{SERVICE}/{name}".encode()] = http2.Method(
-                    request_type.FromString, response_type.SerializeToString, handler, streaming,
+                    request_type.FromString, encode, handler, streaming,
                     public=name == "ServerLive")  # as HTTP exempts /v2/health/live from the API key
         return methods
 
