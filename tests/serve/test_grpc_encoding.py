@@ -57,6 +57,6 @@ def test_an_output_in_shared_memory_names_its_region():
 
 
 def test_the_remembered_heads_are_bounded():
-    for i in range(service._RESPONSE_HEADS_KEPT * 2):
+    for i in range(service._RESPONSE_HEADS.kept * 2):
         service._encode_grpc(Model, f"id-{i}", [("y", np.zeros(1, np.float32), True, None)])
-        assert len(service._RESPONSE_HEADS) <= service._RESPONSE_HEADS_KEPT
+        assert len(service._RESPONSE_HEADS) <= service._RESPONSE_HEADS.kept

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgedl.runtime.server import tensorjson
+from edgedl.runtime.server.memo import Memo
 from edgedl.runtime.server.tensorjson import NumberArray
 from edgedl.runtime.tensors import DATATYPES, TensorInfo, datatype_of
 
@@ -314,7 +315,7 @@ class HeaderPlans:
     inputs are all binary and that name no shared memory (a region can be unregistered); at most PLANS_KEPT."""
 
     def __init__(self):
-        self._plans: dict[bytes, _Plan] = {}
+        self._plans: Memo = Memo(PLANS_KEPT)  # header bytes -> _Plan
 
     def get(self, key: bytes) -> _Plan | None:
         return self._plans.get(key)
@@ -332,9 +333,7 @@ class HeaderPlans:
             size += params["binary_data_size"]
         if request.outputs is not None and any(o.shared is not None for o in request.outputs):
             return
-        if len(self._plans) >= PLANS_KEPT:
-            self._plans.clear()
-        self._plans[key] = _Plan(request, entries, size)
+        self._plans.keep(key, _Plan(request, entries, size))
 
 
 def parse_infer_request(
@@ -631,8 +630,7 @@ def encode_response(
     return body, json_len
 
 
-_BINARY_HEADERS: dict[tuple, tuple[bytes, tuple]] = {}  # an all-binary response's JSON header, by what it says
-_BINARY_HEADERS_KEPT = 256
+_BINARY_HEADERS = Memo(256)  # an all-binary response's JSON header and datatypes, by what it says
 
 
 def _with_blobs(header: bytes, blobs: list, blob_bytes: int):
@@ -690,9 +688,7 @@ def _encode(model_name, version, req_id, outputs):
         if not blobs:
             return header, None
         if key is not None:
-            if len(_BINARY_HEADERS) >= _BINARY_HEADERS_KEPT:
-                _BINARY_HEADERS.clear()
-            _BINARY_HEADERS[key] = header, tuple(e["datatype"] for e in entries)
+            _BINARY_HEADERS.keep(key, (header, tuple(e["datatype"] for e in entries)))
         return _with_blobs(header, blobs, blob_bytes)
     # a large JSON document: its large data lists go out piece by piece, between the pieces of the rest
     doc["outputs"] = []

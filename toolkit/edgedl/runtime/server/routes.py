@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from edgedl.runtime.server.memo import Memo
+
 _MODEL = "/v2/models/{model}"
 SEEN_PATHS = 1024
 
@@ -44,7 +46,7 @@ class Router:
             self._by_length.setdefault(len(segments), []).append((literals, captures, methods))
         for candidates in self._by_length.values():
             candidates.sort(key=lambda c: -len(c[0]))
-        self._seen: dict[str, tuple[Methods, dict[str, str]] | None] = {}
+        self._seen: Memo = Memo(SEEN_PATHS)  # path -> (methods, captures) or None
 
     def match(self, path: str) -> tuple[Methods, dict[str, str]] | None:
         """-> (the handlers by method, the captured segments: not to be changed) for ``path``, or None when no
@@ -52,10 +54,7 @@ class Router:
         kept, a bounded number (clients choose paths)."""
         found = self._seen.get(path, False)
         if found is False:
-            found = self._match(path)
-            if len(self._seen) >= SEEN_PATHS:
-                self._seen.clear()
-            self._seen[path] = found
+            found = self._seen.keep(path, self._match(path))
         return found
 
     def _match(self, path: str) -> tuple[Methods, dict[str, str]] | None:

@@ -24,6 +24,7 @@ from edgedl.runtime.server import documents
 from edgedl.runtime.server.app import key_matches, load_parameters
 from edgedl.runtime.server.grpc_server import http2, messages
 from edgedl.runtime.server.grpc_server.messages import SERVICE, json_format, message
+from edgedl.runtime.server.memo import Memo
 from edgedl.runtime.server.protocol import HTTPError, output_datatype, wire_bytes
 from edgedl.runtime.server.tensorjson import STREAM_ABOVE_BYTES as LARGE_BODY_BYTES
 
@@ -95,8 +96,7 @@ def request_document(request) -> tuple[dict, bytes]:
 # an answer's ModelInferResponse fields 1-5 (names, version, id, the outputs' names, types and shapes) are the same
 # for every answer with the same outputs: serialized once and remembered (a bounded number), the tensors appended
 # as field 6 (raw_output_contents) entries - protobuf's own encoding of the whole message
-_RESPONSE_HEADS: dict[tuple, tuple[bytes, tuple[str, ...]]] = {}
-_RESPONSE_HEADS_KEPT = 256
+_RESPONSE_HEADS = Memo(256)  # -> (serialized head, the outputs' datatypes)
 _RAW_OUTPUT_CONTENTS = b"\x32"  # field 6, length-delimited
 _INFER_RESPONSE = b"\x12"  # ModelStreamInferResponse field 2 (infer_response), length-delimited
 
@@ -120,10 +120,7 @@ def _encode_grpc(model, request_id, outputs) -> bytes:
     known = _RESPONSE_HEADS.get(key)
     if known is None:
         head = _response_message(model, request_id, outputs, contents=False)
-        known = head.SerializeToString(), tuple(t.datatype for t in head.outputs)
-        if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_KEPT:
-            _RESPONSE_HEADS.clear()
-        _RESPONSE_HEADS[key] = known
+        known = _RESPONSE_HEADS.keep(key, (head.SerializeToString(), tuple(t.datatype for t in head.outputs)))
     head, datatypes = known
     parts = [head]
     for output, datatype in zip(outputs, datatypes):
