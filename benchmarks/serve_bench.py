@@ -491,7 +491,7 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
                 if "binary" in cases:
                     add(f"{kind}|resnet_binary", sequential(p.http, v2_binary(p.http, "resnet", "image", xl), n_large))
                 if "json" in cases:
-                    add(f"{kind}|resnet_json", sequential(p.http, json_large[kind], max(4, n_large // 2)))
+                    add(f"{kind}|resnet_json", sequential(p.http, json_large[kind], n_large))
                 if "shm" in cases:
                     add(f"{kind}|resnet_shared_memory", shared[kind].sequential(n_large))
             print(f"triton side by side: round {k + 1}/{args.rounds} done", flush=True)
@@ -504,7 +504,7 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
         kind, metric = key.split("|")
         R.setdefault(kind, {})[metric] = median_of(values)
         theirs = rounds.get(f"triton|{metric}") if kind == "edgedl" else None
-        for field in ("requests_per_s", "requests_per_server_cpu_s") if theirs else ():
+        for field in ("requests_per_s", "requests_per_server_cpu_s", "p50_ms") if theirs else ():
             if field in values[0]:  # each round's edgedl / Triton: the two ran seconds apart, so drift cancels
                 R.setdefault("paired", {}).setdefault(metric, {})[field] = float(np.median(
                     [ours[field] / other[field] for ours, other in zip(values, theirs)]))
@@ -548,11 +548,12 @@ def render_triton(t: dict) -> list[str]:
             "ran on both CPUs): req/s depend on them, 'req per server CPU-s' (responses / CPU time of all the server's "
             "processes in the window) much less.", ""]
     paired = t.get("paired", {})
-    if paired:
+    ratios = [f"{metric} {v['requests_per_s']:.2f}x req/s, {v['requests_per_server_cpu_s']:.2f}x per server CPU-s"
+              for metric, v in sorted(paired.items()) if "requests_per_server_cpu_s" in v]
+    ratios += [f"{metric} {v['p50_ms']:.2f}x p50 latency" for metric, v in sorted(paired.items()) if "p50_ms" in v]
+    if ratios:
         out += ["Median of each round's edgedl / Triton ratio (the two measured seconds apart in the same round, so a "
-                "slow spell of the machine hits both): " + "; ".join(
-                    f"{metric} {v['requests_per_s']:.2f}x req/s, {v['requests_per_server_cpu_s']:.2f}x per server CPU-s"
-                    for metric, v in sorted(paired.items()) if "requests_per_server_cpu_s" in v) + ".", ""]
+                "slow spell of the machine hits both): " + "; ".join(ratios) + ".", ""]
     out += ["Added to the in-process run (1x3x224x224): " + "; ".join(
         f"{kind} binary +{side['resnet_binary']['p50_ms'] - ip:.2f} ms, shared memory "
         f"+{side['resnet_shared_memory']['p50_ms'] - ip:.2f} ms" for kind, side in (("edgedl", e), ("Triton", tr))) + "."]

@@ -174,3 +174,25 @@ def test_data_nested_deeper_than_numpy_dimensions_but_within_the_limit_is_read()
         body = b'{"inputs": [{"name": "x", "shape": [1, 1], "datatype": "FP32", "data": ' + b"[" * 90 + b"1.5" + \
             b"]" * 90 + b"}]}" + pad
         assert parse_infer_request(body, None, inputs, ["y"]).feeds["x"].tolist() == [[1.5]]
+
+
+@pytest.mark.skipif(tensorjson.orjson is None, reason="the one-pass read is orjson's")
+@pytest.mark.parametrize("middle, one_pass", [
+    ("0.5", True),  # a flat array of floats: read in the scan, once
+    ("NaN", False),  # not strict JSON: the scan, then each piece read by the dtype's way (numpy for this one)
+    ("true", False),  # not a number: the general parser (which reads it as json does)
+    ("7", True),  # integers among floats: still floats
+])
+def test_a_large_flat_float_array_is_read_in_one_pass_where_orjson_reads_it_as_json_does(middle, one_pass):
+    x = np.random.default_rng(1).random(40_000).astype(np.float32).tolist()
+    tokens = [repr(v) for v in x]
+    tokens[len(tokens) // 2] = middle
+    text = b'{"inputs":[{"name":"x","shape":[40000],"datatype":"FP32","data":[' + ", ".join(tokens).encode() + b"]}]}"
+    assert len(text) > tensorjson.STREAM_ABOVE_BYTES
+    data = tensorjson.loads(text)["inputs"][0]["data"]
+    assert isinstance(data, tensorjson.NumberArray) == (middle != "true")
+    if isinstance(data, tensorjson.NumberArray):
+        assert (data.floats is not None) == one_pass and data.count == 40_000 and data.is_float
+    reference = _decode(text, "FP32", (40_000,), False, True, "numpy")
+    got = _decode(text, "FP32", (40_000,), False, True)  # the server's way: large, so the streaming decoder
+    assert reference[0] == "ok" and _same(reference, got), (reference[0], got[0])

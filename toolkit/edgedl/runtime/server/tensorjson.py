@@ -15,7 +15,9 @@ parser is more lenient. Nesting is limited to ``MAX_DEPTH`` levels, as in Triton
 With orjson installed (the ``serve`` extra; wheels for x86_64, aarch64 and armv7l), each piece's numbers are
 read by orjson (strict JSON, ~10x faster than numpy's text parser, no syntax checks needed after it); a piece it
 refuses or would read differently from Python's json (NaN, Infinity, 1e400, 19+ digit integers, malformed
-numbers) goes the numpy way, which says what is wrong.
+numbers) goes the numpy way, which says what is wrong. A flat array of numbers written as floats (the usual large
+tensor, an image in FP32) is read by orjson in the scan itself, the same pieces read the same way, one pass
+instead of two.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ _NUMERIC_BYTES = b"0123456789+-.eE,[] \t\n\r"
 _NAN_INF_LETTERS = b"NaInfity"
 _NUMBER_ARRAY_BYTES = _NUMERIC_BYTES + _NAN_INF_LETTERS
 _NOT_SKELETON = bytes(c for c in range(256) if c not in b"[],")
+_NOT_IN_FLAT_NUMBERS = (b'"', b"t", b"f", b"n", b"{", b"[", b"]")  # strings, true/false/null, objects, arrays
 _NUMBER_START = frozenset(b"-0123456789NI")
 _LONG_DIGITS = re.compile(rb"[0-9]{19}")
 _UNREAD = object()
@@ -128,15 +131,19 @@ class NumberArray:
     exponent, NaN or Infinity), ``shape`` the nesting shape or None when the nesting is not rectangular.
     """
 
-    __slots__ = ("buf", "start", "end", "count", "is_float", "shape")
+    __slots__ = ("buf", "start", "end", "count", "is_float", "shape", "floats")
 
-    def __init__(self, buf, start: int, end: int, count: int, is_float: bool, shape: tuple[int, ...] | None):
+    def __init__(self, buf, start: int, end: int, count: int, is_float: bool, shape: tuple[int, ...] | None,
+                 floats: np.ndarray | None = None):
         self.buf, self.start, self.end = buf, start, end
         self.count, self.is_float, self.shape = count, is_float, shape
+        self.floats = floats  # already read (``_read_floats``): float64, as ``to_numpy`` would read them
 
     def to_numpy(self, dtype: np.dtype) -> np.ndarray:
         """The values as a flat array of ``dtype`` (integer or floating); DecodeError on bad numbers, and
         OverflowError when an integer does not fit ``dtype``."""
+        if self.floats is not None and dtype.kind == "f":
+            return self.floats.astype(dtype, copy=False)
         out = np.empty(self.count, dtype=dtype)
         integer = dtype.kind in "iu"
         parse_as = np.dtype(np.int64) if integer else dtype  # up to 18 digits; longer ones go through Python
@@ -174,6 +181,31 @@ def _orjson_piece(text: bytes, integer: bool, dtype: np.dtype) -> np.ndarray | N
     if integer:
         return np.array(values, dtype=np.int64)
     return np.array(values, dtype=np.float64).astype(dtype, copy=False)  # via float64, as the stdlib path
+
+
+def _read_floats(buf, start: int, end: int) -> np.ndarray | None:
+    """The flat array [start, end) read by orjson in one pass, when it is what a large tensor mostly is: numbers
+    only, some written as floats (an image in FP32), all strict JSON. The same pieces and the same reading as
+    ``to_numpy`` (float64, then the input's dtype), without the separate scan before it. None for anything
+    else - integers only (their dtype decides how they are read), NaN or Infinity, nested arrays, other values,
+    malformed numbers - which the scan and ``to_numpy`` read as before."""
+    parts, is_float = [], False
+    with memoryview(buf) as view:
+        for a, b in _pieces(start, end, buf, cut=True):
+            text = bytes(view[max(a, start + 1):min(b, end - 1)])
+            if any(c in text for c in _NOT_IN_FLAT_NUMBERS):  # orjson would read these as values
+                return None
+            try:
+                values = orjson.loads(b"[" + text + b"]")
+                parts.append(np.fromiter(values, np.float64, len(values)))  # as np.array, a little faster
+            except (orjson.JSONDecodeError, OverflowError):  # NaN, 1e400, an empty value, ... ; a huge integer
+                return None
+            if not values:
+                return None
+            is_float = is_float or b"." in text or b"e" in text or b"E" in text
+    if not is_float:
+        return None
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _numpy_piece(text: bytes, at: int, integer: bool, parse_as: np.dtype) -> np.ndarray:
@@ -362,6 +394,10 @@ class _Parser:
                 return json.loads(bytes(buf[start:end])), end
             except (ValueError, RecursionError):
                 return None  # not numbers after all; the general parser says what is wrong
+        if nesting == 1 and orjson is not None:
+            floats = _read_floats(buf, start, end)
+            if floats is not None:
+                return NumberArray(buf, start, end, floats.size, True, (floats.size,), floats), end
         commas = opens = closes = 0
         is_float = False
         skeleton = []
