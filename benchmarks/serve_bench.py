@@ -504,7 +504,8 @@ def triton_side_by_side(args, work: Path, inproc: "InProcess", cnn: Path, resnet
         kind, metric = key.split("|")
         R.setdefault(kind, {})[metric] = median_of(values)
         theirs = rounds.get(f"triton|{metric}") if kind == "edgedl" else None
-        for field in ("requests_per_s", "requests_per_server_cpu_s", "p50_ms") if theirs else ():
+        fields = ("requests_per_s", "requests_per_server_cpu_s") if "requests_per_s" in values[0] else ("p50_ms",)
+        for field in fields if theirs else ():
             if field in values[0]:  # each round's edgedl / Triton: the two ran seconds apart, so drift cancels
                 R.setdefault("paired", {}).setdefault(metric, {})[field] = float(np.median(
                     [ours[field] / other[field] for ours, other in zip(values, theirs)]))

@@ -309,7 +309,7 @@ def models(tmp_path_factory) -> tuple:
     d = tmp_path_factory.mktemp("grpc_h2")
     paths = {"gemm": gemm_model(d / "gemm.onnx", seed=1, in_name="x", out_name="y"),
              "wide": gemm_model(d / "wide.onnx", seed=2, in_name="x", out_name="y", n_in=4, n_out=2048),
-             "slow": slow_model(d / "slow.onnx")}
+             "slow": slow_model(d / "slow.onnx", depth=192)}  # ms a row: never run on the event loop
     for name, path in paths.items():
         place(d / "models", name, 1, path)
     return d / "models", paths

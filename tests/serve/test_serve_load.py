@@ -272,3 +272,33 @@ def test_fast_batches_run_on_the_event_loop_and_slow_ones_on_a_worker_thread(zoo
             assert not errors, errors
             stats = httpclient.InferenceServerClient(proc.url).get_inference_statistics(model)["model_stats"][0]
             assert stats["inference_count"] == 16 and stats["execution_count"] < 16, (model, stats["execution_count"])
+
+
+@pytest.mark.parametrize("delay_us", [400, 2500])
+def test_a_lone_request_waits_the_queue_delay_and_a_full_batch_does_not(zoo, tmp_path, delay_us):
+    """max_queue_delay_microseconds as Triton keeps it: a request that does not fill a batch waits that long for
+    company before it runs, sub-millisecond delays included (asyncio's timers under uvloop turned a 400 us delay
+    into none); a request that fills the batch runs at once. Checked by the server's own queue times, which
+    cannot come out shorter than the delay, however slow the machine."""
+    repo = tmp_path / "repo"
+    place(repo, "cnn", 1, zoo["cnn"].onnx, f"max_batch_size: 8\ndynamic_batching {{ max_queue_delay_microseconds: "
+                                           f"{delay_us} }}\n")
+    lone = np.random.default_rng(4).random((1, 1, 8, 8), dtype=np.float32)
+    full = np.random.default_rng(5).random((8, 1, 8, 8), dtype=np.float32)
+    with ServerProcess("--model-repository", repo, "--threads", "1") as proc:
+        client = httpclient.InferenceServerClient(proc.url)
+        n = 20
+        for _ in range(n):
+            client.infer("cnn", [_input("image", lone, True)])
+        stats = client.get_inference_statistics("cnn")["model_stats"][0]
+        queue = stats["inference_stats"]["queue"]
+        assert queue["count"] == n and stats["execution_count"] == n
+        waits_us = queue["ns"] / n / 1e3
+        assert waits_us >= delay_us, f"a lone request waited {waits_us:.0f} us on average, less than the delay"
+        before = queue["ns"]
+        for _ in range(n):
+            client.infer("cnn", [_input("image", full, True)])
+        queue = client.get_inference_statistics("cnn")["model_stats"][0]["inference_stats"]["queue"]
+        full_waits_us = (queue["ns"] - before) / n / 1e3
+        assert full_waits_us < delay_us / 2, f"a full batch waited {full_waits_us:.0f} us on average"
+        client.close()

@@ -20,6 +20,7 @@ import numpy as np
 
 from edgedl.errors import EdgeDLError
 from edgedl.runtime.runner import Runner, RunnerConfig
+from edgedl.runtime.server import alarms
 from edgedl.runtime.server.config import ServerConfig, model_limits
 from edgedl.runtime.server.metrics import ServerMetrics
 from edgedl.runtime.server.protocol import (HTTPError, HeaderPlans, InferRequest, bytes_elements,
@@ -371,15 +372,13 @@ class ServedModel:
                 self._wake.clear()
                 await self._wake.wait()
             deadline = self.pending[0].enqueued + self.delay_s
-            while self.pending_rows < self.max_rows:
-                remaining = deadline - perf_counter()
-                if remaining <= 0:
-                    break
-                self._full.clear()
+            while self.pending_rows < self.max_rows and perf_counter() < deadline:
+                self._full.clear()  # set by a request that fills the batch, or at the deadline
+                alarm = alarms.call_at(deadline, self._full.set)  # asyncio's timers: whole milliseconds at best
                 try:
-                    await asyncio.wait_for(self._full.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+                    await self._full.wait()
+                finally:
+                    alarm.cancel()
             if not self.pending:
                 continue
             batch = self._take()
