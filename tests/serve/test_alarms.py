@@ -21,8 +21,8 @@ def test_alarms_fire_in_order_never_early_and_not_when_cancelled(use_uvloop):
     async def main():
         fired: list[tuple[int, float, float]] = []
         done = asyncio.Event()
-        t0 = perf_counter()
-        delays = [0.0004, 0.0001, 0.0025, 0.0009, 0.0002, 0.0015]  # sub-millisecond ones included
+        t0 = perf_counter() + 0.2  # all armed before the first is due, even on a busy machine
+        delays = [0.0004, 0.0001, 0.0025, 0.0009, 0.0002, 0.0015]  # sub-millisecond gaps included
         for i, delay in enumerate(delays):
             when = t0 + delay
             alarms.call_at(when, lambda i=i, when=when: fired.append((i, when, perf_counter())))
