@@ -20,10 +20,10 @@ from typing import Callable
 class Alarm:
     """One pending callback; ``cancel()`` it when it is no longer wanted."""
 
-    __slots__ = ("when", "loop", "callback", "cancelled")
+    __slots__ = ("loop", "callback", "cancelled")
 
-    def __init__(self, when: float, loop: asyncio.AbstractEventLoop, callback: Callable[[], object]):
-        self.when, self.loop, self.callback, self.cancelled = when, loop, callback, False
+    def __init__(self, loop: asyncio.AbstractEventLoop, callback: Callable[[], object]):
+        self.loop, self.callback, self.cancelled = loop, callback, False
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -41,7 +41,7 @@ class _Alarms:
         self._thread: threading.Thread | None = None
 
     def call_at(self, loop: asyncio.AbstractEventLoop, when: float, callback: Callable[[], object]) -> Alarm:
-        alarm = Alarm(when, loop, callback)
+        alarm = Alarm(loop, callback)
         with self._cond:
             heapq.heappush(self._heap, (when, next(self._order), alarm))
             if self._thread is None:
@@ -77,7 +77,7 @@ def _fine_timer_slack() -> None:
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in nanoseconds
+        ctypes.CDLL(None).prctl(29, 1000, 0, 0, 0)  # PR_SET_TIMERSLACK, in nanoseconds
     except (OSError, AttributeError):  # not Linux: the platform's own precision
         pass
 
