@@ -1,5 +1,5 @@
 """`edgedl debug speed` on the real zoo: it explains the CNN's dynamic-int8 slowdown (ConvInteger), its advice run
-as given yields a model the speed gate accepts, per-operator times add up to the measured latency for the CNN, MLP
+as given removes that slowdown and writes int8 only when the speed gate measured it faster, per-operator times add up to the measured latency for the CNN, MLP
 and LSTM int8 models, the outputs a person reads (table, --json, HTML, PNG), CPU-dependent advice (also from an
 emulated arm64 CPU under qemu with a chosen -cpu) and bad input.
 
@@ -20,8 +20,7 @@ import pytest
 from edgedl_testing import ROOT, run_edgedl, run_edgedl_inprocess
 from edgedl.runtime import measure
 from edgedl.stages.machine import Int8Support, arm_hwcap_flags, parse_auxv
-from edgedl.stages.debug.advice import (PRESET_FOR_CPU, CpuFeatures, Findings, Loser, advise, detect_cpu,
-                                       int8_may_not_win)
+from edgedl.stages.debug.advice import PRESET_FOR_CPU, CpuFeatures, Findings, Loser, advise, detect_cpu
 from edgedl.stages.debug.profile import grouped_median
 
 sys.path.insert(0, str(Path(__file__).parent / "deploy"))
@@ -82,41 +81,36 @@ def test_cnn_dynamic_slowdown_is_blamed_on_conv_integer(cnn_report):
     fix = data["advice"][0]
     assert fix["kind"] == "fix" and "ConvInteger" in fix["text"] and "QLinearConv" in fix["text"]
     assert fix["command"][:3] == ["edgedl", "quantize", str(Path(data["float_model"]))]
-    if int8_may_not_win(detect_cpu()):  # no int8 dot products (x86 without VNNI): no speed-up promised
-        assert ["--mode", "auto"] == fix["command"][5:7] and "--require-speedup" not in fix["command"]
-        assert "speed gate decide" in fix["text"]
-    else:
-        assert ["--mode", "static"] == fix["command"][5:7] and "--require-speedup" in fix["command"]
+    # no speed-up promised on any CPU: the speed gate decides (auto), with this CPU's preset
+    assert ["--mode", "auto"] == fix["command"][5:7] and "--require-speedup" not in fix["command"]
+    assert "speed gate decide" in fix["text"]
+    preset = detect_cpu().preset
+    assert ("--preset" in fix["command"]) == (preset is not None)
 
 
-def test_following_the_advice_gives_a_model_the_speed_gate_accepts(cnn_report, tmp_path):
+def test_following_the_advice_removes_the_slowdown_and_writes_what_the_gate_measured(cnn_report, tmp_path):
     command = list(cnn_report["advice"][0]["command"])
     assert command[:2] == ["edgedl", "quantize"]
-    out = tmp_path / "cnn.static.onnx"
+    out = tmp_path / "cnn.int8.onnx"
     command[command.index("-o") + 1] = str(out)  # the advised output sits next to the zoo model: write here instead
-    # in its own process, as typed; the speed gate is a measurement: a noisy machine gets up to two more tries
-    for _ in range(3):
-        result = run_edgedl(*command[1:], "--no-progress", "--json", check=False)
-        if result.returncode == 0 or "faster" not in result.stderr:
-            break
-    assert result.returncode == 0, result.stderr  # --require-speedup: it exits 1 unless int8 is faster
+    result = run_edgedl(*command[1:], "--no-progress", "--json", check=False)  # in its own process, as typed
+    assert result.returncode == 0, result.stderr  # auto without --require-speedup: fp32 kept is an answer too
     data = json.loads(result.stdout)
+    assert data["accepted"] and data["requested_mode"] == "auto"
     min_speedup = data["config"]["gates"]["min_speedup"]
     static = next(c for c in data["candidates"] if c["mode"] == "static")
-    # either way the advised static conversion (QLinearConv) removed the ConvInteger slowdown the profile measured
+    dynamic = next(c for c in data["candidates"] if c["mode"] == "dynamic")
+    # the advised static conversion (QLinearConv) removed the ConvInteger slowdown the profile measured (5-8x
+    # slower; static ran 0.83-1.37x fp32 on this kind of machine): a margin no noise here bridges
     assert static["accuracy_ok"] and static["speedup"]["32"] > 2 * cnn_report["speedup"]
-    if not int8_may_not_win(detect_cpu()):  # int8 dot products (VNNI, asimddp): the advice promised a speed-up
-        assert data["accepted"] and data["mode"] == "static" and out.is_file()
-        assert data["speedup"]["32"] >= min_speedup
-        return
-    # no int8 dot products (AVX2 without VNNI: static measured 0.97-1.02x fp32 at batch 32 here): the advice
-    # promised no speed-up, only that the speed gate decides - int8 written only when measured faster
-    assert data["accepted"] and data["requested_mode"] == "auto"
-    if data["mode"] == "fp32":
-        assert not out.exists() and data["output_path"] is None
-        assert not any(c["accuracy_ok"] and c["faster"] for c in data["candidates"])
+    assert static["speedup"]["32"] > 2 * dynamic["speedup"]["32"]
+    # what was written follows what was measured, whichever way the measurement went on this machine
+    winners = [c for c in data["candidates"] if c["accuracy_ok"] and c["speedup"]["32"] >= min_speedup]
+    if not winners:
+        assert data["mode"] == "fp32" and not out.exists() and data["output_path"] is None
         assert any("keeping fp32" in n for n in data["notes"])
     else:
+        assert data["mode"] == max(winners, key=lambda c: c["speedup"]["32"])["mode"]
         assert out.is_file() and data["speedup"]["32"] >= min_speedup
 
 
@@ -232,10 +226,10 @@ def test_advice_follows_the_cpu(machine, flags, level, preset):
     assert cpu.preset == preset
     advice = advise(cpu, CONV_INTEGER)
     static = advice[0]
-    # without int8 dot products the speed gate chooses (auto): no --require-speedup on a speed-up it cannot promise
-    mode = "static" if level == "fast" else "auto"
-    assert static.kind == "fix" and static.command[static.command.index("--mode") + 1] == mode
-    assert ("--require-speedup" in static.command) == (level == "fast")
+    # the speed gate chooses (auto) on every CPU: no --require-speedup on a speed-up that flags cannot promise
+    assert static.kind == "fix" and static.command[static.command.index("--mode") + 1] == "auto"
+    assert "--require-speedup" not in static.command and "speed gate decide" in static.text
+    assert ("no int8 dot-product instructions" in static.text) == (level != "fast")
     assert ("--preset" in static.command) == (preset is not None)
     if preset:
         assert static.command[static.command.index("--preset") + 1] == preset
@@ -248,13 +242,14 @@ def test_advice_for_an_lstm_left_in_float_and_for_a_faster_int8():
     lstm = Findings(model="lstm.onnx", int8_model="lstm.static.onnx", speedup=0.99, min_speedup=1.05, batch=32,
                     threads=1, still_float=(("node_lstm", "LSTM", 170.0),))
     fix = advise(cpu, lstm)[0]
-    assert "DynamicQuantizeLSTM" in fix.text and fix.command[fix.command.index("--mode") + 1] == "dynamic"
+    assert "DynamicQuantizeLSTM" in fix.text and fix.command[fix.command.index("--mode") + 1] == "auto"
     faster = Findings(model="mlp.onnx", int8_model="mlp.int8.onnx", speedup=1.4, min_speedup=1.05, batch=32,
                       threads=1)
     assert any("accepts that" in a.text for a in advise(cpu, faster))
     # the advised output never replaces the int8 model that was profiled
-    clash = Findings(**{**CONV_INTEGER.__dict__, "int8_model": "m/cnn.static.onnx"})
-    assert "m/cnn.static-2.onnx" in advise(cpu, clash)[0].command
+    assert "m/cnn.int8.onnx" in advise(cpu, CONV_INTEGER)[0].command
+    clash = Findings(**{**CONV_INTEGER.__dict__, "int8_model": "m/cnn.int8.onnx"})
+    assert "m/cnn.int8-2.onnx" in advise(cpu, clash)[0].command
 
 
 def test_hwcaps_from_the_auxiliary_vector_name_the_dot_product_instructions():
