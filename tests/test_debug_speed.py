@@ -1,7 +1,7 @@
 """`edgedl debug speed` on the real zoo: it explains the CNN's dynamic-int8 slowdown (ConvInteger), its advice run
-as given removes that slowdown and writes int8 only when the speed gate measured it faster, per-operator times add up to the measured latency for the CNN, MLP
-and LSTM int8 models, the outputs a person reads (table, --json, HTML, PNG), CPU-dependent advice (also from an
-emulated arm64 CPU under qemu with a chosen -cpu) and bad input.
+as given removes that slowdown and writes int8 only when the speed gate measured it faster, per-operator times add
+up to the measured latency for the CNN, MLP and LSTM int8 models, the outputs a person reads (table, --json, HTML,
+PNG), CPU-dependent advice (also from an emulated arm64 CPU under qemu with a chosen -cpu) and bad input.
 
 No assertion on absolute speed: only structure (which operator dominates, which kernel ran) and agreement of sums
 within a tolerance derived below. Speed figures come from the README command, not from tests."""
