@@ -180,7 +180,7 @@ def test_data_nested_deeper_than_numpy_dimensions_but_within_the_limit_is_read()
 @pytest.mark.parametrize("middle, one_pass", [
     ("0.5", True),  # a flat array of floats: read in the scan, once
     ("NaN", False),  # not strict JSON: the scan, then each piece read by the dtype's way (numpy for this one)
-    ("true", False),  # not a number: the general parser (which reads it as json does)
+    ("true", False),  # not a number: the general parser, then refused (numpy would read a 1.0)
     ("7", True),  # integers among floats: still floats
 ])
 def test_a_large_flat_float_array_is_read_in_one_pass_where_orjson_reads_it_as_json_does(middle, one_pass):
@@ -195,4 +195,24 @@ def test_a_large_flat_float_array_is_read_in_one_pass_where_orjson_reads_it_as_j
         assert (data.floats is not None) == one_pass and data.count == 40_000 and data.is_float
     reference = _decode(text, "FP32", (40_000,), False, True, "numpy")
     got = _decode(text, "FP32", (40_000,), False, True)  # the server's way: large, so the streaming decoder
-    assert reference[0] == "ok" and _same(reference, got), (reference[0], got[0])
+    assert _same(reference, got), (reference[0], got[0])
+    if middle == "true":  # a boolean among numbers is a client's mistake, as Triton says too
+        assert reference == (400, "input 'x' is FP32 but 'data' holds booleans among its numbers")
+    else:
+        assert reference[0] == "ok"
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "INT64", "UINT8"])
+def test_booleans_among_numbers_are_refused_and_true_elsewhere_in_the_request_is_not_a_boolean_in_data(datatype):
+    inputs = {"x": TensorInfo("x", np.dtype(SPECS[datatype][0]), ("batch", 2, 2), SPECS[datatype][1])}
+    for data in ("[[[1, 0], [1, true]]]", "[[[false, 0], [1, 1]]]", "[1, 0, 1, true]"):
+        text = f'{{"inputs":[{{"name":"x","shape":[1,2,2],"datatype":"{datatype}","data":{data}}}]}}'.encode()
+        for stream in (False, True):
+            assert _decode(text, datatype, ("batch", 2, 2), stream, False) == (
+                400, f"input 'x' is {datatype} but 'data' holds booleans among its numbers"), (data, stream)
+    # a true in the request's parameters leaves numeric data alone
+    text = (f'{{"parameters":{{"binary_data_output":true}},"inputs":[{{"name":"x","shape":[1,2,2],'
+            f'"datatype":"{datatype}","data":[[[1, 0], [1, 1]]]}}]}}').encode()
+    for stream in (False, True):
+        status, feed = _decode(text, datatype, ("batch", 2, 2), stream, False)
+        assert status == "ok" and feed.tolist() == [[[1, 0], [1, 1]]]
