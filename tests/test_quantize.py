@@ -359,12 +359,33 @@ def test_the_default_weight_range_follows_the_cpu(machine, flags, reduce):
         assert "can read lower" in other
 
 
+def test_a_gpu_target_defaults_to_full_range_weights_whatever_this_cpu(tmp_path):
+    """The host's CPU does not decide the weights of a model that a GPU calibrates, judges and runs."""
+    from edgedl.stages.machine import CpuReading
+    from edgedl.stages.quantize.config import default_reduce_range, weight_range_note
+
+    avx2 = CpuReading("x86_64", "test cpu", ("avx2",), "test")
+    assert default_reduce_range(avx2) is True and default_reduce_range(avx2, "cpu") is True
+    for provider in ("cuda", "TensorrtExecutionProvider", " CUDA "):
+        assert default_reduce_range(avx2, provider) is False
+        note = weight_range_note(StaticConfig(reduce_range=False), cpu=avx2, target_provider=provider)
+        assert note.startswith("static int8: full 8-bit weights, the default here") and "is a GPU" in note
+        note = weight_range_note(StaticConfig(reduce_range=True), "x86-avx2", cpu=avx2, target_provider=provider)
+        assert "set by preset x86-avx2; full 8-bit is the default here" in note
+    gates = GateConfig(target_provider="cuda")
+    assert QuantizeConfig(tmp_path / "g.onnx", gates=gates).static.reduce_range is False
+    assert QuantizeConfig(tmp_path / "g.onnx", gates=gates,
+                          static=StaticConfig(reduce_range=True)).static.reduce_range is True  # a choice is kept
+    assert preset("x86-avx2", tmp_path / "a.onnx", gates=gates).static.reduce_range is True  # a preset's too
+
+
 def test_the_default_weight_range_is_this_cpus_and_the_report_says_why(zoo, tmp_path):
     from edgedl.stages.machine import this_cpu
 
     here = this_cpu().saturates_full_range_weights  # x86 without VNNI: 7-bit weights
-    assert StaticConfig().reduce_range is here
-    assert StaticConfig(reduce_range=not here).reduce_range is (not here)  # a choice given is kept
+    assert QuantizeConfig(tmp_path / "d.onnx").static.reduce_range is here
+    assert QuantizeConfig(tmp_path / "d.onnx", static=StaticConfig(reduce_range=not here)).static.reduce_range is (
+        not here)  # a choice given is kept
     assert preset("x86-vnni", tmp_path / "v.onnx").static.reduce_range is False  # a preset's too
     out = tmp_path / "mlp.static.onnx"
     result = run_edgedl_inprocess("quantize", zoo["mlp"].onnx, "-o", out, "--mode", "static", "--speed-seconds", "0",

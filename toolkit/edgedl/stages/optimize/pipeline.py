@@ -102,7 +102,7 @@ def seeds(space: Space, profile, lab: ModelLab) -> list[Candidate]:
     """Where every search starts: fp32, what ``quantize --mode auto`` builds (dynamic and static with quantize's
     defaults) and static with the target's preset, at the target's thread count when it is searched (else 1,
     the thread count quantize's speed gate uses)."""
-    from edgedl.stages.quantize.config import StaticConfig
+    from edgedl.stages.quantize.config import StaticConfig, default_reduce_range
 
     threads = space.values["intra_op_threads"]
     t = profile.threads if profile.threads in threads else (1 if 1 in threads else threads[0])
@@ -110,7 +110,7 @@ def seeds(space: Space, profile, lab: ModelLab) -> list[Candidate]:
     for batch in space.values["batch"]:
         base = dataclasses.replace(DEFAULT, intra_op_threads=t, batch=batch)
         out += [base, dataclasses.replace(base, precision="dynamic")]
-        for st in (StaticConfig(), lab.qconfig.static):
+        for st in (StaticConfig(reduce_range=default_reduce_range()), lab.qconfig.static):
             out.append(dataclasses.replace(base, precision="static", quant_format=st.format,
                                            per_channel=st.per_channel, calibration_method=st.calibration_method,
                                            activation_type=st.activation_type, weight_type=st.weight_type,

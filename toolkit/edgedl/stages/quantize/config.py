@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from edgedl.errors import EdgeDLError
@@ -35,19 +35,29 @@ def choose(kind: str, value: str, options: tuple[str, ...]) -> str:
     raise EdgeDLError(f"unknown {kind} '{value}'; {hint}choose one of {', '.join(options)}")
 
 
-def default_reduce_range(cpu: CpuReading | None = None) -> bool:
-    """Static int8's weight range when none is given, for the CPU that calibrates, judges and times the model
-    (``cpu``, default: this one): 7-bit weights where onnxruntime's u8s8 kernels saturate with 8-bit ones (x86
-    without VNNI), as onnxruntime's quantization docs advise there; full 8-bit elsewhere."""
+def _gpu(provider: str) -> bool:
+    return provider.strip().lower() in {p.lower() for p in GPU_PROVIDERS}
+
+
+def default_reduce_range(cpu: CpuReading | None = None, target_provider: str = "cpu") -> bool:
+    """Static int8's weight range when none is given, for where the model is calibrated, judged and timed: on a GPU
+    target full 8-bit (its int8 kernels accumulate in 32 bits); on the CPU (``cpu``, default: this one) 7-bit
+    weights where onnxruntime's u8s8 kernels saturate with 8-bit ones (x86 without VNNI), as onnxruntime's
+    quantization docs advise there, full 8-bit elsewhere."""
+    if _gpu(target_provider):
+        return False
     return (cpu or this_cpu()).saturates_full_range_weights
 
 
-def weight_range_note(static: "StaticConfig", preset_name: str | None = None, cpu: CpuReading | None = None) -> str:
+def weight_range_note(static: "StaticConfig", preset_name: str | None = None, cpu: CpuReading | None = None,
+                      target_provider: str = "cpu") -> str:
     """One line for the report: the static weight range used, and why."""
     cpu = cpu or this_cpu()
-    default = default_reduce_range(cpu)
+    default = default_reduce_range(cpu, target_provider)
     used = "7-bit weights (reduce_range)" if static.reduce_range else "full 8-bit weights"
-    if cpu.saturates_full_range_weights:
+    if _gpu(target_provider):
+        here = f"the target is a GPU ({target_provider}), whose int8 kernels accumulate in 32 bits"
+    elif cpu.saturates_full_range_weights:
         here = ("this CPU is x86 without VNNI: onnxruntime's u8s8 kernels multiply with VPMADDUBSW, whose 16-bit "
                 "sums saturate with full 8-bit weights")
     elif cpu.machine in X86_MACHINES:
@@ -75,7 +85,8 @@ class StaticConfig:
     weight_type: str = "int8"
     activation_symmetric: bool = False
     weight_symmetric: bool = True
-    # 7-bit weights; None: this CPU's default (``default_reduce_range``): 7-bit on x86 without VNNI, else full 8-bit
+    # 7-bit weights; None: the target's default (``default_reduce_range``), which QuantizeConfig sets: 7-bit on x86
+    # without VNNI, else full 8-bit
     reduce_range: bool | None = None
     # histogram settings for entropy/percentile: onnxruntime's entropy default (128 bins, 128 quantized bins)
     # picks the full range, i.e. the same scales as minmax; 2048 bins give the KL search room to clip outliers.
@@ -84,8 +95,6 @@ class StaticConfig:
     percentile: float = 99.999
 
     def __post_init__(self) -> None:
-        if self.reduce_range is None:
-            self.reduce_range = default_reduce_range()
         self.format = choose("--format", self.format, FORMATS)
         self.calibration_method = choose("--calibration-method", self.calibration_method, CALIBRATION_METHODS)
         self.activation_type = choose("--activation-type", self.activation_type, INT8_TYPES)
@@ -147,7 +156,7 @@ class GateConfig:
 
     @property
     def gpu_target(self) -> bool:
-        return self.target_provider.strip().lower() in {p.lower() for p in GPU_PROVIDERS}
+        return _gpu(self.target_provider)
 
 
 @dataclass
@@ -172,6 +181,9 @@ class QuantizeConfig:
     def __post_init__(self) -> None:
         self.output = Path(self.output)
         self.mode = choose("--mode", self.mode, MODES)
+        if self.static.reduce_range is None:
+            self.static = replace(self.static, reduce_range=default_reduce_range(
+                target_provider=self.gates.target_provider))
         if self.output.suffix.lower() != ".onnx":
             raise EdgeDLError(f"output must be a .onnx file, got '{self.output}'; pass -o NAME.onnx")
         if self.bisect_steps < 1:

@@ -373,7 +373,8 @@ def quantize(model_path: Path | str, config: QuantizeConfig, debug: bool = False
                 speed_batch, timed_shapes = _speed(fp32, candidates, plan, signature, gates)
                 advance(info="timed")
         # the weight range decides whether this CPU's int8 kernels saturate: say which one was used and why
-        range_note = [weight_range_note(config.static, config.preset)] if "static" in modes else []
+        range_note = ([weight_range_note(config.static, config.preset, target_provider=gates.target_provider)]
+                      if "static" in modes else [])
         report = _decide(model_path, config, fp32, candidates, original, [*bench.preprocess_notes, *range_note],
                          plan, speed_batch)
         report.timed_shapes = timed_shapes
