@@ -252,6 +252,26 @@ def test_advice_for_an_lstm_left_in_float_and_for_a_faster_int8():
     assert "m/cnn.int8-2.onnx" in advise(cpu, clash)[0].command
 
 
+def test_one_operator_that_loses_most_is_advised_to_stay_in_float_and_spread_losses_are_not():
+    cpu = _cpu("x86_64", ("avx2", "avx512_vnni"), "fast")
+    # the CNN's static int8 here: its first Conv (one input channel) 18 -> 85 us as QLinearConv, the rest level
+    one = Findings(model="m/cnn.onnx", int8_model="m/cnn.static.onnx", speedup=0.95, min_speedup=1.05, batch=32,
+                   threads=1, losers=(Loser("node_conv2d", "Conv", "QLinearConv", 18.0, 85.0),
+                                      Loser("node_max_pool2d", "MaxPool", "NhwcMaxPool", 5.0, 9.5)))
+    fix = advise(cpu, one)[0]
+    assert fix.kind == "fix" and fix.text.startswith("node_conv2d (Conv) loses most of the time: as QLinearConv")
+    assert "speed gate decides" in fix.text
+    cmd = fix.command
+    assert cmd[cmd.index("--exclude-nodes") + 1] == "node_conv2d" and cmd[cmd.index("--mode") + 1] == "auto"
+    assert cmd[cmd.index("-o") + 1] == "m/cnn.int8-keep-float.onnx"
+    spread = Findings(**{**one.__dict__, "losers": (Loser("a", "Conv", "QLinearConv", 10.0, 14.0),
+                                                    Loser("b", "Conv", "QLinearConv", 10.0, 14.0))})
+    first = advise(cpu, spread)[0]
+    assert first.kind == "note" and first.text.startswith("no single kernel explains it")
+    faster = Findings(**{**one.__dict__, "speedup": 1.3})  # int8 already wins: nothing to keep in float
+    assert not any("--exclude-nodes" in a.command for a in advise(cpu, faster))
+
+
 def test_hwcaps_from_the_auxiliary_vector_name_the_dot_product_instructions():
     import struct
 

@@ -52,6 +52,7 @@ PRESET_FOR_CPU = {("x86", "fast"): "x86-vnni", ("x86", "basic"): "x86-avx2", ("a
 _ADVERB = {"static": "statically", "dynamic": "dynamically"}
 HEAVY_SHARE = 0.2  # an op taking this share of the int8 model's time is worth a remark
 QDQ_SHARE = 0.15  # quantize/dequantize taking this share of the int8 model's time is worth a remark
+DOMINANT_SHARE = 0.5  # one operator with more than this share of what int8 loses is worth keeping in float
 
 
 def base_op(kernel: str) -> str:
@@ -191,6 +192,12 @@ def _cpu_advice(cpu: CpuFeatures) -> Advice:
     return Advice("cpu", text)
 
 
+def _share(loser: Loser, losers: tuple[Loser, ...]) -> float:
+    """``loser``'s share of what all of them lose in int8."""
+    loss = sum(x.int8_us - x.float_us for x in losers)
+    return (loser.int8_us - loser.float_us) / loss if loss > 0 else 0.0
+
+
 def advise(cpu: CpuFeatures, f: Findings) -> tuple[Advice, ...]:
     """Fixes first (each a command whose speed gate checks it), then notes, then what the CPU offers."""
     out: list[Advice] = []
@@ -234,6 +241,13 @@ def advise(cpu: CpuFeatures, f: Findings) -> tuple[Advice, ...]:
     if f.speedup >= f.min_speedup:
         out.append(Advice("note", f"int8 is {f.speedup:.2f}x as fast as float here: the speed gate "
                                   f"(--require-speedup, >= {f.min_speedup:g}x) accepts that"))
+    elif not out and f.losers and _share(f.losers[0], f.losers) > DOMINANT_SHARE:
+        worst = f.losers[0]
+        out.append(Advice("fix", f"{worst.node} ({worst.op_type}) loses most of the time: as {worst.int8_kernel} "
+                                 f"it takes {worst.int8_us:,.1f} µs, {worst.float_us:,.1f} µs in float. Keep it in "
+                                 "float and quantize the rest; the float/int8 boundary that adds "
+                                 f"costs a quantize and a dequantize, so the speed gate decides{data_note}",
+                          quantize_command(f, cpu, "static", "int8-keep-float", "--exclude-nodes", worst.node)))
     elif not out:
         out.append(Advice("note", f"no single kernel explains it: at batch {f.batch} the kernels are short and int8 "
                                   "pays fixed costs (quantizing inputs, rescaling outputs) that a larger batch "
