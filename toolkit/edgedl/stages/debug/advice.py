@@ -157,7 +157,7 @@ def quantize_command(f: Findings, cpu: CpuFeatures, mode: str, tag: str, *extra:
     ``mode`` is the mode whose kernels the advice is about; the command is ``--mode auto`` on every CPU: it builds
     that candidate and the other int8 mode the same way and writes one only when it measures it faster, else keeps
     fp32 and says so. A CPU's features do not promise a speed-up: on an AMD EPYC with AVX-512 VNNI (2026-12) the
-    CNN's static int8, rid of ConvInteger, ran 0.94-1.18x its fp32 at batch 32 from one run to the next."""
+    CNN's static int8, rid of ConvInteger, ran 0.83-1.18x its fp32 at batch 32 from one run to the next."""
     tag = tag.replace(mode, "int8", 1)  # auto may write either int8 mode
     model = Path(f.model)
     out = model.with_name(f"{model.stem}.{tag}.onnx")
