@@ -216,3 +216,14 @@ def test_booleans_among_numbers_are_refused_and_true_elsewhere_in_the_request_is
     for stream in (False, True):
         status, feed = _decode(text, datatype, ("batch", 2, 2), stream, False)
         assert status == "ok" and feed.tolist() == [[[1, 0], [1, 1]]]
+
+
+@pytest.mark.parametrize("datatype", ["FP32", "INT32", "BYTES"])
+def test_a_null_in_data_is_refused_not_read_as_nan(datatype):
+    element = '"a"' if datatype == "BYTES" else "0.5" if datatype == "FP32" else "1"
+    text = (f'{{"inputs":[{{"name":"x","shape":[4],"datatype":"{datatype}","data":[{element}, null, {element}, '
+            f'{element}]}}]}}').encode()
+    for stream in (False, True):
+        for allow_nonfinite in (False, True):  # NaN allowed or not, a null is not a number
+            assert _decode(text, datatype, (4,), stream, allow_nonfinite) == (
+                400, f"input 'x' is {datatype} but 'data' holds null"), (stream, allow_nonfinite)

@@ -180,6 +180,8 @@ def _from_json(data: Any, dtype: np.dtype, count: int, name: str, datatype: str,
     if count == 0:
         return arr.astype(dtype).ravel()
     kind = arr.dtype.kind
+    if kind == "O" and any(v is None for v in arr.flat):  # numpy would make NaN of a null for a float input
+        raise HTTPError(400, f"input '{name}' is {datatype} but 'data' holds null")
     if kind == "O" and dtype.kind == "f":  # integers past 64 bits are still numbers for a float input
         try:
             arr = arr.astype(np.float64)
