@@ -187,7 +187,7 @@ def _cpu_advice(cpu: CpuFeatures) -> Advice:
     text = f"{cpu.describe()}: {cpu.int8.detail}"
     if cpu.preset:
         text += f"; the quantize preset for it is {cpu.preset}"
-    if cpu.int8.level != "fast":
+    if int8_may_not_win(cpu):
         text += ". Expect int8 to save size more than time here: keep fp32 if the speed gate rejects int8"
     return Advice("cpu", text)
 

@@ -106,11 +106,12 @@ def seeds(space: Space, profile, lab: ModelLab) -> list[Candidate]:
 
     threads = space.values["intra_op_threads"]
     t = profile.threads if profile.threads in threads else (1 if 1 in threads else threads[0])
+    quantize_static = StaticConfig(reduce_range=default_reduce_range(target_provider=lab.qconfig.gates.target_provider))
     out = []
     for batch in space.values["batch"]:
         base = dataclasses.replace(DEFAULT, intra_op_threads=t, batch=batch)
         out += [base, dataclasses.replace(base, precision="dynamic")]
-        for st in (StaticConfig(reduce_range=default_reduce_range()), lab.qconfig.static):
+        for st in (quantize_static, lab.qconfig.static):
             out.append(dataclasses.replace(base, precision="static", quant_format=st.format,
                                            per_channel=st.per_channel, calibration_method=st.calibration_method,
                                            activation_type=st.activation_type, weight_type=st.weight_type,
